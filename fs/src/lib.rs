@@ -1,0 +1,1 @@
+//! Union filesystem semantics in kernel overlayfs format, and their FUSE adapter.

@@ -1,0 +1,1 @@
+//! Content-addressed, OCI-compatible layer store (see DESIGN.md).

@@ -1,0 +1,27 @@
+//! `unionmount`: the one binary. Mount invocations (`unionmount -o … MNT`, the
+//! fuse-overlayfs and unionfs-fuse syntaxes, and mount.fuse3's `SRC MNT -o …`)
+//! are told apart from subcommands (`umount`, `image`, …) by their first word.
+
+mod cli;
+mod image_cmd;
+mod mount;
+mod options;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let result = if cli::is_subcommand(args.first()) {
+        cli::run(args)
+    } else {
+        mount::run_mount_command(&args)
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("unionmount: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
