@@ -1,0 +1,1 @@
+//! Upper tree → layer tar.

@@ -1,0 +1,812 @@
+//! Layer tar (plain, gzip or zstd) → layer directory in kernel overlayfs format.
+//!
+//! Every object is created relative to a directory fd that was itself reached
+//! with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the layer root,
+//! and always under a single-component name that is created exclusively (an
+//! existing object is removed first, never opened and written through). So no
+//! path, symlink or hard link in a tar can make us write outside the layer.
+//!
+//! As root, OCI whiteouts become overlay whiteouts (`.wh.NAME` → character
+//! device 0/0, `.wh..wh..opq` → `trusted.overlay.opaque=y`); without
+//! privilege the `.wh.` files are kept and owners, modes and device numbers go
+//! into `user.containers.override_stat`.
+
+use std::collections::BTreeMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io::{self, Cursor, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{
+    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags, makedev,
+};
+use rustix::io::Errno;
+use rustix::process::geteuid;
+
+use crate::digest::{Digest, HashingReader};
+use crate::{Context, Error, Result};
+
+/// How to write the layer tree.
+#[derive(Clone, Copy, Debug)]
+pub struct UnpackOptions {
+    /// Root: chown, mknod, overlay whiteouts, trusted xattrs. Otherwise the
+    /// rootless form (`.wh.` files, `user.containers.override_stat`).
+    pub privileged: bool,
+}
+
+impl UnpackOptions {
+    /// Privileged exactly when running as root.
+    pub fn for_current_user() -> Self {
+        UnpackOptions {
+            privileged: geteuid().is_root(),
+        }
+    }
+}
+
+/// What unpacking a layer found.
+#[derive(Clone, Debug)]
+pub struct Unpacked {
+    /// sha256 of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Length of the uncompressed tar stream.
+    pub tar_size: u64,
+    /// Number of tar entries.
+    pub entries: u64,
+}
+
+/// The compression of a layer stream, told by its first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+
+impl Compression {
+    pub fn detect(head: &[u8]) -> Compression {
+        if head.starts_with(GZIP_MAGIC) {
+            Compression::Gzip
+        } else if head.starts_with(ZSTD_MAGIC) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// Wrap a possibly compressed stream into a reader of the plain tar.
+pub fn decompress<'a, R: Read + 'a>(mut r: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
+    let mut head = [0u8; 4];
+    let mut n = 0;
+    while n < head.len() {
+        match r.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let kind = Compression::detect(&head[..n]);
+    let whole = Cursor::new(head[..n].to_vec()).chain(r);
+    let out: Box<dyn Read + 'a> = match kind {
+        Compression::None => Box::new(whole),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(whole)?),
+    };
+    Ok((kind, out))
+}
+
+/// The diff id (sha256 of the uncompressed tar) of a layer stream, without
+/// unpacking it.
+pub fn diff_id_of(r: impl Read) -> io::Result<(Digest, u64)> {
+    let (_, plain) = decompress(r)?;
+    HashingReader::new(plain).finish_to_end()
+}
+
+/// Unpack a layer stream into `dest`, an empty directory, and return its diff id.
+/// On error `dest` holds a partial tree that the caller removes.
+pub fn unpack(r: impl Read, dest: &Path, opts: UnpackOptions) -> Result<Unpacked> {
+    let root = rustix::fs::open(
+        dest,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .at(dest)?;
+    let (_, plain) = decompress(r).ctx(|| "layer".to_string())?;
+    let mut archive = tar::Archive::new(HashingReader::new(plain));
+    let mut u = Unpacker {
+        root,
+        opts,
+        dirs: BTreeMap::new(),
+        cache: None,
+        entries: 0,
+    };
+    let bad_tar = |e: io::Error| Error::invalid("layer tar", e.to_string());
+    for entry in archive.entries().map_err(bad_tar)? {
+        let entry = entry.map_err(bad_tar)?;
+        u.entry(entry)?;
+        u.entries += 1;
+    }
+    u.finish_dirs()?;
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(bad_tar)?;
+    if rest.len() % 512 != 0 || rest.trailing_zeros() < 1024 {
+        return Err(Error::invalid(
+            "layer tar",
+            "truncated (no end-of-archive marker)",
+        ));
+    }
+    let (diff_id, tar_size) = rest.finish();
+    rustix::fs::syncfs(&u.root).at(dest)?;
+    Ok(Unpacked {
+        diff_id,
+        tar_size,
+        entries: u.entries,
+    })
+}
+
+/// What an entry's last path component means in OCI layer terms.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Marker<'a> {
+    /// An ordinary name.
+    Name,
+    /// `.wh..wh..opq`: the parent directory hides lower content.
+    Opaque,
+    /// `.wh.NAME`: NAME is deleted.
+    Whiteout(&'a [u8]),
+    /// Other `.wh..wh.` names (aufs metadata), ignored.
+    AufsMeta,
+}
+
+pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
+pub const OPAQUE_NAME: &[u8] = b".wh..wh..opq";
+
+/// Classify a file name; refuse whiteouts that name nothing or `.`/`..`.
+pub fn classify(name: &[u8]) -> std::result::Result<Marker<'_>, &'static str> {
+    if name == OPAQUE_NAME {
+        return Ok(Marker::Opaque);
+    }
+    let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) else {
+        return Ok(Marker::Name);
+    };
+    if target.starts_with(WHITEOUT_PREFIX) {
+        return Ok(Marker::AufsMeta);
+    }
+    if target.is_empty() || target == b"." || target == b".." {
+        return Err("whiteout of an empty name, '.' or '..'");
+    }
+    Ok(Marker::Whiteout(target))
+}
+
+/// Split a tar path into components, confined to the layer: a leading `/` is
+/// dropped (the path is taken relative to the layer root), `.` and empty
+/// components are skipped, `..` and NUL bytes are refused. An empty result is
+/// the layer root itself.
+pub fn split_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if raw.contains(&0) {
+        return Err("name contains a NUL byte");
+    }
+    let mut out = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err("path contains '..'"),
+            c if c.len() > 255 => return Err("name longer than 255 bytes"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Owner, mode, time and xattrs of an entry.
+#[derive(Clone, Debug, Default)]
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: Timespec,
+    xattrs: Vec<(CString, Vec<u8>)>,
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    opts: UnpackOptions,
+    /// Directory metadata, applied at the end (deepest first) so that
+    /// creating children does not change a directory's mtime and a read-only
+    /// directory mode does not get in the way.
+    dirs: BTreeMap<Vec<u8>, Meta>,
+    /// The last parent directory opened, by path.
+    cache: Option<(Vec<u8>, OwnedFd)>,
+    entries: u64,
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+fn resolve_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+fn shown(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Unpacker {
+    fn entry<R: Read>(&mut self, mut e: tar::Entry<'_, R>) -> Result<()> {
+        use tar::EntryType as T;
+        let kind = e.header().entry_type();
+        if matches!(
+            kind,
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let raw = e.path_bytes().into_owned();
+        let name_shown = shown(&raw);
+        let comps = split_path(&raw).map_err(|r| Error::entry(&name_shown, r))?;
+        let meta = read_meta(&mut e, &name_shown)?;
+        let Some((name, parent)) = comps.split_last() else {
+            if kind != T::Directory {
+                return Err(Error::entry(&name_shown, "the layer root must be a directory"));
+            }
+            let fd = self.open_dir(&[], &name_shown)?;
+            self.set_xattrs(fd.as_fd(), &meta, &name_shown)?;
+            self.dirs.insert(Vec::new(), meta);
+            return Ok(());
+        };
+        let name: &[u8] = name;
+        let parent_fd = self.open_dir(parent, &name_shown)?;
+        match classify(name).map_err(|r| Error::entry(&name_shown, r))? {
+            Marker::AufsMeta => return Ok(()),
+            Marker::Opaque if self.opts.privileged => {
+                return set_xattr(parent_fd.as_fd(), c"trusted.overlay.opaque", b"y")
+                    .ctx(|| format!("layer entry {name_shown:?}: marking opaque"));
+            }
+            Marker::Whiteout(target) if self.opts.privileged => {
+                self.clear(parent_fd.as_fd(), target, false, &name_shown)?;
+                return rustix::fs::mknodat(
+                    &parent_fd,
+                    os(target),
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    makedev(0, 0),
+                )
+                .ctx(|| format!("layer entry {name_shown:?}: making whiteout"));
+            }
+            _ => {}
+        }
+        let p = parent_fd.as_fd();
+        match kind {
+            T::Directory => self.directory(p, name, meta, &raw, &name_shown),
+            T::Regular | T::Continuous | T::GNUSparse => {
+                self.clear(p, name, false, &name_shown)?;
+                self.regular(p, name, &mut e, kind, meta, &name_shown)
+            }
+            T::Symlink => {
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| Error::entry(&name_shown, "symlink without a target"))?
+                    .into_owned();
+                if target.contains(&0) || target.is_empty() {
+                    return Err(Error::entry(&name_shown, "symlink target is empty or has NUL"));
+                }
+                self.clear(p, name, false, &name_shown)?;
+                rustix::fs::symlinkat(os(&target), p, os(name))
+                    .ctx(|| format!("layer entry {name_shown:?}"))?;
+                self.path_meta(p, name, &meta, None, &name_shown)
+            }
+            T::Link => {
+                let target = e
+                    .link_name_bytes()
+                    .ok_or_else(|| Error::entry(&name_shown, "hard link without a target"))?
+                    .into_owned();
+                self.hard_link(p, name, &comps, &target, &name_shown)
+            }
+            T::Char | T::Block | T::Fifo => {
+                self.clear(p, name, false, &name_shown)?;
+                self.special(p, name, &e, kind, meta, &name_shown)
+            }
+            other => Err(Error::entry(
+                &name_shown,
+                format!("unsupported tar entry type {:?}", other.as_byte() as char),
+            )),
+        }
+    }
+
+    /// Open a directory of the layer by components, creating missing ones
+    /// (as 0755 root-owned, as tar does). Refuses a path through a symlink or
+    /// a non-directory.
+    fn open_dir(&mut self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
+        let key = comps.join(&b'/');
+        if let Some((k, fd)) = &self.cache
+            && *k == key
+        {
+            return fd.try_clone().ctx(|| format!("layer entry {entry:?}"));
+        }
+        let fd = self.walk(comps, entry)?;
+        self.cache = Some((key, fd.try_clone().ctx(|| format!("layer entry {entry:?}"))?));
+        Ok(fd)
+    }
+
+    fn walk(&mut self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
+        let err = |e: Errno| match e {
+            Errno::LOOP | Errno::XDEV => Error::entry(entry, "path goes through a symlink"),
+            Errno::NOTDIR => Error::entry(entry, "a parent is not a directory"),
+            e => Error::Io {
+                what: format!("layer entry {entry:?}"),
+                source: e.into(),
+            },
+        };
+        let mut cur = rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty()).map_err(err)?;
+        for c in comps {
+            let next = match rustix::fs::openat2(&cur, os(c), DIR_FLAGS, Mode::empty(), resolve_flags()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => {
+                    match rustix::fs::mkdirat(&cur, os(c), Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(err(e)),
+                    }
+                    let fd = rustix::fs::openat2(&cur, os(c), DIR_FLAGS, Mode::empty(), resolve_flags())
+                        .map_err(err)?;
+                    if !self.opts.privileged {
+                        let _ = set_xattr(fd.as_fd(), OVERRIDE, b"0:0:0755");
+                    }
+                    fd
+                }
+                Err(e) => return Err(err(e)),
+            };
+            cur = next;
+        }
+        Ok(cur)
+    }
+
+    /// Remove whatever is at `name` so a new object can be created there.
+    /// With `keep_dir`, an existing directory is kept; returns whether it was.
+    fn clear(&mut self, parent: BorrowedFd<'_>, name: &[u8], keep_dir: bool, entry: &str) -> Result<bool> {
+        let st = match rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(e).ctx(|| format!("layer entry {entry:?}")),
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if is_dir && keep_dir {
+            return Ok(true);
+        }
+        // Anything cached may be the object we remove.
+        self.cache = None;
+        if is_dir {
+            remove_tree(parent, name).ctx(|| format!("layer entry {entry:?}: replacing a directory"))?;
+        } else {
+            rustix::fs::unlinkat(parent, os(name), AtFlags::empty())
+                .ctx(|| format!("layer entry {entry:?}: replacing"))?;
+        }
+        Ok(false)
+    }
+
+    fn directory(&mut self, parent: BorrowedFd<'_>, name: &[u8], meta: Meta, raw: &[u8], entry: &str) -> Result<()> {
+        if !self.clear(parent, name, true, entry)? {
+            rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700))
+                .ctx(|| format!("layer entry {entry:?}"))?;
+        }
+        let fd = rustix::fs::openat2(parent, os(name), DIR_FLAGS, Mode::empty(), resolve_flags())
+            .ctx(|| format!("layer entry {entry:?}"))?;
+        self.set_xattrs(fd.as_fd(), &meta, entry)?;
+        let key = split_path(raw).unwrap_or_default().join(&b'/');
+        self.dirs.insert(key, meta);
+        Ok(())
+    }
+
+    fn regular<R: Read>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        e: &mut tar::Entry<'_, R>,
+        kind: tar::EntryType,
+        meta: Meta,
+        entry: &str,
+    ) -> Result<()> {
+        let fd = rustix::fs::openat(
+            parent,
+            os(name),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ctx(|| format!("layer entry {entry:?}"))?;
+        let mut file = File::from(fd);
+        let expected = e.size();
+        let copied = io::copy(e, &mut file).map_err(|err| Error::invalid(format!("layer entry {entry:?}"), err.to_string()))?;
+        if kind != tar::EntryType::GNUSparse && copied != expected {
+            return Err(Error::invalid(
+                format!("layer entry {entry:?}"),
+                format!("truncated: {copied} of {expected} bytes"),
+            ));
+        }
+        self.fd_meta(file.as_fd(), &meta, false, None, entry)
+    }
+
+    fn hard_link(&mut self, parent: BorrowedFd<'_>, name: &[u8], comps: &[&[u8]], target: &[u8], entry: &str) -> Result<()> {
+        let tcomps = split_path(target).map_err(|r| Error::entry(entry, format!("hard link target: {r}")))?;
+        let Some((tname, tparent)) = tcomps.split_last() else {
+            return Err(Error::entry(entry, "hard link to the layer root"));
+        };
+        if tcomps == comps {
+            return Err(Error::entry(entry, "hard link to itself"));
+        }
+        let tparent_fd = match self.walk_existing(tparent) {
+            Some(fd) => fd,
+            None => return Err(Error::entry(entry, "hard link target is not in the layer (yet)")),
+        };
+        match rustix::fs::statat(&tparent_fd, os(tname), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                return Err(Error::entry(entry, "hard link to a directory"));
+            }
+            Ok(_) => {}
+            Err(_) => return Err(Error::entry(entry, "hard link target is not in the layer (yet)")),
+        }
+        self.clear(parent, name, false, entry)?;
+        rustix::fs::linkat(&tparent_fd, os(tname), parent, os(name), AtFlags::empty())
+            .ctx(|| format!("layer entry {entry:?}: hard link"))
+    }
+
+    /// Open an existing directory without creating anything.
+    fn walk_existing(&self, comps: &[&[u8]]) -> Option<OwnedFd> {
+        if comps.is_empty() {
+            return rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty()).ok();
+        }
+        let path = comps.join(&b'/');
+        rustix::fs::openat2(&self.root, os(&path), DIR_FLAGS, Mode::empty(), resolve_flags()).ok()
+    }
+
+    fn special<R: Read>(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        e: &tar::Entry<'_, R>,
+        kind: tar::EntryType,
+        meta: Meta,
+        entry: &str,
+    ) -> Result<()> {
+        let h = e.header();
+        let major = h.device_major().ok().flatten().unwrap_or(0);
+        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        let ft = match kind {
+            tar::EntryType::Char => FileType::CharacterDevice,
+            tar::EntryType::Block => FileType::BlockDevice,
+            _ => FileType::Fifo,
+        };
+        if self.opts.privileged || ft == FileType::Fifo {
+            rustix::fs::mknodat(parent, os(name), ft, Mode::from_raw_mode(0o600), makedev(major, minor))
+                .ctx(|| format!("layer entry {entry:?}"))?;
+            let dev = (ft != FileType::Fifo).then_some((ft, major, minor));
+            return self.path_meta(parent, name, &meta, dev, entry);
+        }
+        // Without privilege a device is an empty file described by the override xattr.
+        let fd = rustix::fs::openat(
+            parent,
+            os(name),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .ctx(|| format!("layer entry {entry:?}"))?;
+        self.fd_meta(fd.as_fd(), &meta, false, Some((ft, major, minor)), entry)
+    }
+
+    fn set_xattrs(&self, fd: BorrowedFd<'_>, meta: &Meta, entry: &str) -> Result<()> {
+        for (k, v) in &meta.xattrs {
+            if !self.opts.privileged && !k.to_bytes().starts_with(b"user.") {
+                continue;
+            }
+            set_xattr(fd, k, v).ctx(|| format!("layer entry {entry:?}: xattr {}", k.to_string_lossy()))?;
+        }
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs, time of an object open as `fd`.
+    fn fd_meta(
+        &self,
+        fd: BorrowedFd<'_>,
+        meta: &Meta,
+        is_dir: bool,
+        dev: Option<(FileType, u32, u32)>,
+        entry: &str,
+    ) -> Result<()> {
+        let what = || format!("layer entry {entry:?}");
+        self.set_xattrs(fd, meta, entry)?;
+        if self.opts.privileged {
+            rustix::fs::fchown(fd, Some(uid(meta.uid)), Some(gid(meta.gid))).ctx(what)?;
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777)).ctx(what)?;
+        } else {
+            let own = if is_dir { 0o700 } else { 0o600 };
+            rustix::fs::fchmod(fd, Mode::from_raw_mode((meta.mode & 0o777) | own)).ctx(what)?;
+            set_xattr(fd, OVERRIDE, override_value(meta, dev).as_bytes()).ctx(what)?;
+        }
+        let times = Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        };
+        rustix::fs::futimens(fd, &times).ctx(what)
+    }
+
+    /// Owner, mode and time of a symlink or device, by name (never opened).
+    fn path_meta(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        meta: &Meta,
+        dev: Option<(FileType, u32, u32)>,
+        entry: &str,
+    ) -> Result<()> {
+        let what = || format!("layer entry {entry:?}");
+        let is_symlink = matches!(
+            rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+        );
+        if self.opts.privileged {
+            rustix::fs::chownat(parent, os(name), Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
+                .ctx(what)?;
+            if !is_symlink {
+                // A device or fifo we just created: chmod by name cannot be redirected.
+                rustix::fs::chmodat(parent, os(name), Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty())
+                    .ctx(what)?;
+            }
+        } else if !is_symlink {
+            // A fifo: owner and mode go in the override xattr, through an O_PATH-free open
+            // that cannot block (O_NONBLOCK on a fifo opened for reading).
+            if let Ok(fd) = rustix::fs::openat(
+                parent,
+                os(name),
+                OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode((meta.mode & 0o777) | 0o600));
+                let _ = set_xattr(fd.as_fd(), OVERRIDE, override_value(meta, dev).as_bytes());
+            }
+        }
+        let times = Timestamps {
+            last_access: meta.mtime,
+            last_modification: meta.mtime,
+        };
+        rustix::fs::utimensat(parent, os(name), &times, AtFlags::SYMLINK_NOFOLLOW).ctx(what)
+    }
+
+    /// Apply the deferred directory metadata, deepest first.
+    fn finish_dirs(&mut self) -> Result<()> {
+        self.cache = None;
+        let dirs = std::mem::take(&mut self.dirs);
+        for (path, meta) in dirs.iter().rev() {
+            let entry = shown(path);
+            let fd = if path.is_empty() {
+                rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty())
+            } else {
+                rustix::fs::openat2(&self.root, os(path), DIR_FLAGS, Mode::empty(), resolve_flags())
+            };
+            // A directory replaced later in the tar by something else keeps no metadata.
+            let Ok(fd) = fd else { continue };
+            let mut m = meta.clone();
+            m.xattrs.clear();
+            self.fd_meta(fd.as_fd(), &m, true, None, &entry)?;
+        }
+        Ok(())
+    }
+}
+
+const OVERRIDE: &std::ffi::CStr = c"user.containers.override_stat";
+
+/// The `user.containers.override_stat` value, as containers-storage writes it.
+fn override_value(meta: &Meta, dev: Option<(FileType, u32, u32)>) -> String {
+    let base = format!("{}:{}:0{:o}", meta.uid, meta.gid, meta.mode & 0o7777);
+    match dev {
+        Some((FileType::CharacterDevice, ma, mi)) => format!("{base}:char-{ma}-{mi}"),
+        Some((FileType::BlockDevice, ma, mi)) => format!("{base}:block-{ma}-{mi}"),
+        Some(_) => format!("{base}:pipe"),
+        None => base,
+    }
+}
+
+fn uid(raw: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw_unchecked(raw)
+}
+
+fn gid(raw: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw_unchecked(raw)
+}
+
+fn set_xattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr, value: &[u8]) -> rustix::io::Result<()> {
+    rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty())
+}
+
+/// Map an xattr name from a tar to the name stored in the layer: overlay's
+/// own names are escaped as the kernel does, so a tar cannot forge opaque
+/// directories or redirects; the rootless override is ours alone.
+pub fn stored_xattr_name(name: &str) -> Option<String> {
+    if name == "user.containers.override_stat" {
+        return None;
+    }
+    for prefix in ["trusted.overlay.", "user.overlay."] {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            return Some(format!("{prefix}overlay.{rest}"));
+        }
+    }
+    Some(name.to_string())
+}
+
+fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>, entry: &str) -> Result<Meta> {
+    let h = e.header();
+    let bad = |what: &str| Error::entry(entry, format!("bad {what} in header"));
+    let mut uid = h.uid().map_err(|_| bad("uid"))?;
+    let mut gid = h.gid().map_err(|_| bad("gid"))?;
+    let mode = h.mode().map_err(|_| bad("mode"))?;
+    let mut mtime = Timespec {
+        tv_sec: i64::try_from(h.mtime().map_err(|_| bad("mtime"))?).unwrap_or(i64::MAX),
+        tv_nsec: 0,
+    };
+    let mut xattrs = Vec::new();
+    if let Ok(Some(pax)) = e.pax_extensions() {
+        for ext in pax.flatten() {
+            let Ok(key) = ext.key() else { continue };
+            let value = ext.value_bytes();
+            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                let Some(stored) = stored_xattr_name(name) else { continue };
+                let Ok(cname) = CString::new(stored) else {
+                    return Err(Error::entry(entry, "xattr name contains a NUL byte"));
+                };
+                xattrs.push((cname, value.to_vec()));
+            } else {
+                let text = std::str::from_utf8(value).unwrap_or("");
+                match key {
+                    "uid" => uid = text.parse().map_err(|_| bad("PAX uid"))?,
+                    "gid" => gid = text.parse().map_err(|_| bad("PAX gid"))?,
+                    "mtime" => mtime = parse_pax_time(text).ok_or_else(|| bad("PAX mtime"))?,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let id = |v: u64, what: &str| match u32::try_from(v) {
+        Ok(v) if v != u32::MAX => Ok(v),
+        _ => Err(Error::entry(entry, format!("{what} {v} out of range"))),
+    };
+    Ok(Meta {
+        uid: id(uid, "uid")?,
+        gid: id(gid, "gid")?,
+        mode,
+        mtime,
+        xattrs,
+    })
+}
+
+/// Parse a PAX time, `SECONDS[.FRACTION]`.
+fn parse_pax_time(s: &str) -> Option<Timespec> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let tv_sec: i64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let tv_nsec = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
+    Some(Timespec { tv_sec, tv_nsec })
+}
+
+/// Remove a directory tree below `parent`, by fd, never following symlinks.
+fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
+    let fd = rustix::fs::openat(parent, os(name), DIR_FLAGS, Mode::empty())?;
+    let dup = rustix::fs::openat(&fd, ".", DIR_FLAGS, Mode::empty())?;
+    let mut dir = Dir::new(dup)?;
+    let mut names = Vec::new();
+    while let Some(ent) = dir.read() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push((n.to_vec(), ent.file_type()));
+        }
+    }
+    for (n, ft) in names {
+        let is_dir = match ft {
+            FileType::Directory => true,
+            FileType::Unknown => matches!(
+                rustix::fs::statat(&fd, os(&n), AtFlags::SYMLINK_NOFOLLOW),
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+            ),
+            _ => false,
+        };
+        if is_dir {
+            remove_tree(fd.as_fd(), &n)?;
+        } else {
+            rustix::fs::unlinkat(&fd, os(&n), AtFlags::empty())?;
+        }
+    }
+    rustix::fs::unlinkat(parent, os(name), AtFlags::REMOVEDIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_and_confines_paths() {
+        assert_eq!(split_path(b"./a/b/").unwrap(), vec![&b"a"[..], b"b"]);
+        assert_eq!(split_path(b"/etc/passwd").unwrap(), vec![&b"etc"[..], b"passwd"]);
+        assert_eq!(split_path(b"a//./b").unwrap(), vec![&b"a"[..], b"b"]);
+        assert!(split_path(b"./").unwrap().is_empty());
+        assert!(split_path(b"").unwrap().is_empty());
+        assert!(split_path(b"../x").is_err());
+        assert!(split_path(b"a/../../x").is_err());
+        assert!(split_path(b"a/..").is_err());
+        assert!(split_path(b"a\0b").is_err());
+        assert!(split_path(&[b'x'; 256]).is_err());
+        assert!(split_path(b"..a/b..").is_ok());
+    }
+
+    #[test]
+    fn classifies_whiteouts() {
+        assert_eq!(classify(b"file"), Ok(Marker::Name));
+        assert_eq!(classify(b".wh..wh..opq"), Ok(Marker::Opaque));
+        assert_eq!(classify(b".wh.foo"), Ok(Marker::Whiteout(b"foo")));
+        assert_eq!(classify(b".wh..wh.plnk"), Ok(Marker::AufsMeta));
+        assert_eq!(classify(b".wh..hidden"), Ok(Marker::Whiteout(b".hidden")));
+        assert!(classify(b".wh.").is_err());
+        assert!(classify(b".wh..").is_err());
+        assert!(classify(b".wh...").is_err());
+    }
+
+    #[test]
+    fn escapes_overlay_xattrs() {
+        assert_eq!(stored_xattr_name("user.foo").as_deref(), Some("user.foo"));
+        assert_eq!(
+            stored_xattr_name("trusted.overlay.opaque").as_deref(),
+            Some("trusted.overlay.overlay.opaque")
+        );
+        assert_eq!(
+            stored_xattr_name("user.overlay.redirect").as_deref(),
+            Some("user.overlay.overlay.redirect")
+        );
+        assert_eq!(stored_xattr_name("user.containers.override_stat"), None);
+    }
+
+    #[test]
+    fn detects_compression_by_magic() {
+        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
+        assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(Compression::detect(b"usta"), Compression::None);
+        assert_eq!(Compression::detect(b""), Compression::None);
+    }
+
+    #[test]
+    fn parses_pax_times() {
+        let t = parse_pax_time("1700000000.5").unwrap();
+        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
+        assert_eq!(parse_pax_time("12").unwrap().tv_sec, 12);
+        assert!(parse_pax_time("x").is_none());
+        assert!(parse_pax_time("1.x").is_none());
+    }
+
+    #[test]
+    fn override_values() {
+        let m = Meta {
+            uid: 1,
+            gid: 2,
+            mode: 0o4755,
+            ..Meta::default()
+        };
+        assert_eq!(override_value(&m, None), "1:2:04755");
+        assert_eq!(
+            override_value(&m, Some((FileType::CharacterDevice, 1, 3))),
+            "1:2:04755:char-1-3"
+        );
+    }
+}
