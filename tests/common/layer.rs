@@ -196,6 +196,7 @@ impl Layer {
         fs::create_dir_all(root).unwrap();
         let mut metas: Vec<(PathBuf, Meta)> = Vec::new();
         let mut made_dirs: Vec<PathBuf> = Vec::new();
+        let mut xattrs: Vec<(PathBuf, String, Vec<u8>)> = Vec::new();
         let parent = |p: &Path, made: &mut Vec<PathBuf>| {
             let mut acc = root.to_path_buf();
             if let Some(par) = p.parent() {
@@ -269,7 +270,8 @@ impl Layer {
                     metas.push((full, meta.clone()));
                 }
                 Node::Xattr(p, name, value) => {
-                    sys::lsetxattr(&root.join(p), name, value).unwrap();
+                    // after owners are set: chown clears security.capability
+                    xattrs.push((root.join(p), name.clone(), value.clone()));
                 }
                 Node::Raw(p, data) => {
                     parent(p, &mut made_dirs);
@@ -311,6 +313,9 @@ impl Layer {
             }
             let t = meta.mtime.unwrap_or(LAYER_MTIME);
             sys::lutimes(&p, (t, 0), (t, 0)).unwrap();
+        }
+        for (p, name, value) in xattrs {
+            sys::lsetxattr(&p, &name, &value).unwrap();
         }
     }
 }

@@ -304,6 +304,21 @@ impl Both {
         assert_trees_eq(what, self.k.name, &a, self.u.name, &b);
     }
 
+    /// Both upper directories hold the same things on disk (see `upper_view`):
+    /// copy-up and whiteouts happened exactly where the kernel made them.
+    #[track_caller]
+    pub fn check_uppers(&self, what: &str) {
+        let a = snapshot::upper_view(&self.k.upper);
+        let b = snapshot::upper_view(&self.u.upper);
+        snapshot::assert_uppers_eq(
+            what,
+            "kernel's upper",
+            &a,
+            &format!("{}'s upper", self.u.name),
+            &b,
+        );
+    }
+
     /// Unmount both, then mount both sides' layers and uppers with kernel
     /// overlayfs and compare: the on-disk formats agree. Leaves both sides
     /// mounted by kernel overlayfs.

@@ -322,3 +322,96 @@ pub fn assert_raw_unchanged(
     }
     panic!("lower layer {} was modified:\n{out}", what.display());
 }
+
+/// What an upper directory holds on disk, in a form two implementations can
+/// be compared on: whiteouts as 'w', opaque dirs marked, other overlay
+/// bookkeeping xattrs (origin, impure, redirect…) left out, mtimes only when
+/// they are a layer's fixed old time.
+pub fn upper_view(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let full = root.join(&rel);
+        let st = sys::lstat(&full).unwrap_or_else(|e| panic!("lstat {}: {e}", full.display()));
+        let fmt = st.st_mode & libc::S_IFMT;
+        let whiteout = fmt == libc::S_IFCHR && st.st_rdev == 0;
+        let kind = if whiteout { 'w' } else { kind_of(st.st_mode) };
+        let mut line = format!("{kind}");
+        if !whiteout {
+            let _ = write!(
+                line,
+                " perm={:o} uid={} gid={}",
+                st.st_mode & 0o7777,
+                st.st_uid,
+                st.st_gid
+            );
+        }
+        if st.st_mtime <= LAYER_MTIME {
+            let _ = write!(line, " mtime={}", st.st_mtime);
+        }
+        match fmt {
+            libc::S_IFREG => {
+                let _ = write!(line, " data={:?}", file_data(&full).unwrap());
+            }
+            libc::S_IFLNK => {
+                let _ = write!(line, " target={:?}", std::fs::read_link(&full).unwrap());
+            }
+            libc::S_IFDIR => {
+                for e in std::fs::read_dir(&full).unwrap() {
+                    stack.push(rel.join(e.unwrap().file_name()));
+                }
+            }
+            _ => {}
+        }
+        let xs: Vec<(String, Vec<u8>)> = sys::xattrs(&full)
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| {
+                let ov = n
+                    .strip_prefix("trusted.overlay.")
+                    .or(n.strip_prefix("user.overlay."));
+                match ov {
+                    Some(rest) => rest == "opaque" || rest.starts_with("overlay."),
+                    None => true,
+                }
+            })
+            .map(|(n, v)| {
+                (
+                    n.replace("user.overlay.opaque", "trusted.overlay.opaque"),
+                    v,
+                )
+            })
+            .collect();
+        if !xs.is_empty() {
+            let _ = write!(line, " xattrs={xs:?}");
+        }
+        out.insert(rel, line);
+    }
+    out
+}
+
+/// Panic with the differences between two upper views.
+pub fn assert_uppers_eq(
+    what: &str,
+    a_name: &str,
+    a: &BTreeMap<PathBuf, String>,
+    b_name: &str,
+    b: &BTreeMap<PathBuf, String>,
+) {
+    if a == b {
+        return;
+    }
+    let mut out = String::new();
+    let keys: BTreeSet<&PathBuf> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (x, y) = (a.get(k), b.get(k));
+        if x != y {
+            let _ = writeln!(
+                out,
+                "/{}:\n    {a_name}: {x:?}\n    {b_name}: {y:?}",
+                k.display()
+            );
+        }
+    }
+    panic!("{what}: upper directories differ:\n{out}");
+}
