@@ -119,6 +119,16 @@ impl Side {
         self.mount = Some(m);
     }
 
+    /// Mount with kernel overlayfs and extra options appended (e.g. ",index=on").
+    pub fn mount_kernel_with(&mut self, extra: &str) {
+        assert!(self.mount.is_none(), "{} is mounted already", self.name);
+        let opts = kernel_opts(&self.lowers, self.upper_pair()) + extra;
+        self.mount = Some(
+            Mount::kernel(&self.mnt, &opts)
+                .unwrap_or_else(|e| panic!("{}: kernel mount -o {opts}: {e}", self.name)),
+        );
+    }
+
     /// Unmount; panics if unmounting or the daemon's exit went wrong.
     pub fn unmount(&mut self) {
         if let Some(mut m) = self.mount.take() {
@@ -181,6 +191,7 @@ pub struct Both {
     pub k: Side,
     pub u: Side,
     lower_sums: Vec<(PathBuf, BTreeMap<PathBuf, String>)>,
+    setup: Setup,
     pub scratch: Scratch,
 }
 
@@ -205,7 +216,7 @@ impl Both {
         let mut k = Side::new(
             "kernel",
             Impl::Kernel,
-            scratch.dir("kernel"),
+            scratch.dir("ref"),
             n,
             setup.readonly,
         );
@@ -216,7 +227,7 @@ impl Both {
                 "unionmount"
             },
             sub_imp,
-            scratch.dir("union"),
+            scratch.dir("sub"),
             n,
             setup.readonly,
         );
@@ -245,8 +256,28 @@ impl Both {
             k,
             u,
             lower_sums,
+            setup,
             scratch,
         })
+    }
+
+    /// A third, unmounted side with fresh kernel-format copies of the same
+    /// layers (e.g. for a kernel mount with other options). Drop it before `self`.
+    pub fn extra_side(&self, dir: &str) -> Side {
+        let side = Side::new(
+            "extra",
+            Impl::Kernel,
+            self.scratch.dir(dir),
+            self.setup.lowers.len(),
+            self.setup.readonly,
+        );
+        for (i, l) in self.setup.lowers.iter().enumerate() {
+            l.build(&side.lowers[i], Dialect::Kernel);
+        }
+        if let Some(up) = &self.setup.upper {
+            up.build(&side.upper, Dialect::Kernel);
+        }
+        side
     }
 
     pub fn sides(&self) -> [&Side; 2] {
