@@ -1,14 +1,131 @@
 //! `unionmount image …` and `unionmount commit`: thin wrappers over the layerstore crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use layerstore::Store;
+use layerstore::serde_json;
+use layerstore::image::{self, SaveFormat};
+use layerstore::store::{ImageInfo, layer_pairs};
+
+/// Where the store is: `--store DIR`, else `UNIONMOUNT_STORE`, else the default.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArg {
+    /// Store directory (default: $UNIONMOUNT_STORE, /var/lib/unionmount as root,
+    /// $XDG_DATA_HOME/unionmount otherwise)
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+impl StoreArg {
+    fn root(&self) -> anyhow::Result<PathBuf> {
+        match &self.store {
+            Some(p) => Ok(p.clone()),
+            None => Ok(Store::default_root()?),
+        }
+    }
+
+    fn open(&self) -> anyhow::Result<Store> {
+        Ok(Store::open(&self.root()?)?)
+    }
+
+    fn open_exclusive(&self) -> anyhow::Result<Store> {
+        Ok(Store::open_exclusive(&self.root()?)?)
+    }
+}
 
 #[derive(Subcommand)]
 pub enum ImageCommand {
+    /// Load images from a docker-archive tar, an OCI archive tar or an OCI layout directory.
+    Load {
+        /// The archive or directory
+        path: PathBuf,
+        /// Name the (single) image instead of using the names in the source
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Make a one-layer image from a root filesystem (tar, tar.gz, tar.zst or directory).
+    Import {
+        /// The root filesystem
+        path: PathBuf,
+        /// Name of the new image
+        #[arg(long)]
+        tag: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// List images.
-    Ls,
+    Ls {
+        /// `json` for scripts
+        #[arg(long)]
+        format: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show an image's manifest, config and layer directories as JSON.
+    Inspect {
+        image: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Give an image another name.
+    Tag {
+        image: String,
+        new: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove image names (by id: every name of that image). Content goes with `prune`.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Write an image out: oci (directory), oci-archive or docker-archive (tar).
+    Save {
+        image: String,
+        /// oci | oci-archive | docker-archive
+        #[arg(long)]
+        format: String,
+        /// Output path (must not exist)
+        out: PathBuf,
+        /// Name recorded in the output (default: the image's name)
+        #[arg(long = "ref")]
+        ref_name: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove blobs and layers that no image or container uses.
+    Prune {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Re-hash blobs and check unpacked layers.
+    Fsck {
+        /// Remove damaged blobs and re-unpack missing or damaged layers
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Mount an image's layers (read-only, or with --upper/--work) through unionmount.
+    Mount {
+        image: String,
+        mountpoint: PathBuf,
+        /// Writable upper directory
+        #[arg(long, requires = "work")]
+        upper: Option<PathBuf>,
+        /// Work directory on the same filesystem as the upper
+        #[arg(long, requires = "upper")]
+        work: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
 }
 
 #[derive(Args)]
@@ -18,14 +135,207 @@ pub struct CommitArgs {
     /// Name of the new image
     #[arg(long)]
     pub tag: String,
+    /// The image the upper was mounted on (needed for directory redirects)
+    #[arg(long)]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
 }
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ImageCommand::Ls => anyhow::bail!("image ls: the layer store is not built yet"),
+        ImageCommand::Load { path, tag, store } => {
+            let s = store.open()?;
+            for l in image::load(&s, &path, tag.as_deref())? {
+                println!("Loaded image {} ({})", l.name.as_deref().unwrap_or("<none>"), l.manifest);
+            }
+        }
+        ImageCommand::Import { path, tag, store } => {
+            let s = store.open()?;
+            let d = image::import(&s, &path, &tag)?;
+            println!("Imported {tag} ({d})");
+        }
+        ImageCommand::Ls { format, store } => ls(&store.open()?, format.as_deref())?,
+        ImageCommand::Inspect { image, store } => inspect(&store.open()?, &image)?,
+        ImageCommand::Tag { image, new, store } => store.open()?.tag(&image, &new)?,
+        ImageCommand::Rm { images, store } => {
+            let s = store.open()?;
+            for i in images {
+                let n = s.remove(&i)?;
+                println!("Untagged {i} ({n} entr{})", if n == 1 { "y" } else { "ies" });
+            }
+        }
+        ImageCommand::Save {
+            image,
+            format,
+            out,
+            ref_name,
+            store,
+        } => {
+            let fmt: SaveFormat = format.parse()?;
+            image::save(&store.open()?, &image, fmt, &out, ref_name.as_deref())?;
+        }
+        ImageCommand::Prune { store } => {
+            let r = store.open_exclusive()?.prune()?;
+            println!("Removed {} blobs ({}) and {} layers", r.blobs, human(r.bytes), r.layers);
+        }
+        ImageCommand::Fsck { repair, store } => {
+            let s = if repair { store.open_exclusive()? } else { store.open()? };
+            let problems = s.fsck(repair)?;
+            for p in &problems {
+                println!("{p}");
+            }
+            if problems.is_empty() {
+                println!("store {}: clean", s.root().display());
+            } else if repair {
+                let left = s.fsck(false)?;
+                if !left.is_empty() {
+                    bail!("store {}: {} problems remain after repair", s.root().display(), left.len());
+                }
+                println!("store {}: repaired {} problems", s.root().display(), problems.len());
+            } else {
+                bail!("store {}: {} problems (run with --repair)", s.root().display(), problems.len());
+            }
+        }
+        ImageCommand::Mount {
+            image,
+            mountpoint,
+            upper,
+            work,
+            store,
+        } => return mount(&store.open()?, &image, &mountpoint, upper.as_deref(), work.as_deref()),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("commit {}: the layer store is not built yet", args.source.display())
+    let s = args.store.open()?;
+    let mut from = args.from.clone();
+    let mut upper = args.source.clone();
+    if !upper.is_dir() {
+        // A container id: its upper and the image it was made from.
+        let c = s.root().join("containers").join(&args.source);
+        if !c.join("upper").is_dir() {
+            bail!("commit {}: not a directory or a container", args.source.display());
+        }
+        if from.is_none() {
+            from = std::fs::read_to_string(c.join("image")).ok().map(|t| t.trim().to_string());
+        }
+        upper = c.join("upper");
+    }
+    let d = layerstore::diff::commit(&s, &upper, &args.tag, from.as_deref())?;
+    println!("Committed {} ({d})", args.tag);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
+    let images = s.images()?;
+    match format {
+        Some("json") => {
+            let v: Vec<_> = images
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "name": i.name,
+                        "id": i.id().to_string(),
+                        "digest": i.manifest_desc.digest.to_string(),
+                        "layers": i.manifest.layers.len(),
+                        "size": i.size,
+                        "created": i.config.created,
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        None | Some("table") => {
+            println!("{:<40} {:<12} {:>6} {:>10}  CREATED", "NAME", "ID", "LAYERS", "SIZE");
+            for i in &images {
+                println!(
+                    "{:<40} {:<12} {:>6} {:>10}  {}",
+                    i.name.as_deref().unwrap_or("<none>"),
+                    i.id().short(),
+                    i.manifest.layers.len(),
+                    human(i.size),
+                    i.config.created.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        Some(other) => bail!("image ls: unknown format {other:?} (expected json or table)"),
+    }
+    Ok(())
+}
+
+fn inspect(s: &Store, name: &str) -> anyhow::Result<()> {
+    let info = s.resolve(name)?;
+    let cfg_bytes = s.blobs().read_verified(&info.manifest.config.digest)?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&cfg_bytes).with_context(|| format!("config {}", info.manifest.config.digest))?;
+    let layers: Vec<_> = layer_pairs(&info)?
+        .into_iter()
+        .map(|(blob, diff)| {
+            serde_json::json!({
+                "blob": blob.to_string(),
+                "diffId": diff.to_string(),
+                "dir": s.layer_dir(&diff),
+            })
+        })
+        .collect();
+    let v = serde_json::json!({
+        "name": info.name,
+        "id": info.id().to_string(),
+        "digest": info.manifest_desc.digest.to_string(),
+        "manifest": info.manifest,
+        "config": config,
+        "layers": layers,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn mount(s: &Store, name: &str, mnt: &Path, upper: Option<&Path>, work: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let info: ImageInfo = s.resolve(name)?;
+    let mut dirs = s.layer_dirs(&info)?;
+    if dirs.is_empty() {
+        bail!("image {name}: has no layers to mount");
+    }
+    dirs.reverse();
+    let mut paths = dirs;
+    paths.extend(upper.map(Path::to_path_buf));
+    paths.extend(work.map(Path::to_path_buf));
+    for p in &paths {
+        let t = p.to_string_lossy();
+        if t.contains([':', ',', '\\']) {
+            bail!("{}: a path with ':', ',' or '\\' cannot go in mount options", p.display());
+        }
+    }
+    let lowers: Vec<String> = paths[..paths.len() - usize::from(upper.is_some()) * 2]
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let mut opts = format!("lowerdir={}", lowers.join(":"));
+    if let (Some(u), Some(w)) = (upper, work) {
+        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+    }
+    let exe = std::env::current_exe().context("finding the unionmount binary")?;
+    let status = std::process::Command::new(exe)
+        .arg("-o")
+        .arg(&opts)
+        .arg(mnt)
+        .status()
+        .with_context(|| format!("image mount {name}: starting the mount"))?;
+    if !status.success() {
+        bail!("image mount {name} on {}: the mount failed ({status})", mnt.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -142,7 +142,12 @@ pub fn read_limited(r: impl Read, limit: u64, what: &str, d: &Digest) -> Result<
 
 /// Copy a stream into a new fsynced file in `tmp`, checking its digest when
 /// one is expected. Returns the staged path; on any error nothing is left.
-pub fn stage(tmp: &Path, r: &mut impl Read, expected: Option<&Digest>, what: &str) -> Result<PathBuf> {
+pub fn stage(
+    tmp: &Path,
+    r: &mut impl Read,
+    expected: Option<&Digest>,
+    what: &str,
+) -> Result<PathBuf> {
     let (digest, _len, path) = stage_hashed(tmp, r, what)?;
     if let Some(exp) = expected
         && &digest != exp
@@ -198,7 +203,13 @@ mod tests {
         assert!(matches!(b.verify(&d), Err(Error::DigestMismatch { .. })));
         assert!(b.read_verified(&d).is_err());
         let other = Digest::of_bytes(b"x");
-        let err = stage(&t.path().join("tmp"), &mut &b"y"[..], Some(&other), "blob x").unwrap_err();
+        let err = stage(
+            &t.path().join("tmp"),
+            &mut &b"y"[..],
+            Some(&other),
+            "blob x",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("digest mismatch"), "{err}");
         assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0);
     }

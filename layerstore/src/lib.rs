@@ -16,6 +16,8 @@ mod util;
 
 pub use digest::Digest;
 pub use store::Store;
+/// Re-exported so the binary prints JSON with the same version.
+pub use serde_json;
 
 /// Everything the store can fail with. Each message is one line that names the
 /// object concerned and the reason.
@@ -88,4 +90,3 @@ impl<T, E: Into<std::io::Error>> Context<T> for std::result::Result<T, E> {
         self.ctx(|| path.display().to_string())
     }
 }
-

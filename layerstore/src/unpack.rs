@@ -258,7 +258,10 @@ impl Unpacker {
         let meta = read_meta(&mut e, &name_shown)?;
         let Some((name, parent)) = comps.split_last() else {
             if kind != T::Directory {
-                return Err(Error::entry(&name_shown, "the layer root must be a directory"));
+                return Err(Error::entry(
+                    &name_shown,
+                    "the layer root must be a directory",
+                ));
             }
             let fd = self.open_dir(&[], &name_shown)?;
             self.set_xattrs(fd.as_fd(), &meta, &name_shown)?;
@@ -299,7 +302,10 @@ impl Unpacker {
                     .ok_or_else(|| Error::entry(&name_shown, "symlink without a target"))?
                     .into_owned();
                 if target.contains(&0) || target.is_empty() {
-                    return Err(Error::entry(&name_shown, "symlink target is empty or has NUL"));
+                    return Err(Error::entry(
+                        &name_shown,
+                        "symlink target is empty or has NUL",
+                    ));
                 }
                 self.clear(p, name, false, &name_shown)?;
                 rustix::fs::symlinkat(os(&target), p, os(name))
@@ -335,7 +341,10 @@ impl Unpacker {
             return fd.try_clone().ctx(|| format!("layer entry {entry:?}"));
         }
         let fd = self.walk(comps, entry)?;
-        self.cache = Some((key, fd.try_clone().ctx(|| format!("layer entry {entry:?}"))?));
+        self.cache = Some((
+            key,
+            fd.try_clone().ctx(|| format!("layer entry {entry:?}"))?,
+        ));
         Ok(fd)
     }
 
@@ -350,22 +359,29 @@ impl Unpacker {
         };
         let mut cur = rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty()).map_err(err)?;
         for c in comps {
-            let next = match rustix::fs::openat2(&cur, os(c), DIR_FLAGS, Mode::empty(), resolve_flags()) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => {
-                    match rustix::fs::mkdirat(&cur, os(c), Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(e) => return Err(err(e)),
-                    }
-                    let fd = rustix::fs::openat2(&cur, os(c), DIR_FLAGS, Mode::empty(), resolve_flags())
+            let next =
+                match rustix::fs::openat2(&cur, os(c), DIR_FLAGS, Mode::empty(), resolve_flags()) {
+                    Ok(fd) => fd,
+                    Err(Errno::NOENT) => {
+                        match rustix::fs::mkdirat(&cur, os(c), Mode::from_raw_mode(0o755)) {
+                            Ok(()) | Err(Errno::EXIST) => {}
+                            Err(e) => return Err(err(e)),
+                        }
+                        let fd = rustix::fs::openat2(
+                            &cur,
+                            os(c),
+                            DIR_FLAGS,
+                            Mode::empty(),
+                            resolve_flags(),
+                        )
                         .map_err(err)?;
-                    if !self.opts.privileged {
-                        let _ = set_xattr(fd.as_fd(), OVERRIDE, b"0:0:0755");
+                        if !self.opts.privileged {
+                            let _ = set_xattr(fd.as_fd(), OVERRIDE, b"0:0:0755");
+                        }
+                        fd
                     }
-                    fd
-                }
-                Err(e) => return Err(err(e)),
-            };
+                    Err(e) => return Err(err(e)),
+                };
             cur = next;
         }
         Ok(cur)
@@ -373,7 +389,13 @@ impl Unpacker {
 
     /// Remove whatever is at `name` so a new object can be created there.
     /// With `keep_dir`, an existing directory is kept; returns whether it was.
-    fn clear(&mut self, parent: BorrowedFd<'_>, name: &[u8], keep_dir: bool, entry: &str) -> Result<bool> {
+    fn clear(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        keep_dir: bool,
+        entry: &str,
+    ) -> Result<bool> {
         let st = match rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => return Ok(false),
@@ -386,7 +408,8 @@ impl Unpacker {
         // Anything cached may be the object we remove.
         self.cache = None;
         if is_dir {
-            remove_tree(parent, name).ctx(|| format!("layer entry {entry:?}: replacing a directory"))?;
+            remove_tree(parent, name)
+                .ctx(|| format!("layer entry {entry:?}: replacing a directory"))?;
         } else {
             rustix::fs::unlinkat(parent, os(name), AtFlags::empty())
                 .ctx(|| format!("layer entry {entry:?}: replacing"))?;
@@ -394,7 +417,14 @@ impl Unpacker {
         Ok(false)
     }
 
-    fn directory(&mut self, parent: BorrowedFd<'_>, name: &[u8], meta: Meta, raw: &[u8], entry: &str) -> Result<()> {
+    fn directory(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        meta: Meta,
+        raw: &[u8],
+        entry: &str,
+    ) -> Result<()> {
         if !self.clear(parent, name, true, entry)? {
             rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700))
                 .ctx(|| format!("layer entry {entry:?}"))?;
@@ -425,7 +455,8 @@ impl Unpacker {
         .ctx(|| format!("layer entry {entry:?}"))?;
         let mut file = File::from(fd);
         let expected = e.size();
-        let copied = io::copy(e, &mut file).map_err(|err| Error::invalid(format!("layer entry {entry:?}"), err.to_string()))?;
+        let copied = io::copy(e, &mut file)
+            .map_err(|err| Error::invalid(format!("layer entry {entry:?}"), err.to_string()))?;
         if kind != tar::EntryType::GNUSparse && copied != expected {
             return Err(Error::invalid(
                 format!("layer entry {entry:?}"),
@@ -435,8 +466,16 @@ impl Unpacker {
         self.fd_meta(file.as_fd(), &meta, false, None, entry)
     }
 
-    fn hard_link(&mut self, parent: BorrowedFd<'_>, name: &[u8], comps: &[&[u8]], target: &[u8], entry: &str) -> Result<()> {
-        let tcomps = split_path(target).map_err(|r| Error::entry(entry, format!("hard link target: {r}")))?;
+    fn hard_link(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        comps: &[&[u8]],
+        target: &[u8],
+        entry: &str,
+    ) -> Result<()> {
+        let tcomps = split_path(target)
+            .map_err(|r| Error::entry(entry, format!("hard link target: {r}")))?;
         let Some((tname, tparent)) = tcomps.split_last() else {
             return Err(Error::entry(entry, "hard link to the layer root"));
         };
@@ -445,14 +484,24 @@ impl Unpacker {
         }
         let tparent_fd = match self.walk_existing(tparent) {
             Some(fd) => fd,
-            None => return Err(Error::entry(entry, "hard link target is not in the layer (yet)")),
+            None => {
+                return Err(Error::entry(
+                    entry,
+                    "hard link target is not in the layer (yet)",
+                ));
+            }
         };
         match rustix::fs::statat(&tparent_fd, os(tname), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
                 return Err(Error::entry(entry, "hard link to a directory"));
             }
             Ok(_) => {}
-            Err(_) => return Err(Error::entry(entry, "hard link target is not in the layer (yet)")),
+            Err(_) => {
+                return Err(Error::entry(
+                    entry,
+                    "hard link target is not in the layer (yet)",
+                ));
+            }
         }
         self.clear(parent, name, false, entry)?;
         rustix::fs::linkat(&tparent_fd, os(tname), parent, os(name), AtFlags::empty())
@@ -465,7 +514,14 @@ impl Unpacker {
             return rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty()).ok();
         }
         let path = comps.join(&b'/');
-        rustix::fs::openat2(&self.root, os(&path), DIR_FLAGS, Mode::empty(), resolve_flags()).ok()
+        rustix::fs::openat2(
+            &self.root,
+            os(&path),
+            DIR_FLAGS,
+            Mode::empty(),
+            resolve_flags(),
+        )
+        .ok()
     }
 
     fn special<R: Read>(
@@ -486,8 +542,14 @@ impl Unpacker {
             _ => FileType::Fifo,
         };
         if self.opts.privileged || ft == FileType::Fifo {
-            rustix::fs::mknodat(parent, os(name), ft, Mode::from_raw_mode(0o600), makedev(major, minor))
-                .ctx(|| format!("layer entry {entry:?}"))?;
+            rustix::fs::mknodat(
+                parent,
+                os(name),
+                ft,
+                Mode::from_raw_mode(0o600),
+                makedev(major, minor),
+            )
+            .ctx(|| format!("layer entry {entry:?}"))?;
             let dev = (ft != FileType::Fifo).then_some((ft, major, minor));
             return self.path_meta(parent, name, &meta, dev, entry);
         }
@@ -507,7 +569,8 @@ impl Unpacker {
             if !self.opts.privileged && !k.to_bytes().starts_with(b"user.") {
                 continue;
             }
-            set_xattr(fd, k, v).ctx(|| format!("layer entry {entry:?}: xattr {}", k.to_string_lossy()))?;
+            set_xattr(fd, k, v)
+                .ctx(|| format!("layer entry {entry:?}: xattr {}", k.to_string_lossy()))?;
         }
         Ok(())
     }
@@ -553,12 +616,23 @@ impl Unpacker {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
         );
         if self.opts.privileged {
-            rustix::fs::chownat(parent, os(name), Some(uid(meta.uid)), Some(gid(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
-                .ctx(what)?;
+            rustix::fs::chownat(
+                parent,
+                os(name),
+                Some(uid(meta.uid)),
+                Some(gid(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .ctx(what)?;
             if !is_symlink {
                 // A device or fifo we just created: chmod by name cannot be redirected.
-                rustix::fs::chmodat(parent, os(name), Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty())
-                    .ctx(what)?;
+                rustix::fs::chmodat(
+                    parent,
+                    os(name),
+                    Mode::from_raw_mode(meta.mode & 0o7777),
+                    AtFlags::empty(),
+                )
+                .ctx(what)?;
             }
         } else if !is_symlink {
             // A fifo: owner and mode go in the override xattr, through an O_PATH-free open
@@ -589,7 +663,13 @@ impl Unpacker {
             let fd = if path.is_empty() {
                 rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty())
             } else {
-                rustix::fs::openat2(&self.root, os(path), DIR_FLAGS, Mode::empty(), resolve_flags())
+                rustix::fs::openat2(
+                    &self.root,
+                    os(path),
+                    DIR_FLAGS,
+                    Mode::empty(),
+                    resolve_flags(),
+                )
             };
             // A directory replaced later in the tar by something else keeps no metadata.
             let Ok(fd) = fd else { continue };
@@ -657,7 +737,9 @@ fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>, entry: &str) -> Result<Meta> {
             let Ok(key) = ext.key() else { continue };
             let value = ext.value_bytes();
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                let Some(stored) = stored_xattr_name(name) else { continue };
+                let Some(stored) = stored_xattr_name(name) else {
+                    continue;
+                };
                 let Ok(cname) = CString::new(stored) else {
                     return Err(Error::entry(entry, "xattr name contains a NUL byte"));
                 };
@@ -740,7 +822,10 @@ mod tests {
     #[test]
     fn splits_and_confines_paths() {
         assert_eq!(split_path(b"./a/b/").unwrap(), vec![&b"a"[..], b"b"]);
-        assert_eq!(split_path(b"/etc/passwd").unwrap(), vec![&b"etc"[..], b"passwd"]);
+        assert_eq!(
+            split_path(b"/etc/passwd").unwrap(),
+            vec![&b"etc"[..], b"passwd"]
+        );
         assert_eq!(split_path(b"a//./b").unwrap(), vec![&b"a"[..], b"b"]);
         assert!(split_path(b"./").unwrap().is_empty());
         assert!(split_path(b"").unwrap().is_empty());
@@ -781,7 +866,10 @@ mod tests {
     #[test]
     fn detects_compression_by_magic() {
         assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
-        assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(
+            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]),
+            Compression::Zstd
+        );
         assert_eq!(Compression::detect(b"usta"), Compression::None);
         assert_eq!(Compression::detect(b""), Compression::None);
     }
