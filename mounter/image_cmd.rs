@@ -6,9 +6,17 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use layerstore::Store;
-use layerstore::serde_json;
 use layerstore::image::{self, SaveFormat};
+use layerstore::serde_json;
 use layerstore::store::{ImageInfo, layer_pairs};
+
+/// Print a line; a closed stdout (`| head`) is not an error.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 
 /// Where the store is: `--store DIR`, else `UNIONMOUNT_STORE`, else the default.
 #[derive(Args, Clone, Debug)]
@@ -147,13 +155,17 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Load { path, tag, store } => {
             let s = store.open()?;
             for l in image::load(&s, &path, tag.as_deref())? {
-                println!("Loaded image {} ({})", l.name.as_deref().unwrap_or("<none>"), l.manifest);
+                say!(
+                    "Loaded image {} ({})",
+                    l.name.as_deref().unwrap_or("<none>"),
+                    l.manifest
+                );
             }
         }
         ImageCommand::Import { path, tag, store } => {
             let s = store.open()?;
             let d = image::import(&s, &path, &tag)?;
-            println!("Imported {tag} ({d})");
+            say!("Imported {tag} ({d})");
         }
         ImageCommand::Ls { format, store } => ls(&store.open()?, format.as_deref())?,
         ImageCommand::Inspect { image, store } => inspect(&store.open()?, &image)?,
@@ -162,7 +174,10 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let s = store.open()?;
             for i in images {
                 let n = s.remove(&i)?;
-                println!("Untagged {i} ({n} entr{})", if n == 1 { "y" } else { "ies" });
+                say!(
+                    "Untagged {i} ({n} entr{})",
+                    if n == 1 { "y" } else { "ies" }
+                );
             }
         }
         ImageCommand::Save {
@@ -177,24 +192,45 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
         ImageCommand::Prune { store } => {
             let r = store.open_exclusive()?.prune()?;
-            println!("Removed {} blobs ({}) and {} layers", r.blobs, human(r.bytes), r.layers);
+            say!(
+                "Removed {} blobs ({}) and {} layers",
+                r.blobs,
+                human(r.bytes),
+                r.layers
+            );
         }
         ImageCommand::Fsck { repair, store } => {
-            let s = if repair { store.open_exclusive()? } else { store.open()? };
+            let s = if repair {
+                store.open_exclusive()?
+            } else {
+                store.open()?
+            };
             let problems = s.fsck(repair)?;
             for p in &problems {
-                println!("{p}");
+                say!("{p}");
             }
             if problems.is_empty() {
-                println!("store {}: clean", s.root().display());
+                say!("store {}: clean", s.root().display());
             } else if repair {
                 let left = s.fsck(false)?;
                 if !left.is_empty() {
-                    bail!("store {}: {} problems remain after repair", s.root().display(), left.len());
+                    bail!(
+                        "store {}: {} problems remain after repair",
+                        s.root().display(),
+                        left.len()
+                    );
                 }
-                println!("store {}: repaired {} problems", s.root().display(), problems.len());
+                say!(
+                    "store {}: repaired {} problems",
+                    s.root().display(),
+                    problems.len()
+                );
             } else {
-                bail!("store {}: {} problems (run with --repair)", s.root().display(), problems.len());
+                bail!(
+                    "store {}: {} problems (run with --repair)",
+                    s.root().display(),
+                    problems.len()
+                );
             }
         }
         ImageCommand::Mount {
@@ -203,7 +239,15 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             upper,
             work,
             store,
-        } => return mount(&store.open()?, &image, &mountpoint, upper.as_deref(), work.as_deref()),
+        } => {
+            return mount(
+                &store.open()?,
+                &image,
+                &mountpoint,
+                upper.as_deref(),
+                work.as_deref(),
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -216,15 +260,20 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
         // A container id: its upper and the image it was made from.
         let c = s.root().join("containers").join(&args.source);
         if !c.join("upper").is_dir() {
-            bail!("commit {}: not a directory or a container", args.source.display());
+            bail!(
+                "commit {}: not a directory or a container",
+                args.source.display()
+            );
         }
         if from.is_none() {
-            from = std::fs::read_to_string(c.join("image")).ok().map(|t| t.trim().to_string());
+            from = std::fs::read_to_string(c.join("image"))
+                .ok()
+                .map(|t| t.trim().to_string());
         }
         upper = c.join("upper");
     }
     let d = layerstore::diff::commit(&s, &upper, &args.tag, from.as_deref())?;
-    println!("Committed {} ({d})", args.tag);
+    say!("Committed {} ({d})", args.tag);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,7 +285,11 @@ fn human(n: u64) -> String {
         v /= 1000.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
@@ -256,12 +309,15 @@ fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            say!("{}", serde_json::to_string_pretty(&v)?);
         }
         None | Some("table") => {
-            println!("{:<40} {:<12} {:>6} {:>10}  CREATED", "NAME", "ID", "LAYERS", "SIZE");
+            say!(
+                "{:<40} {:<12} {:>6} {:>10}  CREATED",
+                "NAME", "ID", "LAYERS", "SIZE"
+            );
             for i in &images {
-                println!(
+                say!(
                     "{:<40} {:<12} {:>6} {:>10}  {}",
                     i.name.as_deref().unwrap_or("<none>"),
                     i.id().short(),
@@ -279,8 +335,8 @@ fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
 fn inspect(s: &Store, name: &str) -> anyhow::Result<()> {
     let info = s.resolve(name)?;
     let cfg_bytes = s.blobs().read_verified(&info.manifest.config.digest)?;
-    let config: serde_json::Value =
-        serde_json::from_slice(&cfg_bytes).with_context(|| format!("config {}", info.manifest.config.digest))?;
+    let config: serde_json::Value = serde_json::from_slice(&cfg_bytes)
+        .with_context(|| format!("config {}", info.manifest.config.digest))?;
     let layers: Vec<_> = layer_pairs(&info)?
         .into_iter()
         .map(|(blob, diff)| {
@@ -299,11 +355,17 @@ fn inspect(s: &Store, name: &str) -> anyhow::Result<()> {
         "config": config,
         "layers": layers,
     });
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    say!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 
-fn mount(s: &Store, name: &str, mnt: &Path, upper: Option<&Path>, work: Option<&Path>) -> anyhow::Result<ExitCode> {
+fn mount(
+    s: &Store,
+    name: &str,
+    mnt: &Path,
+    upper: Option<&Path>,
+    work: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let info: ImageInfo = s.resolve(name)?;
     let mut dirs = s.layer_dirs(&info)?;
     if dirs.is_empty() {
@@ -316,7 +378,10 @@ fn mount(s: &Store, name: &str, mnt: &Path, upper: Option<&Path>, work: Option<&
     for p in &paths {
         let t = p.to_string_lossy();
         if t.contains([':', ',', '\\']) {
-            bail!("{}: a path with ':', ',' or '\\' cannot go in mount options", p.display());
+            bail!(
+                "{}: a path with ':', ',' or '\\' cannot go in mount options",
+                p.display()
+            );
         }
     }
     let lowers: Vec<String> = paths[..paths.len() - usize::from(upper.is_some()) * 2]
@@ -325,7 +390,11 @@ fn mount(s: &Store, name: &str, mnt: &Path, upper: Option<&Path>, work: Option<&
         .collect();
     let mut opts = format!("lowerdir={}", lowers.join(":"));
     if let (Some(u), Some(w)) = (upper, work) {
-        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        ));
     }
     let exe = std::env::current_exe().context("finding the unionmount binary")?;
     let status = std::process::Command::new(exe)
@@ -335,7 +404,10 @@ fn mount(s: &Store, name: &str, mnt: &Path, upper: Option<&Path>, work: Option<&
         .status()
         .with_context(|| format!("image mount {name}: starting the mount"))?;
     if !status.success() {
-        bail!("image mount {name} on {}: the mount failed ({status})", mnt.display());
+        bail!(
+            "image mount {name} on {}: the mount failed ({status})",
+            mnt.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
