@@ -1,0 +1,503 @@
+//! The mount command line: both syntaxes and mount(8)'s `SRC MNT -o …` form,
+//! daemonizing (returns once live), `-f`, SIGTERM/SIGINT, `unionmount umount`
+//! and a plain umount(2) making the daemon exit, fuse-overlayfs options as
+//! podman passes them, EROFS on read-only branches without `cow`, and bad
+//! input: one line on stderr, non-zero exit, nothing mounted.
+
+mod common;
+
+use std::ffi::OsString;
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::mount::{pid_alive, run_with_timeout};
+use common::{Layer, Mount, Scratch, bin, is_mounted, mount_at, wait_until};
+
+/// Scratch with two lowers, an upper, a workdir and a mountpoint.
+struct Dirs {
+    s: Scratch,
+    l0: PathBuf,
+    l1: PathBuf,
+    up: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+fn dirs() -> Option<Dirs> {
+    if !common::require_mounts() {
+        return None;
+    }
+    let s = Scratch::new();
+    let (l0, l1, up, work, mnt) = (
+        s.dir("l0"),
+        s.dir("l1"),
+        s.dir("up"),
+        s.dir("work"),
+        s.dir("mnt"),
+    );
+    Layer::new()
+        .file("a", "l0 a")
+        .file("d/x", "x")
+        .build(&l0, common::Dialect::Kernel);
+    Layer::new()
+        .file("a", "l1 a")
+        .file("b", "l1 b")
+        .build(&l1, common::Dialect::Kernel);
+    Some(Dirs {
+        s,
+        l0,
+        l1,
+        up,
+        work,
+        mnt,
+    })
+}
+
+impl Dirs {
+    fn overlay_opts(&self) -> String {
+        format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            self.l0.display(),
+            self.l1.display(),
+            self.up.display(),
+            self.work.display()
+        )
+    }
+}
+
+fn os(v: &[&str]) -> Vec<OsString> {
+    v.iter().map(OsString::from).collect()
+}
+
+/// Pids of processes whose command line mentions `arg`.
+fn pids_with_arg(arg: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let want = arg.as_os_str().as_encoded_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        if let Ok(cmd) = fs::read(e.path().join("cmdline"))
+            && cmd.split(|b| *b == 0).any(|a| a == want)
+            && pid_alive(pid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `unionmount ARGS` must daemonize: exit 0, silent, mount live on return.
+fn mount_daemon(args: &[OsString], mnt: &Path) -> Mount {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    let (code, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let live = mount_at(mnt).is_some_and(|m| m.fstype.starts_with("fuse"));
+    // Take charge of whatever got mounted before asserting anything.
+    let guard = Mount::union_guard(mnt, None, None);
+    assert_eq!(code, 0, "unionmount {args:?}: exit {code}, stderr: {err}");
+    assert!(
+        live,
+        "unionmount {args:?} returned before the mount was live"
+    );
+    assert_eq!(err, "", "stderr must stay silent on success");
+    assert_eq!(out, "", "stdout must stay silent on success");
+    guard
+}
+
+/// `unionmount umount MNT` unmounts and the daemon exits.
+fn umount_and_check_exit(mut guard: Mount, mnt: &Path) {
+    let pids = pids_with_arg(mnt);
+    assert!(
+        !pids.is_empty(),
+        "no daemon process found for {}",
+        mnt.display()
+    );
+    let mut cmd = Command::new(bin());
+    cmd.arg("umount").arg(mnt);
+    let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    assert_eq!(code, 0, "unionmount umount: {err}");
+    assert_eq!(err, "", "umount: stderr must stay silent");
+    assert!(!is_mounted(mnt), "still mounted after unionmount umount");
+    assert!(
+        wait_until(Duration::from_secs(10), || pids
+            .iter()
+            .all(|p| !pid_alive(*p))),
+        "daemon {pids:?} still running after unionmount umount"
+    );
+    guard.unmount().unwrap();
+}
+
+#[test]
+fn overlay_syntax_daemonizes_and_umount_ends_it() {
+    let Some(d) = dirs() else { return };
+    let args = vec!["-o".into(), d.overlay_opts().into(), d.mnt.clone().into()];
+    let g = mount_daemon(&args, &d.mnt);
+    assert_eq!(fs::read(d.mnt.join("a")).unwrap(), b"l0 a");
+    assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
+    fs::write(d.mnt.join("a"), "new").unwrap();
+    assert_eq!(
+        fs::read(d.up.join("a")).unwrap(),
+        b"new",
+        "writes land in the upper"
+    );
+    assert_eq!(fs::read(d.l0.join("a")).unwrap(), b"l0 a");
+    umount_and_check_exit(g, &d.mnt);
+}
+
+#[test]
+fn mount_helper_form_src_mnt_dash_o() {
+    let Some(d) = dirs() else { return };
+    let args = vec![
+        "overlay".into(),
+        d.mnt.clone().into(),
+        "-o".into(),
+        d.overlay_opts().into(),
+    ];
+    let g = mount_daemon(&args, &d.mnt);
+    assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
+    umount_and_check_exit(g, &d.mnt);
+}
+
+#[test]
+fn unionfs_syntax_with_cow() {
+    let Some(d) = dirs() else { return };
+    let branches = format!(
+        "{}=RW:{}=RO:{}=RO",
+        d.up.display(),
+        d.l0.display(),
+        d.l1.display()
+    );
+    let args = vec![
+        "-o".into(),
+        "cow".into(),
+        branches.into(),
+        d.mnt.clone().into(),
+    ];
+    let g = mount_daemon(&args, &d.mnt);
+    assert_eq!(fs::read(d.mnt.join("a")).unwrap(), b"l0 a");
+    fs::write(d.mnt.join("a"), "cow").unwrap();
+    fs::write(d.mnt.join("new"), "n").unwrap();
+    assert_eq!(fs::read(d.up.join("a")).unwrap(), b"cow");
+    assert_eq!(fs::read(d.up.join("new")).unwrap(), b"n");
+    assert_eq!(
+        fs::read(d.l0.join("a")).unwrap(),
+        b"l0 a",
+        "RO branch untouched"
+    );
+    fs::remove_file(d.mnt.join("b")).unwrap();
+    assert!(d.l1.join("b").exists(), "RO branch untouched by unlink");
+    assert!(!d.mnt.join("b").exists());
+    umount_and_check_exit(g, &d.mnt);
+}
+
+#[test]
+fn unionfs_syntax_without_cow_gives_erofs_on_ro_files() {
+    let Some(d) = dirs() else { return };
+    let branches = format!("{}=RW:{}=RO", d.up.display(), d.l0.display());
+    let args = vec![branches.into(), d.mnt.clone().into()];
+    let g = mount_daemon(&args, &d.mnt);
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(d.mnt.join("a"))
+        .unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EROFS),
+        "write to a RO branch's file"
+    );
+    let e = common::sys::chmod(&d.mnt.join("a"), 0o600).unwrap_err();
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EROFS),
+        "chmod of a RO branch's file"
+    );
+    fs::write(d.mnt.join("new"), "n").unwrap();
+    assert_eq!(
+        fs::read(d.up.join("new")).unwrap(),
+        b"n",
+        "new files go to the RW branch"
+    );
+    assert_eq!(fs::read(d.l0.join("a")).unwrap(), b"l0 a");
+    umount_and_check_exit(g, &d.mnt);
+}
+
+#[test]
+fn lowerdir_only_is_read_only() {
+    let Some(d) = dirs() else { return };
+    let opts = format!("lowerdir={}:{}", d.l0.display(), d.l1.display());
+    let args = vec!["-o".into(), opts.into(), d.mnt.clone().into()];
+    let g = mount_daemon(&args, &d.mnt);
+    assert_eq!(fs::read(d.mnt.join("a")).unwrap(), b"l0 a");
+    let e = fs::write(d.mnt.join("new"), "x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    umount_and_check_exit(g, &d.mnt);
+}
+
+#[test]
+fn single_lowerdir_is_read_only() {
+    let Some(d) = dirs() else { return };
+    let opts = format!("lowerdir={}", d.l1.display());
+    let args = vec!["-o".into(), opts.into(), d.mnt.clone().into()];
+    let g = mount_daemon(&args, &d.mnt);
+    assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
+    umount_and_check_exit(g, &d.mnt);
+}
+
+fn foreground(d: &Dirs) -> Mount {
+    Mount::union_foreground(&d.mnt, &os(&["-o", &d.overlay_opts()])).unwrap()
+}
+
+#[test]
+fn foreground_daemon_exits_on_sigterm_and_sigint() {
+    let Some(d) = dirs() else { return };
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut m = foreground(&d);
+        assert!(fs::read(d.mnt.join("a")).is_ok());
+        let pid = m.pid().unwrap();
+        unsafe { libc::kill(pid as i32, sig) };
+        assert!(
+            wait_until(Duration::from_secs(10), || !is_mounted(&d.mnt)),
+            "signal {sig}: still mounted"
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || !pid_alive(pid)),
+            "signal {sig}: daemon still running"
+        );
+        let err = m.daemon_stderr();
+        m.unmount().unwrap();
+        assert_eq!(err, "", "signal {sig}: stderr must stay silent");
+    }
+}
+
+#[test]
+fn foreground_daemon_exits_after_unionmount_umount_and_plain_umount() {
+    let Some(d) = dirs() else { return };
+    let mut m = foreground(&d);
+    let pid = m.pid().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("umount").arg(&d.mnt);
+    let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    assert_eq!(code, 0, "unionmount umount: {err}");
+    assert!(!is_mounted(&d.mnt));
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(pid)),
+        "daemon did not exit"
+    );
+    m.unmount().unwrap();
+    // umount(2) by someone else (e.g. `umount MNT`) also ends the daemon.
+    let mut m = foreground(&d);
+    let pid = m.pid().unwrap();
+    common::sys::umount2(&d.mnt, 0).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || !pid_alive(pid)),
+        "daemon kept running after a plain umount"
+    );
+    m.unmount().unwrap();
+}
+
+#[test]
+fn podman_style_options() {
+    let Some(d) = dirs() else { return };
+    // relative and symlinked lowerdirs, an escaped colon, empty options and
+    // every option containers-storage may pass.
+    let colon = d.s.dir("with:colon");
+    Layer::new()
+        .file("c", "colon layer")
+        .build(&colon, common::Dialect::Kernel);
+    symlink(&d.l1, d.s.path().join("l1-link")).unwrap();
+    let opts = format!(
+        "lowerdir=l0:l1-link:with\\:colon,upperdir={},workdir={},,volatile,context=\"system_u:object_r:container_file_t:s0\",noacl,fsync=0,\
+         timeout=5,rw,dev,suid,exec,noatime,allow_other,default_permissions,fsname=unionmount-test-fs,max_write=131072,\
+         xattr_permissions=0,",
+        d.up.display(),
+        d.work.display()
+    );
+    let mut cmd = Command::new(bin());
+    cmd.current_dir(d.s.path()).arg("-o").arg(&opts).arg(&d.mnt);
+    let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let g = Mount::union_guard(&d.mnt, None, None);
+    assert_eq!(code, 0, "podman-style options: {err}");
+    assert_eq!(err, "");
+    assert_eq!(fs::read(d.mnt.join("c")).unwrap(), b"colon layer");
+    assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
+    let mi = mount_at(&d.mnt).unwrap();
+    assert_eq!(
+        mi.source, "unionmount-test-fs",
+        "fsname= shows as the mount source"
+    );
+    drop(g);
+}
+
+/// Run a mount that must fail: non-zero exit, exactly one line on stderr,
+/// nothing mounted at `mnt`.
+fn expect_failure(what: &str, args: &[OsString], mnt: &Path) -> String {
+    let before = mount_at(mnt).map(|m| m.dev);
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    let (code, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let after = mount_at(mnt).map(|m| m.dev);
+    if after != before {
+        // Clean up whatever was mounted by mistake, then fail.
+        drop(Mount::union_guard(mnt, None, None));
+        panic!(
+            "{what}: something was mounted at {} (exit {code}, stderr {err:?})",
+            mnt.display()
+        );
+    }
+    assert_ne!(code, 0, "{what}: exit code 0 (stderr {err:?})");
+    assert_ne!(code, -1, "{what}: hung (killed after 20 s)");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: stderr must be one line, got {err:?}"
+    );
+    assert!(lines[0].len() > 10, "{what}: message too terse: {err:?}");
+    assert_eq!(out, "", "{what}: stdout");
+    err
+}
+
+#[test]
+fn bad_input_fails_with_one_line_and_mounts_nothing() {
+    let Some(d) = dirs() else { return };
+    let ov = |l: &str, u: &Path, w: &Path| -> OsString {
+        format!(
+            "lowerdir={l},upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        )
+        .into()
+    };
+    let l = format!("{}:{}", d.l0.display(), d.l1.display());
+    let m: OsString = d.mnt.clone().into();
+    let missing = d.s.path().join("missing");
+
+    let e = expect_failure(
+        "missing lower branch",
+        &[
+            "-o".into(),
+            ov(&format!("{l}:{}", missing.display()), &d.up, &d.work),
+            m.clone(),
+        ],
+        &d.mnt,
+    );
+    assert!(e.contains("missing"), "the message names the branch: {e}");
+    expect_failure(
+        "missing upper",
+        &["-o".into(), ov(&l, &missing, &d.work), m.clone()],
+        &d.mnt,
+    );
+    expect_failure(
+        "missing mountpoint",
+        &["-o".into(), ov(&l, &d.up, &d.work), missing.clone().into()],
+        &missing,
+    );
+
+    let shm = tempfile::Builder::new()
+        .prefix("unionmount-test-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let e = expect_failure(
+        "workdir on another filesystem",
+        &["-o".into(), ov(&l, &d.up, shm.path()), m.clone()],
+        &d.mnt,
+    );
+    assert!(
+        e.contains("workdir") || e.contains(&*shm.path().to_string_lossy()),
+        "{e}"
+    );
+
+    let up_in_work = d.s.dir("work/upper");
+    expect_failure(
+        "upper inside workdir",
+        &["-o".into(), ov(&l, &up_in_work, &d.work), m.clone()],
+        &d.mnt,
+    );
+    let work_in_up = d.s.dir("up2/work");
+    expect_failure(
+        "workdir inside upper",
+        &[
+            "-o".into(),
+            ov(&l, &d.s.path().join("up2"), &work_in_up),
+            m.clone(),
+        ],
+        &d.mnt,
+    );
+    let inner_mnt = d.s.dir("l0/mnt_inside");
+    expect_failure(
+        "mountpoint inside a branch",
+        &[
+            "-o".into(),
+            ov(&l, &d.up, &d.work),
+            inner_mnt.clone().into(),
+        ],
+        &inner_mnt,
+    );
+    let under_mnt = d.s.dir("mnt/branch");
+    expect_failure(
+        "branch under the mountpoint",
+        &[
+            "-o".into(),
+            ov(&format!("{l}:{}", under_mnt.display()), &d.up, &d.work),
+            m.clone(),
+        ],
+        &d.mnt,
+    );
+    fs::remove_dir(&under_mnt).unwrap();
+    expect_failure(
+        "bad branch mode",
+        &[
+            "-o".into(),
+            "cow".into(),
+            format!("{}=RW:{}=XX", d.up.display(), d.l0.display()).into(),
+            m.clone(),
+        ],
+        &d.mnt,
+    );
+    expect_failure(
+        "no lowerdir",
+        &[
+            "-o".into(),
+            format!("upperdir={},workdir={}", d.up.display(), d.work.display()).into(),
+            m.clone(),
+        ],
+        &d.mnt,
+    );
+    expect_failure(
+        "unknown option",
+        &[
+            "-o".into(),
+            format!("{},bogus_opt=1", ov(&l, &d.up, &d.work).to_string_lossy()).into(),
+            m.clone(),
+        ],
+        &d.mnt,
+    );
+
+    // A busy mountpoint: something is mounted there already.
+    let other = Mount::kernel(
+        &d.mnt,
+        &format!("lowerdir={}:{}", d.l0.display(), d.l1.display()),
+    )
+    .unwrap();
+    expect_failure(
+        "busy mountpoint",
+        &["-o".into(), ov(&l, &d.up, &d.work), m.clone()],
+        &d.mnt,
+    );
+    drop(other);
+    assert!(!is_mounted(&d.mnt));
+    // Nothing left anywhere under the scratch dir.
+    assert!(common::mount::mounts_under(d.s.path()).is_empty());
+    // The workdir and upper are still usable afterwards.
+    let g = Mount::union_foreground(&d.mnt, &os(&["-o", &d.overlay_opts()])).unwrap();
+    assert!(d.mnt.join("a").exists());
+    drop(g);
+}

@@ -1,0 +1,302 @@
+//! Concurrency and crashes: several processes creating, renaming and deleting
+//! in the same directories at once, then `rm -rf` leaves nothing; and kill -9
+//! of the daemon in the middle of a large copy-up: after remount the file is
+//! the old or the new content, never partial, and the workdir is clean.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::mount::run_with_timeout;
+use common::{Both, Layer, Mount, Scratch, Side, subject_is_kernel, union_opts};
+
+fn lowers() -> Vec<Layer> {
+    let mut l0 = Layer::new();
+    let mut l1 = Layer::new();
+    for d in 0..3 {
+        for i in 0..20 {
+            l0 = l0.file(&format!("d{d}/f{i}"), format!("l0 {d} {i}"));
+            l1 = l1.file(&format!("d{d}/g{i}"), format!("l1 {d} {i}"));
+            l1 = l1.file(&format!("d{d}/s{i}/t/deep"), "deep");
+        }
+    }
+    vec![l0, l1]
+}
+
+/// One worker's shell loop: create, write, rename across dirs, link, delete,
+/// mkdir/rmdir, all on names other workers use too.
+fn worker_script(mnt: &Path, seed: u32) -> String {
+    format!(
+        r#"M='{m}'; s={seed}
+for i in $(seq 1 150); do
+  a=$(( (i + s) % 3 )); b=$(( (i + s + 1) % 3 )); n=$(( (i * 7 + s) % 20 ))
+  echo "w$s $i" > "$M/d$a/f$n" 2>/dev/null
+  echo more >> "$M/d$a/g$n" 2>/dev/null
+  mv "$M/d$a/f$n" "$M/d$b/g$n" 2>/dev/null
+  ln "$M/d$b/g$n" "$M/d$a/h$n.$s" 2>/dev/null
+  rm -f "$M/d$a/g$(( (n + 1) % 20 ))" "$M/d$a/h$n.$s" 2>/dev/null
+  mkdir -p "$M/d$a/s$n/t/u$s" 2>/dev/null
+  mv "$M/d$a/s$n" "$M/d$b/moved$s.$n" 2>/dev/null
+  rm -rf "$M/d$b/moved$s.$n" 2>/dev/null
+  ls "$M/d$a" > /dev/null 2>&1
+done
+exit 0
+"#,
+        m = mnt.display()
+    )
+}
+
+fn hammer(side: &Side) {
+    let children: Vec<_> = (0..4)
+        .map(|seed| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(worker_script(&side.mnt, seed))
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn sh")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for mut c in children {
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                assert!(st.success(), "{}: worker failed: {st}", side.name);
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("{}: workers hung (deadlock?)", side.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn concurrent_create_rename_delete_then_rm_rf() {
+    let Some(mut b) = Both::new(lowers()) else {
+        return;
+    };
+    for side in [&b.k, &b.u] {
+        hammer(side);
+        let t = common::snapshot(&side.mnt);
+        assert!(t.problems.is_empty(), "{}: {:?}", side.name, t.problems);
+        let mut cmd = Command::new("rm");
+        cmd.arg("-rf");
+        for e in fs::read_dir(&side.mnt).unwrap() {
+            cmd.arg(e.unwrap().path());
+        }
+        let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(60));
+        assert_eq!(code, 0, "{}: rm -rf failed: {err}", side.name);
+        let left: Vec<_> = fs::read_dir(&side.mnt).unwrap().collect();
+        assert!(left.is_empty(), "{}: rm -rf left {left:?}", side.name);
+    }
+    b.check_trees("after rm -rf");
+    // The uppers say the same after a remount by kernel overlayfs.
+    b.check_trees_after_kernel_remount("after rm -rf");
+    assert!(fs::read_dir(&b.u.mnt).unwrap().next().is_none());
+}
+
+#[test]
+fn concurrent_renames_of_lower_directories() {
+    let Some(b) = Both::new(lowers()) else { return };
+    for side in b.sides() {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let m = side.mnt.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let a = m.join(format!("d{}/s{}", (i + t) % 3, i % 20));
+                        let c = m.join(format!("d{}/s{}", (i + t + 1) % 3, (i + 3) % 20));
+                        let _ = fs::rename(&a, &c);
+                        let _ = fs::read_dir(m.join(format!("d{}", i % 3))).map(|r| r.count());
+                        let _ = fs::metadata(c.join("t/deep"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let t = common::snapshot(&side.mnt);
+        assert!(t.problems.is_empty(), "{}: {:?}", side.name, t.problems);
+        // Every directory that survived still holds its content.
+        for (p, e) in &t.entries {
+            if e.kind == 'd'
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('s'))
+            {
+                assert!(
+                    side.mnt.join(p).join("t/deep").exists(),
+                    "{}: {} lost its content",
+                    side.name,
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+const BIG: u64 = 512 << 20;
+const CHUNK: u64 = 1 << 20;
+
+/// The lower's big file: 1 MiB chunks of data at every other MiB, holes between.
+fn chunk_data(i: u64) -> Vec<u8> {
+    let mut v = common::pattern(CHUNK as usize, (i % 251) as u8);
+    v[..8].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+fn write_big(path: &Path) {
+    let f = fs::File::create(path).unwrap();
+    f.set_len(BIG).unwrap();
+    // dd writes real data chunk by chunk, as a user's tool would.
+    let chunk_file = path.with_extension("chunk");
+    for i in (0..BIG / CHUNK).step_by(2) {
+        fs::write(&chunk_file, chunk_data(i)).unwrap();
+        let st = Command::new("dd")
+            .arg(format!("if={}", chunk_file.display()))
+            .arg(format!("of={}", path.display()))
+            .arg("bs=1M")
+            .arg(format!("seek={i}"))
+            .arg("count=1")
+            .arg("conv=notrunc")
+            .arg("status=none")
+            .status()
+            .expect("dd");
+        assert!(st.success());
+    }
+    fs::remove_file(chunk_file).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Old content, new content (old plus our marker), or a broken file.
+fn classify(path: &Path) -> Result<&'static str, String> {
+    let f = fs::File::open(path).map_err(|e| format!("open: {e}"))?;
+    let size = f.metadata().unwrap().len();
+    if size != BIG {
+        return Err(format!("size {size}"));
+    }
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut marked = false;
+    for i in 0..BIG / CHUNK {
+        f.read_exact_at(&mut buf, i * CHUNK)
+            .map_err(|e| format!("read chunk {i}: {e}"))?;
+        let want = if i % 2 == 0 {
+            chunk_data(i)
+        } else {
+            vec![0u8; CHUNK as usize]
+        };
+        if i == 0 && buf[..8] == *b"NEWDATA!" {
+            marked = true;
+            if buf[8..] != want[8..] {
+                return Err("chunk 0 differs after the marker".into());
+            }
+            continue;
+        }
+        if buf != want {
+            return Err(format!("chunk {i} differs (partial copy?)"));
+        }
+    }
+    Ok(if marked { "new" } else { "old" })
+}
+
+/// Regular files anywhere under `dir` (leftovers of an interrupted copy-up).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_during_a_large_copy_up() {
+    if !common::require_mounts() {
+        return;
+    }
+    if subject_is_kernel() {
+        eprintln!("subject is kernel overlayfs: no daemon to kill; skipping the crash test");
+        return;
+    }
+    let s = Scratch::new();
+    let (l0, l1, up, work, mnt) = (
+        s.dir("l0"),
+        s.dir("l1"),
+        s.dir("up"),
+        s.dir("work"),
+        s.dir("mnt"),
+    );
+    write_big(&l1.join("big"));
+    fs::write(l0.join("small"), "s").unwrap();
+    let lowers = vec![l0, l1.clone()];
+    let args = vec!["-o".into(), union_opts(&lowers, Some((&up, &work))).into()];
+    let mut m = Mount::union_foreground(&mnt, &args).unwrap();
+    assert_eq!(classify(&mnt.join("big")), Ok("old"));
+    // A writer triggers the copy-up; kill -9 the daemon as soon as the copy is
+    // seen in progress in the workdir (or the upper).
+    let target = mnt.join("big");
+    let writer = std::thread::spawn(move || {
+        let f = fs::OpenOptions::new().write(true).open(&target)?;
+        f.write_all_at(b"NEWDATA!", 0)?;
+        f.sync_all()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_in_progress = false;
+    while Instant::now() < deadline && !writer.is_finished() {
+        let partial = files_under(&work)
+            .into_iter()
+            .chain(files_under(&up))
+            .any(|p| fs::metadata(&p).is_ok_and(|md| md.len() > 0 || md.blocks() > 0));
+        if partial {
+            seen_in_progress = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    m.kill_daemon();
+    let _ = writer.join();
+    eprintln!("crash test: copy-up seen in progress when killed: {seen_in_progress}");
+    // Drop the dead mount (the guard detaches it), then mount again.
+    drop(m);
+    assert!(!common::is_mounted(&mnt));
+    let m2 = Mount::union_foreground(&mnt, &args).unwrap();
+    match classify(&mnt.join("big")) {
+        Ok(v) => eprintln!("crash test: file is the {v} content"),
+        Err(e) => panic!("after kill -9 and remount the file is broken: {e}"),
+    }
+    if up.join("big").exists() {
+        assert!(
+            classify(&up.join("big")).is_ok(),
+            "a partial copy is visible in the upper"
+        );
+    }
+    let left = files_under(&work);
+    assert!(left.is_empty(), "workdir leftovers after remount: {left:?}");
+    // The lower is untouched.
+    assert_eq!(classify(&l1.join("big")), Ok("old"));
+    // And a copy-up now completes.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("big"))
+        .unwrap()
+        .write_all_at(b"NEWDATA!", 0)
+        .unwrap();
+    assert_eq!(classify(&mnt.join("big")), Ok("new"));
+    drop(m2);
+}
