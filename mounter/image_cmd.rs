@@ -314,7 +314,10 @@ fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
         None | Some("table") => {
             say!(
                 "{:<40} {:<12} {:>6} {:>10}  CREATED",
-                "NAME", "ID", "LAYERS", "SIZE"
+                "NAME",
+                "ID",
+                "LAYERS",
+                "SIZE"
             );
             for i in &images {
                 say!(

@@ -97,7 +97,7 @@ fn write_layer(dir: &Path, file: File, opts: &DiffOptions) -> Result<(Digest, u6
         w.lower_fds
             .push(rustix::fs::open(l, DIR_FLAGS, Mode::empty()).at(l)?);
     }
-    w.dir_contents(root.as_fd(), "", &mut b)?;
+    w.dir_contents(root.as_fd(), "", false, &mut b)?;
     let inner = b.into_inner().ctx(what)?;
     let (diff_id, _, enc) = inner.finish();
     let outer = enc.finish().ctx(what)?;
@@ -273,8 +273,15 @@ impl Walker<'_> {
         }
     }
 
-    /// Write the children of an upper directory.
-    fn dir_contents(&mut self, fd: BorrowedFd<'_>, rel: &str, b: &mut Builder) -> Result<()> {
+    /// Write the children of an upper directory. Inside an opaque directory
+    /// whiteouts are left out: there is nothing below for them to hide.
+    fn dir_contents(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        rel: &str,
+        opaque: bool,
+        b: &mut Builder,
+    ) -> Result<()> {
         for name in list(fd).map_err(self.err(rel))? {
             let Ok(name) = String::from_utf8(name.clone()) else {
                 return Err(Error::invalid(
@@ -282,7 +289,7 @@ impl Walker<'_> {
                     "file name is not UTF-8",
                 ));
             };
-            self.entry(fd, &name, &join(rel, &name), b)?;
+            self.entry(fd, &name, &join(rel, &name), opaque, b)?;
         }
         Ok(())
     }
@@ -292,6 +299,7 @@ impl Walker<'_> {
         parent: BorrowedFd<'_>,
         name: &str,
         rel: &str,
+        in_opaque: bool,
         b: &mut Builder,
     ) -> Result<()> {
         let e = self.err(rel);
@@ -301,6 +309,9 @@ impl Walker<'_> {
         let overlay = self.opts.overlay && !self.in_lower;
         match ft {
             FileType::CharacterDevice if overlay && st.st_rdev == 0 => {
+                if in_opaque {
+                    return Ok(());
+                }
                 let wh = match rel.rsplit_once('/') {
                     Some((dir, n)) => format!("{dir}/.wh.{n}"),
                     None => format!(".wh.{name}"),
@@ -335,7 +346,7 @@ impl Walker<'_> {
                         list(fd.as_fd()).map_err(&e)?.into_iter().collect();
                     self.lower_contents(&src, rel, &upper_names, b)?;
                 }
-                self.dir_contents(fd.as_fd(), rel, b)
+                self.dir_contents(fd.as_fd(), rel, m.opaque || m.redirect.is_some(), b)
             }
             FileType::RegularFile => {
                 if st.st_nlink > 1 {
@@ -503,7 +514,7 @@ impl Walker<'_> {
             let res = if is_dir {
                 self.lower_dir_header(pfd.as_fd(), &name, &d, b)
             } else {
-                self.entry(pfd.as_fd(), &name, &d, b)
+                self.entry(pfd.as_fd(), &name, &d, false, b)
             };
             self.in_lower = false;
             res?;

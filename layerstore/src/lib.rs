@@ -15,9 +15,9 @@ pub mod unpack;
 mod util;
 
 pub use digest::Digest;
-pub use store::Store;
 /// Re-exported so the binary prints JSON with the same version.
 pub use serde_json;
+pub use store::Store;
 
 /// Everything the store can fail with. Each message is one line that names the
 /// object concerned and the reason.

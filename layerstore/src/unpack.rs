@@ -225,6 +225,8 @@ struct Unpacker {
     entries: u64,
 }
 
+const NOT_DIR: &str = "a parent is not a directory";
+
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)
     .union(OFlags::NOFOLLOW)
@@ -269,8 +271,19 @@ impl Unpacker {
             return Ok(());
         };
         let name: &[u8] = name;
-        let parent_fd = self.open_dir(parent, &name_shown)?;
-        match classify(name).map_err(|r| Error::entry(&name_shown, r))? {
+        let marker = classify(name).map_err(|r| Error::entry(&name_shown, r))?;
+        let parent_fd = match self.open_dir(parent, &name_shown) {
+            Ok(fd) => fd,
+            // A whiteout below something this layer made a non-directory
+            // (umoci writes these) has nothing left to hide.
+            Err(Error::UnsafeEntry { reason, .. })
+                if reason == NOT_DIR && !matches!(marker, Marker::Name) =>
+            {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match marker {
             Marker::AufsMeta => return Ok(()),
             Marker::Opaque if self.opts.privileged => {
                 return set_xattr(parent_fd.as_fd(), c"trusted.overlay.opaque", b"y")
@@ -351,7 +364,7 @@ impl Unpacker {
     fn walk(&mut self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
         let err = |e: Errno| match e {
             Errno::LOOP | Errno::XDEV => Error::entry(entry, "path goes through a symlink"),
-            Errno::NOTDIR => Error::entry(entry, "a parent is not a directory"),
+            Errno::NOTDIR => Error::entry(entry, NOT_DIR),
             e => Error::Io {
                 what: format!("layer entry {entry:?}"),
                 source: e.into(),

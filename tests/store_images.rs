@@ -1,0 +1,370 @@
+//! Images made by real tools (umoci, skopeo, busybox) go into the store and
+//! come out again; the merged layers equal what `umoci unpack` produces.
+//! Layers are merged by kernel overlayfs (the reference for the on-disk
+//! format) and, where noted, by unionmount itself.
+
+mod store_common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use store_common::*;
+
+/// Load `source`, mount its layers with kernel overlayfs, compare to `reference`.
+fn check_loaded(env: &Env, image: &str, reference: &Path, name: &str) {
+    let dirs = env.layer_dirs(image);
+    let mnt = env.path().join(format!("mnt-{name}"));
+    let m = OverlayMount::new(&dirs, None, &mnt);
+    assert_same_tree(&m.path, reference);
+}
+
+#[test]
+fn oci_layout_docker_archive_and_zstd_oci_archive_match_umoci() {
+    if !need_root("oci_layout…") || !need_tools("oci_layout…", &["umoci", "skopeo"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    sh(&format!(
+        "cd {}
+        skopeo copy -q oci:oci:v3 docker-archive:img.tar:localhost/img:v3
+        skopeo copy -q --dest-compress-format zstd --dest-compress oci:oci:v3 oci:oci-zstd:v3
+        skopeo copy -q oci:oci-zstd:v3 oci-archive:img.oci.tar:localhost/img:zstd",
+        t.display()
+    ));
+    let out = env.um(&[Path::new("image"), Path::new("load"), &fx.oci].map(|p| p.as_os_str()));
+    assert!(out.contains("Loaded image v3"), "{out}");
+    env.um(&[Path::new("image"), Path::new("load"), &t.join("img.tar")].map(|p| p.as_os_str()));
+    env.um(&[
+        Path::new("image"),
+        Path::new("load"),
+        &t.join("img.oci.tar"),
+    ]
+    .map(|p| p.as_os_str()));
+    let ls = env.um(&["image", "ls"]);
+    for name in ["v1", "v2", "v3", "localhost/img:v3", "localhost/img:zstd"] {
+        assert!(
+            ls.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} missing in\n{ls}"
+        );
+    }
+    // The zstd copy really has zstd layers.
+    let inspect = env.um(&["image", "inspect", "localhost/img:zstd"]);
+    assert!(inspect.contains("tar+zstd"), "{inspect}");
+    check_loaded(&env, "v3", &fx.reference, "oci");
+    check_loaded(&env, "localhost/img:v3", &fx.reference, "docker");
+    check_loaded(&env, "localhost/img:zstd", &fx.reference, "zstd");
+    // Shared layers are unpacked once: v3 has three layers, every copy reuses them.
+    let layers = fs::read_dir(env.store().join("layers")).unwrap().count();
+    assert_eq!(layers, 3, "expected the 3 layers of v3 once each");
+    // The store itself is an OCI layout that umoci and skopeo read.
+    let store = env.store();
+    run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:v3", store.display())));
+    let r2 = t.join("from-store");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v2", store.display()))
+        .arg(&r2));
+    assert!(!r2.join("rootfs/some/file").exists());
+    assert!(r2.join("rootfs/some/hardlink").exists());
+}
+
+#[test]
+fn whiteouts_and_opaque_dirs_are_overlay_format() {
+    if !need_root("whiteouts…") || !need_tools("whiteouts…", &["umoci"]) {
+        return;
+    }
+    let env = Env::new();
+    let fx = umoci_fixture(env.path());
+    env.um(&[Path::new("image"), Path::new("load"), &fx.oci].map(|p| p.as_os_str()));
+    let dirs = env.layer_dirs("v3");
+    assert_eq!(dirs.len(), 3);
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let wh = fs::symlink_metadata(dirs[1].join("some/file")).expect("whiteout for some/file");
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    assert!(!dirs[1].join("some/.wh.file").exists());
+    let mut v = [0u8; 8];
+    let n = rustix::fs::getxattr(
+        &dirs[2].join("some/dir"),
+        "trusted.overlay.opaque",
+        &mut v[..],
+    )
+    .expect("opaque xattr");
+    assert_eq!(&v[..n], b"y");
+    assert!(!dirs[2].join("some/dir/.wh..wh..opq").exists());
+    // Owners, modes, hard links, symlinks, fifos survive.
+    let x = fs::metadata(dirs[0].join("some/dir/x")).unwrap();
+    assert_eq!((x.uid(), x.gid(), x.mode() & 0o7777), (1000, 1001, 0o4750));
+    let a = fs::metadata(dirs[0].join("some/file")).unwrap();
+    let b = fs::metadata(dirs[0].join("some/hardlink")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!(
+        fs::read_link(dirs[0].join("etc/symlink")).unwrap(),
+        Path::new("../some/file")
+    );
+    assert!(
+        fs::symlink_metadata(dirs[0].join("tmp/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
+
+#[test]
+fn import_rootfs_as_tar_gzip_zstd_and_directory() {
+    if !need_root("import…") || !need_tools("import…", &["zstd", "busybox"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let rootfs = t.join("rootfs");
+    busybox_rootfs(&rootfs);
+    sh(&format!(
+        "cd {t}
+        tar -C rootfs --numeric-owner -cf rootfs.tar .
+        gzip -k rootfs.tar
+        zstd -q -k rootfs.tar -o rootfs.tar.zst",
+        t = t.display()
+    ));
+    for (i, f) in ["rootfs.tar", "rootfs.tar.gz", "rootfs.tar.zst", "rootfs"]
+        .iter()
+        .enumerate()
+    {
+        let tag = format!("imp{i}");
+        let out = env.um(&[
+            "image",
+            "import",
+            &t.join(f).display().to_string(),
+            "--tag",
+            &tag,
+        ]);
+        assert!(out.contains(&tag), "{out}");
+        let dirs = env.layer_dirs(&tag);
+        assert_eq!(dirs.len(), 1);
+        assert_same_tree(&dirs[0], &rootfs);
+    }
+    // The three tars are one layer (same diff id), unpacked once; the directory
+    // import is a different tar of the same tree.
+    let layers = fs::read_dir(env.store().join("layers")).unwrap().count();
+    assert_eq!(layers, 2);
+    let json = env.um(&["image", "ls", "--format", "json"]);
+    let v: layerstore::serde_json::Value = layerstore::serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 4);
+    assert_eq!(v[0]["layers"], 1);
+}
+
+#[test]
+fn save_round_trips_through_umoci_and_skopeo() {
+    if !need_root("save…") || !need_tools("save…", &["umoci", "skopeo"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    env.um(&[Path::new("image"), Path::new("load"), &fx.oci].map(|p| p.as_os_str()));
+    // OCI directory → umoci unpack.
+    let out = t.join("out-oci");
+    env.um(&[
+        "image",
+        "save",
+        "v3",
+        "--format",
+        "oci",
+        &out.display().to_string(),
+    ]);
+    let r = t.join("r-oci");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v3", out.display()))
+        .arg(&r));
+    assert_same_tree(&r.join("rootfs"), &fx.reference);
+    // docker-archive → skopeo inspect, skopeo copy → umoci unpack.
+    let da = t.join("out.tar");
+    env.um(&[
+        "image",
+        "save",
+        "v3",
+        "--format",
+        "docker-archive",
+        &da.display().to_string(),
+        "--ref",
+        "localhost/saved:1",
+    ]);
+    let info = run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("docker-archive:{}", da.display())));
+    assert!(info.contains("\"Layers\""), "{info}");
+    sh(&format!(
+        "cd {} && skopeo copy -q docker-archive:out.tar oci:from-da:x",
+        t.display()
+    ));
+    let r2 = t.join("r-da");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:x", t.join("from-da").display()))
+        .arg(&r2));
+    assert_same_tree(&r2.join("rootfs"), &fx.reference);
+    // oci-archive → skopeo inspect; and it loads back in under a new name.
+    let oa = t.join("out.oci.tar");
+    env.um(&[
+        "image",
+        "save",
+        "v3",
+        "--format",
+        "oci-archive",
+        &oa.display().to_string(),
+    ]);
+    run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", oa.display())));
+    env.um(&["image", "load", &oa.display().to_string(), "--tag", "again"]);
+    check_loaded(&env, "again", &fx.reference, "again");
+    // The docker-archive loads back too.
+    env.um(&["image", "load", &da.display().to_string()]);
+    check_loaded(&env, "localhost/saved:1", &fx.reference, "saved");
+    // Saving over an existing path is refused.
+    let err = env.um_fail(&[
+        "image",
+        "save",
+        "v3",
+        "--format",
+        "oci",
+        &out.display().to_string(),
+    ]);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+#[test]
+fn commit_turns_an_upper_into_a_layer() {
+    if !need_root("commit…") || !need_tools("commit…", &["umoci", "skopeo"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    env.um(&[Path::new("image"), Path::new("load"), &fx.oci].map(|p| p.as_os_str()));
+    let dirs = env.layer_dirs("v3");
+    let (up, wk) = (t.join("up"), t.join("wk"));
+    fs::create_dir_all(&up).unwrap();
+    fs::create_dir_all(&wk).unwrap();
+    {
+        let m = OverlayMount::new(&dirs, Some((&up, &wk)), &t.join("mnt"));
+        sh(&format!(
+            "cd {}
+            echo changed > some/dir/y
+            rm bin/ls
+            mkdir newdir && echo n > newdir/f
+            rm -rf some/dir && mkdir some/dir && echo fresh > some/dir/z
+            mv bin moved_bin
+            chmod 700 newdir",
+            m.path.display()
+        ));
+    }
+    // The redirect (moved_bin) needs the lowers.
+    let err = env.um_fail(&["commit", &up.display().to_string(), "--tag", "c1"]);
+    assert!(err.contains("--from"), "{err}");
+    let out = env.um(&[
+        "commit",
+        &up.display().to_string(),
+        "--tag",
+        "c1",
+        "--from",
+        "v3",
+    ]);
+    assert!(out.contains("Committed c1"), "{out}");
+    // The expected view: the kernel's, of the upper over v3.
+    let mut with_upper = dirs.clone();
+    with_upper.push(up.clone());
+    let want = OverlayMount::new(&with_upper, None, &t.join("want"));
+    check_loaded(&env, "c1", &want.path, "c1");
+    let inspect = env.um(&["image", "inspect", "c1"]);
+    assert!(inspect.contains("unionmount commit"), "{inspect}");
+    assert!(inspect.contains("tar+zstd"), "{inspect}");
+    // Saved and read back by real tools (umoci only reads gzip: skopeo converts).
+    let out = t.join("c-oci");
+    env.um(&[
+        "image",
+        "save",
+        "c1",
+        "--format",
+        "oci",
+        &out.display().to_string(),
+    ]);
+    sh(&format!(
+        "cd {} && skopeo copy -q --dest-compress-format gzip --dest-compress oci:c-oci:c1 oci:c-gz:c1 && umoci unpack --image c-gz:c1 c-ref >/dev/null",
+        t.display()
+    ));
+    assert_same_tree(&t.join("c-ref/rootfs"), &want.path);
+    assert_eq!(
+        fs::read_to_string(t.join("c-ref/rootfs/some/dir/z")).unwrap(),
+        "fresh\n"
+    );
+    assert!(!t.join("c-ref/rootfs/bin").exists());
+}
+
+#[test]
+fn tag_rm_prune_and_errors() {
+    if !need_root("tag…") || !need_tools("tag…", &["busybox"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    busybox_rootfs(&t.join("rootfs"));
+    env.um(&[
+        "image",
+        "import",
+        &t.join("rootfs").display().to_string(),
+        "--tag",
+        "a",
+    ]);
+    env.um(&["image", "tag", "a", "b"]);
+    let ls = env.um(&["image", "ls"]);
+    assert!(ls.contains("\na ") && ls.contains("\nb "), "{ls}");
+    // By id prefix.
+    let json = env.um(&["image", "ls", "--format", "json"]);
+    let v: layerstore::serde_json::Value = layerstore::serde_json::from_str(&json).unwrap();
+    let id = v[0]["id"].as_str().unwrap().trim_start_matches("sha256:")[..12].to_string();
+    env.um(&["image", "inspect", &id]);
+    env.um(&["image", "rm", "a"]);
+    let out = env.um(&["image", "prune"]);
+    assert!(out.contains("Removed 0 blobs"), "{out}");
+    env.um(&["image", "rm", "b"]);
+    let out = env.um(&["image", "prune"]);
+    assert!(
+        out.contains("Removed 3 blobs") && out.contains("1 layers"),
+        "{out}"
+    );
+    assert_eq!(env.contents(), (vec![], vec![]));
+    // User errors: one line naming the object, non-zero exit.
+    let e = env.um_fail(&["image", "inspect", "nope"]);
+    assert!(e.contains("image nope: not found"), "{e}");
+    let e = env.um_fail(&["image", "load", &t.join("missing").display().to_string()]);
+    assert!(e.contains("missing"), "{e}");
+    fs::write(t.join("junk.tar"), b"not a tar at all").unwrap();
+    let e = env.um_fail(&["image", "load", &t.join("junk.tar").display().to_string()]);
+    assert!(e.contains("junk.tar"), "{e}");
+    let e = env.um_fail(&[
+        "image",
+        "save",
+        "nope",
+        "--format",
+        "oci",
+        &t.join("o").display().to_string(),
+    ]);
+    assert!(e.contains("nope"), "{e}");
+    let e = env.um_fail(&[
+        "image",
+        "save",
+        "nope",
+        "--format",
+        "zip",
+        &t.join("o").display().to_string(),
+    ]);
+    assert!(e.contains("zip"), "{e}");
+    let e = env.um_fail(&["image", "tag", "nope", "x"]);
+    assert!(e.contains("nope"), "{e}");
+}
