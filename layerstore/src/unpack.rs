@@ -393,6 +393,9 @@ impl Unpacker {
                         }
                         fd
                     }
+                    Err(Errno::NOTDIR) if is_symlink(cur.as_fd(), c) => {
+                        return Err(Error::entry(entry, "path goes through a symlink"));
+                    }
                     Err(e) => return Err(err(e)),
                 };
             cur = next;
@@ -795,6 +798,13 @@ fn parse_pax_time(s: &str) -> Option<Timespec> {
         format!("{digits:0<9}").parse().ok()?
     };
     Some(Timespec { tv_sec, tv_nsec })
+}
+
+fn is_symlink(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    matches!(
+        rustix::fs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW),
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink
+    )
 }
 
 /// Remove a directory tree below `parent`, by fd, never following symlinks.

@@ -1,0 +1,430 @@
+//! Hostile layer tars, built byte by byte here: each is refused with one line
+//! naming the entry, or confined to its layer; nothing ever appears outside
+//! the store, and a refused import stores nothing.
+
+mod store_common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use store_common::*;
+
+/// A tar written header by header, so it can say anything.
+#[derive(Default)]
+struct RawTar(Vec<u8>);
+
+impl RawTar {
+    fn header(&mut self, path: &[u8], kind: u8, link: &[u8], size: u64, mode: u32) {
+        let mut h = [0u8; 512];
+        let (prefix, name) = if path.len() > 100 {
+            let cut = path.len() - 100;
+            (&path[..cut], &path[cut..])
+        } else {
+            (&b""[..], path)
+        };
+        h[..name.len()].copy_from_slice(name);
+        octal(&mut h[100..108], u64::from(mode));
+        octal(&mut h[108..116], 0);
+        octal(&mut h[116..124], 0);
+        octal(&mut h[124..136], size);
+        octal(&mut h[136..148], 1_700_000_000);
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link);
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[345..345 + prefix.len()].copy_from_slice(prefix);
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+        let s = format!("{sum:06o}\0 ");
+        h[148..156].copy_from_slice(s.as_bytes());
+        self.0.extend_from_slice(&h);
+    }
+
+    fn data(&mut self, data: &[u8]) {
+        self.0.extend_from_slice(data);
+        let pad = (512 - data.len() % 512) % 512;
+        self.0.extend(std::iter::repeat_n(0u8, pad));
+    }
+
+    fn file(mut self, path: &str, data: &[u8]) -> Self {
+        self.header(path.as_bytes(), b'0', b"", data.len() as u64, 0o644);
+        self.data(data);
+        self
+    }
+
+    fn dir(mut self, path: &str) -> Self {
+        self.header(path.as_bytes(), b'5', b"", 0, 0o755);
+        self
+    }
+
+    fn symlink(mut self, path: &str, target: &str) -> Self {
+        self.header(path.as_bytes(), b'2', target.as_bytes(), 0, 0o777);
+        self
+    }
+
+    fn hardlink(mut self, path: &str, target: &str) -> Self {
+        self.header(path.as_bytes(), b'1', target.as_bytes(), 0, 0o644);
+        self
+    }
+
+    /// A PAX header whose `path` record is raw bytes, then a file.
+    fn pax_path_file(mut self, path: &[u8]) -> Self {
+        let mut rec = b" path=".to_vec();
+        rec.extend_from_slice(path);
+        rec.push(b'\n');
+        // The length prefix counts itself.
+        let mut len = rec.len() + 2;
+        if (len.to_string().len() + rec.len()) != len {
+            len += 1;
+        }
+        let mut full = len.to_string().into_bytes();
+        full.extend_from_slice(&rec);
+        self.header(b"PaxHeader", b'x', b"", full.len() as u64, 0o644);
+        self.data(&full);
+        self.file("placeholder", b"x")
+    }
+
+    /// A file header claiming `size` bytes followed by far fewer.
+    fn lying_size(mut self, path: &str, size: u64) -> Self {
+        self.header(path.as_bytes(), b'0', b"", size, 0o644);
+        self.data(b"only a few bytes");
+        self
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.0.extend(std::iter::repeat_n(0u8, 1024));
+        self.0
+    }
+}
+
+fn octal(field: &mut [u8], v: u64) {
+    let s = format!("{v:0width$o}\0", width = field.len() - 1);
+    field.copy_from_slice(s.as_bytes());
+}
+
+struct Hostile {
+    env: Env,
+    /// A directory outside the store that the tars aim at.
+    outside: std::path::PathBuf,
+}
+
+impl Hostile {
+    fn new() -> Hostile {
+        let env = Env::new();
+        let outside = env.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("target"), "precious").unwrap();
+        // Store exists before the hostile imports.
+        env.um(&["image", "ls"]);
+        Hostile { env, outside }
+    }
+
+    fn import(&self, name: &str, tar: Vec<u8>) -> std::process::Output {
+        let p = self.env.path().join(format!("{name}.tar"));
+        fs::write(&p, tar).unwrap();
+        self.env
+            .um_out(&["image", "import", &p.display().to_string(), "--tag", name])
+    }
+
+    /// The tar must be refused, with `want` in the one-line message, and store nothing.
+    fn refused(&self, name: &str, tar: Vec<u8>, want: &str) {
+        let before = self.env.contents();
+        let p = self.env.path().join(format!("{name}.tar"));
+        fs::write(&p, tar).unwrap();
+        let err = self
+            .env
+            .um_fail(&["image", "import", &p.display().to_string(), "--tag", name]);
+        assert!(err.contains(want), "{name}: expected {want:?} in: {err}");
+        assert_eq!(
+            self.env.contents(),
+            before,
+            "{name}: refused import stored something"
+        );
+        self.untouched(name);
+    }
+
+    fn untouched(&self, name: &str) {
+        assert_eq!(
+            all_paths(&self.outside),
+            vec!["target".to_string()],
+            "{name}: wrote outside"
+        );
+        assert_eq!(
+            fs::read_to_string(self.outside.join("target")).unwrap(),
+            "precious",
+            "{name}"
+        );
+        assert_eq!(
+            fs::metadata(self.outside.join("target")).unwrap().nlink(),
+            1,
+            "{name}"
+        );
+        // Nothing beside the store, the tars and the outside dir appeared.
+        for e in fs::read_dir(self.env.path()).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            assert!(
+                n == "store" || n == "outside" || n.ends_with(".tar"),
+                "{name}: stray {n}"
+            );
+        }
+        let tmp = self.env.store().join("tmp");
+        // Staging is cleaned by the next command.
+        self.env.um(&["image", "ls"]);
+        assert_eq!(
+            fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "{name}: staging left behind"
+        );
+    }
+}
+
+#[test]
+fn dotdot_paths_are_refused() {
+    let h = Hostile::new();
+    h.refused(
+        "dotdot",
+        RawTar::default().file("../../outside/x", b"x").finish(),
+        "..",
+    );
+    h.refused(
+        "dotdot2",
+        RawTar::default().file("a/../../outside/x", b"x").finish(),
+        "..",
+    );
+    h.refused("dotdot3", RawTar::default().dir("a/..").finish(), "..");
+}
+
+#[test]
+fn absolute_paths_are_confined() {
+    let h = Hostile::new();
+    let abs = format!("{}/abs", h.outside.display());
+    let out = h.import("abs", RawTar::default().file(&abs, b"in layer").finish());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.untouched("abs");
+    let dirs = h.env.layer_dirs("abs");
+    let inside = dirs[0].join(abs.trim_start_matches('/'));
+    assert_eq!(fs::read_to_string(inside).unwrap(), "in layer");
+}
+
+#[test]
+fn paths_through_symlinks_are_refused() {
+    let h = Hostile::new();
+    let out = h.outside.display().to_string();
+    h.refused(
+        "symlink-abs",
+        RawTar::default()
+            .symlink("link", &out)
+            .file("link/evil", b"x")
+            .finish(),
+        "symlink",
+    );
+    h.refused(
+        "symlink-rel",
+        RawTar::default()
+            .symlink("up", "../../../../../../..")
+            .file("up/evil", b"x")
+            .finish(),
+        "symlink",
+    );
+    h.refused(
+        "symlink-dir",
+        RawTar::default()
+            .dir("d")
+            .symlink("d/l", &out)
+            .dir("d/l/sub")
+            .finish(),
+        "symlink",
+    );
+    h.refused(
+        "whiteout-through-symlink",
+        RawTar::default()
+            .symlink("sl", &out)
+            .file("sl/.wh.target", b"")
+            .finish(),
+        "symlink",
+    );
+    h.refused(
+        "hardlink-through-symlink",
+        RawTar::default()
+            .symlink("sl", &out)
+            .hardlink("h", "sl/target")
+            .finish(),
+        "hard link",
+    );
+}
+
+#[test]
+fn hard_links_stay_inside_the_layer() {
+    let h = Hostile::new();
+    let target = h.outside.join("target").display().to_string();
+    h.refused(
+        "hl-abs",
+        RawTar::default().hardlink("h", &target).finish(),
+        "hard link",
+    );
+    h.refused(
+        "hl-dotdot",
+        RawTar::default()
+            .hardlink("h", "../outside/target")
+            .finish(),
+        "..",
+    );
+    h.refused(
+        "hl-later",
+        RawTar::default()
+            .hardlink("h", "later")
+            .file("later", b"x")
+            .finish(),
+        "not in the layer",
+    );
+    h.refused(
+        "hl-self",
+        RawTar::default()
+            .file("a", b"1")
+            .hardlink("a", "a")
+            .finish(),
+        "itself",
+    );
+    h.refused(
+        "hl-dir",
+        RawTar::default().dir("d").hardlink("h", "d").finish(),
+        "directory",
+    );
+}
+
+#[test]
+fn bad_whiteouts_and_names_are_refused() {
+    let h = Hostile::new();
+    h.refused(
+        "wh-dotdot",
+        RawTar::default().file(".wh..", b"").finish(),
+        "whiteout",
+    );
+    h.refused(
+        "wh-dot",
+        RawTar::default().file("a/.wh..", b"").finish(),
+        "whiteout",
+    );
+    h.refused(
+        "wh-empty",
+        RawTar::default().file(".wh.", b"").finish(),
+        "whiteout",
+    );
+    h.refused(
+        "wh-up",
+        RawTar::default().file("../.wh.x", b"").finish(),
+        "..",
+    );
+    h.refused(
+        "nul",
+        RawTar::default().pax_path_file(b"a\0b").finish(),
+        "NUL",
+    );
+    h.refused(
+        "root-file",
+        RawTar::default().file("./", b"x").finish(),
+        "root",
+    );
+    h.refused(
+        "longname",
+        RawTar::default().pax_path_file(&[b'n'; 300]).finish(),
+        "255",
+    );
+}
+
+#[test]
+fn duplicate_entries_never_write_through() {
+    let h = Hostile::new();
+    let out = h.outside.display().to_string();
+    // a; b hard-linked to a; then b again as a file: a keeps its content.
+    // d a symlink out; then d a directory; then d/x lands inside the layer.
+    let tar = RawTar::default()
+        .file("a", b"1")
+        .hardlink("b", "a")
+        .file("b", b"2")
+        .symlink("d", &out)
+        .dir("d")
+        .file("d/x", b"x")
+        .file("a", b"3")
+        .finish();
+    let res = h.import("dups", tar);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    h.untouched("dups");
+    let l = &h.env.layer_dirs("dups")[0];
+    assert_eq!(fs::read_to_string(l.join("a")).unwrap(), "3");
+    assert_eq!(fs::read_to_string(l.join("b")).unwrap(), "2");
+    assert_ne!(
+        fs::metadata(l.join("a")).unwrap().ino(),
+        fs::metadata(l.join("b")).unwrap().ino()
+    );
+    assert!(fs::symlink_metadata(l.join("d")).unwrap().is_dir());
+    assert_eq!(fs::read_to_string(l.join("d/x")).unwrap(), "x");
+}
+
+#[test]
+fn lying_sizes_and_truncation_are_refused() {
+    let h = Hostile::new();
+    // 4 GiB claimed, a few bytes present: refused quickly, nothing allocated.
+    let start = std::time::Instant::now();
+    h.refused(
+        "liar",
+        RawTar::default().lying_size("big", 4 << 30).finish(),
+        "big",
+    );
+    assert!(start.elapsed().as_secs() < 30);
+    // A tar cut in the middle of a file, and one without its end blocks.
+    let mut cut = RawTar::default().file("f", &[7u8; 4096]).finish();
+    cut.truncate(512 + 1000);
+    h.refused("cut", cut, "truncated");
+    let mut noend = RawTar::default().file("f", &[7u8; 10]).finish();
+    noend.truncate(1024);
+    h.refused("noend", noend, "truncated");
+    // Compressed and cut.
+    let whole = RawTar::default().file("f", &[7u8; 100_000]).finish();
+    let path = h.env.path().join("whole.tar");
+    fs::write(&path, &whole).unwrap();
+    if need_tools("lying_sizes", &["zstd"]) {
+        sh(&format!(
+            "cd {} && zstd -q whole.tar -o whole.tar.zst.tar",
+            h.env.path().display()
+        ));
+        let mut z = fs::read(h.env.path().join("whole.tar.zst.tar")).unwrap();
+        fs::remove_file(h.env.path().join("whole.tar.zst.tar")).unwrap();
+        z.truncate(z.len() / 2);
+        let before = h.env.contents();
+        let p = h.env.path().join("zcut.tar");
+        fs::write(&p, z).unwrap();
+        h.env
+            .um_fail(&["image", "import", &p.display().to_string(), "--tag", "zcut"]);
+        assert_eq!(h.env.contents(), before);
+    }
+}
+
+#[test]
+fn whiteouts_of_unsafe_names_never_delete_outside() {
+    let h = Hostile::new();
+    // A whiteout named like the outside file, at every level: only ever a
+    // whiteout inside the layer.
+    let out = h.outside.display().to_string();
+    let tar = RawTar::default()
+        .file(&format!("{}/.wh.target", out.trim_start_matches('/')), b"")
+        .file(".wh.outside", b"")
+        .finish();
+    let res = h.import("wh-names", tar);
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    h.untouched("wh-names");
+    let _ = Path::new(&out);
+}
