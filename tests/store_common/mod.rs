@@ -3,6 +3,8 @@
 //! overlayfs mounts as the reference for merging layers.
 #![allow(dead_code)]
 
+pub mod rawtar;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;

@@ -1,0 +1,416 @@
+//! Every digest is checked and a bad one stores nothing; truncated and missing
+//! blobs; concurrent imports sharing layers; kill -9 in the middle of an
+//! import; fsck and its repairs.
+
+mod store_common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use layerstore::Digest;
+use layerstore::serde_json::{self, json};
+use store_common::rawtar::RawTar;
+use store_common::*;
+
+/// An OCI layout written by hand: each layer an uncompressed tar.
+struct Layout {
+    dir: PathBuf,
+    manifest: Digest,
+    config: Digest,
+    layers: Vec<Digest>,
+}
+
+fn put(dir: &Path, bytes: &[u8]) -> Digest {
+    let d = Digest::of_bytes(bytes);
+    fs::write(dir.join("blobs/sha256").join(d.hex()), bytes).unwrap();
+    d
+}
+
+fn layout(
+    dir: &Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    diff_ids: Option<Vec<Digest>>,
+    layer_type: &str,
+) -> Layout {
+    fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let digests: Vec<Digest> = layers.iter().map(|l| put(dir, l)).collect();
+    let ids = diff_ids.unwrap_or_else(|| digests.clone());
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": ids},
+    }))
+    .unwrap();
+    let cd = put(dir, &config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": layers.iter().zip(&digests).map(|(l, d)| json!({
+            "mediaType": layer_type, "digest": d, "size": l.len()
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap();
+    let md = put(dir, &manifest);
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": md, "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    Layout {
+        dir: dir.to_path_buf(),
+        manifest: md,
+        config: cd,
+        layers: digests,
+    }
+}
+
+const OCI_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+fn two_layers() -> Vec<Vec<u8>> {
+    vec![
+        RawTar::default().dir("etc").file("etc/a", b"a").finish(),
+        RawTar::default()
+            .file("etc/b", b"b")
+            .file("etc/.wh.a", b"")
+            .finish(),
+    ]
+}
+
+fn blob(l: &Layout, d: &Digest) -> PathBuf {
+    l.dir.join("blobs/sha256").join(d.hex())
+}
+
+fn load_fails(env: &Env, dir: &Path, want: &[&str]) {
+    let before = env.contents();
+    let err = env.um_fail(&["image", "load", &dir.display().to_string()]);
+    for w in want {
+        assert!(err.contains(w), "expected {w:?} in: {err}");
+    }
+    assert_eq!(env.contents(), before, "a failed load stored something");
+    let ls = env.um(&["image", "ls"]);
+    assert_eq!(ls.lines().count(), 1 + before.0.len().min(1), "{ls}");
+}
+
+#[test]
+fn a_good_hand_made_layout_loads() {
+    let env = Env::new();
+    let l = layout(
+        &env.path().join("good"),
+        "good",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    env.um(&["image", "load", &l.dir.display().to_string()]);
+    let dirs = env.layer_dirs("good");
+    assert_eq!(fs::read_to_string(dirs[0].join("etc/a")).unwrap(), "a");
+    assert!(env.um(&["image", "fsck"]).contains("clean"));
+}
+
+#[test]
+fn corrupt_layer_config_and_manifest_blobs_store_nothing() {
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    // A layer blob whose content changed.
+    let l = layout(
+        &env.path().join("bad-layer"),
+        "x",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    let p = blob(&l, &l.layers[1]);
+    let mut b = fs::read(&p).unwrap();
+    b[600] ^= 1;
+    fs::write(&p, b).unwrap();
+    load_fails(&env, &l.dir, &["digest mismatch", l.layers[1].hex()]);
+    // A config that changed.
+    let l = layout(
+        &env.path().join("bad-config"),
+        "x",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    fs::write(
+        blob(&l, &l.config),
+        br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .unwrap();
+    load_fails(&env, &l.dir, &["digest mismatch", "config", l.config.hex()]);
+    // A manifest that changed.
+    let l = layout(
+        &env.path().join("bad-manifest"),
+        "x",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    let p = blob(&l, &l.manifest);
+    let m = fs::read_to_string(&p)
+        .unwrap()
+        .replace("schemaVersion\":2", "schemaVersion\":2 ");
+    fs::write(&p, m).unwrap();
+    load_fails(
+        &env,
+        &l.dir,
+        &["digest mismatch", "manifest", l.manifest.hex()],
+    );
+}
+
+#[test]
+fn diff_id_mismatch_names_the_blob() {
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    let layers = two_layers();
+    let wrong = vec![
+        Digest::of_bytes(&layers[0]),
+        Digest::of_bytes(b"not the tar"),
+    ];
+    let l = layout(
+        &env.path().join("bad-diffid"),
+        "x",
+        &layers,
+        Some(wrong),
+        OCI_TAR,
+    );
+    load_fails(
+        &env,
+        &l.dir,
+        &["digest mismatch", "uncompressed", l.layers[1].hex()],
+    );
+    // The good first layer was not kept either.
+    assert!(env.contents().1.is_empty());
+}
+
+#[test]
+fn truncated_missing_and_unsupported_blobs() {
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    let l = layout(&env.path().join("trunc"), "x", &two_layers(), None, OCI_TAR);
+    let p = blob(&l, &l.layers[0]);
+    let b = fs::read(&p).unwrap();
+    fs::write(&p, &b[..700]).unwrap();
+    load_fails(&env, &l.dir, &[l.layers[0].hex()]);
+    let l = layout(
+        &env.path().join("missing"),
+        "x",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    fs::remove_file(blob(&l, &l.layers[1])).unwrap();
+    load_fails(&env, &l.dir, &["not found", l.layers[1].hex()]);
+    let l = layout(
+        &env.path().join("mt"),
+        "x",
+        &two_layers(),
+        None,
+        "application/x-rar",
+    );
+    load_fails(
+        &env,
+        &l.dir,
+        &["unsupported layer media type", "application/x-rar"],
+    );
+    let l = layout(&env.path().join("noidx"), "x", &two_layers(), None, OCI_TAR);
+    fs::write(l.dir.join("index.json"), b"{").unwrap();
+    load_fails(&env, &l.dir, &["index.json", "JSON"]);
+}
+
+#[test]
+fn compressed_layers_are_detected_by_magic_not_media_type() {
+    if !need_tools("compressed…", &["zstd", "gzip"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let plain = RawTar::default().file("f", b"content").finish();
+    fs::write(t.join("l.tar"), &plain).unwrap();
+    sh(&format!(
+        "cd {} && gzip -k l.tar && zstd -q l.tar -o l.tar.zst",
+        t.display()
+    ));
+    for (i, f) in ["l.tar.gz", "l.tar.zst"].iter().enumerate() {
+        let bytes = fs::read(t.join(f)).unwrap();
+        // Labelled as plain tar: still read right, diff id of the plain tar.
+        let l = layout(
+            &t.join(format!("lay{i}")),
+            &format!("c{i}"),
+            &[bytes],
+            Some(vec![Digest::of_bytes(&plain)]),
+            OCI_TAR,
+        );
+        env.um(&["image", "load", &l.dir.display().to_string()]);
+        let dirs = env.layer_dirs(&format!("c{i}"));
+        assert_eq!(fs::read_to_string(dirs[0].join("f")).unwrap(), "content");
+    }
+}
+
+#[test]
+fn concurrent_loads_sharing_layers_all_succeed() {
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    // A shared base layer big enough that the loads overlap.
+    let big: Vec<u8> = (0..8_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let base = RawTar::default().file("big", &big).dir("etc").finish();
+    let dirs: Vec<PathBuf> = (0..4)
+        .map(|i| {
+            let top = RawTar::default()
+                .file(&format!("etc/img{i}"), b"x")
+                .finish();
+            layout(
+                &env.path().join(format!("img{i}")),
+                &format!("img{i}"),
+                &[base.clone(), top],
+                None,
+                OCI_TAR,
+            )
+            .dir
+        })
+        .collect();
+    for _round in 0..2 {
+        let children: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                Command::new(bin())
+                    .args(["image", "load"])
+                    .arg(d)
+                    .env("UNIONMOUNT_STORE", env.store())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // One base layer and four tops, each unpacked once.
+    assert_eq!(env.contents().1.len(), 5);
+    assert_eq!(env.um(&["image", "ls"]).lines().count(), 5);
+    assert!(env.um(&["image", "fsck"]).contains("clean"));
+}
+
+#[test]
+fn kill_9_during_import_leaves_a_clean_store() {
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    let big: Vec<u8> = (0..40_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
+        .collect();
+    let tar = RawTar::default()
+        .file("big", &big)
+        .file("small", b"s")
+        .finish();
+    let p = env.path().join("big.tar");
+    fs::write(&p, tar).unwrap();
+    for delay_ms in [5u64, 50, 200] {
+        let mut child = Command::new(bin())
+            .args(["image", "import"])
+            .arg(&p)
+            .args(["--tag", "big"])
+            .env("UNIONMOUNT_STORE", env.store())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever the moment, the store is consistent and the import can be retried.
+        let out = env.um(&["image", "fsck"]);
+        assert!(out.contains("clean"), "{out}");
+        assert_eq!(fs::read_dir(env.store().join("tmp")).unwrap().count(), 0);
+        let _ = env.um_out(&["image", "rm", "big"]);
+        env.um(&["image", "prune"]);
+    }
+    env.um(&["image", "import", &p.display().to_string(), "--tag", "big"]);
+    let dirs = env.layer_dirs("big");
+    assert_eq!(fs::read(dirs[0].join("big")).unwrap().len(), big.len());
+}
+
+#[test]
+fn fsck_finds_damage_and_repair_fixes_layers() {
+    let env = Env::new();
+    let l = layout(
+        &env.path().join("good"),
+        "good",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    env.um(&["image", "load", &l.dir.display().to_string()]);
+    let dirs = env.layer_dirs("good");
+    // A missing layer directory: found, and re-unpacked by --repair.
+    fs::remove_dir_all(&dirs[1]).unwrap();
+    let out = env.um_out(&["image", "fsck"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not unpacked"));
+    let out = env.um(&["image", "fsck", "--repair"]);
+    assert!(out.contains("repaired"), "{out}");
+    assert!(dirs[1].join("etc/b").exists());
+    assert!(env.um(&["image", "fsck"]).contains("clean"));
+    // A damaged blob: found; --repair removes it, and says what is still broken.
+    let p = env.store().join("blobs/sha256").join(l.layers[0].hex());
+    let mut b = fs::read(&p).unwrap();
+    b[600] ^= 1;
+    fs::write(&p, b).unwrap();
+    let out = env.um_out(&["image", "fsck"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(l.layers[0].hex()));
+    let err = env.um_fail(&["image", "fsck", "--repair"]);
+    assert!(err.contains("remain"), "{err}");
+    // Loading the image again restores the blob.
+    env.um(&["image", "load", &l.dir.display().to_string()]);
+    assert!(env.um(&["image", "fsck"]).contains("clean"));
+}
+
+#[test]
+fn docker_archive_config_name_is_checked() {
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    let t = env.path();
+    let layer = RawTar::default().file("f", b"x").finish();
+    let ld = Digest::of_bytes(&layer);
+    let config =
+        serde_json::to_vec(&json!({"rootfs": {"type": "layers", "diff_ids": [ld]}})).unwrap();
+    let wrong = Digest::of_bytes(b"other");
+    let manifest = serde_json::to_vec(&json!([{
+        "Config": format!("{}.json", wrong.hex()),
+        "RepoTags": ["localhost/d:1"],
+        "Layers": [format!("{}/layer.tar", ld.hex())],
+    }]))
+    .unwrap();
+    let mut tar = RawTar::default();
+    for (name, data) in [
+        ("manifest.json".to_string(), manifest),
+        (format!("{}.json", wrong.hex()), config),
+        (format!("{}/layer.tar", ld.hex()), layer),
+    ] {
+        tar = tar.file(&name, &data);
+    }
+    let p = t.join("d.tar");
+    fs::write(&p, tar.finish()).unwrap();
+    let err = env.um_fail(&["image", "load", &p.display().to_string()]);
+    assert!(
+        err.contains("digest mismatch") && err.contains(".json"),
+        "{err}"
+    );
+    assert_eq!(env.contents(), (vec![], vec![]));
+}
