@@ -7,7 +7,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Subcommand names; any other first word starts a mount.
-const SUBCOMMANDS: &[&str] = &["umount", "image", "commit", "help", "--help", "-h", "--version", "-V"];
+const SUBCOMMANDS: &[&str] = &[
+    "umount",
+    "image",
+    "commit",
+    "help",
+    "--help",
+    "-h",
+    "--version",
+    "-V",
+];
 
 pub fn is_subcommand(first: Option<&OsString>) -> bool {
     first.is_some_and(|a| SUBCOMMANDS.iter().any(|s| a == s))

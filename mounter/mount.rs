@@ -1,14 +1,226 @@
 //! Start the FUSE session for a mount request, daemonize, report readiness, unmount.
+//!
+//! Daemonizing re-runs this binary with `-f` as a child in its own process group
+//! (no fork in a threaded program); the child reports "ready" or its error on a
+//! pipe, so the command returns only once the mount is live, and the daemon keeps
+//! none of the caller's output streams open (a caller reading our output to EOF,
+//! as containers-storage does, must not hang).
 
 use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use fuser::{MountOption, SessionACL};
+use unionfs::{BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
+
+use crate::options::{IdMapping, MountRequest, parse_mount_args, validate};
+
+/// Set for a daemon child: its stdout is the pipe it reports readiness on.
+const READY_FD_ENV: &str = "UNIONMOUNT_READY_FD";
 
 pub fn run_mount_command(args: &[OsString]) -> anyhow::Result<ExitCode> {
-    let _request = crate::options::parse_mount_args(args).map_err(anyhow::Error::msg)?;
-    anyhow::bail!("mounting is not written yet")
+    let req = parse_mount_args(args).map_err(anyhow::Error::msg)?;
+    validate(&req).map_err(anyhow::Error::msg)?;
+    let ready = ready_fd_from_env();
+    if req.foreground || ready.is_some() {
+        serve(&req, ready)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    spawn_daemon(args)
+}
+
+/// Are we a daemon child whose stdout is the readiness pipe of the parent?
+fn ready_fd_from_env() -> Option<std::fs::File> {
+    std::env::var_os(READY_FD_ENV)?;
+    let out = rustix::io::dup(rustix::stdio::stdout()).ok()?;
+    // From now on stdout goes nowhere: only the pipe copy reports.
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .ok()?;
+    rustix::stdio::dup2_stdout(&null).ok()?;
+    Some(std::fs::File::from(out))
+}
+
+/// Run ourselves again as the daemon and wait until it says the mount is live.
+fn spawn_daemon(args: &[OsString]) -> anyhow::Result<ExitCode> {
+    let (read_end, write_end) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("pipe")?;
+    let exe = std::env::current_exe().context("finding our own executable")?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(READY_FD_ENV, "stdout")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting the filesystem daemon")?;
+    let mut report = String::new();
+    let _ = std::fs::File::from(read_end).read_to_string(&mut report);
+    if report.trim_end() == "ready" {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = child.wait();
+    if report.trim().is_empty() {
+        bail!("the filesystem daemon exited before the mount was live");
+    }
+    bail!("{}", report.trim_end())
+}
+
+/// Mount and serve until unmounted or told to stop.
+fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()> {
+    let result = start_session(req);
+    let (mut session, mountpoint) = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(fd) = ready {
+                let _ = { fd }.write_all(format!("{e:#}\n").as_bytes());
+            }
+            return Err(e);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            // Unmounting ends the session: every worker then sees ENODEV and returns.
+            if unmounter.unmount().is_err() {
+                let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+    });
+    if let Some(fd) = ready {
+        let _ = { fd }.write_all(b"ready\n");
+    }
+    session.run().context("serving the filesystem")
+}
+
+type Session = fuser::Session<unionfs::fuse::UnionFuse>;
+
+fn start_session(req: &MountRequest) -> anyhow::Result<(Session, std::path::PathBuf)> {
+    // Created objects get exactly the mode the kernel passes (it applied the umask).
+    rustix::process::umask(rustix::fs::Mode::empty());
+    raise_fd_limit();
+    let union = Union::new(union_config(req)).context("opening branches")?;
+    let fs = unionfs::fuse::UnionFuse::new(Arc::new(union));
+    let config = session_config(req);
+    let session = fuser::Session::new(fs, &req.mountpoint, &config)
+        .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
+    Ok((session, req.mountpoint.clone()))
+}
+
+/// Open handles are descriptors: allow as many as the hard limit.
+fn raise_fd_limit() {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let new = rustix::process::Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
+    };
+    let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, new);
+}
+
+fn id_map(ranges: &[IdMapping], squash: Option<u32>) -> IdMap {
+    IdMap {
+        ranges: ranges
+            .iter()
+            .map(|m| IdRange {
+                inside: m.inside,
+                outside: m.outside,
+                count: m.count,
+            })
+            .collect(),
+        squash,
+    }
+}
+
+pub fn union_config(req: &MountRequest) -> Config {
+    let root_squash = req.squash_to_root.then_some(0);
+    Config {
+        branches: req
+            .branches
+            .iter()
+            .map(|b| BranchConfig {
+                path: b.path.clone(),
+                writable: b.writable && !req.read_only,
+            })
+            .collect(),
+        workdir: req.workdir.clone(),
+        cow: req.cow && !req.read_only,
+        xattr_ns: if req.userxattr {
+            XattrNs::User
+        } else {
+            XattrNs::Trusted
+        },
+        uids: id_map(&req.uid_mapping, req.squash_to_uid.or(root_squash)),
+        gids: id_map(&req.gid_mapping, req.squash_to_gid.or(root_squash)),
+        volatile: req.volatile,
+    }
+}
+
+fn session_config(req: &MountRequest) -> fuser::Config {
+    let root = rustix::process::geteuid().is_root();
+    let mut opts = vec![
+        MountOption::FSName(req.fsname.clone().unwrap_or_else(|| "unionmount".into())),
+        MountOption::Subtype("unionmount".into()),
+    ];
+    if root || req.default_permissions {
+        opts.push(MountOption::DefaultPermissions);
+    }
+    let read_only = req.read_only || !req.branches.iter().any(|b| b.writable);
+    opts.push(if read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    for (flag, opt) in [
+        (req.nodev, MountOption::NoDev),
+        (req.nosuid, MountOption::NoSuid),
+        (req.noexec, MountOption::NoExec),
+        (req.noatime, MountOption::NoAtime),
+    ] {
+        if flag {
+            opts.push(opt);
+        }
+    }
+    if root {
+        if !req.nodev {
+            opts.push(MountOption::Dev);
+        }
+        if !req.nosuid {
+            opts.push(MountOption::Suid);
+        }
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = opts;
+    config.acl = if root || req.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2),
+    );
+    config.clone_fd = true;
+    config
 }
 
 pub fn unmount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("umount {}: not written yet", mountpoint.display())
+    let target = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("umount {}", mountpoint.display()))?;
+    rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty())
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("umount {}", target.display()))?;
+    Ok(ExitCode::SUCCESS)
 }

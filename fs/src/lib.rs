@@ -1,1 +1,250 @@
 //! Union filesystem semantics in kernel overlayfs format, and their FUSE adapter.
+//!
+//! The union logic (`Union` and its operations, one module per kind of operation)
+//! does not depend on `fuser`; only `fuse` translates FUSE requests into it.
+
+pub mod attr;
+pub mod copy_up;
+pub mod dir;
+pub mod file;
+pub mod fuse;
+pub mod inode;
+pub mod layer;
+pub mod lookup;
+pub mod names;
+pub mod readdir;
+pub mod rename;
+mod sys;
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+pub use rustix::io::Errno;
+
+use crate::inode::{InodeTable, Node, ROOT_ID};
+use crate::layer::Layer;
+pub use crate::names::{IdMap, IdRange, XattrNs};
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// One branch as configured, top first.
+#[derive(Debug, Clone)]
+pub struct BranchConfig {
+    pub path: PathBuf,
+    pub writable: bool,
+}
+
+/// What a mount asks of the union.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Top first. With copy-on-write the first branch is the upper.
+    pub branches: Vec<BranchConfig>,
+    /// Kernel-style workdir (its `work/` subdirectory holds temporary files).
+    pub workdir: Option<PathBuf>,
+    /// Copy lower objects up into the first branch when they are changed.
+    pub cow: bool,
+    pub xattr_ns: XattrNs,
+    pub uids: IdMap,
+    pub gids: IdMap,
+    /// Skip fsync (containers' `volatile`).
+    pub volatile: bool,
+}
+
+/// The merged filesystem: branches, the inode table and open handles.
+pub struct Union {
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) cfg: Config,
+    /// Where temporary objects are made before a rename publishes them.
+    pub(crate) work: Option<OwnedFd>,
+    pub(crate) inodes: InodeTable,
+    pub(crate) handles: file::Handles,
+    /// Held shared while a path is computed and used, exclusively while names move.
+    pub(crate) namespace: RwLock<()>,
+    tmp_counter: AtomicU64,
+}
+
+impl Union {
+    pub fn new(cfg: Config) -> std::io::Result<Union> {
+        if cfg.branches.is_empty() {
+            return Err(std::io::Error::other("no branches"));
+        }
+        let mut layers = Vec::new();
+        for (i, b) in cfg.branches.iter().enumerate() {
+            let layer = Layer::open(i, &b.path, b.writable)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", b.path.display())))?;
+            layers.push(layer);
+        }
+        assign_ino_prefixes(&mut layers);
+        let work = if cfg.cow && layers[0].writable {
+            Some(prepare_workdir(&layers[0], cfg.workdir.as_deref())?)
+        } else {
+            None
+        };
+        let union = Union {
+            layers,
+            cfg,
+            work,
+            inodes: InodeTable::default(),
+            handles: file::Handles::default(),
+            namespace: RwLock::new(()),
+            tmp_counter: AtomicU64::new(0),
+        };
+        union.init_root().map_err(std::io::Error::from)?;
+        Ok(union)
+    }
+
+    /// Is the first branch an upper that takes copy-ups?
+    pub(crate) fn has_upper(&self) -> bool {
+        self.work.is_some()
+    }
+
+    pub(crate) fn upper(&self) -> &Layer {
+        &self.layers[0]
+    }
+
+    pub(crate) fn work_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
+        self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::ROFS)
+    }
+
+    /// A fresh name for a temporary object in the workdir.
+    pub(crate) fn temp_name(&self) -> OsString {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#{:x}.{n}", std::process::id()))
+    }
+
+    pub(crate) fn node(&self, id: u64) -> Result<std::sync::Arc<Node>> {
+        self.inodes.get(id)
+    }
+
+    /// The merged path of a node (also its path in the upper), from its first name.
+    pub(crate) fn path_of(&self, node: &Node) -> Result<PathBuf> {
+        let mut parts: Vec<OsString> = Vec::new();
+        let mut cur = node.id;
+        let mut guard = 0;
+        while cur != ROOT_ID {
+            let n = self.node(cur)?;
+            let (parent, name) = n.state().names.first().cloned().ok_or(Errno::NOENT)?;
+            parts.push(name);
+            cur = parent;
+            guard += 1;
+            if guard > 4096 {
+                return Err(Errno::LOOP);
+            }
+        }
+        Ok(parts.iter().rev().collect())
+    }
+
+    /// Remove a workdir temp entry, whatever it is.
+    pub(crate) fn remove_temp(&self, name: &OsStr) {
+        if let Ok(work) = self.work_fd() {
+            let _ = remove_tree_at(work, name);
+        }
+    }
+
+    /// Number of nodes the kernel currently knows (for tests and the memory bound).
+    pub fn node_count(&self) -> usize {
+        self.inodes.len()
+    }
+}
+
+/// Layers on filesystems other than the upper's get distinct high bits in `st_ino`.
+fn assign_ino_prefixes(layers: &mut [Layer]) {
+    let mut devs: Vec<u64> = Vec::new();
+    for layer in layers.iter_mut() {
+        let idx = match devs.iter().position(|d| *d == layer.dev) {
+            Some(i) => i,
+            None => {
+                devs.push(layer.dev);
+                devs.len() - 1
+            }
+        };
+        layer.ino_prefix = (idx as u64) << 48;
+    }
+}
+
+/// Open (creating) the directory for temporary objects and empty it: whatever a
+/// crash left there was never visible and is dropped.
+fn prepare_workdir(upper: &Layer, workdir: Option<&Path>) -> std::io::Result<OwnedFd> {
+    let (base, sub) = match workdir {
+        Some(w) => (
+            rustix::fs::open(
+                w,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
+            "work",
+        ),
+        None => (
+            rustix::fs::openat(
+                &upper.root,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?,
+            names::COW_WORKDIR,
+        ),
+    };
+    match rustix::fs::mkdirat(&base, sub, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let work = rustix::fs::openat(
+        &base,
+        sub,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for name in list_names(work.as_fd())? {
+        remove_tree_at(work.as_fd(), &name)?;
+    }
+    Ok(work)
+}
+
+/// The names in a directory (without "." and "..").
+pub(crate) fn list_names(dir: std::os::fd::BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    let mut d = rustix::fs::Dir::new(fd)?;
+    while let Some(entry) = d.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(<OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                name.to_vec(),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// `rm -rf` of `name` in `dir`, without following symlinks.
+pub(crate) fn remove_tree_at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for child in list_names(sub.as_fd())? {
+        remove_tree_at(sub.as_fd(), &child)?;
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,184 @@
+//! getattr, setattr, readlink, xattrs, statfs.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, XattrFlags};
+use rustix::io::Errno;
+
+use crate::inode::{Node, NodeState};
+use crate::layer::{self, split};
+use crate::names::{escape_xattr, unescape_xattr};
+use crate::{Result, Union, sys};
+
+/// A time to set: a value or "now".
+#[derive(Debug, Clone, Copy)]
+pub enum SetTime {
+    Now,
+    At(Timespec),
+}
+
+/// What a setattr asks to change.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+    /// An open handle of the file, when the kernel names one.
+    pub fh: Option<u64>,
+}
+
+const UTIME_OMIT: i64 = (1 << 30) - 2;
+const UTIME_NOW: i64 = (1 << 30) - 1;
+
+fn timespec(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT as _,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW as _,
+        },
+        Some(SetTime::At(ts)) => ts,
+    }
+}
+
+impl Union {
+    /// The branch and path of the object a node shows.
+    pub(crate) fn top_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
+        if st.upper {
+            return Ok((0, self.path_of(node)?));
+        }
+        st.top_lower().cloned().ok_or(Errno::STALE)
+    }
+
+    /// An O_PATH descriptor of the object a node shows (symlinks not followed).
+    pub(crate) fn open_top(&self, node: &Node) -> Result<OwnedFd> {
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let st = node.snapshot();
+        let (li, path) = self.top_entry(node, &st)?;
+        self.layers[li].open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
+    }
+
+    /// stat as the mount shows it: merged identity, mapped owners.
+    pub fn getattr(&self, node: &Node) -> Result<Stat> {
+        let st = node.snapshot();
+        let raw = {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let (li, path) = self.top_entry(node, &st)?;
+            self.layers[li].stat(&path)?
+        };
+        Ok(self.present_stat(node.st_ino, &st, raw))
+    }
+
+    /// Turn a branch's stat into the merged one.
+    pub(crate) fn present_stat(&self, st_ino: u64, st: &NodeState, mut raw: Stat) -> Stat {
+        raw.st_ino = st_ino;
+        raw.st_uid = self.cfg.uids.to_inside(raw.st_uid);
+        raw.st_gid = self.cfg.gids.to_inside(raw.st_gid);
+        let layer_dirs = usize::from(st.upper) + st.lowers.len();
+        if st.is_dir && layer_dirs > 1 {
+            // Kernel overlayfs reports 1 for merged directories: their link count
+            // cannot be known without reading every layer.
+            raw.st_nlink = 1;
+        }
+        raw
+    }
+
+    pub fn setattr(&self, node: &Node, req: &SetAttr) -> Result<Stat> {
+        let (li, path) = self.write_target(node)?;
+        let layer = &self.layers[li];
+        if let Some(size) = req.size {
+            match req.fh.and_then(|fh| self.handles.fd(fh)) {
+                Some(fd) => rustix::fs::ftruncate(&*fd, size)?,
+                None => {
+                    let fd = layer.open_beneath(&path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
+                    rustix::fs::ftruncate(&fd, size)?;
+                }
+            }
+        }
+        let (parent, name) = split(&path);
+        let dir = layer.dir(parent)?;
+        let name = name.unwrap_or(OsStr::new("."));
+        if req.uid.is_some() || req.gid.is_some() {
+            let uid = req
+                .uid
+                .map(|u| rustix::fs::Uid::from_raw(self.cfg.uids.to_outside(u)));
+            let gid = req
+                .gid
+                .map(|g| rustix::fs::Gid::from_raw(self.cfg.gids.to_outside(g)));
+            rustix::fs::chownat(dir.as_fd(), name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        if let Some(mode) = req.mode {
+            // chmod through the O_PATH descriptor: never follows a symlink in the layer.
+            let fd = layer::open_path_at(dir.as_fd(), name)?;
+            rustix::fs::chmod(
+                sys::proc_fd_path(fd.as_fd()).as_c_str(),
+                Mode::from_raw_mode(mode & 0o7777),
+            )?;
+        }
+        if req.atime.is_some() || req.mtime.is_some() {
+            let times = Timestamps {
+                last_access: timespec(req.atime),
+                last_modification: timespec(req.mtime),
+            };
+            rustix::fs::utimensat(dir.as_fd(), name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        self.getattr(node)
+    }
+
+    pub fn readlink(&self, node: &Node) -> Result<Vec<u8>> {
+        let fd = self.open_top(node)?;
+        let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+        Ok(target.into_bytes())
+    }
+
+    pub fn getxattr(&self, node: &Node, name: &str) -> Result<Vec<u8>> {
+        let fd = self.open_top(node)?;
+        let stored = escape_xattr(self.cfg.xattr_ns, name);
+        layer::get_xattr(fd.as_fd(), &stored)?.ok_or(Errno::NODATA)
+    }
+
+    /// The xattr names a user sees, NUL-separated as listxattr returns them.
+    pub fn listxattr(&self, node: &Node) -> Result<Vec<u8>> {
+        let fd = self.open_top(node)?;
+        let mut out = Vec::new();
+        for stored in layer::list_xattrs(fd.as_fd())? {
+            let Ok(stored) = std::str::from_utf8(&stored) else {
+                continue;
+            };
+            if let Some(shown) = unescape_xattr(self.cfg.xattr_ns, stored) {
+                out.extend_from_slice(shown.as_bytes());
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn setxattr(&self, node: &Node, name: &str, value: &[u8], flags: i32) -> Result<()> {
+        let (li, path) = self.write_target(node)?;
+        let fd = self.layers[li].open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let stored = escape_xattr(self.cfg.xattr_ns, name);
+        let flags = XattrFlags::from_bits_truncate(flags as _);
+        layer::set_xattr(fd.as_fd(), &stored, value, flags)
+    }
+
+    pub fn removexattr(&self, node: &Node, name: &str) -> Result<()> {
+        // Removing what is not there needs no copy-up.
+        self.getxattr(node, name)?;
+        let (li, path) = self.write_target(node)?;
+        let fd = self.layers[li].open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        layer::remove_xattr(fd.as_fd(), &escape_xattr(self.cfg.xattr_ns, name))
+    }
+
+    /// statfs of the upper (of the top branch for a read-only union).
+    pub fn statfs(&self) -> Result<StatVfs> {
+        rustix::fs::fstatvfs(&self.layers[0].root)
+    }
+}

@@ -1,0 +1,245 @@
+//! Copying a lower object into the upper: data (holes stay holes), owner, mode,
+//! xattrs, times and origin. Everything is built under a temporary name in the
+//! workdir and published by one rename, so a crash never leaves a half-copied
+//! object in the upper.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timestamps, XattrFlags,
+};
+use rustix::io::Errno;
+
+use crate::inode::Node;
+use crate::layer::{self, Layer, split};
+use crate::names::unescape_xattr;
+use crate::{Result, Union, sys};
+
+impl Union {
+    /// Where a change to `node` goes: its copy in the upper (copied up first), or,
+    /// without copy-on-write, its own branch when that one is writable.
+    pub(crate) fn write_target(&self, node: &Node) -> Result<(usize, PathBuf)> {
+        if self.has_upper() {
+            self.copy_up(node)?;
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            return Ok((0, self.path_of(node)?));
+        }
+        let st = node.snapshot();
+        match st.top_lower() {
+            Some((li, path)) if self.layers[*li].writable => Ok((*li, path.clone())),
+            _ => Err(Errno::ROFS),
+        }
+    }
+
+    /// Copy `node` (and its parents) up unless it is there already.
+    pub(crate) fn copy_up(&self, node: &Node) -> Result<()> {
+        self.copy_up_with(node, true)
+    }
+
+    /// Copy up; `with_data = false` for an open that truncates anyway.
+    pub(crate) fn copy_up_with(&self, node: &Node, with_data: bool) -> Result<()> {
+        if node.snapshot().upper {
+            return Ok(());
+        }
+        if !self.has_upper() {
+            return Err(Errno::ROFS);
+        }
+        let (parent_id, _) = node.snapshot().names.first().cloned().ok_or(Errno::NOENT)?;
+        let parent = self.node(parent_id)?;
+        self.copy_up(&parent)?;
+        let _guard = node.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let st = node.snapshot();
+        if st.upper {
+            return Ok(());
+        }
+        let (li, lpath) = st.top_lower().cloned().ok_or(Errno::STALE)?;
+        let tmp = self.temp_name();
+        let result = self
+            .copy_into_work(li, &lpath, &tmp, with_data)
+            .and_then(|()| {
+                let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+                let path = self.path_of(node)?;
+                let (pp, name) = split(&path);
+                let updir = self.upper().dir(pp)?;
+                rustix::fs::renameat_with(
+                    self.work_fd()?,
+                    &tmp,
+                    &updir,
+                    name.ok_or(Errno::INVAL)?,
+                    RenameFlags::NOREPLACE,
+                )?;
+                node.state().upper = true;
+                Ok(())
+            });
+        if result.is_err() {
+            self.remove_temp(&tmp);
+        }
+        result
+    }
+
+    /// Build a copy of lower object `lpath` in branch `li` as `tmp` in the workdir.
+    fn copy_into_work(&self, li: usize, lpath: &Path, tmp: &OsStr, with_data: bool) -> Result<()> {
+        let lower = &self.layers[li];
+        let work = self.work_fd()?;
+        let src = lower.open_beneath(lpath, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let st = rustix::fs::fstat(&src)?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        match kind {
+            FileType::RegularFile => self.copy_regular(lower, lpath, &st, work, tmp, with_data)?,
+            FileType::Directory => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(&src, "", Vec::new())?;
+                rustix::fs::symlinkat(target.as_c_str(), work, tmp)?;
+            }
+            _ => rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?,
+        }
+        copy_metadata(src.as_fd(), &st, work, tmp, self)?;
+        if kind != FileType::Directory {
+            if let Some(origin) = self.encode_origin(li, lpath) {
+                let fd = layer::open_path_at(work, tmp)?;
+                let name = self.cfg.xattr_ns.name("origin");
+                // Origin only keeps st_ino across remounts; a filesystem without
+                // trusted xattrs still gets a correct copy.
+                let _ = layer::set_xattr(fd.as_fd(), &name, &origin, XattrFlags::empty());
+            }
+        }
+        Ok(())
+    }
+
+    fn copy_regular(
+        &self,
+        lower: &Layer,
+        lpath: &Path,
+        st: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        with_data: bool,
+    ) -> Result<()> {
+        let dst = rustix::fs::openat(
+            work,
+            tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        if with_data && st.st_size > 0 {
+            let src = lower.open_beneath(lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
+            copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+        }
+        if !self.cfg.volatile {
+            rustix::fs::fsync(&dst)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copy file data: a reflink where the filesystem offers one, else the data
+/// extents only (holes stay holes) with copy_file_range, else read and write.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Result<()> {
+    if rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break,
+            Err(Errno::INVAL) => pos,
+            Err(e) => return Err(e),
+        };
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(size),
+            Err(_) => size,
+        };
+        copy_range(src, dst, data, hole)?;
+        pos = hole;
+    }
+    rustix::fs::ftruncate(dst, size)
+}
+
+/// Copy bytes [from, to) at the same offsets.
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: u64, to: u64) -> Result<()> {
+    let mut off_in = from;
+    let mut off_out = from;
+    while off_in < to {
+        let want = (to - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(Errno::XDEV) | Err(Errno::INVAL) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) => {
+                return copy_by_reading(src, dst, off_in, to);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_reading(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, mut off: u64, to: u64) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while off < to {
+        let want = ((to - off) as usize).min(buf.len());
+        let n = rustix::io::pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut done = 0;
+        while done < n {
+            done += rustix::io::pwrite(dst, &buf[done..n], off + done as u64)?;
+        }
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Owner, mode, xattrs, then times (in that order: chown clears setuid bits and
+/// file capabilities, and every change but the last bumps the times).
+fn copy_metadata(
+    src: BorrowedFd<'_>,
+    st: &Stat,
+    work: BorrowedFd<'_>,
+    tmp: &OsStr,
+    union: &Union,
+) -> Result<()> {
+    let kind = FileType::from_raw_mode(st.st_mode);
+    rustix::fs::chownat(
+        work,
+        tmp,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    let dst = layer::open_path_at(work, tmp)?;
+    if kind != FileType::Symlink {
+        rustix::fs::chmod(
+            sys::proc_fd_path(dst.as_fd()).as_c_str(),
+            Mode::from_raw_mode(st.st_mode & 0o7777),
+        )?;
+    }
+    for name in layer::list_xattrs(src)? {
+        let Ok(name) = std::str::from_utf8(&name) else {
+            continue;
+        };
+        if unescape_xattr(union.cfg.xattr_ns, name).is_none() {
+            continue;
+        }
+        if let Some(value) = layer::get_xattr(src, name)? {
+            match layer::set_xattr(dst.as_fd(), name, &value, XattrFlags::empty()) {
+                Ok(()) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let times = Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    };
+    rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)
+}

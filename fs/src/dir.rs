@@ -1,0 +1,475 @@
+//! create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
+//!
+//! New objects are built under a temporary name in the workdir (owner and mode
+//! set there) and published by one rename, so nothing half-made is ever visible.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
+use rustix::io::Errno;
+
+use crate::inode::{Node, NodeState};
+use crate::layer::{self, stat_at};
+use crate::lookup::{Resolved, is_dir};
+use crate::names::is_chardev_whiteout;
+use crate::{Result, Union};
+
+/// What kind of object to create.
+pub enum NewObject<'a> {
+    File { mode: u32, flags: OFlags },
+    Dir { mode: u32 },
+    Node { mode: u32, rdev: u64 },
+    Symlink { target: &'a Path },
+}
+
+/// The caller's identity, for the owner of what they create.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A created object: its node, stat and (for files) the open descriptor.
+pub struct Created {
+    pub node: Arc<Node>,
+    pub stat: Stat,
+    pub fd: Option<OwnedFd>,
+}
+
+impl Union {
+    /// The parent directory, ready to receive a change: (branch, path, open dir).
+    fn writable_dir(&self, parent: &Node) -> Result<(usize, PathBuf)> {
+        let st = parent.snapshot();
+        if !st.is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        self.write_target(parent)
+    }
+
+    /// Resolve (parent, name) now, with the parent's current state.
+    fn resolve_now(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+        let st = parent.snapshot();
+        let path = self.path_of(parent)?;
+        self.resolve_child(&st, &path, name)
+    }
+
+    /// Does any lower branch show `name` in `parent` (so removing the upper entry
+    /// would expose it, and a whiteout is needed)?
+    fn lowers_have(&self, parent: &Node, name: &OsStr) -> Result<bool> {
+        let mut st = parent.snapshot();
+        if st.lowers.is_empty() {
+            return Ok(false);
+        }
+        st.upper = false;
+        let path = self.path_of(parent)?;
+        Ok(self.resolve_child(&st, &path, name)?.is_some())
+    }
+
+    pub fn create(
+        &self,
+        parent_id: u64,
+        name: &OsStr,
+        obj: NewObject<'_>,
+        who: Caller,
+    ) -> Result<Created> {
+        check_name(name)?;
+        let parent = self.node(parent_id)?;
+        let (li, ppath) = self.writable_dir(&parent)?;
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        if self.resolve_now(&parent, name)?.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if li != 0 || !self.has_upper() {
+            return self.create_in_place(&parent, li, &ppath, name, obj, who);
+        }
+        let dir = self.upper().dir(&ppath)?;
+        let over_whiteout = match stat_at(dir.as_fd(), name) {
+            Ok(st) if is_chardev_whiteout(&st) => true,
+            Ok(_) => return Err(Errno::EXIST),
+            Err(Errno::NOENT) => false,
+            Err(e) => return Err(e),
+        };
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let made = make_object(work, &tmp, &obj, who, self);
+        let fd = match made {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.remove_temp(&tmp);
+                return Err(e);
+            }
+        };
+        let published = self.publish(work, &tmp, dir.as_fd(), name, &obj, over_whiteout);
+        if let Err(e) = published {
+            self.remove_temp(&tmp);
+            return Err(e);
+        }
+        let stat = stat_at(dir.as_fd(), name)?;
+        let state = NodeState {
+            names: Vec::new(),
+            is_dir: is_dir(&stat),
+            upper: true,
+            lowers: Vec::new(),
+            opaque: over_whiteout && is_dir(&stat),
+        };
+        let st_ino = self.upper().ino_prefix | stat.st_ino;
+        let node = self
+            .inodes
+            .remember(st_ino, false, parent_id, name, state.clone(), true);
+        Ok(Created {
+            stat: self.present_stat(st_ino, &state, stat),
+            node,
+            fd,
+        })
+    }
+
+    /// Move a finished temporary object to its name. Over a whiteout a directory
+    /// becomes opaque and is exchanged with the whiteout, which is then dropped.
+    fn publish(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        obj: &NewObject<'_>,
+        over_whiteout: bool,
+    ) -> Result<()> {
+        if !over_whiteout {
+            return rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::NOREPLACE);
+        }
+        if let NewObject::Dir { .. } = obj {
+            let fd = layer::open_path_at(work, tmp)?;
+            let opaque = self.cfg.xattr_ns.name("opaque");
+            layer::set_xattr(fd.as_fd(), &opaque, b"y", XattrFlags::empty())?;
+            rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::EXCHANGE)?;
+            return rustix::fs::unlinkat(work, tmp, AtFlags::empty());
+        }
+        rustix::fs::renameat(work, tmp, dir, name)
+    }
+
+    /// Without copy-on-write: create directly in a writable branch.
+    fn create_in_place(
+        &self,
+        parent: &Node,
+        li: usize,
+        ppath: &Path,
+        name: &OsStr,
+        obj: NewObject<'_>,
+        who: Caller,
+    ) -> Result<Created> {
+        let layer = &self.layers[li];
+        let dir = layer.dir(ppath)?;
+        let fd = make_object(dir.as_fd(), name, &obj, who, self)?;
+        let stat = stat_at(dir.as_fd(), name)?;
+        let state = NodeState {
+            names: Vec::new(),
+            is_dir: is_dir(&stat),
+            upper: false,
+            lowers: vec![(li, ppath.join(name))],
+            opaque: false,
+        };
+        let st_ino = layer.ino_prefix | stat.st_ino;
+        let node = self
+            .inodes
+            .remember(st_ino, false, parent.id, name, state.clone(), true);
+        Ok(Created {
+            stat: self.present_stat(st_ino, &state, stat),
+            node,
+            fd,
+        })
+    }
+
+    pub fn link(
+        &self,
+        node_id: u64,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<(Arc<Node>, Stat)> {
+        check_name(new_name)?;
+        let node = self.node(node_id)?;
+        if node.snapshot().is_dir {
+            return Err(Errno::PERM);
+        }
+        let parent = self.node(new_parent)?;
+        let (pli, ppath) = self.writable_dir(&parent)?;
+        let (li, src) = self.write_target(&node)?;
+        if li != pli {
+            return Err(Errno::XDEV);
+        }
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        if self.resolve_now(&parent, new_name)?.is_some() {
+            return Err(Errno::EXIST);
+        }
+        let layer = &self.layers[li];
+        let (sp, sn) = layer::split(&src);
+        let sdir = layer.dir(sp)?;
+        let ddir = layer.dir(&ppath)?;
+        let sn = sn.ok_or(Errno::INVAL)?;
+        match stat_at(ddir.as_fd(), new_name) {
+            Ok(st) if is_chardev_whiteout(&st) && self.has_upper() => {
+                let work = self.work_fd()?;
+                let tmp = self.temp_name();
+                rustix::fs::linkat(&sdir, sn, work, &tmp, AtFlags::empty())?;
+                if let Err(e) = rustix::fs::renameat(work, &tmp, &ddir, new_name) {
+                    self.remove_temp(&tmp);
+                    return Err(e);
+                }
+            }
+            Ok(_) => return Err(Errno::EXIST),
+            Err(Errno::NOENT) => rustix::fs::linkat(&sdir, sn, &ddir, new_name, AtFlags::empty())?,
+            Err(e) => return Err(e),
+        }
+        {
+            let mut st = node.state();
+            st.names.push((new_parent, new_name.to_os_string()));
+        }
+        self.inodes.remember(
+            node.st_ino,
+            false,
+            new_parent,
+            new_name,
+            node.snapshot(),
+            true,
+        );
+        let raw = stat_at(ddir.as_fd(), new_name)?;
+        Ok((
+            node.clone(),
+            self.present_stat(node.st_ino, &node.snapshot(), raw),
+        ))
+    }
+
+    pub fn unlink(&self, parent_id: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent_id, name, false)
+    }
+
+    pub fn rmdir(&self, parent_id: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent_id, name, true)
+    }
+
+    fn remove(&self, parent_id: u64, name: &OsStr, want_dir: bool) -> Result<()> {
+        let parent = self.node(parent_id)?;
+        let (li, ppath) = self.writable_dir(&parent)?;
+        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let found = self.resolve_now(&parent, name)?.ok_or(Errno::NOENT)?;
+        match (want_dir, found.state.is_dir) {
+            (true, false) => return Err(Errno::NOTDIR),
+            (false, true) => return Err(Errno::ISDIR),
+            _ => {}
+        }
+        if want_dir && !self.merged_dir_is_empty(&found.state, &ppath.join(name))? {
+            return Err(Errno::NOTEMPTY);
+        }
+        if !self.has_upper() {
+            let (fli, fpath) = found.state.top_lower().cloned().ok_or(Errno::STALE)?;
+            if fli != li || !self.layers[fli].writable {
+                return Err(Errno::ROFS);
+            }
+            let (fp, fname) = layer::split(&fpath);
+            let dir = self.layers[fli].dir(fp)?;
+            let flags = if want_dir {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
+            rustix::fs::unlinkat(&dir, fname.ok_or(Errno::INVAL)?, flags)?;
+        } else {
+            let needs_whiteout = self.lowers_have(&parent, name)?;
+            let dir = self.upper().dir(&ppath)?;
+            self.remove_upper_entry(
+                dir.as_fd(),
+                name,
+                found.state.upper,
+                want_dir,
+                needs_whiteout,
+            )?;
+        }
+        self.forget_name(found.st_ino, parent_id, name);
+        Ok(())
+    }
+
+    /// Take `name` out of the upper directory `dir`, leaving a whiteout when a
+    /// lower still has it. The entry goes to the workdir first, so the upper
+    /// never shows a half-removed directory.
+    fn remove_upper_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        in_upper: bool,
+        is_dir: bool,
+        needs_whiteout: bool,
+    ) -> Result<()> {
+        if !in_upper {
+            return make_whiteout(dir, name);
+        }
+        if !needs_whiteout && !is_dir {
+            return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        }
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let flags = if needs_whiteout {
+            RenameFlags::WHITEOUT
+        } else {
+            RenameFlags::empty()
+        };
+        match rustix::fs::renameat_with(dir, name, work, &tmp, flags) {
+            Ok(()) => {}
+            Err(Errno::INVAL) if needs_whiteout => {
+                // No RENAME_WHITEOUT here: move, then make the whiteout.
+                rustix::fs::renameat(dir, name, work, &tmp)?;
+                make_whiteout(dir, name)?;
+            }
+            Err(e) => return Err(e),
+        }
+        crate::remove_tree_at(work, &tmp)
+    }
+
+    /// The node known as (parent, name) loses that name.
+    fn forget_name(&self, st_ino: u64, parent: u64, name: &OsStr) {
+        let id = crate::inode::node_id_for(st_ino, false);
+        if let Ok(node) = self.node(id) {
+            self.inodes.drop_name(&node, parent, name);
+        }
+    }
+
+    /// Does a merged directory hold nothing but whiteouts?
+    pub(crate) fn merged_dir_is_empty(&self, st: &NodeState, path: &Path) -> Result<bool> {
+        Ok(self.merged_names(st, path)?.is_empty())
+    }
+
+    pub fn rename(
+        &self,
+        parent_id: u64,
+        name: &OsStr,
+        new_parent_id: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        check_name(new_name)?;
+        if !self.has_upper() {
+            return self.rename_in_place(parent_id, name, new_parent_id, new_name, flags);
+        }
+        let parent = self.node(parent_id)?;
+        let new_parent = self.node(new_parent_id)?;
+        self.writable_dir(&parent)?;
+        self.writable_dir(&new_parent)?;
+        let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
+        self.copy_up(&src)?;
+        let dst = self.lookup_node(&new_parent, new_name)?;
+        if let Some(dst) = &dst {
+            if flags.contains(RenameFlags::EXCHANGE) {
+                self.copy_up(dst)?;
+            }
+        }
+        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)
+    }
+
+    /// Find (and remember, without counting a kernel lookup) the node of a name.
+    pub(crate) fn lookup_node(&self, parent: &Node, name: &OsStr) -> Result<Option<Arc<Node>>> {
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let Some(found) = self.resolve_now(parent, name)? else {
+            return Ok(None);
+        };
+        Ok(Some(self.inodes.remember(
+            found.st_ino,
+            false,
+            parent.id,
+            name,
+            found.state,
+            false,
+        )))
+    }
+
+    /// Without copy-on-write: a rename inside one writable branch.
+    fn rename_in_place(
+        &self,
+        parent_id: u64,
+        name: &OsStr,
+        new_parent_id: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let parent = self.node(parent_id)?;
+        let new_parent = self.node(new_parent_id)?;
+        let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
+        let st = src.snapshot();
+        let (li, spath) = st.top_lower().cloned().ok_or(Errno::STALE)?;
+        let (dli, dpath) = self.writable_dir(&new_parent)?;
+        if !self.layers[li].writable || li != dli || st.is_dir {
+            // Directories would need their descendants' paths moved too.
+            return Err(Errno::XDEV);
+        }
+        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let layer = &self.layers[li];
+        let (sp, sn) = layer::split(&spath);
+        let sdir = layer.dir(sp)?;
+        let ddir = layer.dir(&dpath)?;
+        rustix::fs::renameat_with(&sdir, sn.ok_or(Errno::INVAL)?, &ddir, new_name, flags)?;
+        self.inodes
+            .rename_name(&src, parent_id, name, new_parent_id, new_name);
+        src.state().lowers = vec![(li, dpath.join(new_name))];
+        Ok(())
+    }
+}
+
+/// Make a whiteout (character device 0/0) named `name` in `dir`.
+pub(crate) fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+}
+
+pub(crate) fn check_name(name: &OsStr) -> Result<()> {
+    if name.len() > 255 {
+        Err(Errno::NAMETOOLONG)
+    } else {
+        Ok(())
+    }
+}
+
+/// Make the object `name` in `dir` with the caller's owner; files come back open.
+fn make_object(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    obj: &NewObject<'_>,
+    who: Caller,
+    union: &Union,
+) -> Result<Option<OwnedFd>> {
+    let mut fd = None;
+    match obj {
+        NewObject::File { mode, flags } => {
+            let flags = (*flags
+                & !(OFlags::CREATE | OFlags::EXCL | OFlags::TRUNC | OFlags::NOCTTY))
+                | OFlags::CREATE
+                | OFlags::EXCL
+                | OFlags::CLOEXEC;
+            let f = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode & 0o7777))?;
+            fd = Some(f);
+        }
+        NewObject::Dir { mode } => {
+            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode & 0o7777))?
+        }
+        NewObject::Node { mode, rdev } => {
+            let kind = FileType::from_raw_mode(*mode);
+            rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(mode & 0o7777), *rdev)?;
+        }
+        NewObject::Symlink { target } => rustix::fs::symlinkat(*target, dir, name)?,
+    }
+    let uid = rustix::fs::Uid::from_raw(union.cfg.uids.to_outside(who.uid));
+    let gid = rustix::fs::Gid::from_raw(union.cfg.gids.to_outside(who.gid));
+    rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+    if let NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Node { mode, .. } =
+        obj
+    {
+        if mode & 0o7000 != 0 {
+            // chown cleared setuid/setgid; put back what the caller asked for.
+            let f = layer::open_path_at(dir, name)?;
+            rustix::fs::chmod(
+                crate::sys::proc_fd_path(f.as_fd()).as_c_str(),
+                Mode::from_raw_mode(mode & 0o7777),
+            )?;
+        }
+    }
+    Ok(fd)
+}

@@ -1,0 +1,217 @@
+//! open, read, write, flush, fsync, release, fallocate, lseek; directory handles.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{FallocateFlags, OFlags, SeekFrom, Stat};
+use rustix::io::Errno;
+
+use crate::inode::Node;
+use crate::readdir::DirEntry;
+use crate::{Result, Union};
+
+/// An open file or directory.
+pub enum Handle {
+    File {
+        node: u64,
+        fd: Arc<OwnedFd>,
+        writable: bool,
+    },
+    Dir {
+        entries: Arc<Vec<DirEntry>>,
+    },
+}
+
+/// Open handles by id.
+#[derive(Default)]
+pub struct Handles {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Handle>>,
+}
+
+impl Handles {
+    fn insert(&self, h: Handle) -> u64 {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, h);
+        id
+    }
+
+    pub fn fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
+        match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
+            Some(Handle::File { fd, .. }) => Some(fd.clone()),
+            _ => None,
+        }
+    }
+
+    fn entries(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+        match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
+            Some(Handle::Dir { entries }) => Some(entries.clone()),
+            _ => None,
+        }
+    }
+
+    fn remove(&self, fh: u64) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    /// Any open descriptor of a node (an unlinked file is reached through it).
+    fn any_fd_of(&self, node: u64) -> Option<Arc<OwnedFd>> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().find_map(|h| match h {
+            Handle::File { node: n, fd, .. } if *n == node => Some(fd.clone()),
+            _ => None,
+        })
+    }
+}
+
+/// Does an open with these flags change the file?
+pub fn wants_write(flags: OFlags) -> bool {
+    flags.intersects(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC)
+}
+
+impl Union {
+    /// Open a file: a write open copies it up first (without its data when the
+    /// open truncates anyway). Returns the handle id and whether the file comes
+    /// from an immutable lower branch (its page cache may be kept).
+    pub fn open(&self, node: &Node, flags: OFlags) -> Result<(u64, bool)> {
+        let flags = flags & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY);
+        let write = wants_write(flags);
+        let (li, path) = if write {
+            if self.has_upper() {
+                self.copy_up_with(node, !flags.contains(OFlags::TRUNC))?;
+            }
+            self.write_target(node)?
+        } else {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            self.top_entry(node, &node.snapshot())?
+        };
+        let fd = self.layers[li].open_beneath(&path, flags | OFlags::NOFOLLOW)?;
+        let immutable = !self.layers[li].writable;
+        let fh = self.handles.insert(Handle::File {
+            node: node.id,
+            fd: Arc::new(fd),
+            writable: write,
+        });
+        Ok((fh, immutable))
+    }
+
+    /// Register a descriptor made by create().
+    pub fn adopt(&self, node: &Node, fd: OwnedFd) -> u64 {
+        self.handles.insert(Handle::File {
+            node: node.id,
+            fd: Arc::new(fd),
+            writable: true,
+        })
+    }
+
+    pub fn handle_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        self.handles.fd(fh).ok_or(Errno::BADF)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let fd = self.handle_fd(fh)?;
+        let mut buf = vec![0u8; size];
+        let mut done = 0;
+        while done < size {
+            let n = rustix::io::pread(&*fd, &mut buf[done..], offset + done as u64)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let fd = self.handle_fd(fh)?;
+        let mut done = 0;
+        while done < data.len() {
+            done += rustix::io::pwrite(&*fd, &data[done..], offset + done as u64)?;
+        }
+        Ok(done)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        if self.cfg.volatile {
+            return Ok(());
+        }
+        let fd = self.handle_fd(fh)?;
+        if datasync {
+            rustix::fs::fdatasync(&*fd)
+        } else {
+            rustix::fs::fsync(&*fd)
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.remove(fh);
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let fd = self.handle_fd(fh)?;
+        let flags = FallocateFlags::from_bits(mode as u32).ok_or(Errno::OPNOTSUPP)?;
+        rustix::fs::fallocate(&*fd, flags, offset, len)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let fd = self.handle_fd(fh)?;
+        let pos = match whence {
+            libc::SEEK_SET => SeekFrom::Start(offset as u64),
+            libc::SEEK_CUR => SeekFrom::Current(offset),
+            libc::SEEK_END => SeekFrom::End(offset),
+            libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+            libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+            _ => return Err(Errno::INVAL),
+        };
+        Ok(rustix::fs::seek(&*fd, pos)? as i64)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: usize,
+    ) -> Result<usize> {
+        let src = self.handle_fd(fh_in)?;
+        let dst = self.handle_fd(fh_out)?;
+        let (mut i, mut o) = (off_in, off_out);
+        rustix::fs::copy_file_range(&*src, Some(&mut i), &*dst, Some(&mut o), len)
+    }
+
+    /// stat through an open handle (works for unlinked files: nlink 0).
+    pub fn getattr_open(&self, node: &Node, fh: Option<u64>) -> Result<Stat> {
+        let fd = match fh.and_then(|f| self.handles.fd(f)) {
+            Some(fd) => Some(fd),
+            None if node.snapshot().names.is_empty() => self.handles.any_fd_of(node.id),
+            None => None,
+        };
+        match fd {
+            Some(fd) => {
+                let raw = rustix::fs::fstat(fd.as_fd())?;
+                Ok(self.present_stat(node.st_ino, &node.snapshot(), raw))
+            }
+            None => self.getattr(node),
+        }
+    }
+
+    pub fn opendir(&self, node: &Node) -> Result<u64> {
+        let entries = Arc::new(self.list_dir(node)?);
+        Ok(self.handles.insert(Handle::Dir { entries }))
+    }
+
+    /// The listing kept with a directory handle.
+    pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
+        self.handles.entries(fh).ok_or(Errno::BADF)
+    }
+}

@@ -1,0 +1,720 @@
+//! The only module that imports `fuser`: FUSE requests in, union operations out.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FuseErrno, FileAttr, FileHandle,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use rustix::fs::{FileType as RawType, OFlags, Stat, Timespec};
+
+use crate::attr::{SetAttr, SetTime};
+use crate::dir::{Caller, NewObject};
+use crate::inode::Node;
+use crate::{Errno, Union};
+
+/// Layers are immutable and the mount is the only writer of its upper, so the
+/// kernel may keep names and attributes for as long as it likes.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+pub struct UnionFuse {
+    union: Arc<Union>,
+}
+
+impl UnionFuse {
+    pub fn new(union: Arc<Union>) -> UnionFuse {
+        UnionFuse { union }
+    }
+}
+
+fn err(e: Errno) -> FuseErrno {
+    FuseErrno::from_i32(e.raw_os_error())
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+fn kind(mode: u32) -> FileType {
+    match RawType::from_raw_mode(mode) {
+        RawType::Directory => FileType::Directory,
+        RawType::Symlink => FileType::Symlink,
+        RawType::Fifo => FileType::NamedPipe,
+        RawType::Socket => FileType::Socket,
+        RawType::CharacterDevice => FileType::CharDevice,
+        RawType::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+/// The kernel's attribute record for a node; `ino` is the node id it knows.
+fn attr(id: u64, st: &Stat) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(id),
+        size: st.st_size as u64,
+        blocks: st.st_blocks as u64,
+        atime: time(st.st_atime as i64, st.st_atime_nsec as i64),
+        mtime: time(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: time(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        crtime: UNIX_EPOCH,
+        kind: kind(st.st_mode),
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
+        blksize: st.st_blksize as u32,
+        flags: 0,
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => {
+            let d = st.duration_since(UNIX_EPOCH).unwrap_or_default();
+            SetTime::At(Timespec {
+                tv_sec: d.as_secs() as _,
+                tv_nsec: d.subsec_nanos() as _,
+            })
+        }
+    })
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+impl UnionFuse {
+    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, FuseErrno> {
+        self.union.node(ino.0).map_err(err)
+    }
+
+    fn reply_entry(&self, node: &Node, st: &Stat, reply: ReplyEntry) {
+        reply.entry(&TTL, &attr(node.id, st), Generation(0));
+    }
+
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        obj: NewObject<'_>,
+        reply: ReplyEntry,
+    ) {
+        match self.union.create(parent.0, name, obj, caller(req)) {
+            Ok(c) => self.reply_entry(&c.node, &c.stat, reply),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+impl Filesystem for UnionFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.union.lookup(parent.0, name) {
+            Ok((node, st)) => {
+                let st = self.union.present_stat(node.st_ino, &node.snapshot(), st);
+                self.reply_entry(&node, &st, reply)
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let result = self.node(ino).and_then(|n| {
+            let st = self.union.getattr_open(&n, fh.map(|f| f.0)).map_err(err)?;
+            Ok((n, st))
+        });
+        match result {
+            Ok((n, st)) => {
+                let mut a = attr(n.id, &st);
+                a.ino = INodeNo(if n.id == 1 { st.st_ino } else { n.id });
+                reply.attr(&TTL, &a)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let req = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self
+            .node(ino)
+            .and_then(|n| self.union.setattr(&n, &req).map(|st| (n, st)).map_err(err))
+        {
+            Ok((n, st)) => reply.attr(&TTL, &attr(n.id, &st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.readlink(&n).map_err(err))
+        {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let obj = NewObject::Node {
+            mode: mode & !umask | (mode & libc::S_IFMT),
+            rdev: u64::from(rdev),
+        };
+        self.make(req, parent, name, obj, reply);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make(
+            req,
+            parent,
+            name,
+            NewObject::Dir {
+                mode: mode & !umask,
+            },
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.make(req, parent, link_name, NewObject::Symlink { target }, reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(FuseErrno::EINVAL);
+        }
+        let flags = rustix::fs::RenameFlags::from_bits_truncate(flags.bits());
+        match self
+            .union
+            .rename(parent.0, name, newparent.0, newname, flags)
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.union.link(ino.0, newparent.0, newname) {
+            Ok((node, st)) => self.reply_entry(&node, &st, reply),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = OFlags::from_bits_retain(flags.0 as u32);
+        match self
+            .node(ino)
+            .and_then(|n| self.union.open(&n, flags).map_err(err))
+        {
+            Ok((fh, immutable)) => {
+                let f = if immutable {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), f)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.union.read(fh.0, offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.union.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.opendir(&n).map_err(err))
+        {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.union.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let id = crate::inode::node_id_for(e.ino, false);
+            if reply.add(
+                INodeNo(id),
+                (i + 1) as u64,
+                kind(e.kind.as_raw_mode()),
+                &e.name,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.union.dir_entries(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            if e.name == "." || e.name == ".." {
+                // The kernel does not take a lookup reference for these.
+                let a = dot_attr(e.ino, kind(e.kind.as_raw_mode()));
+                if reply.add(
+                    INodeNo(0),
+                    (i + 1) as u64,
+                    &e.name,
+                    &Duration::ZERO,
+                    &a,
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let Ok((node, st)) = self.union.lookup(ino.0, &e.name) else {
+                continue;
+            };
+            let st = self.union.present_stat(node.st_ino, &node.snapshot(), st);
+            if reply.add(
+                INodeNo(node.id),
+                (i + 1) as u64,
+                &e.name,
+                &TTL,
+                &attr(node.id, &st),
+                Generation(0),
+            ) {
+                // Not sent: give back the lookup just counted.
+                self.union.inodes.forget(node.id, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.union.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let Some(name) = name.to_str() else {
+            return reply.error(FuseErrno::EINVAL);
+        };
+        match self
+            .node(ino)
+            .and_then(|n| self.union.setxattr(&n, name, value, flags).map_err(err))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(name) = name.to_str() else {
+            return reply.error(FuseErrno::NO_XATTR);
+        };
+        match self
+            .node(ino)
+            .and_then(|n| self.union.getxattr(&n, name).map_err(err))
+        {
+            Ok(v) => reply_xattr(v, size, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self
+            .node(ino)
+            .and_then(|n| self.union.listxattr(&n).map_err(err))
+        {
+            Ok(v) => reply_xattr(v, size, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(name) = name.to_str() else {
+            return reply.error(FuseErrno::NO_XATTR);
+        };
+        match self
+            .node(ino)
+            .and_then(|n| self.union.removexattr(&n, name).map_err(err))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (default_permissions).
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let flags = OFlags::from_bits_retain(flags as u32);
+        let obj = NewObject::File {
+            mode: mode & !umask,
+            flags,
+        };
+        match self.union.create(parent.0, name, obj, caller(req)) {
+            Ok(c) => {
+                let Some(fd) = c.fd else {
+                    return reply.error(FuseErrno::EIO);
+                };
+                let fh = self.union.adopt(&c.node, fd);
+                reply.created(
+                    &TTL,
+                    &attr(c.node.id, &c.stat),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                )
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(FuseErrno::ENOTTY);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.union.lseek(fh.0, offset, whence) {
+            Ok(pos) => reply.offset(pos),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let len = len.min(u64::from(u32::MAX) & !0xfff) as usize;
+        match self
+            .union
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+fn reply_xattr(v: Vec<u8>, size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(FuseErrno::ERANGE);
+    } else {
+        reply.data(&v);
+    }
+}
+
+/// Attributes for "." and "..": the kernel only reads their inode number.
+fn dot_attr(ino: u64, kind: FileType) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind,
+        perm: 0o755,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}

@@ -1,0 +1,178 @@
+//! The inode table: merged identity, names, lookup counts, `forget`.
+//!
+//! A merged object's FUSE node id is its `st_ino` (unique within the mount and
+//! stable across copy-up), so every name of a hard-link group resolves to one
+//! node and readdir's `d_ino` equals stat's `st_ino` by construction.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use rustix::io::Errno;
+
+use crate::Result;
+
+/// FUSE's id for the root directory.
+pub const ROOT_ID: u64 = 1;
+
+/// Where a merged object lives.
+#[derive(Debug, Clone, Default)]
+pub struct NodeState {
+    /// Every (parent id, name) this object is known by; the first is used to reach it.
+    pub names: Vec<(u64, OsString)>,
+    pub is_dir: bool,
+    /// Exists in the upper at its merged path.
+    pub upper: bool,
+    /// Lower branches holding it, top first, with its path in each. A non-directory
+    /// uses only the first; a directory merges them all.
+    pub lowers: Vec<(usize, PathBuf)>,
+    /// The directory hides everything below its own layer.
+    pub opaque: bool,
+}
+
+impl NodeState {
+    /// The topmost lower (branch, path), for data and attributes of lower objects.
+    pub fn top_lower(&self) -> Option<&(usize, PathBuf)> {
+        self.lowers.first()
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub st_ino: u64,
+    lookups: AtomicU64,
+    state: Mutex<NodeState>,
+    /// Serialises copy-up of this node only; other nodes go on meanwhile.
+    pub copy_up_lock: Mutex<()>,
+}
+
+impl Node {
+    pub fn state(&self) -> MutexGuard<'_, NodeState> {
+        // A poisoned lock means a thread panicked mid-update; the state is still the
+        // best we have, and the daemon must not die for it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot(&self) -> NodeState {
+        self.state().clone()
+    }
+}
+
+/// Node id for an `st_ino`: the root is always 1, so a real inode 1 moves aside.
+pub fn node_id_for(st_ino: u64, is_root: bool) -> u64 {
+    match (is_root, st_ino) {
+        (true, _) => ROOT_ID,
+        (false, 1) => 1 << 63 | 1,
+        (false, 0) => 1 << 63,
+        (false, ino) => ino,
+    }
+}
+
+#[derive(Default)]
+pub struct InodeTable {
+    map: RwLock<HashMap<u64, Arc<Node>>>,
+}
+
+impl InodeTable {
+    pub fn get(&self, id: u64) -> Result<Arc<Node>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&id).cloned().ok_or(Errno::STALE)
+    }
+
+    /// Record one kernel lookup of `st_ino` reached as (parent, name), creating the
+    /// node or refreshing where it lives.
+    pub fn remember(
+        &self,
+        st_ino: u64,
+        is_root: bool,
+        parent: u64,
+        name: &OsStr,
+        fresh: NodeState,
+        count_lookup: bool,
+    ) -> Arc<Node> {
+        let id = node_id_for(st_ino, is_root);
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let node = map
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Node {
+                    id,
+                    st_ino,
+                    lookups: AtomicU64::new(0),
+                    state: Mutex::new(NodeState::default()),
+                    copy_up_lock: Mutex::new(()),
+                })
+            })
+            .clone();
+        if count_lookup {
+            // Counted under the table lock so a concurrent forget cannot drop the
+            // node between finding it and counting this lookup.
+            node.lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(map);
+        {
+            let mut st = node.state();
+            let mut names = std::mem::take(&mut st.names);
+            let known = names.iter().any(|(p, n)| *p == parent && n == name);
+            if !known && !is_root {
+                if fresh.is_dir {
+                    // A directory has exactly one name.
+                    names.clear();
+                }
+                names.push((parent, name.to_os_string()));
+            }
+            *st = NodeState { names, ..fresh };
+        }
+        node
+    }
+
+    /// The kernel dropped `n` lookups of `id`; the node goes when none are left.
+    pub fn forget(&self, id: u64, n: u64) {
+        if id == ROOT_ID {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(node) = map.get(&id) {
+            let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
+            node.lookups.store(left, Ordering::Relaxed);
+            if left == 0 {
+                map.remove(&id);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drop the name (parent, name) from whichever node holds it.
+    pub fn drop_name(&self, node: &Node, parent: u64, name: &OsStr) {
+        let mut st = node.state();
+        st.names.retain(|(p, n)| !(*p == parent && n == name));
+    }
+
+    /// Move the name (parent, name) of `node` to (new_parent, new_name).
+    pub fn rename_name(
+        &self,
+        node: &Node,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) {
+        let mut st = node.state();
+        for entry in st.names.iter_mut() {
+            if entry.0 == parent && entry.1 == name {
+                *entry = (new_parent, new_name.to_os_string());
+                return;
+            }
+        }
+        st.names.insert(0, (new_parent, new_name.to_os_string()));
+    }
+}

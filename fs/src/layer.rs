@@ -1,0 +1,169 @@
+//! One branch of the union: a directory held open as an O_PATH descriptor.
+//!
+//! Every access to a branch goes through `*at` calls relative to its root, and no
+//! symlink inside a layer is ever followed by the daemon itself (`openat2` with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
+use rustix::io::Errno;
+
+use crate::Result;
+use crate::sys;
+
+pub struct Layer {
+    pub index: usize,
+    /// The directory as given, for messages only.
+    pub path: PathBuf,
+    pub root: OwnedFd,
+    pub writable: bool,
+    pub dev: u64,
+    /// Added to every `st_ino` from this layer so inode numbers stay unique when
+    /// layers live on different filesystems (zero for the upper's filesystem).
+    pub ino_prefix: u64,
+    pub uuid: [u8; 16],
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// `rel` as a path argument: the layer root is ".".
+pub fn rel_arg(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    }
+}
+
+impl Layer {
+    pub fn open(index: usize, path: &Path, writable: bool) -> std::io::Result<Layer> {
+        let root = rustix::fs::open(
+            path,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = rustix::fs::fstat(&root)?;
+        let uuid = sys::fs_uuid(root.as_fd());
+        Ok(Layer {
+            index,
+            path: path.to_path_buf(),
+            root,
+            writable,
+            dev: st.st_dev,
+            ino_prefix: 0,
+            uuid,
+        })
+    }
+
+    /// Open `rel` (relative to the layer root) with `flags`, never leaving the layer
+    /// and never following a symlink. A trailing symlink is opened itself when
+    /// `flags` has `O_PATH | O_NOFOLLOW`.
+    pub fn open_beneath(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
+        rustix::fs::openat2(
+            &self.root,
+            rel_arg(rel),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+    }
+
+    /// An O_PATH descriptor of the directory `rel`, usable as a dirfd.
+    pub fn dir(&self, rel: &Path) -> Result<OwnedFd> {
+        self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)
+    }
+
+    /// lstat of `rel`.
+    pub fn stat(&self, rel: &Path) -> Result<Stat> {
+        let (parent, name) = split(rel);
+        match name {
+            None => rustix::fs::fstat(&self.root),
+            Some(name) => {
+                let dir = self.dir(parent)?;
+                stat_at(dir.as_fd(), name)
+            }
+        }
+    }
+
+    pub fn root_fd(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+}
+
+/// lstat of `name` in `dir`.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Stat> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// Split a layer-relative path into its parent and last component (None for the root).
+pub fn split(rel: &Path) -> (&Path, Option<&OsStr>) {
+    match (rel.parent(), rel.file_name()) {
+        (Some(parent), Some(name)) => (parent, Some(name)),
+        _ => (Path::new(""), None),
+    }
+}
+
+/// Open `name` in `dir` as O_PATH without following it.
+pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Does the object behind `fd` carry xattr `name`? Reads its value (None if absent).
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
+    let path = sys::proc_fd_path(fd);
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
+            Err(Errno::RANGE) if buf.len() < 65536 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Set xattr `name` on the object behind `fd` (O_PATH descriptors work too).
+pub fn set_xattr(
+    fd: BorrowedFd<'_>,
+    name: &str,
+    value: &[u8],
+    flags: rustix::fs::XattrFlags,
+) -> Result<()> {
+    rustix::fs::setxattr(sys::proc_fd_path(fd).as_c_str(), name, value, flags)
+}
+
+pub fn remove_xattr(fd: BorrowedFd<'_>, name: &str) -> Result<()> {
+    rustix::fs::removexattr(sys::proc_fd_path(fd).as_c_str(), name)
+}
+
+/// The xattr names of the object behind `fd`.
+pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
+    let path = sys::proc_fd_path(fd);
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}

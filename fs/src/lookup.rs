@@ -1,0 +1,379 @@
+//! Resolving a name through the stack: whiteouts, opaque directories, redirects,
+//! and the identity (`st_ino`) of what is found.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{FileType, Stat};
+use rustix::io::Errno;
+
+use crate::inode::{Node, NodeState, ROOT_ID};
+use crate::layer::{get_xattr, open_path_at, split, stat_at};
+use crate::names::{self, has_opaque_xattr, is_whiteout, redirect_of};
+use crate::{Result, Union, sys};
+
+/// What a name resolves to.
+pub struct Resolved {
+    pub state: NodeState,
+    /// lstat of the topmost entry.
+    pub stat: Stat,
+    pub st_ino: u64,
+}
+
+pub fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// Where a lookup continues in the branches below.
+enum Below {
+    /// The parent's own lower directories, joined with the name.
+    Parent,
+    /// A relative redirect: the parent's lower directories, joined with this name.
+    Relative(PathBuf),
+    /// An absolute redirect: the same path in every branch below `after`.
+    Absolute { after: usize, path: PathBuf },
+}
+
+impl Union {
+    /// Build the root node: the upper's root over every lower root down to an opaque one.
+    pub(crate) fn init_root(&self) -> Result<()> {
+        let mut lowers = Vec::new();
+        let first_lower = usize::from(self.has_upper());
+        let mut opaque = false;
+        if self.has_upper() {
+            opaque = has_opaque_xattr(self.upper().root_fd())?;
+        }
+        if !opaque {
+            for layer in &self.layers[first_lower..] {
+                lowers.push((layer.index, PathBuf::new()));
+                if has_opaque_xattr(layer.root_fd())? {
+                    break;
+                }
+            }
+        }
+        let top = &self.layers[0];
+        let stat = rustix::fs::fstat(&top.root)?;
+        let st_ino = self.dir_ino(self.has_upper(), &lowers, &stat)?;
+        let state = NodeState {
+            names: Vec::new(),
+            is_dir: true,
+            upper: self.has_upper(),
+            lowers,
+            opaque,
+        };
+        self.inodes
+            .remember(st_ino, true, ROOT_ID, OsStr::new(""), state, true);
+        Ok(())
+    }
+
+    /// FUSE lookup: resolve `name` in `parent`, remember it, count the lookup.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(Arc<Node>, Stat)> {
+        if name.len() > 255 {
+            return Err(Errno::NAMETOOLONG);
+        }
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let dir = self.node(parent)?;
+        let dir_state = dir.snapshot();
+        if !dir_state.is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        let dir_path = self.path_of(&dir)?;
+        let found = self
+            .resolve_child(&dir_state, &dir_path, name)?
+            .ok_or(Errno::NOENT)?;
+        let node = self
+            .inodes
+            .remember(found.st_ino, false, parent, name, found.state, true);
+        Ok((node, found.stat))
+    }
+
+    /// Resolve `name` inside the directory `dir` (merged path `dir_path`).
+    pub(crate) fn resolve_child(
+        &self,
+        dir: &NodeState,
+        dir_path: &Path,
+        name: &OsStr,
+    ) -> Result<Option<Resolved>> {
+        if name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+            return Err(Errno::INVAL);
+        }
+        let mut top: Option<(usize, Stat)> = None;
+        let mut state = NodeState::default();
+        let mut below = Below::Parent;
+        if self.has_upper() && dir.upper {
+            if self.is_hidden_upper_name(dir_path, name) {
+                return Ok(None);
+            }
+            let updir = match self.upper().dir(dir_path) {
+                Ok(fd) => Some(fd),
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(updir) = updir {
+                match stat_at(updir.as_fd(), name) {
+                    Ok(st) => {
+                        if is_whiteout(updir.as_fd(), name, &st)? {
+                            return Ok(None);
+                        }
+                        state.upper = true;
+                        if !is_dir(&st) {
+                            let st_ino = self.upper_file_ino(updir.as_fd(), name, &st)?;
+                            return Ok(Some(Resolved {
+                                state,
+                                stat: st,
+                                st_ino,
+                            }));
+                        }
+                        state.is_dir = true;
+                        let fd = open_path_at(updir.as_fd(), name)?;
+                        state.opaque = has_opaque_xattr(fd.as_fd())?;
+                        if let Some(r) = redirect_of(fd.as_fd())? {
+                            below = redirect_target(&r, 0);
+                        }
+                        top = Some((0, st));
+                    }
+                    Err(Errno::NOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !state.opaque {
+            self.resolve_in_lowers(dir, name, below, &mut top, &mut state)?;
+        }
+        let Some((top_layer, stat)) = top else {
+            return Ok(None);
+        };
+        let st_ino = if state.is_dir {
+            self.dir_ino(state.upper, &state.lowers, &stat)?
+        } else {
+            self.layers[top_layer].ino_prefix | stat.st_ino
+        };
+        Ok(Some(Resolved {
+            state,
+            stat,
+            st_ino,
+        }))
+    }
+
+    fn resolve_in_lowers(
+        &self,
+        dir: &NodeState,
+        name: &OsStr,
+        mut below: Below,
+        top: &mut Option<(usize, Stat)>,
+        state: &mut NodeState,
+    ) -> Result<()> {
+        let first_lower = usize::from(self.has_upper());
+        let mut layer_idx = first_lower;
+        while layer_idx < self.layers.len() {
+            let Some(path) = candidate(&below, dir, layer_idx, name) else {
+                layer_idx += 1;
+                continue;
+            };
+            let layer = &self.layers[layer_idx];
+            let (parent, lname) = split(&path);
+            let Some(lname) = lname else { break };
+            let ldir = match layer.dir(parent) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+                    layer_idx += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let st = match stat_at(ldir.as_fd(), lname) {
+                Ok(st) => st,
+                Err(Errno::NOENT) => {
+                    if oci_whiteout_present(ldir.as_fd(), lname)? {
+                        break;
+                    }
+                    layer_idx += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if names::is_meta_name(lname) || is_whiteout(ldir.as_fd(), lname, &st)? {
+                break;
+            }
+            if top.is_none() && !is_dir(&st) {
+                state.lowers.push((layer_idx, path));
+                *top = Some((layer_idx, st));
+                break;
+            }
+            if !is_dir(&st) {
+                // A non-directory below a directory ends the merge.
+                break;
+            }
+            state.is_dir = true;
+            state.lowers.push((layer_idx, path.clone()));
+            if top.is_none() {
+                *top = Some((layer_idx, st));
+            }
+            let fd = open_path_at(ldir.as_fd(), lname)?;
+            if has_opaque_xattr(fd.as_fd())?
+                || oci_whiteout_present(ldir.as_fd(), lname)?
+                || stat_at(fd.as_fd(), OsStr::new(names::WH_OPAQUE)).is_ok()
+            {
+                break;
+            }
+            if let Some(r) = redirect_of(fd.as_fd())? {
+                below = redirect_target(&r, layer_idx);
+            }
+            layer_idx += 1;
+        }
+        Ok(())
+    }
+
+    /// Names in the upper that belong to unionmount itself.
+    pub(crate) fn is_hidden_upper_name(&self, dir_path: &Path, name: &OsStr) -> bool {
+        self.cfg.workdir.is_none() && dir_path.as_os_str().is_empty() && name == names::COW_WORKDIR
+    }
+
+    /// `st_ino` of a directory: its topmost lower's when it has lowers (so it does
+    /// not change when the directory is copied up), else its upper's.
+    pub(crate) fn dir_ino(
+        &self,
+        upper: bool,
+        lowers: &[(usize, PathBuf)],
+        top: &Stat,
+    ) -> Result<u64> {
+        match lowers.first() {
+            Some((li, path)) if upper => {
+                let st = self.layers[*li].stat(path)?;
+                Ok(self.layers[*li].ino_prefix | st.st_ino)
+            }
+            Some((li, _)) => Ok(self.layers[*li].ino_prefix | top.st_ino),
+            None => Ok(self.upper().ino_prefix | top.st_ino),
+        }
+    }
+
+    /// `st_ino` of an upper non-directory: the inode it was copied up from when its
+    /// origin still resolves (so copy-up keeps `st_ino`), else its own.
+    fn upper_file_ino(&self, updir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<u64> {
+        let own = self.upper().ino_prefix | st.st_ino;
+        let fd = open_path_at(updir, name)?;
+        let Some(origin) = get_xattr(fd.as_fd(), &self.cfg.xattr_ns.name("origin"))? else {
+            return Ok(own);
+        };
+        Ok(self.decode_origin(&origin).unwrap_or(own))
+    }
+
+    fn decode_origin(&self, origin: &[u8]) -> Option<u64> {
+        let (uuid, handle) = parse_origin(origin)?;
+        for layer in &self.layers[1..] {
+            if layer.uuid != uuid {
+                continue;
+            }
+            if let Ok(fd) = sys::open_by_handle(layer.root_fd(), &handle) {
+                let st = rustix::fs::fstat(&fd).ok()?;
+                // A broken-up hard-link group must not merge into one node.
+                if st.st_nlink > 1 {
+                    return None;
+                }
+                return Some(layer.ino_prefix | st.st_ino);
+            }
+        }
+        None
+    }
+
+    /// The origin xattr value (kernel `struct ovl_fb`) for a lower object.
+    pub(crate) fn encode_origin(&self, layer: usize, path: &Path) -> Option<Vec<u8>> {
+        let layer = self.layers.get(layer)?;
+        let (parent, name) = split(path);
+        let dir = layer.dir(parent).ok()?;
+        let handle = sys::name_to_handle(dir.as_fd(), name?).ok()?;
+        Some(build_origin(&layer.uuid, &handle))
+    }
+}
+
+/// Where the lookup continues after a redirect found in branch `layer`.
+fn redirect_target(r: &[u8], layer: usize) -> Below {
+    let p = Path::new(OsStr::from_bytes(r));
+    match p.strip_prefix("/") {
+        Ok(abs) => Below::Absolute {
+            after: layer,
+            path: abs.to_path_buf(),
+        },
+        Err(_) => Below::Relative(p.to_path_buf()),
+    }
+}
+
+/// The path to try in branch `layer`, or None when it holds no candidate.
+fn candidate(below: &Below, dir: &NodeState, layer: usize, name: &OsStr) -> Option<PathBuf> {
+    let in_parent = |n: &Path| {
+        let (_, dpath) = dir.lowers.iter().find(|(l, _)| *l == layer)?;
+        Some(dpath.join(n))
+    };
+    match below {
+        Below::Parent => in_parent(Path::new(name)),
+        Below::Relative(r) => in_parent(r),
+        Below::Absolute { after, path } => (layer > *after).then(|| path.clone()),
+    }
+}
+
+/// Is there an OCI `.wh.NAME` beside NAME?
+fn oci_whiteout_present(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    if name.len() + 4 > 255 {
+        return Ok(false);
+    }
+    match stat_at(dir, &names::oci_whiteout_name(name)) {
+        Ok(_) => Ok(true),
+        Err(Errno::NOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+const OVL_FH_MAGIC: u8 = 0xfb;
+const OVL_FB_HEADER: usize = 21;
+
+/// `struct ovl_fb`: version, magic, len, flags, type, uuid[16], fid.
+fn build_origin(uuid: &[u8; 16], handle: &sys::KernelHandle) -> Vec<u8> {
+    let mut v = Vec::with_capacity(OVL_FB_HEADER + handle.bytes.len());
+    v.push(0);
+    v.push(OVL_FH_MAGIC);
+    v.push((OVL_FB_HEADER + handle.bytes.len()) as u8);
+    v.push(if cfg!(target_endian = "big") { 1 } else { 0 });
+    v.push(handle.handle_type as u8);
+    v.extend_from_slice(uuid);
+    v.extend_from_slice(&handle.bytes);
+    v
+}
+
+fn parse_origin(v: &[u8]) -> Option<([u8; 16], sys::KernelHandle)> {
+    if v.len() < OVL_FB_HEADER || v[0] != 0 || v[1] != OVL_FH_MAGIC || v[2] as usize != v.len() {
+        return None;
+    }
+    let uuid: [u8; 16] = v[5..21].try_into().ok()?;
+    Some((
+        uuid,
+        sys::KernelHandle {
+            handle_type: i32::from(v[4]),
+            bytes: v[OVL_FB_HEADER..].to_vec(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_round_trips_and_rejects_garbage() {
+        let h = sys::KernelHandle {
+            handle_type: 1,
+            bytes: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        };
+        let v = build_origin(&[7; 16], &h);
+        assert_eq!(v.len(), 29);
+        let (uuid, back) = parse_origin(&v).expect("parses");
+        assert_eq!(uuid, [7; 16]);
+        assert_eq!(back, h);
+        assert!(parse_origin(&v[..20]).is_none());
+        let mut bad = v.clone();
+        bad[1] = 0;
+        assert!(parse_origin(&bad).is_none());
+    }
+}

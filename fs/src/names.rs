@@ -1,0 +1,296 @@
+//! Name and attribute translation between the merged view and each branch.
+//!
+//! The one place that knows the marker formats (kernel overlayfs, OCI `.wh.`,
+//! fuse-overlayfs), which xattrs are private to the overlay, how a user's own
+//! overlay xattrs are escaped, and how owners are mapped.
+
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{FileType, Stat};
+
+use crate::Result;
+use crate::layer::{get_xattr, open_path_at};
+
+/// OCI whiteout prefix: `.wh.NAME` hides NAME in the layers below.
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// OCI opaque marker inside a directory.
+pub const WH_OPAQUE: &str = ".wh..wh..opq";
+/// The hidden directory unionmount keeps in the upper when no workdir was given.
+pub const COW_WORKDIR: &str = ".unionmount";
+
+/// Which xattr namespace the overlay's own markers are written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrNs {
+    /// `trusted.overlay.*`, as kernel overlayfs mounted by root.
+    Trusted,
+    /// `user.overlay.*`, as kernel overlayfs with `userxattr`.
+    User,
+}
+
+impl XattrNs {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.",
+            XattrNs::User => "user.overlay.",
+        }
+    }
+
+    pub fn name(self, key: &str) -> String {
+        format!("{}{key}", self.prefix())
+    }
+}
+
+/// Every name an opaque marker may have in the wild.
+const OPAQUE_XATTRS: &[&str] = &[
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+const REDIRECT_XATTRS: &[&str] = &["trusted.overlay.redirect", "user.overlay.redirect"];
+const WHITEOUT_XATTRS: &[&str] = &["trusted.overlay.whiteout", "user.overlay.whiteout"];
+
+/// Is `st` a kernel overlay whiteout (a character device 0/0)?
+pub fn is_chardev_whiteout(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
+}
+
+/// Is `name` in `dir` (whose lstat is `st`) a whiteout in any dialect the kernel writes?
+/// (OCI `.wh.` files are handled by the caller: they whiteout a *different* name.)
+pub fn is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool> {
+    if is_chardev_whiteout(st) {
+        return Ok(true);
+    }
+    // Kernel 6.7+ xattr whiteouts are empty regular files carrying overlay.whiteout.
+    if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_size == 0 {
+        let fd = open_path_at(dir, name)?;
+        for x in WHITEOUT_XATTRS {
+            if get_xattr(std::os::fd::AsFd::as_fd(&fd), x)?.is_some() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Is the directory behind `fd` opaque by xattr (value "y"; "x" only announces
+/// xattr whiteouts inside and is not opaque)?
+pub fn has_opaque_xattr(fd: BorrowedFd<'_>) -> Result<bool> {
+    for x in OPAQUE_XATTRS {
+        if let Some(v) = get_xattr(fd, x)? {
+            if v.as_slice() == b"y" {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The redirect recorded on a directory, if any.
+pub fn redirect_of(fd: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
+    for x in REDIRECT_XATTRS {
+        if let Some(v) = get_xattr(fd, x)? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
+/// `.wh.NAME` → Some(NAME) for OCI whiteout files (not the `.wh..wh.` meta names).
+pub fn oci_whiteout_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    let rest = b.strip_prefix(WH_PREFIX)?;
+    if rest.starts_with(WH_PREFIX) || rest.is_empty() {
+        None
+    } else {
+        Some(OsStr::from_bytes(rest))
+    }
+}
+
+/// Is `name` a marker or meta name that never shows as an entry?
+pub fn is_meta_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// The OCI whiteout name hiding `name`.
+pub fn oci_whiteout_name(name: &OsStr) -> std::ffi::OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    std::ffi::OsString::from_vec_compat(v)
+}
+
+trait FromVecCompat {
+    fn from_vec_compat(v: Vec<u8>) -> Self;
+}
+
+impl FromVecCompat for std::ffi::OsString {
+    fn from_vec_compat(v: Vec<u8>) -> Self {
+        std::os::unix::ffi::OsStringExt::from_vec(v)
+    }
+}
+
+/// How a user xattr name is stored in a branch: the overlay's own prefix is escaped
+/// the way the kernel does (`trusted.overlay.X` → `trusted.overlay.overlay.X`).
+pub fn escape_xattr(ns: XattrNs, name: &str) -> String {
+    match name.strip_prefix(ns.prefix()) {
+        Some(rest) => format!("{}overlay.{rest}", ns.prefix()),
+        None => name.to_string(),
+    }
+}
+
+/// The name a stored xattr shows as, or None for the overlay's private ones.
+pub fn unescape_xattr(ns: XattrNs, stored: &str) -> Option<String> {
+    if let Some(rest) = stored.strip_prefix(ns.prefix()) {
+        // Our own namespace: only the escaped names of users show.
+        return rest
+            .strip_prefix("overlay.")
+            .map(|r| format!("{}{r}", ns.prefix()));
+    }
+    if stored.starts_with("user.fuseoverlayfs.")
+        || stored == "user.containers.override_stat"
+        || stored.starts_with("trusted.overlay.")
+    {
+        return None;
+    }
+    match stored.strip_prefix("user.overlay.") {
+        Some(key) if is_marker_key(key) => None,
+        _ => Some(stored.to_string()),
+    }
+}
+
+/// Keys under `user.overlay.` that are markers even when markers are written in
+/// `trusted.` (layers made by rootless tools).
+fn is_marker_key(key: &str) -> bool {
+    matches!(
+        key,
+        "opaque"
+            | "redirect"
+            | "whiteout"
+            | "whiteouts"
+            | "origin"
+            | "metacopy"
+            | "impure"
+            | "nlink"
+    )
+}
+
+/// One range of an owner mapping: ids `inside..inside+count` in the mount are
+/// `outside..outside+count` on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// Owner translation between the mount and the branches (uidmapping=, squash_to_*).
+#[derive(Debug, Clone, Default)]
+pub struct IdMap {
+    pub ranges: Vec<IdRange>,
+    /// Every owner shows as this id (squash_to_root / squash_to_uid).
+    pub squash: Option<u32>,
+}
+
+/// The id shown for disk ids that no range maps (as the kernel's overflow id).
+pub const OVERFLOW_ID: u32 = 65534;
+
+impl IdMap {
+    /// Disk id → id shown in the mount.
+    pub fn to_inside(&self, disk: u32) -> u32 {
+        if let Some(s) = self.squash {
+            return s;
+        }
+        if self.ranges.is_empty() {
+            return disk;
+        }
+        self.ranges
+            .iter()
+            .find(|r| disk >= r.outside && disk - r.outside < r.count)
+            .map_or(OVERFLOW_ID, |r| r.inside + (disk - r.outside))
+    }
+
+    /// Id given by a caller → id stored on disk.
+    pub fn to_outside(&self, inside: u32) -> u32 {
+        if self.ranges.is_empty() {
+            return inside;
+        }
+        self.ranges
+            .iter()
+            .find(|r| inside >= r.inside && inside - r.inside < r.count)
+            .map_or(OVERFLOW_ID, |r| r.outside + (inside - r.inside))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_xattrs_escape_both_ways() {
+        let ns = XattrNs::Trusted;
+        assert_eq!(
+            escape_xattr(ns, "trusted.overlay.foo"),
+            "trusted.overlay.overlay.foo"
+        );
+        assert_eq!(escape_xattr(ns, "user.foo"), "user.foo");
+        assert_eq!(
+            unescape_xattr(ns, "trusted.overlay.overlay.foo").as_deref(),
+            Some("trusted.overlay.foo")
+        );
+        assert_eq!(unescape_xattr(ns, "trusted.overlay.opaque"), None);
+        assert_eq!(unescape_xattr(ns, "user.overlay.redirect"), None);
+        assert_eq!(
+            unescape_xattr(ns, "user.overlay.mine").as_deref(),
+            Some("user.overlay.mine")
+        );
+        assert_eq!(unescape_xattr(ns, "user.fuseoverlayfs.opaque"), None);
+        assert_eq!(
+            unescape_xattr(ns, "security.capability").as_deref(),
+            Some("security.capability")
+        );
+        let user = XattrNs::User;
+        assert_eq!(
+            escape_xattr(user, "user.overlay.x"),
+            "user.overlay.overlay.x"
+        );
+        assert_eq!(unescape_xattr(user, "user.overlay.opaque"), None);
+        assert_eq!(unescape_xattr(user, "trusted.overlay.opaque"), None);
+    }
+
+    #[test]
+    fn oci_names() {
+        assert_eq!(
+            oci_whiteout_target(OsStr::new(".wh.foo")),
+            Some(OsStr::new("foo"))
+        );
+        assert_eq!(oci_whiteout_target(OsStr::new(WH_OPAQUE)), None);
+        assert_eq!(oci_whiteout_target(OsStr::new(".wh.")), None);
+        assert_eq!(oci_whiteout_target(OsStr::new("foo")), None);
+        assert!(is_meta_name(OsStr::new(".wh..wh.plnk")));
+        assert_eq!(oci_whiteout_name(OsStr::new("a")), ".wh.a");
+    }
+
+    #[test]
+    fn id_maps_translate_and_overflow() {
+        let m = IdMap {
+            ranges: vec![IdRange {
+                inside: 0,
+                outside: 1000,
+                count: 10,
+            }],
+            squash: None,
+        };
+        assert_eq!(m.to_inside(1000), 0);
+        assert_eq!(m.to_inside(1009), 9);
+        assert_eq!(m.to_inside(1010), OVERFLOW_ID);
+        assert_eq!(m.to_outside(5), 1005);
+        assert_eq!(m.to_outside(50), OVERFLOW_ID);
+        let squash = IdMap {
+            ranges: vec![],
+            squash: Some(0),
+        };
+        assert_eq!(squash.to_inside(1234), 0);
+        assert_eq!(IdMap::default().to_inside(7), 7);
+    }
+}

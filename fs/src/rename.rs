@@ -1,0 +1,194 @@
+//! rename, including directories that live in lower layers or are merged: the
+//! moved directory records where its lower content is (`overlay.redirect`, the
+//! kernel's own format), so nothing is copied and nothing answers EXDEV.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{AtFlags, RenameFlags, XattrFlags};
+use rustix::io::Errno;
+
+use crate::dir::make_whiteout;
+use crate::inode::{Node, node_id_for};
+use crate::layer::{self, stat_at};
+use crate::lookup::Resolved;
+use crate::names::is_chardev_whiteout;
+use crate::{Result, Union};
+
+/// The rename itself, with the namespace lock held exclusively and the source
+/// (and for an exchange the destination) already copied up.
+pub(crate) fn rename_locked(
+    u: &Union,
+    parent: &Node,
+    name: &OsStr,
+    new_parent: &Node,
+    new_name: &OsStr,
+    flags: RenameFlags,
+) -> Result<()> {
+    let src = resolve(u, parent, name)?.ok_or(Errno::NOENT)?;
+    let dst = resolve(u, new_parent, new_name)?;
+    let sdir = u.upper().dir(&u.path_of(parent)?)?;
+    let ddir = u.upper().dir(&u.path_of(new_parent)?)?;
+    if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
+        return Err(Errno::EXIST);
+    }
+    if flags.contains(RenameFlags::EXCHANGE) {
+        let dst = dst.ok_or(Errno::NOENT)?;
+        mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
+        mark_moved_dir(u, &dst, ddir.as_fd(), new_name, parent, name)?;
+        rustix::fs::renameat_with(&sdir, name, &ddir, new_name, RenameFlags::EXCHANGE)?;
+        move_name(u, &src, parent.id, name, new_parent.id, new_name);
+        move_name(u, &dst, new_parent.id, new_name, parent.id, name);
+        return Ok(());
+    }
+    if let Some(d) = &dst {
+        if d.st_ino == src.st_ino {
+            // Two names of one file: POSIX says rename does nothing.
+            return Ok(());
+        }
+        check_replace(u, &src, d, new_parent, new_name)?;
+    }
+    let src_needs_whiteout = lowers_have(u, parent, name)?;
+    mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
+    clear_destination(u, ddir.as_fd(), new_name, src.state.is_dir)?;
+    move_entry(
+        u,
+        sdir.as_fd(),
+        name,
+        ddir.as_fd(),
+        new_name,
+        src_needs_whiteout,
+        src.state.is_dir,
+    )?;
+    if let Some(d) = &dst {
+        if let Ok(node) = u.node(node_id_for(d.st_ino, false)) {
+            u.inodes.drop_name(&node, new_parent.id, new_name);
+        }
+    }
+    move_name(u, &src, parent.id, name, new_parent.id, new_name);
+    Ok(())
+}
+
+fn resolve(u: &Union, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+    let st = parent.snapshot();
+    u.resolve_child(&st, &u.path_of(parent)?, name)
+}
+
+fn lowers_have(u: &Union, parent: &Node, name: &OsStr) -> Result<bool> {
+    let mut st = parent.snapshot();
+    if st.lowers.is_empty() {
+        return Ok(false);
+    }
+    st.upper = false;
+    Ok(u.resolve_child(&st, &u.path_of(parent)?, name)?.is_some())
+}
+
+/// The kinds must fit, and a directory being replaced must be empty.
+fn check_replace(
+    u: &Union,
+    src: &Resolved,
+    dst: &Resolved,
+    new_parent: &Node,
+    new_name: &OsStr,
+) -> Result<()> {
+    match (src.state.is_dir, dst.state.is_dir) {
+        (true, false) => Err(Errno::NOTDIR),
+        (false, true) => Err(Errno::ISDIR),
+        (true, true) => {
+            let path = u.path_of(new_parent)?.join(new_name);
+            if u.merged_dir_is_empty(&dst.state, &path)? {
+                Ok(())
+            } else {
+                Err(Errno::NOTEMPTY)
+            }
+        }
+        (false, false) => Ok(()),
+    }
+}
+
+/// A directory moving to (to_parent, to_name): one with lower content records
+/// where that content is; a pure upper one landing on a name lowers still have
+/// becomes opaque so they do not merge into it.
+fn mark_moved_dir(
+    u: &Union,
+    obj: &Resolved,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    to_parent: &Node,
+    to_name: &OsStr,
+) -> Result<()> {
+    if !obj.state.is_dir {
+        return Ok(());
+    }
+    let fd = layer::open_path_at(dir, name)?;
+    if let Some((_, lower_path)) = obj.state.lowers.first() {
+        let mut redirect = b"/".to_vec();
+        redirect.extend_from_slice(lower_path.as_os_str().as_bytes());
+        let key = u.cfg.xattr_ns.name("redirect");
+        return layer::set_xattr(fd.as_fd(), &key, &redirect, XattrFlags::empty());
+    }
+    if lowers_have(u, to_parent, to_name)? {
+        let key = u.cfg.xattr_ns.name("opaque");
+        layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Make room at the destination: a whiteout cannot be replaced by a directory,
+/// and an upper directory that only holds whiteouts is not empty to the kernel.
+fn clear_destination(
+    u: &Union,
+    ddir: BorrowedFd<'_>,
+    new_name: &OsStr,
+    src_is_dir: bool,
+) -> Result<()> {
+    let st = match stat_at(ddir, new_name) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if is_chardev_whiteout(&st) {
+        if src_is_dir {
+            rustix::fs::unlinkat(ddir, new_name, AtFlags::empty())?;
+        }
+        return Ok(());
+    }
+    if crate::lookup::is_dir(&st) {
+        let work = u.work_fd()?;
+        let tmp = u.temp_name();
+        rustix::fs::renameat(ddir, new_name, work, &tmp)?;
+        crate::remove_tree_at(work, &tmp)?;
+    }
+    Ok(())
+}
+
+fn move_entry(
+    u: &Union,
+    sdir: BorrowedFd<'_>,
+    name: &OsStr,
+    ddir: BorrowedFd<'_>,
+    new_name: &OsStr,
+    needs_whiteout: bool,
+    is_dir: bool,
+) -> Result<()> {
+    let _ = u;
+    if needs_whiteout && !is_dir {
+        match rustix::fs::renameat_with(sdir, name, ddir, new_name, RenameFlags::WHITEOUT) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INVAL) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    rustix::fs::renameat(sdir, name, ddir, new_name)?;
+    if needs_whiteout {
+        make_whiteout(sdir, name)?;
+    }
+    Ok(())
+}
+
+fn move_name(u: &Union, obj: &Resolved, from: u64, name: &OsStr, to: u64, new_name: &OsStr) {
+    if let Ok(node) = u.node(node_id_for(obj.st_ino, false)) {
+        u.inodes.rename_name(&node, from, name, to, new_name);
+    }
+}

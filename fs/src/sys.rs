@@ -1,0 +1,120 @@
+//! The few syscalls rustix does not wrap, and path helpers for O_PATH descriptors.
+//! All `unsafe` of the crate lives in this module.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::io::Errno;
+
+/// A kernel file handle as `name_to_handle_at` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelHandle {
+    pub handle_type: i32,
+    pub bytes: Vec<u8>,
+}
+
+const MAX_HANDLE_SZ: usize = 128;
+
+fn cstring(name: &OsStr) -> Result<CString, Errno> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)
+}
+
+/// `name_to_handle_at(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> Result<KernelHandle, Errno> {
+    let name = cstring(name)?;
+    let header = std::mem::size_of::<libc::file_handle>();
+    // u32-aligned storage for `struct file_handle` followed by its payload.
+    let mut storage = vec![0u32; (header + MAX_HANDLE_SZ).div_ceil(4)];
+    let fh = storage.as_mut_ptr().cast::<libc::file_handle>();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `storage` is large enough for the header plus MAX_HANDLE_SZ bytes and
+    // aligned for `file_handle`; `name` is NUL-terminated; the kernel writes at most
+    // `handle_bytes` bytes of payload.
+    let rc = unsafe {
+        (*fh).handle_bytes = MAX_HANDLE_SZ as u32;
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            fh,
+            &mut mount_id,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    // SAFETY: the kernel filled the header; the payload follows it in `storage`.
+    let (handle_type, len) = unsafe { ((*fh).handle_type, (*fh).handle_bytes as usize) };
+    let len = len.min(MAX_HANDLE_SZ);
+    // SAFETY: `header + len` bytes of `storage` are initialised.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(storage.as_ptr().cast::<u8>().add(header), len).to_vec()
+    };
+    Ok(KernelHandle { handle_type, bytes })
+}
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH)`: the object a handle names, on the
+/// filesystem of `mount_fd`.
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle: &KernelHandle) -> Result<OwnedFd, Errno> {
+    if handle.bytes.len() > MAX_HANDLE_SZ {
+        return Err(Errno::INVAL);
+    }
+    let header = std::mem::size_of::<libc::file_handle>();
+    let mut storage = vec![0u32; (header + MAX_HANDLE_SZ).div_ceil(4)];
+    let fh = storage.as_mut_ptr().cast::<libc::file_handle>();
+    // SAFETY: the payload fits (checked above) and the storage is aligned.
+    let fd = unsafe {
+        (*fh).handle_bytes = handle.bytes.len() as u32;
+        (*fh).handle_type = handle.handle_type;
+        std::ptr::copy_nonoverlapping(
+            handle.bytes.as_ptr(),
+            storage.as_mut_ptr().cast::<u8>().add(header),
+            handle.bytes.len(),
+        );
+        libc::open_by_handle_at(mount_fd.as_raw_fd(), fh, libc::O_PATH | libc::O_CLOEXEC)
+    };
+    if fd < 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    // SAFETY: `fd` is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[repr(C)]
+struct FsUuid2 {
+    len: u8,
+    uuid: [u8; 16],
+}
+
+/// The filesystem's UUID (`FS_IOC_GETFSUUID`), or all zeros where it has none.
+pub fn fs_uuid(fd: BorrowedFd<'_>) -> [u8; 16] {
+    // _IOR(0x15, 0, struct fsuuid2)
+    const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+    let mut out = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
+    let Ok(file) = rustix::fs::openat(
+        fd,
+        ".",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return [0; 16];
+    };
+    // SAFETY: FS_IOC_GETFSUUID writes one `struct fsuuid2` into `out`.
+    let rc = unsafe { libc::ioctl(file.as_fd().as_raw_fd(), FS_IOC_GETFSUUID as _, &mut out) };
+    if rc == 0 && out.len == 16 {
+        out.uuid
+    } else {
+        [0; 16]
+    }
+}
+
+/// The path through which the object behind an O_PATH descriptor can be named by
+/// path-only calls (xattrs of symlinks and special files).
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // A formatted integer never holds a NUL byte.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
