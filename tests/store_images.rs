@@ -89,7 +89,7 @@ fn whiteouts_and_opaque_dirs_are_overlay_format() {
     assert!(!dirs[1].join("some/.wh.file").exists());
     let mut v = [0u8; 8];
     let n = rustix::fs::getxattr(
-        &dirs[2].join("some/dir"),
+        dirs[2].join("some/dir"),
         "trusted.overlay.opaque",
         &mut v[..],
     )

@@ -740,11 +740,12 @@ pub fn stored_xattr_name(name: &str) -> Option<String> {
 fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>, entry: &str) -> Result<Meta> {
     let h = e.header();
     let bad = |what: &str| Error::entry(entry, format!("bad {what} in header"));
-    let mut uid = h.uid().map_err(|_| bad("uid"))?;
-    let mut gid = h.gid().map_err(|_| bad("gid"))?;
+    // Empty numeric fields (all NUL) mean 0, as Go's archive/tar reads them.
+    let mut uid = h.uid().unwrap_or(0);
+    let mut gid = h.gid().unwrap_or(0);
     let mode = h.mode().map_err(|_| bad("mode"))?;
     let mut mtime = Timespec {
-        tv_sec: i64::try_from(h.mtime().map_err(|_| bad("mtime"))?).unwrap_or(i64::MAX),
+        tv_sec: i64::try_from(h.mtime().unwrap_or(0)).unwrap_or(i64::MAX),
         tv_nsec: 0,
     };
     let mut xattrs = Vec::new();
