@@ -196,7 +196,7 @@ pub fn lremovexattr(p: &Path, name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// xattr names as `llistxattr` gives them, in the order given.
+/// xattr names as `llistxattr` gives them, sorted (their order carries no meaning).
 pub fn llistxattr(p: &Path) -> io::Result<Vec<String>> {
     let c = cstr(p);
     loop {
@@ -208,11 +208,13 @@ pub fn llistxattr(p: &Path) -> io::Result<Vec<String>> {
         match check_size(unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), size) }) {
             Ok(len) => {
                 buf.truncate(len);
-                return Ok(buf
+                let mut names: Vec<String> = buf
                     .split(|b| *b == 0)
                     .filter(|s| !s.is_empty())
                     .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect());
+                    .collect();
+                names.sort();
+                return Ok(names);
             }
             Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
             Err(e) => return Err(e),
