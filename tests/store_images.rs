@@ -368,3 +368,84 @@ fn tag_rm_prune_and_errors() {
     let e = env.um_fail(&["image", "tag", "nope", "x"]);
     assert!(e.contains("nope"), "{e}");
 }
+
+/// A unionmount mount, unmounted on drop.
+struct UnionMount(std::path::PathBuf);
+
+impl Drop for UnionMount {
+    fn drop(&mut self) {
+        let ok = Command::new(bin())
+            .arg("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn image_mount_through_unionmount_matches_umoci_and_commits() {
+    if !need_root("image_mount…") || !need_tools("image_mount…", &["umoci"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    env.um(&[Path::new("image"), Path::new("load"), &fx.oci].map(|p| p.as_os_str()));
+    let mnt = t.join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    {
+        env.um(&["image", "mount", "v3", &mnt.display().to_string()]);
+        let _m = UnionMount(mnt.clone());
+        assert_same_tree(&mnt, &fx.reference);
+    }
+    // Read-write: changes land in the upper and commit into a new image.
+    let (up, wk) = (t.join("up"), t.join("wk"));
+    fs::create_dir_all(&up).unwrap();
+    fs::create_dir_all(&wk).unwrap();
+    {
+        env.um(&[
+            "image",
+            "mount",
+            "v3",
+            &mnt.display().to_string(),
+            "--upper",
+            &up.display().to_string(),
+            "--work",
+            &wk.display().to_string(),
+        ]);
+        let _m = UnionMount(mnt.clone());
+        fs::write(mnt.join("some/dir/added"), "added\n").unwrap();
+        fs::remove_file(mnt.join("etc/hostname")).unwrap();
+    }
+    env.um(&[
+        "commit",
+        &up.display().to_string(),
+        "--tag",
+        "c2",
+        "--from",
+        "v3",
+    ]);
+    // An image that skopeo wrote straight into the store is unpacked when first mounted.
+    if need_tools("image_mount…", &["skopeo"]) {
+        run(Command::new("skopeo")
+            .args(["copy", "-q"])
+            .arg(format!("oci:{}:v2", fx.oci.display()))
+            .arg(format!("oci:{}:by-skopeo", env.store().display())));
+        env.um(&["image", "mount", "by-skopeo", &mnt.display().to_string()]);
+        let _m = UnionMount(mnt.clone());
+        assert!(mnt.join("some/dir/x").exists());
+        assert!(!mnt.join("some/file").exists());
+    }
+    let dirs = env.layer_dirs("c2");
+    assert_eq!(dirs.len(), 4);
+    let m = OverlayMount::new(&dirs, None, &t.join("check"));
+    assert_eq!(
+        fs::read_to_string(m.path.join("some/dir/added")).unwrap(),
+        "added\n"
+    );
+    assert!(!m.path.join("etc/hostname").exists());
+    assert!(m.path.join("some/dir/y").exists());
+}
