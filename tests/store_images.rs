@@ -56,6 +56,8 @@ fn oci_layout_docker_archive_and_zstd_oci_archive_match_umoci() {
     check_loaded(&env, "v3", &fx.reference, "oci");
     check_loaded(&env, "localhost/img:v3", &fx.reference, "docker");
     check_loaded(&env, "localhost/img:zstd", &fx.reference, "zstd");
+    let fsck = env.um(&["image", "fsck"]);
+    assert!(fsck.contains("clean"), "{fsck}");
     // Shared layers are unpacked once: v3 has three layers, every copy reuses them.
     let layers = fs::read_dir(env.store().join("layers")).unwrap().count();
     assert_eq!(layers, 3, "expected the 3 layers of v3 once each");

@@ -366,6 +366,16 @@ fn fsck_finds_damage_and_repair_fixes_layers() {
     assert!(out.contains("repaired"), "{out}");
     assert!(dirs[1].join("etc/b").exists());
     assert!(env.um(&["image", "fsck"]).contains("clean"));
+    // A changed file, a removed file and a removed whiteout inside layers.
+    fs::write(dirs[0].join("etc/a"), "A").unwrap();
+    fs::remove_file(dirs[1].join("etc/b")).unwrap();
+    let out = env.um_out(&["image", "fsck"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("etc/a") && text.contains("etc/b"), "{text}");
+    assert!(env.um(&["image", "fsck", "--repair"]).contains("repaired"));
+    assert_eq!(fs::read_to_string(dirs[0].join("etc/a")).unwrap(), "a");
+    assert!(env.um(&["image", "fsck"]).contains("clean"));
     // A damaged blob: found; --repair removes it, and says what is still broken.
     let p = env.store().join("blobs/sha256").join(l.layers[0].hex());
     let mut b = fs::read(&p).unwrap();

@@ -7,6 +7,7 @@
 //! facade: locking, tags, garbage collection, fsck).
 
 pub mod blobs;
+mod check;
 pub mod diff;
 pub mod digest;
 pub mod image;

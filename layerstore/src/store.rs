@@ -428,6 +428,7 @@ impl Store {
             }
         }
         let mut relayer = Vec::new();
+        let mut checked = BTreeSet::new();
         for entry in self.index()?.manifests {
             let name = entry.ref_name().unwrap_or("<none>").to_string();
             let info = match self.info(&entry) {
@@ -455,9 +456,29 @@ impl Store {
                 if !dir.is_dir() {
                     problems.push(format!("image {name}: layer {diff_id} is not unpacked"));
                     relayer.push((blob, diff_id));
-                } else if let Err(e) = check_layer_tree(&dir) {
-                    problems.push(format!("image {name}: layer {diff_id}: {e}"));
-                    relayer.push((blob, diff_id));
+                } else if checked.insert(diff_id.clone()) {
+                    let found = self.blobs.open(&blob).and_then(|f| {
+                        crate::check::check_layer(std::io::BufReader::new(f), &dir, self.opts)
+                    });
+                    match found {
+                        Ok(p) if p.is_empty() => {}
+                        Ok(p) => {
+                            let more = if p.len() > 3 {
+                                format!(" (and {} more)", p.len() - 3)
+                            } else {
+                                String::new()
+                            };
+                            problems.push(format!(
+                                "image {name}: layer {diff_id}: {}{more}",
+                                p[..p.len().min(3)].join("; ")
+                            ));
+                            relayer.push((blob, diff_id));
+                        }
+                        Err(e) => {
+                            problems.push(format!("image {name}: layer {diff_id}: {e}"));
+                            relayer.push((blob, diff_id));
+                        }
+                    }
                 }
             }
         }
@@ -471,21 +492,6 @@ impl Store {
         }
         Ok(problems)
     }
-}
-
-/// A layer tree is readable all the way down.
-fn check_layer_tree(dir: &Path) -> Result<()> {
-    let meta = fs::symlink_metadata(dir).at(dir)?;
-    if !meta.is_dir() {
-        return Err(Error::invalid(dir.display().to_string(), "not a directory"));
-    }
-    for e in fs::read_dir(dir).at(dir)? {
-        let e = e.at(dir)?;
-        if e.file_type().at(&e.path())?.is_dir() {
-            check_layer_tree(&e.path())?;
-        }
-    }
-    Ok(())
 }
 
 /// (layer blob, diff id) for each layer of an image, bottom first.
