@@ -72,6 +72,17 @@ impl Handles {
     }
 }
 
+/// The open flags that mean something for the file in the branch.
+const OPEN_FLAGS_PASSED: OFlags = OFlags::RWMODE
+    .union(OFlags::APPEND)
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::DSYNC)
+    .union(OFlags::SYNC)
+    .union(OFlags::DIRECT)
+    .union(OFlags::NOATIME)
+    .union(OFlags::TRUNC)
+    .union(OFlags::LARGEFILE);
+
 /// Does an open with these flags change the file?
 pub fn wants_write(flags: OFlags) -> bool {
     flags.intersects(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC)
@@ -82,7 +93,8 @@ impl Union {
     /// open truncates anyway). Returns the handle id and whether the file comes
     /// from an immutable lower branch (its page cache may be kept).
     pub fn open(&self, node: &Node, flags: OFlags) -> Result<(u64, bool)> {
-        let flags = flags & !(OFlags::CREATE | OFlags::EXCL | OFlags::NOCTTY);
+        // The kernel passes internal bits (e.g. FMODE_EXEC) that openat2 rejects.
+        let flags = flags & OPEN_FLAGS_PASSED;
         let write = wants_write(flags);
         let (li, path) = if write {
             if self.has_upper() {
