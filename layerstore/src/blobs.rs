@@ -47,7 +47,7 @@ impl Blobs {
             io::ErrorKind::NotFound => Error::not_found(format!("blob {d}")),
             _ => Error::Io {
                 what: format!("blob {d}"),
-                source: e,
+                error: e,
             },
         })
     }

@@ -269,7 +269,7 @@ impl Walker<'_> {
         let what = self.upper.join(rel).display().to_string();
         move |e| Error::Io {
             what: what.clone(),
-            source: e,
+            error: e,
         }
     }
 

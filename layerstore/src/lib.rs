@@ -25,12 +25,10 @@ pub use store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call on a named object failed.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// (The I/O error is part of the message, not a separate source, so a
+    /// report prints it once.)
+    #[error("{what}: {error}")]
+    Io { what: String, error: std::io::Error },
     /// Content does not hash to the digest that names it.
     #[error("{what}: digest mismatch: expected {expected}, content is {actual}")]
     DigestMismatch {
@@ -84,7 +82,7 @@ impl<T, E: Into<std::io::Error>> Context<T> for std::result::Result<T, E> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::Io {
             what: what(),
-            source: e.into(),
+            error: e.into(),
         })
     }
     fn at(self, path: &std::path::Path) -> Result<T> {

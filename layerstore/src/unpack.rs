@@ -367,7 +367,7 @@ impl Unpacker {
             Errno::NOTDIR => Error::entry(entry, NOT_DIR),
             e => Error::Io {
                 what: format!("layer entry {entry:?}"),
-                source: e.into(),
+                error: e.into(),
             },
         };
         let mut cur = rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty()).map_err(err)?;

@@ -320,7 +320,8 @@ pub fn import(store: &Store, path: &Path, tag: &str) -> Result<Digest> {
         txn.add_staged(p, d.clone());
         (d, size, diff_id, comp)
     };
-    txn.unpack_layers(&[(blob.clone(), diff_id.clone())])?;
+    txn.unpack_layers(&[(blob.clone(), diff_id.clone())])
+        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
     let cfg = new_config(
         std::slice::from_ref(&diff_id),
         &format!("unionmount image import {}", display_name(path)),

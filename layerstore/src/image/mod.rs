@@ -326,7 +326,7 @@ impl Source {
                     rustix::io::Errno::NOENT => Error::not_found(what()),
                     e => Error::Io {
                         what: what(),
-                        source: e.into(),
+                        error: e.into(),
                     },
                 })?;
                 Ok(File::from(fd))

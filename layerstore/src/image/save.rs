@@ -64,10 +64,10 @@ pub fn save(
     let staging = parent.join(format!(".{}", unique_name(&file_name)));
     let sink = match format {
         SaveFormat::Oci => {
-            fs::create_dir(&staging).at(&staging)?;
+            fs::create_dir(&staging).at(out)?;
             Sink::Dir(staging.clone())
         }
-        _ => Sink::Tar(tar::Builder::new(File::create(&staging).at(&staging)?)),
+        _ => Sink::Tar(tar::Builder::new(File::create(&staging).at(out)?)),
     };
     let tag = ref_name.map(str::to_string).or_else(|| info.name.clone());
     let res = match format {
