@@ -1,12 +1,16 @@
 //! `unionmount image …` and `unionmount commit`: thin wrappers over the layerstore crate.
 
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use layerstore::Store;
 use layerstore::image::{self, SaveFormat};
+use layerstore::progress::Progress;
 use layerstore::serde_json;
 use layerstore::store::{ImageInfo, layer_pairs};
 
@@ -36,11 +40,35 @@ impl StoreArg {
     }
 
     fn open(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.root()?)?)
+        let mut s = Store::open(&self.root()?)?;
+        s.set_progress(terminal_progress());
+        Ok(s)
     }
 
     fn open_exclusive(&self) -> anyhow::Result<Store> {
-        Ok(Store::open_exclusive(&self.root()?)?)
+        let mut s = Store::open_exclusive(&self.root()?)?;
+        s.set_progress(terminal_progress());
+        Ok(s)
+    }
+}
+
+static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
+
+/// A one-line progress display on a terminal; nothing otherwise.
+fn terminal_progress() -> Progress {
+    if !std::io::stderr().is_terminal() {
+        return Progress::default();
+    }
+    Progress::new(Arc::new(|what: &str, done: u64| {
+        PROGRESS_SHOWN.store(true, Ordering::Relaxed);
+        let _ = write!(std::io::stderr(), "\r\x1b[K{what}: {}", human(done));
+    }))
+}
+
+/// Erase the progress line, if one was drawn.
+fn clear_progress() {
+    if PROGRESS_SHOWN.swap(false, Ordering::Relaxed) {
+        let _ = write!(std::io::stderr(), "\r\x1b[K");
     }
 }
 
@@ -151,6 +179,12 @@ pub struct CommitArgs {
 }
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let res = run_image(cmd);
+    clear_progress();
+    res
+}
+
+fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ImageCommand::Load { path, tag, store } => {
             let s = store.open()?;
@@ -253,6 +287,12 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
+    let res = commit_upper(args);
+    clear_progress();
+    res
+}
+
+fn commit_upper(args: CommitArgs) -> anyhow::Result<ExitCode> {
     let s = args.store.open()?;
     let mut from = args.from.clone();
     let mut upper = args.source.clone();

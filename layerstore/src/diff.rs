@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::digest::{Digest, HashingWriter};
 use crate::image::{self, Descriptor, OCI_LAYER_ZSTD};
+use crate::progress::Counting;
 use crate::store::{Store, Txn, check_tag};
 use crate::util::{create_unique, now_rfc3339};
 use crate::{Context, Error, Result};
@@ -33,6 +34,8 @@ pub struct DiffOptions {
     pub overlay: bool,
     /// Lower layer directories, top first, for redirects and metacopy.
     pub lowers: Vec<PathBuf>,
+    /// Reports compressed bytes written.
+    pub progress: crate::progress::Progress,
 }
 
 impl DiffOptions {
@@ -43,6 +46,7 @@ impl DiffOptions {
         DiffOptions {
             overlay: true,
             lowers,
+            progress: Default::default(),
         }
     }
 }
@@ -78,7 +82,10 @@ pub fn tree_to_layer(dir: &Path, tmp: &Path, opts: &DiffOptions) -> Result<Layer
 
 fn write_layer(dir: &Path, file: File, opts: &DiffOptions) -> Result<(Digest, u64, Digest)> {
     let what = || format!("layer from {}", dir.display());
-    let outer = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let counted = opts
+        .progress
+        .writer("writing layer", BufWriter::with_capacity(1 << 20, file));
+    let outer = HashingWriter::new(counted);
     let mut enc = zstd::stream::write::Encoder::new(outer, 3).ctx(what)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     // Multithreading is an optimisation: a zstd built without it still works.
@@ -102,7 +109,11 @@ fn write_layer(dir: &Path, file: File, opts: &DiffOptions) -> Result<(Digest, u6
     let (diff_id, _, enc) = inner.finish();
     let outer = enc.finish().ctx(what)?;
     let (digest, size, bw) = outer.finish();
-    let file = bw.into_inner().map_err(|e| e.into_error()).ctx(what)?;
+    let file = bw
+        .into_inner()
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .ctx(what)?;
     file.sync_all().ctx(what)?;
     Ok((digest, size, diff_id))
 }
@@ -113,7 +124,7 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::CLOEXEC);
 
 type Builder = tar::Builder<
-    HashingWriter<zstd::stream::write::Encoder<'static, HashingWriter<BufWriter<File>>>>,
+    HashingWriter<zstd::stream::write::Encoder<'static, HashingWriter<Counting<BufWriter<File>>>>>,
 >;
 
 struct Walker<'a> {
@@ -558,7 +569,11 @@ pub fn commit(store: &Store, upper: &Path, tag: &str, from: Option<&str>) -> Res
         None => Vec::new(),
     };
     let mut txn = Txn::new(store)?;
-    let layer = tree_to_layer(upper, txn.dir(), &DiffOptions::overlay(lowers))?;
+    let opts = DiffOptions {
+        progress: store.progress().clone(),
+        ..DiffOptions::overlay(lowers)
+    };
+    let layer = tree_to_layer(upper, txn.dir(), &opts)?;
     txn.add_staged(layer.path, layer.digest.clone());
     txn.unpack_layers(&[(layer.digest.clone(), layer.diff_id.clone())])?;
     let now = now_rfc3339();

@@ -11,6 +11,7 @@ mod check;
 pub mod diff;
 pub mod digest;
 pub mod image;
+pub mod progress;
 pub mod store;
 pub mod unpack;
 mod util;

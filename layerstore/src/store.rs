@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::blobs::{Blobs, MAX_JSON};
 use crate::digest::Digest;
 use crate::image::{self, ConfigView, Descriptor, Index, Manifest, REF_NAME};
+use crate::progress::Progress;
 use crate::unpack::{self, UnpackOptions};
 use crate::util::{Lock, mkdir_unique, remove_all, sync_dir, write_atomic};
 use crate::{Context, Error, Result};
@@ -26,6 +27,7 @@ pub struct Store {
     blobs: Blobs,
     tmp: PathBuf,
     opts: UnpackOptions,
+    progress: Progress,
     _lock: Lock,
 }
 
@@ -115,6 +117,7 @@ impl Store {
             blobs: Blobs::new(&root),
             tmp,
             opts: UnpackOptions::for_current_user(),
+            progress: Progress::default(),
             _lock: lock,
             root,
         };
@@ -154,6 +157,15 @@ impl Store {
     /// Override how layers are unpacked (tests use the rootless form as root).
     pub fn set_unpack_options(&mut self, opts: UnpackOptions) {
         self.opts = opts;
+    }
+
+    /// Report progress of long operations to `p`.
+    pub fn set_progress(&mut self, p: Progress) {
+        self.progress = p;
+    }
+
+    pub fn progress(&self) -> &Progress {
+        &self.progress
     }
 
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
@@ -583,6 +595,10 @@ impl<'s> Txn<'s> {
         })
     }
 
+    pub fn progress(&self) -> &Progress {
+        &self.store.progress
+    }
+
     /// The private staging directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -616,7 +632,8 @@ impl<'s> Txn<'s> {
         if self.has_blob(d) {
             return Ok(());
         }
-        let (actual, len, path) = crate::blobs::stage_hashed(&self.dir, r, what)?;
+        let mut r = self.store.progress.reader(what, r);
+        let (actual, len, path) = crate::blobs::stage_hashed(&self.dir, &mut r, what)?;
         if &actual != d {
             let _ = fs::remove_file(&path);
             return Err(Error::DigestMismatch {
@@ -673,7 +690,11 @@ impl<'s> Txn<'s> {
                 .push(Lock::exclusive(&self.store.layer_lock(diff))?);
             let what = format!("layer blob {blob}");
             if self.store.layer_dir(diff).is_dir() {
-                let (actual, _) = unpack::diff_id_of(self.open_blob(blob)?).ctx(|| what.clone())?;
+                let r = self.store.progress.reader(
+                    &format!("checking layer {}", diff.short()),
+                    self.open_blob(blob)?,
+                );
+                let (actual, _) = unpack::diff_id_of(r).ctx(|| what.clone())?;
                 if &actual != diff {
                     return Err(Error::DigestMismatch {
                         what: format!("{what} (uncompressed)"),
@@ -685,7 +706,11 @@ impl<'s> Txn<'s> {
             }
             let dest = self.dir.join(format!("layer-{}", diff.hex()));
             fs::create_dir(&dest).at(&dest)?;
-            let r = std::io::BufReader::with_capacity(1 << 20, self.open_blob(blob)?);
+            let r = self.store.progress.reader(
+                &format!("unpacking layer {}", diff.short()),
+                self.open_blob(blob)?,
+            );
+            let r = std::io::BufReader::with_capacity(1 << 20, r);
             let got = unpack::unpack(r, &dest, self.store.opts)
                 .map_err(|e| Error::invalid(&what, e.to_string()))?;
             if &got.diff_id != diff {

@@ -35,7 +35,7 @@ pub fn load(store: &Store, path: &Path, tag: Option<&str>) -> Result<Vec<Loaded>
         check_tag(t)?;
     }
     let mut txn = Txn::new(store)?;
-    let src = Source::open(path, txn.dir())?;
+    let src = Source::open(path, txn.dir(), store.progress())?;
     let mut images: Vec<(Option<String>, Descriptor)> = Vec::new();
     let mut pairs = Vec::new();
     if src.exists("index.json") {
@@ -228,6 +228,7 @@ fn docker_entry(
             }
             None => {
                 let mut f = src.open_file(rel)?;
+                let mut f = txn.progress().reader(&what, &mut f);
                 let (d, size, p) = crate::blobs::stage_hashed(txn.dir(), &mut f, &what)?;
                 txn.add_staged(p, d.clone());
                 (d, size)
@@ -308,12 +309,17 @@ pub fn import(store: &Store, path: &Path, tag: &str) -> Result<Digest> {
     let mut txn = Txn::new(store)?;
     let meta = std::fs::metadata(path).at(path)?;
     let (blob, size, diff_id, comp) = if meta.is_dir() {
-        let l = crate::diff::tree_to_layer(path, txn.dir(), &crate::diff::DiffOptions::plain())?;
+        let opts = crate::diff::DiffOptions {
+            progress: store.progress().clone(),
+            ..crate::diff::DiffOptions::plain()
+        };
+        let l = crate::diff::tree_to_layer(path, txn.dir(), &opts)?;
         txn.add_staged(l.path, l.digest.clone());
         (l.digest, l.size, l.diff_id, Compression::Zstd)
     } else {
         let mut f = File::open(path).at(path)?;
         let what = path.display().to_string();
+        let mut f = store.progress().reader(&format!("reading {what}"), &mut f);
         let (d, size, p) = crate::blobs::stage_hashed(txn.dir(), &mut f, &what)?;
         let comp = compression_of(File::open(&p).at(&p)?).at(&p)?;
         let (diff_id, _) = unpack::diff_id_of(File::open(&p).at(&p)?).ctx(|| what.clone())?;

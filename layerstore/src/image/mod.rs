@@ -217,13 +217,14 @@ pub struct Staged {
 impl Source {
     /// Open an image source: a directory (OCI layout) or a tar archive
     /// (OCI archive or docker-archive), which is staged into `tmp`.
-    pub fn open(path: &Path, tmp: &Path) -> Result<Source> {
+    pub fn open(path: &Path, tmp: &Path, progress: &crate::progress::Progress) -> Result<Source> {
         let meta = fs::metadata(path).at(path)?;
         if meta.is_dir() {
             return Ok(Source::Dir(path.to_path_buf()));
         }
         let file = File::open(path).at(path)?;
         let name = path.display().to_string();
+        let file = progress.reader(&format!("reading {}", path.display()), file);
         let (_, plain) = crate::unpack::decompress(file).at(path)?;
         let mut ar = tar::Archive::new(plain);
         let mut files = HashMap::new();
