@@ -424,3 +424,37 @@ fn docker_archive_config_name_is_checked() {
     );
     assert_eq!(env.contents(), (vec![], vec![]));
 }
+
+#[test]
+fn every_blob_of_a_shared_layer_is_checked() {
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    let good = RawTar::default().file("f", b"good").finish();
+    let evil = RawTar::default().file("f", b"evil").finish();
+    let d = Digest::of_bytes(&good);
+    // One layout, two images: the second claims another blob is the same layer.
+    let dir = env.path().join("two");
+    layout(&dir, "a", std::slice::from_ref(&good), None, OCI_TAR);
+    let first: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let l = layout(&dir, "b", &[evil], Some(vec![d.clone()]), OCI_TAR);
+    let mut second: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut all = first["manifests"].as_array().unwrap().clone();
+    all.extend(second["manifests"].as_array().unwrap().iter().cloned());
+    second["manifests"] = serde_json::Value::Array(all);
+    fs::write(dir.join("index.json"), serde_json::to_vec(&second).unwrap()).unwrap();
+    load_fails(&env, &dir, &["uncompressed", l.layers[0].hex()]);
+    // And across loads: the layer is in the store, the new blob still must match it.
+    let a = layout(&env.path().join("a"), "a", &[good], None, OCI_TAR);
+    env.um(&["image", "load", &a.dir.display().to_string()]);
+    let evil2 = RawTar::default().file("f", b"evil2").finish();
+    let b = layout(&env.path().join("b"), "b", &[evil2], Some(vec![d]), OCI_TAR);
+    let before = env.contents();
+    let err = env.um_fail(&["image", "load", &b.dir.display().to_string()]);
+    assert!(
+        err.contains("uncompressed") && err.contains(b.layers[0].hex()),
+        "{err}"
+    );
+    assert_eq!(env.contents(), before);
+}

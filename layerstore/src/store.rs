@@ -580,6 +580,7 @@ pub struct Txn<'s> {
     blobs: BTreeMap<Digest, PathBuf>,
     layers: BTreeMap<Digest, PathBuf>,
     locks: Vec<Lock>,
+    locked: BTreeSet<Digest>,
     refs: Vec<Descriptor>,
 }
 
@@ -591,6 +592,7 @@ impl<'s> Txn<'s> {
             blobs: BTreeMap::new(),
             layers: BTreeMap::new(),
             locks: Vec::new(),
+            locked: BTreeSet::new(),
             refs: Vec::new(),
         })
     }
@@ -678,29 +680,30 @@ impl<'s> Txn<'s> {
     /// the store) and that each blob's uncompressed content hashes to its
     /// diff id. Layer locks are held until the transaction ends.
     pub fn unpack_layers(&mut self, pairs: &[(Digest, Digest)]) -> Result<()> {
-        let mut by_diff: BTreeMap<Digest, Digest> = BTreeMap::new();
-        for (blob, diff) in pairs {
-            by_diff.entry(diff.clone()).or_insert_with(|| blob.clone());
-        }
-        for (diff, blob) in &by_diff {
-            if self.layers.contains_key(diff) {
-                continue;
+        // Sorted by diff id, so concurrent transactions take layer locks in one order.
+        let todo: BTreeSet<(Digest, Digest)> =
+            pairs.iter().map(|(b, d)| (d.clone(), b.clone())).collect();
+        for (diff, blob) in &todo {
+            if !self.locked.contains(diff) {
+                self.locks
+                    .push(Lock::exclusive(&self.store.layer_lock(diff))?);
+                self.locked.insert(diff.clone());
             }
-            self.locks
-                .push(Lock::exclusive(&self.store.layer_lock(diff))?);
             let what = format!("layer blob {blob}");
-            if self.store.layer_dir(diff).is_dir() {
+            let mismatch = |actual| Error::DigestMismatch {
+                what: format!("{what} (uncompressed)"),
+                expected: diff.clone(),
+                actual,
+            };
+            if self.layers.contains_key(diff) || self.store.layer_dir(diff).is_dir() {
+                // Unpacked already: this blob must still be that layer.
                 let r = self.store.progress.reader(
                     &format!("checking layer {}", diff.short()),
                     self.open_blob(blob)?,
                 );
                 let (actual, _) = unpack::diff_id_of(r).ctx(|| what.clone())?;
                 if &actual != diff {
-                    return Err(Error::DigestMismatch {
-                        what: format!("{what} (uncompressed)"),
-                        expected: diff.clone(),
-                        actual,
-                    });
+                    return Err(mismatch(actual));
                 }
                 continue;
             }
@@ -714,11 +717,7 @@ impl<'s> Txn<'s> {
             let got = unpack::unpack(r, &dest, self.store.opts)
                 .map_err(|e| Error::invalid(&what, e.to_string()))?;
             if &got.diff_id != diff {
-                return Err(Error::DigestMismatch {
-                    what: format!("{what} (uncompressed)"),
-                    expected: diff.clone(),
-                    actual: got.diff_id,
-                });
+                return Err(mismatch(got.diff_id));
             }
             self.layers.insert(diff.clone(), dest);
         }
