@@ -292,3 +292,107 @@ fn user_names_starting_with_wh_in_oci_mode() {
     });
     b.check_trees(".wh. names removed");
 }
+
+/// A unionmount mount (no kernel counterpart) over one lower with extra options.
+fn mapped_mount(s: &common::Scratch, extra: &str) -> (Mount, std::path::PathBuf) {
+    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    if !l.join("mapped").exists() {
+        Layer::new()
+            .file_with("mapped", "m", Meta::mode(0o644).owner(100_005, 100_006))
+            .file_with("unmapped", "u", Meta::mode(0o644).owner(50, 50))
+            .dir_with("dir", Meta::mode(0o755).owner(100_000, 100_000))
+            .build(&l, Dialect::Kernel);
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}{extra}",
+        l.display(),
+        u.display(),
+        w.display()
+    );
+    let mount = Mount::union_foreground(&m, &["-o".into(), opts.into()])
+        .unwrap_or_else(|e| panic!("mount with {extra}: {e}"));
+    (mount, u)
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    let st = sys::lstat(p).unwrap();
+    (st.st_uid, st.st_gid)
+}
+
+#[test]
+fn uid_and_gid_mapping_both_ways() {
+    if !common::require_mounts() {
+        return;
+    }
+    if subject_is_kernel() {
+        eprintln!("owner mapping is a unionmount option; nothing to check on the kernel");
+        return;
+    }
+    let s = common::Scratch::new();
+    let (m, upper) = mapped_mount(&s, ",uidmapping=0:100000:65536,gidmapping=0:100000:65536");
+    let mnt = m.mnt.clone();
+    assert_eq!(
+        owner(&mnt.join("mapped")),
+        (5, 6),
+        "disk 100005:100006 shows as 5:6"
+    );
+    assert_eq!(owner(&mnt.join("dir")), (0, 0));
+    let overflow = |f: &str| -> u32 {
+        fs::read_to_string(format!("/proc/sys/kernel/{f}"))
+            .map(|s| s.trim().parse().unwrap())
+            .unwrap_or(65534)
+    };
+    assert_eq!(
+        owner(&mnt.join("unmapped")),
+        (overflow("overflowuid"), overflow("overflowgid")),
+        "an unmapped disk owner shows as the overflow id"
+    );
+    fs::write(mnt.join("dir/new"), "n").unwrap();
+    assert_eq!(owner(&mnt.join("dir/new")), (0, 0));
+    assert_eq!(
+        owner(&upper.join("dir/new")),
+        (100_000, 100_000),
+        "root inside is 100000 on disk"
+    );
+    sys::lchown(&mnt.join("dir/new"), 7, 8).unwrap();
+    assert_eq!(owner(&mnt.join("dir/new")), (7, 8));
+    assert_eq!(
+        owner(&upper.join("dir/new")),
+        (100_007, 100_008),
+        "chown maps back to disk ids"
+    );
+    sys::lchown(&mnt.join("mapped"), 9, 9).unwrap();
+    assert_eq!(
+        owner(&upper.join("mapped")),
+        (100_009, 100_009),
+        "copy-up then chown"
+    );
+    assert_eq!(
+        owner(&upper.join("dir")),
+        (100_000, 100_000),
+        "parent copied up with its disk owner"
+    );
+    drop(m);
+}
+
+#[test]
+fn squash_options_show_one_owner() {
+    if !common::require_mounts() {
+        return;
+    }
+    if subject_is_kernel() {
+        eprintln!("squash_to_* are unionmount options; nothing to check on the kernel");
+        return;
+    }
+    let s = common::Scratch::new();
+    for (extra, want) in [
+        (",squash_to_root", (0, 0)),
+        (",squash_to_uid=1234,squash_to_gid=4321", (1234, 4321)),
+    ] {
+        let (m, _upper) = mapped_mount(&s, extra);
+        for name in ["mapped", "unmapped", "dir"] {
+            assert_eq!(owner(&m.mnt.join(name)), want, "{extra}: owner of {name}");
+        }
+        drop(m);
+    }
+}

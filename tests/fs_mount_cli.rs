@@ -140,6 +140,11 @@ fn overlay_syntax_daemonizes_and_umount_ends_it() {
     let Some(d) = dirs() else { return };
     let args = vec!["-o".into(), d.overlay_opts().into(), d.mnt.clone().into()];
     let g = mount_daemon(&args, &d.mnt);
+    let opts = mount_at(&d.mnt).unwrap().super_opts;
+    assert!(
+        opts.contains("allow_other") && opts.contains("default_permissions"),
+        "as root it mounts with allow_other and default_permissions: {opts}"
+    );
     assert_eq!(fs::read(d.mnt.join("a")).unwrap(), b"l0 a");
     assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
     fs::write(d.mnt.join("a"), "new").unwrap();

@@ -143,6 +143,56 @@ fn concurrent_renames_of_lower_directories() {
     }
 }
 
+#[test]
+fn daemon_does_not_keep_an_fd_per_inode() {
+    // 5000 lower files, all looked up and read through the mount: the kernel
+    // keeps their inodes cached, the daemon must not keep 5000 fds open.
+    if !common::require_mounts() {
+        return;
+    }
+    if subject_is_kernel() {
+        eprintln!("no daemon to look at when the subject is kernel overlayfs");
+        return;
+    }
+    let s = Scratch::new();
+    let (l0, l1, up, work, mnt) = (
+        s.dir("l0"),
+        s.dir("l1"),
+        s.dir("up"),
+        s.dir("work"),
+        s.dir("mnt"),
+    );
+    for d in 0..50 {
+        let dir = l1.join(format!("d{d}"));
+        fs::create_dir(&dir).unwrap();
+        for i in 0..100 {
+            fs::write(dir.join(format!("f{i}")), "x").unwrap();
+        }
+    }
+    let lowers = vec![l0, l1];
+    let args = vec!["-o".into(), union_opts(&lowers, Some((&up, &work))).into()];
+    let m = Mount::union_foreground(&mnt, &args).unwrap();
+    let mut files = Vec::new();
+    for d in 0..50 {
+        for i in 0..100 {
+            let p = mnt.join(format!("d{d}/f{i}"));
+            assert_eq!(fs::read(&p).unwrap(), b"x");
+            if i % 10 == 0 {
+                // some stay open, as a busy container's would
+                files.push(fs::File::open(&p).unwrap());
+            }
+        }
+    }
+    let pid = m.pid().unwrap();
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(
+        fds < 1500,
+        "daemon holds {fds} fds after 5000 lookups (500 files open)"
+    );
+    drop(files);
+    drop(m);
+}
+
 const BIG: u64 = 512 << 20;
 const CHUNK: u64 = 1 << 20;
 
