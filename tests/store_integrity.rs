@@ -458,3 +458,38 @@ fn every_blob_of_a_shared_layer_is_checked() {
     );
     assert_eq!(env.contents(), before);
 }
+
+#[test]
+fn docker_archive_with_symlinked_layers_loads() {
+    // The older `docker save` layout: one directory per layer, a repeated
+    // layer as a symlink to the first copy.
+    let env = Env::new();
+    let layer = RawTar::default()
+        .dir("etc")
+        .file("etc/f", b"shared")
+        .finish();
+    let ld = Digest::of_bytes(&layer);
+    let config =
+        serde_json::to_vec(&json!({"rootfs": {"type": "layers", "diff_ids": [ld, ld]}})).unwrap();
+    let cd = Digest::of_bytes(&config);
+    let manifest = serde_json::to_vec(&json!([{
+        "Config": format!("{}.json", cd.hex()),
+        "RepoTags": ["localhost/old:1"],
+        "Layers": ["aaa/layer.tar", "bbb/layer.tar"],
+    }]))
+    .unwrap();
+    let tar = RawTar::default()
+        .file("manifest.json", &manifest)
+        .file(&format!("{}.json", cd.hex()), &config)
+        .dir("aaa")
+        .file("aaa/layer.tar", &layer)
+        .dir("bbb")
+        .symlink("bbb/layer.tar", "../aaa/layer.tar")
+        .finish();
+    let p = env.path().join("old.tar");
+    fs::write(&p, tar).unwrap();
+    env.um(&["image", "load", &p.display().to_string()]);
+    let dirs = env.layer_dirs("localhost/old:1");
+    assert_eq!(dirs.len(), 2);
+    assert_eq!(fs::read_to_string(dirs[1].join("etc/f")).unwrap(), "shared");
+}

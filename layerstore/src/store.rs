@@ -659,7 +659,9 @@ impl<'s> Txn<'s> {
     /// content is known to hash to `d`.
     pub fn add_staged(&mut self, path: PathBuf, d: Digest) {
         if self.has_blob(&d) {
-            let _ = fs::remove_file(&path);
+            if self.blobs.get(&d) != Some(&path) {
+                let _ = fs::remove_file(&path);
+            }
         } else {
             self.blobs.insert(d, path);
         }

@@ -273,7 +273,9 @@ impl Source {
                             None => target,
                         }
                     };
-                    links.insert(key, resolved);
+                    if let Some(r) = lexical(&resolved) {
+                        links.insert(key, r);
+                    }
                 }
                 _ => {}
             }
@@ -373,6 +375,21 @@ fn normalize(rel: &str) -> Option<String> {
     let comps = split_path(rel.as_bytes()).ok()?;
     let s = String::from_utf8(comps.join(&b'/')).ok()?;
     (!s.is_empty()).then_some(s)
+}
+
+/// Resolve `.` and `..` in a path inside an archive without leaving it.
+fn lexical(path: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    (!out.is_empty()).then(|| out.join("/"))
 }
 
 pub fn blob_path(d: &Digest) -> String {
@@ -492,6 +509,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("layer x") && e.contains("text/plain"), "{e}");
+    }
+
+    #[test]
+    fn resolves_archive_links() {
+        assert_eq!(lexical("a/../b/layer.tar").as_deref(), Some("b/layer.tar"));
+        assert_eq!(lexical("a/./b").as_deref(), Some("a/b"));
+        assert_eq!(lexical("../x"), None);
+        assert_eq!(lexical("a/../.."), None);
     }
 
     #[test]
