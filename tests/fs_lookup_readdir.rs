@@ -168,6 +168,108 @@ fn whiteout_case(dialect: Dialect) {
     b.check_trees(&format!("whiteouts in dialect {dialect:?}"));
 }
 
+/// Changes on top of layers written in `dialect`: whiteouts and opaque dirs
+/// of every dialect must behave like the kernel's own.
+fn mutations_case(dialect: Dialect) {
+    let setup = Setup::new(vec![
+        Layer::new()
+            .whiteout("gone")
+            .whiteout("gone_dir")
+            .whiteout("dir/gone_inner")
+            .file("dir/new", "l0")
+            .opaque("opq")
+            .file("opq/visible", "l0"),
+        Layer::new()
+            .file("gone", "l1")
+            .file("kept", "l1")
+            .file("gone_dir/inside", "l1")
+            .file("dir/gone_inner", "l1")
+            .file("dir/kept_inner", "l1")
+            .file("opq/hidden", "l1"),
+    ])
+    .dialect(dialect);
+    let Some(b) = Both::setup(setup) else {
+        return;
+    };
+    let d = format!("{dialect:?}");
+    b.ok(&format!("{d}: create over a whiteout"), |m| {
+        fs::write(m.join("gone"), "back")
+    });
+    assert_eq!(b.ok("read it", |m| fs::read(m.join("gone"))), b"back");
+    b.ok(&format!("{d}: mkdir over a whited-out dir"), |m| {
+        fs::create_dir(m.join("gone_dir"))
+    });
+    assert!(
+        b.ok("new dir is empty", |m| sys::names(&m.join("gone_dir")))
+            .is_empty()
+    );
+    b.err(&format!("{d}: rmdir a merged dir"), libc::ENOTEMPTY, |m| {
+        fs::remove_dir(m.join("dir"))
+    });
+    b.ok(&format!("{d}: empty it and rmdir"), |m| {
+        fs::remove_file(m.join("dir/new"))?;
+        fs::rename(m.join("dir/kept_inner"), m.join("moved"))?;
+        fs::remove_dir(m.join("dir"))
+    });
+    b.err(
+        &format!("{d}: whited-out name stays gone"),
+        libc::ENOENT,
+        |m| sys::lstat(&m.join("dir/gone_inner")).map(|_| ()),
+    );
+    b.ok(
+        &format!("{d}: rmdir an opaque dir after emptying it"),
+        |m| {
+            fs::remove_file(m.join("opq/visible"))?;
+            fs::remove_dir(m.join("opq"))
+        },
+    );
+    b.ok(&format!("{d}: recreate it"), |m| {
+        fs::create_dir(m.join("opq"))
+    });
+    assert!(
+        b.ok("recreated opq is empty", |m| sys::names(&m.join("opq")))
+            .is_empty()
+    );
+    b.ok(&format!("{d}: rename a lower dir next to markers"), |m| {
+        fs::rename(m.join("gone_dir"), m.join("gd2"))
+    });
+    b.ok(&format!("{d}: unlink a lower file"), |m| {
+        fs::remove_file(m.join("kept"))
+    });
+    b.check_trees(&format!("changes over {d} layers"));
+    b.check_uppers(&format!("changes over {d} layers"));
+}
+
+#[test]
+fn changes_over_kernel_format_layers() {
+    mutations_case(Dialect::Kernel);
+}
+
+#[test]
+fn changes_over_oci_layers() {
+    mutations_case(Dialect::Oci);
+}
+
+#[test]
+fn changes_over_user_overlay_layers() {
+    mutations_case(Dialect::UserXattr);
+}
+
+#[test]
+fn changes_over_fuseoverlayfs_layers() {
+    mutations_case(Dialect::FuseOverlayfs);
+}
+
+#[test]
+fn changes_over_xattr_whiteout_layers() {
+    mutations_case(Dialect::XattrWhiteout);
+}
+
+#[test]
+fn changes_over_user_xattr_whiteout_layers() {
+    mutations_case(Dialect::UserXattrWhiteout);
+}
+
 #[test]
 fn whiteouts_kernel_chardev_and_trusted_opaque() {
     whiteout_case(Dialect::Kernel);
