@@ -322,7 +322,14 @@ pub fn import(store: &Store, path: &Path, tag: &str) -> Result<Digest> {
         let mut f = store.progress().reader(&format!("reading {what}"), &mut f);
         let (d, size, p) = crate::blobs::stage_hashed(txn.dir(), &mut f, &what)?;
         let comp = compression_of(File::open(&p).at(&p)?).at(&p)?;
-        let (diff_id, _) = unpack::diff_id_of(File::open(&p).at(&p)?).ctx(|| what.clone())?;
+        // An uncompressed tar is its own diff: no second pass to hash it.
+        let diff_id = if comp == Compression::None {
+            d.clone()
+        } else {
+            unpack::diff_id_of(File::open(&p).at(&p)?)
+                .ctx(|| what.clone())?
+                .0
+        };
         txn.add_staged(p, d.clone());
         (d, size, diff_id, comp)
     };
