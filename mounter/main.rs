@@ -4,6 +4,7 @@
 
 mod cli;
 mod image_cmd;
+mod logger;
 mod mount;
 mod options;
 
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    logger::init(&args);
     let result = if cli::is_subcommand(args.first()) {
         cli::run(args)
     } else {

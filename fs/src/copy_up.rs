@@ -63,13 +63,28 @@ impl Union {
                 let path = self.path_of(node)?;
                 let (pp, name) = split(&path);
                 let updir = self.upper().dir(pp)?;
+                let name = name.ok_or(Errno::INVAL)?;
+                let parent_times = rustix::fs::fstat(&updir)?;
                 rustix::fs::renameat_with(
                     self.work_fd()?,
                     &tmp,
                     &updir,
-                    name.ok_or(Errno::INVAL)?,
+                    name,
                     RenameFlags::NOREPLACE,
                 )?;
+                // A copy-up is no change to the directory: keep its times, as the
+                // kernel does. A moved directory's own mtime changes with its ".."
+                // entry on some filesystems, so it gets its lower times back too.
+                restore_times(&updir, &parent_times)?;
+                if st.is_dir {
+                    let lst = self.layers[li].stat(&lpath)?;
+                    rustix::fs::utimensat(
+                        &updir,
+                        name,
+                        &times_of(&lst),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )?;
+                }
                 node.state().upper = true;
                 Ok(())
             });
@@ -131,6 +146,29 @@ impl Union {
             rustix::fs::fsync(&dst)?;
         }
         Ok(())
+    }
+}
+
+fn restore_times(dir: &std::os::fd::OwnedFd, st: &Stat) -> Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::futimens(&fd, &times_of(st))
+}
+
+fn times_of(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
     }
 }
 

@@ -222,10 +222,6 @@ impl Union {
             Err(Errno::NOENT) => rustix::fs::linkat(&sdir, sn, &ddir, new_name, AtFlags::empty())?,
             Err(e) => return Err(e),
         }
-        {
-            let mut st = node.state();
-            st.names.push((new_parent, new_name.to_os_string()));
-        }
         self.inodes.remember(
             node.st_ino,
             false,
@@ -286,7 +282,7 @@ impl Union {
                 needs_whiteout,
             )?;
         }
-        self.forget_name(found.st_ino, parent_id, name);
+        self.inodes.drop_name(parent_id, name);
         Ok(())
     }
 
@@ -326,14 +322,6 @@ impl Union {
         crate::remove_tree_at(work, &tmp)
     }
 
-    /// The node known as (parent, name) loses that name.
-    fn forget_name(&self, st_ino: u64, parent: u64, name: &OsStr) {
-        let id = crate::inode::node_id_for(st_ino, false);
-        if let Ok(node) = self.node(id) {
-            self.inodes.drop_name(&node, parent, name);
-        }
-    }
-
     /// Does a merged directory hold nothing but whiteouts?
     pub(crate) fn merged_dir_is_empty(&self, st: &NodeState, path: &Path) -> Result<bool> {
         Ok(self.merged_names(st, path)?.is_empty())
@@ -355,6 +343,10 @@ impl Union {
         let new_parent = self.node(new_parent_id)?;
         self.writable_dir(&parent)?;
         self.writable_dir(&new_parent)?;
+        {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            crate::rename::check(self, &parent, name, &new_parent, new_name, flags)?;
+        }
         let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
         self.copy_up(&src)?;
         let dst = self.lookup_node(&new_parent, new_name)?;
@@ -409,7 +401,7 @@ impl Union {
         let ddir = layer.dir(&dpath)?;
         rustix::fs::renameat_with(&sdir, sn.ok_or(Errno::INVAL)?, &ddir, new_name, flags)?;
         self.inodes
-            .rename_name(&src, parent_id, name, new_parent_id, new_name);
+            .rename_name(parent_id, name, new_parent_id, new_name);
         src.state().lowers = vec![(li, dpath.join(new_name))];
         Ok(())
     }

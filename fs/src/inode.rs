@@ -73,6 +73,9 @@ pub fn node_id_for(st_ino: u64, is_root: bool) -> u64 {
 #[derive(Default)]
 pub struct InodeTable {
     map: RwLock<HashMap<u64, Arc<Node>>>,
+    /// Which node each known (parent, name) belongs to, so a name is dropped from
+    /// the node the kernel knows even when the object's identity changed since.
+    by_name: Mutex<HashMap<(u64, OsString), u64>>,
 }
 
 impl InodeTable {
@@ -119,11 +122,16 @@ impl InodeTable {
             if !known && !is_root {
                 if fresh.is_dir {
                     // A directory has exactly one name.
-                    names.clear();
+                    for old in names.drain(..) {
+                        self.unindex(&old, id);
+                    }
                 }
                 names.push((parent, name.to_os_string()));
             }
             *st = NodeState { names, ..fresh };
+        }
+        if !is_root {
+            self.index(parent, name, id);
         }
         node
     }
@@ -138,7 +146,11 @@ impl InodeTable {
             let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
             node.lookups.store(left, Ordering::Relaxed);
             if left == 0 {
-                map.remove(&id);
+                if let Some(node) = map.remove(&id) {
+                    for name in node.state().names.iter() {
+                        self.unindex(name, id);
+                    }
+                }
             }
         }
     }
@@ -151,28 +163,55 @@ impl InodeTable {
         self.len() == 0
     }
 
-    /// Drop the name (parent, name) from whichever node holds it.
-    pub fn drop_name(&self, node: &Node, parent: u64, name: &OsStr) {
-        let mut st = node.state();
-        st.names.retain(|(p, n)| !(*p == parent && n == name));
-    }
-
-    /// Move the name (parent, name) of `node` to (new_parent, new_name).
-    pub fn rename_name(
-        &self,
-        node: &Node,
-        parent: u64,
-        name: &OsStr,
-        new_parent: u64,
-        new_name: &OsStr,
-    ) {
-        let mut st = node.state();
-        for entry in st.names.iter_mut() {
-            if entry.0 == parent && entry.1 == name {
-                *entry = (new_parent, new_name.to_os_string());
-                return;
+    fn index(&self, parent: u64, name: &OsStr, id: u64) {
+        let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let old = idx.insert((parent, name.to_os_string()), id);
+        drop(idx);
+        if let Some(old) = old.filter(|old| *old != id) {
+            // The name now means another object: the old node loses it.
+            if let Ok(n) = self.get(old) {
+                n.state().names.retain(|(p, nm)| !(*p == parent && nm == name));
             }
         }
-        st.names.insert(0, (new_parent, new_name.to_os_string()));
+    }
+
+    fn unindex(&self, key: &(u64, OsString), id: u64) {
+        let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        if idx.get(key) == Some(&id) {
+            idx.remove(key);
+        }
+    }
+
+    /// The node currently known by (parent, name), if any.
+    pub fn by_name(&self, parent: u64, name: &OsStr) -> Option<Arc<Node>> {
+        let key = (parent, name.to_os_string());
+        let id = *self.by_name.lock().unwrap_or_else(|e| e.into_inner()).get(&key)?;
+        self.get(id).ok()
+    }
+
+    /// The name (parent, name) is gone: drop it from whichever node holds it.
+    pub fn drop_name(&self, parent: u64, name: &OsStr) {
+        let key = (parent, name.to_os_string());
+        let id = self.by_name.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        if let Some(node) = id.and_then(|id| self.get(id).ok()) {
+            node.state().names.retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// The object named (parent, name) is now named (new_parent, new_name);
+    /// whatever had the new name loses it.
+    pub fn rename_name(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
+        self.drop_name(new_parent, new_name);
+        let key = (parent, name.to_os_string());
+        let id = self.by_name.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        let Some(node) = id.and_then(|id| self.get(id).ok()) else {
+            return;
+        };
+        for entry in node.state().names.iter_mut() {
+            if entry.0 == parent && entry.1 == name {
+                *entry = (new_parent, new_name.to_os_string());
+            }
+        }
+        self.index(new_parent, new_name, node.id);
     }
 }

@@ -10,7 +10,7 @@ use rustix::fs::{AtFlags, RenameFlags, XattrFlags};
 use rustix::io::Errno;
 
 use crate::dir::make_whiteout;
-use crate::inode::{Node, node_id_for};
+use crate::inode::Node;
 use crate::layer::{self, stat_at};
 use crate::lookup::Resolved;
 use crate::names::is_chardev_whiteout;
@@ -26,28 +26,29 @@ pub(crate) fn rename_locked(
     new_name: &OsStr,
     flags: RenameFlags,
 ) -> Result<()> {
-    let src = resolve(u, parent, name)?.ok_or(Errno::NOENT)?;
-    let dst = resolve(u, new_parent, new_name)?;
+    let (src, dst) = check(u, parent, name, new_parent, new_name, flags)?;
     let sdir = u.upper().dir(&u.path_of(parent)?)?;
     let ddir = u.upper().dir(&u.path_of(new_parent)?)?;
-    if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
-        return Err(Errno::EXIST);
-    }
     if flags.contains(RenameFlags::EXCHANGE) {
         let dst = dst.ok_or(Errno::NOENT)?;
         mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
         mark_moved_dir(u, &dst, ddir.as_fd(), new_name, parent, name)?;
         rustix::fs::renameat_with(&sdir, name, &ddir, new_name, RenameFlags::EXCHANGE)?;
-        move_name(u, &src, parent.id, name, new_parent.id, new_name);
-        move_name(u, &dst, new_parent.id, new_name, parent.id, name);
+        let a = u.inodes.by_name(parent.id, name);
+        let b = u.inodes.by_name(new_parent.id, new_name);
+        u.inodes.drop_name(parent.id, name);
+        u.inodes.drop_name(new_parent.id, new_name);
+        for (node, p, n) in [(a, new_parent.id, new_name), (b, parent.id, name)] {
+            if let Some(node) = node {
+                let fresh = node.snapshot();
+                u.inodes.remember(node.st_ino, false, p, n, fresh, false);
+            }
+        }
         return Ok(());
     }
-    if let Some(d) = &dst {
-        if d.st_ino == src.st_ino {
-            // Two names of one file: POSIX says rename does nothing.
-            return Ok(());
-        }
-        check_replace(u, &src, d, new_parent, new_name)?;
+    if dst.as_ref().is_some_and(|d| d.st_ino == src.st_ino) {
+        // Two names of one file: POSIX says rename does nothing.
+        return Ok(());
     }
     let src_needs_whiteout = lowers_have(u, parent, name)?;
     mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
@@ -61,13 +62,32 @@ pub(crate) fn rename_locked(
         src_needs_whiteout,
         src.state.is_dir,
     )?;
-    if let Some(d) = &dst {
-        if let Ok(node) = u.node(node_id_for(d.st_ino, false)) {
-            u.inodes.drop_name(&node, new_parent.id, new_name);
-        }
-    }
-    move_name(u, &src, parent.id, name, new_parent.id, new_name);
+    u.inodes.rename_name(parent.id, name, new_parent.id, new_name);
     Ok(())
+}
+
+/// Every error a rename can give, found before anything is copied up.
+pub(crate) fn check(
+    u: &Union,
+    parent: &Node,
+    name: &OsStr,
+    new_parent: &Node,
+    new_name: &OsStr,
+    flags: RenameFlags,
+) -> Result<(Resolved, Option<Resolved>)> {
+    let src = resolve(u, parent, name)?.ok_or(Errno::NOENT)?;
+    let dst = resolve(u, new_parent, new_name)?;
+    if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
+        return Err(Errno::EXIST);
+    }
+    match &dst {
+        None if flags.contains(RenameFlags::EXCHANGE) => return Err(Errno::NOENT),
+        Some(d) if !flags.contains(RenameFlags::EXCHANGE) && d.st_ino != src.st_ino => {
+            check_replace(u, &src, d, new_parent, new_name)?
+        }
+        _ => {}
+    }
+    Ok((src, dst))
 }
 
 fn resolve(u: &Union, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
@@ -187,8 +207,3 @@ fn move_entry(
     Ok(())
 }
 
-fn move_name(u: &Union, obj: &Resolved, from: u64, name: &OsStr, to: u64, new_name: &OsStr) {
-    if let Ok(node) = u.node(node_id_for(obj.st_ino, false)) {
-        u.inodes.rename_name(&node, from, name, to, new_name);
-    }
-}

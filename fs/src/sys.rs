@@ -20,7 +20,7 @@ fn cstring(name: &OsStr) -> Result<CString, Errno> {
     CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)
 }
 
-/// `name_to_handle_at(dir, name, AT_SYMLINK_NOFOLLOW)`.
+/// `name_to_handle_at(dir, name, 0)` (a trailing symlink is not followed).
 pub fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> Result<KernelHandle, Errno> {
     let name = cstring(name)?;
     let header = std::mem::size_of::<libc::file_handle>();
@@ -38,7 +38,7 @@ pub fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> Result<KernelHandle,
             name.as_ptr(),
             fh,
             &mut mount_id,
-            libc::AT_SYMLINK_NOFOLLOW,
+            0,
         )
     };
     if rc != 0 {
