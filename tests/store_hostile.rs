@@ -336,3 +336,86 @@ fn whiteouts_of_unsafe_names_never_delete_outside() {
     h.untouched("wh-names");
     let _ = Path::new(&out);
 }
+
+#[test]
+fn rootless_import_keeps_oci_markers_and_confines() {
+    // As an unprivileged user (setpriv to nobody) the store keeps `.wh.` files
+    // and records owners in user.containers.override_stat; hostile tars are
+    // refused the same way.
+    if !need_root("rootless_import") || !need_tools("rootless_import", &["setpriv"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let home = t.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let tar = RawTar::default()
+        .dir("etc")
+        .file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n")
+        .file("etc/.wh.shadow", b"")
+        .dir("var")
+        .file("var/.wh..wh..opq", b"")
+        .finish();
+    fs::write(t.join("l.tar"), tar).unwrap();
+    fs::write(
+        t.join("bad.tar"),
+        RawTar::default().file("../x", b"x").finish(),
+    )
+    .unwrap();
+    sh(&format!(
+        "chown -R 65534:65534 {} && chmod 755 {}",
+        home.display(),
+        t.display()
+    ));
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin())
+            .args(args)
+            .env_remove("UNIONMOUNT_STORE")
+            .env("HOME", &home)
+            .env("XDG_DATA_HOME", home.join("data"))
+            .output()
+            .unwrap()
+    };
+    let out = as_nobody(&[
+        "image",
+        "import",
+        &t.join("l.tar").display().to_string(),
+        "--tag",
+        "r",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = home.join("data/unionmount");
+    let layers: Vec<_> = fs::read_dir(store.join("layers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(layers.len(), 1);
+    let l = layers[0].path();
+    assert!(l.join("etc/.wh.shadow").is_file());
+    assert!(l.join("var/.wh..wh..opq").is_file());
+    let mut v = [0u8; 64];
+    let n = rustix::fs::getxattr(
+        l.join("etc/passwd"),
+        "user.containers.override_stat",
+        &mut v[..],
+    )
+    .unwrap();
+    assert_eq!(&v[..n], b"0:0:0644");
+    assert_eq!(fs::metadata(l.join("etc/passwd")).unwrap().uid(), 65534);
+    let out = as_nobody(&[
+        "image",
+        "import",
+        &t.join("bad.tar").display().to_string(),
+        "--tag",
+        "b",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".."));
+    assert!(!t.join("x").exists() && !home.join("x").exists());
+}
