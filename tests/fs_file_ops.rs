@@ -563,3 +563,221 @@ fn inode_numbers_with_a_lower_on_another_filesystem() {
     }
     drop(mounts);
 }
+
+#[test]
+fn open_flags_on_lower_and_upper_files() {
+    let Some(b) = fixture() else { return };
+    let open = |p: &Path, flags: i32| -> std::io::Result<i32> {
+        let c = cstr(p);
+        let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o640) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let st = sys::fstat(fd);
+        unsafe { libc::close(fd) };
+        st.map(|s| (s.st_mode & 0o7777) as i32)
+    };
+    b.err("O_CREAT|O_EXCL on a lower file", libc::EEXIST, |m| {
+        open(&m.join("f"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY)
+    });
+    b.err("O_CREAT|O_EXCL on an upper file", libc::EEXIST, |m| {
+        open(&m.join("up"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY)
+    });
+    b.ok("O_CREAT|O_EXCL on a new name", |m| {
+        open(
+            &m.join("dir/newx"),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        )
+    });
+    b.err("O_DIRECTORY on a file", libc::ENOTDIR, |m| {
+        open(&m.join("f"), libc::O_DIRECTORY | libc::O_RDONLY)
+    });
+    b.err("write-open a directory", libc::EISDIR, |m| {
+        open(&m.join("dir"), libc::O_WRONLY)
+    });
+    b.err("O_NOFOLLOW on a symlink", libc::ELOOP, |m| {
+        open(&m.join("link"), libc::O_NOFOLLOW | libc::O_RDONLY)
+    });
+    b.err("O_CREAT in a missing dir", libc::ENOENT, |m| {
+        open(&m.join("nodir/x"), libc::O_CREAT | libc::O_WRONLY)
+    });
+    b.ok("O_APPEND on a lower file", |m| {
+        let mut f = fs::OpenOptions::new().append(true).open(m.join("dir/h"))?;
+        f.write_all(b"+1")?;
+        let mut f = fs::OpenOptions::new().append(true).open(m.join("dir/h"))?;
+        f.write_all(b"+2")?;
+        fs::read(m.join("dir/h"))
+    });
+    b.ok("O_TRUNC through a symlink to a lower file", |m| {
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(m.join("link"))?;
+        Ok(sys::lstat(&m.join("f"))?.st_size)
+    });
+    b.check_trees("open flags");
+}
+
+#[test]
+fn o_tmpfile_like_the_kernel() {
+    // Kernel overlayfs supports O_TMPFILE; FUSE has an opcode for it.
+    let Some(b) = fixture() else { return };
+    b.ok("O_TMPFILE then linkat into the tree", |m| {
+        let c = cstr(&m.join("dir"));
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = unsafe { libc::write(fd, b"tmp".as_ptr().cast(), 3) };
+        let src = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+        let dst = cstr(&m.join("dir/from_tmpfile"));
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                src.as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        let e = std::io::Error::last_os_error();
+        unsafe { libc::close(fd) };
+        if r < 0 {
+            return Err(e);
+        }
+        Ok(n)
+    });
+    b.check_trees("O_TMPFILE");
+}
+
+#[test]
+fn mmap_shared_write_is_seen_by_read() {
+    let Some(b) = fixture() else { return };
+    b.ok("mmap a lower file MAP_SHARED and write through it", |m| {
+        let f = open_rw(&m.join("dir/g"))?;
+        let len = 4096usize;
+        f.set_len(len as u64)?;
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        unsafe {
+            std::ptr::copy_nonoverlapping(b"MMAPPED".as_ptr(), p.cast::<u8>().add(100), 7);
+            libc::msync(p, len, libc::MS_SYNC);
+            libc::munmap(p, len);
+        }
+        let data = fs::read(m.join("dir/g"))?;
+        Ok(data[100..107].to_vec())
+    });
+    b.ok("read a lower file through mmap", |m| {
+        let f = fs::File::open(m.join("f"))?;
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let v = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), 8192).to_vec() };
+        unsafe { libc::munmap(p, 8192) };
+        Ok(v)
+    });
+    b.check_trees("mmap");
+}
+
+/// Run `f` as uid/gid 1000 in a forked child; returns its result as
+/// `Ok(())` or the errno (exit code 0 or the errno).
+fn as_user(f: impl FnOnce() -> i32) -> Result<(), i32> {
+    let code = in_child(|| {
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(1000, 1000, 1000) != 0
+                || libc::setresuid(1000, 1000, 1000) != 0
+            {
+                return 200;
+            }
+        }
+        f()
+    });
+    assert_ne!(code, 200, "could not drop privileges");
+    if code == 0 { Ok(()) } else { Err(code) }
+}
+
+fn errno_now() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(255)
+}
+
+#[test]
+fn permissions_for_an_unprivileged_user() {
+    let setup = Setup::new(vec![
+        Layer::new()
+            .file_with("secret", "s", Meta::mode(0o600))
+            .file_with("public", "p", Meta::mode(0o644))
+            .file_with("mine", "m", Meta::mode(0o600).owner(1000, 1000))
+            .dir_with("rootdir", Meta::mode(0o755))
+            .dir_with("userdir", Meta::mode(0o755).owner(1000, 1000))
+            .dir_with("sticky", Meta::mode(0o1777))
+            .file_with("sticky/roots", "r", Meta::mode(0o666)),
+        Layer::new().file("userdir/lower_file", "l"),
+    ]);
+    let Some(b) = Both::setup(setup) else { return };
+    let cases: Vec<(&str, i32, &str)> = vec![
+        ("read 0600 root file", 0, "secret"),
+        ("read 0644 root file", 0, "public"),
+        ("write 0644 root file", 1, "public"),
+        ("write own file", 1, "mine"),
+        ("create in root's dir", 2, "rootdir/new"),
+        ("create in own dir", 2, "userdir/new"),
+        ("unlink in own dir (lower file)", 3, "userdir/lower_file"),
+        ("unlink root's file in a sticky dir", 3, "sticky/roots"),
+        ("chmod root's file", 4, "public"),
+        ("chmod own file", 4, "mine"),
+    ];
+    for (what, op, rel) in cases {
+        let mut results = Vec::new();
+        for side in b.sides() {
+            let c = cstr(&side.p(rel));
+            let r = as_user(|| {
+                let r = match op {
+                    0 => unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) },
+                    1 => unsafe { libc::open(c.as_ptr(), libc::O_WRONLY) },
+                    2 => unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o644) },
+                    3 => unsafe { libc::unlink(c.as_ptr()) },
+                    _ => unsafe { libc::chmod(c.as_ptr(), 0o640) },
+                };
+                if r < 0 { errno_now() } else { 0 }
+            });
+            results.push(r);
+        }
+        assert_eq!(
+            results[0], results[1],
+            "{what}: kernel (left) and {} (right)",
+            b.u.name
+        );
+    }
+    b.check_trees("after unprivileged operations");
+    b.check_uppers("after unprivileged operations");
+}

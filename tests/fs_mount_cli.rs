@@ -395,6 +395,17 @@ fn bad_input_fails_with_one_line_and_mounts_nothing() {
         &d.mnt,
     );
     assert!(e.contains("missing"), "the message names the branch: {e}");
+    let file_branch = d.s.path().join("a_file");
+    fs::write(&file_branch, "not a dir").unwrap();
+    expect_failure(
+        "a branch that is a file",
+        &[
+            "-o".into(),
+            ov(&format!("{l}:{}", file_branch.display()), &d.up, &d.work),
+            m.clone(),
+        ],
+        &d.mnt,
+    );
     expect_failure(
         "missing upper",
         &["-o".into(), ov(&l, &missing, &d.work), m.clone()],
