@@ -13,6 +13,7 @@ use layerstore::image::{self, SaveFormat};
 use layerstore::progress::Progress;
 use layerstore::serde_json;
 use layerstore::store::{ImageInfo, layer_pairs};
+use layerstore::unpack::Compression;
 
 /// Print a line; a closed stdout (`| head`) is not an error.
 macro_rules! say {
@@ -133,6 +134,9 @@ pub enum ImageCommand {
         /// Name recorded in the output (default: the image's name)
         #[arg(long = "ref")]
         ref_name: Option<String>,
+        /// Recompress OCI layers: gzip (readable by every tool), zstd or none
+        #[arg(long, value_name = "gzip|zstd|none")]
+        compress: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -219,10 +223,27 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             format,
             out,
             ref_name,
+            compress,
             store,
         } => {
             let fmt: SaveFormat = format.parse()?;
-            image::save(&store.open()?, &image, fmt, &out, ref_name.as_deref())?;
+            let compress = match compress.as_deref() {
+                None => None,
+                Some("gzip") => Some(Compression::Gzip),
+                Some("zstd") => Some(Compression::Zstd),
+                Some("none") => Some(Compression::None),
+                Some(other) => {
+                    bail!("image save: --compress {other:?}: expected gzip, zstd or none")
+                }
+            };
+            image::save(
+                &store.open()?,
+                &image,
+                fmt,
+                &out,
+                ref_name.as_deref(),
+                compress,
+            )?;
         }
         ImageCommand::Prune { store } => {
             let r = store.open_exclusive()?.prune()?;

@@ -306,6 +306,32 @@ fn commit_turns_an_upper_into_a_layer() {
         "fresh\n"
     );
     assert!(!t.join("c-ref/rootfs/bin").exists());
+    // Or recompressed to gzip by `image save --compress gzip`: umoci reads it directly.
+    let gz = t.join("c-gz2");
+    env.um(&[
+        "image",
+        "save",
+        "c1",
+        "--format",
+        "oci",
+        &gz.display().to_string(),
+        "--compress",
+        "gzip",
+    ]);
+    let r = t.join("c-ref2");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:c1", gz.display()))
+        .arg(&r));
+    assert_same_tree(&r.join("rootfs"), &want.path);
+    // and loads back as the same image (same config, same layers).
+    env.um(&["image", "load", &gz.display().to_string(), "--tag", "c1-gz"]);
+    let a: layerstore::serde_json::Value =
+        layerstore::serde_json::from_str(&env.um(&["image", "inspect", "c1"])).unwrap();
+    let b: layerstore::serde_json::Value =
+        layerstore::serde_json::from_str(&env.um(&["image", "inspect", "c1-gz"])).unwrap();
+    assert_eq!(a["id"], b["id"]);
+    assert_ne!(a["digest"], b["digest"]);
 }
 
 #[test]

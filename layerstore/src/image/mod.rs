@@ -84,7 +84,7 @@ impl Default for Index {
 }
 
 /// An image manifest (OCI or Docker schema 2: same shape).
-#[derive(Serialize, Deserialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
     pub schema_version: u32,

@@ -40,13 +40,16 @@ impl std::str::FromStr for SaveFormat {
 }
 
 /// Write image `name` to `out` (which must not exist). `ref_name` is the
-/// name recorded in the output (default: the image's tag).
+/// name recorded in the output (default: the image's tag). With `compress`,
+/// OCI output has its layers recompressed (a new manifest; same config and
+/// diff ids), for tools that read only some compressions.
 pub fn save(
     store: &Store,
     name: &str,
     format: SaveFormat,
     out: &Path,
     ref_name: Option<&str>,
+    compress: Option<Compression>,
 ) -> Result<()> {
     let info = store.resolve(name)?;
     if out.symlink_metadata().is_ok() {
@@ -72,7 +75,7 @@ pub fn save(
     let tag = ref_name.map(str::to_string).or_else(|| info.name.clone());
     let res = match format {
         SaveFormat::DockerArchive => write_docker(store, &info, sink, tag.as_deref()),
-        _ => write_oci(store, &info, sink, tag.as_deref()),
+        _ => write_oci(store, &info, sink, tag.as_deref(), compress),
     };
     let res = res.and_then(|()| fs::rename(&staging, out).at(out));
     if res.is_err() {
@@ -86,18 +89,49 @@ fn write_oci(
     info: &crate::store::ImageInfo,
     mut sink: Sink,
     tag: Option<&str>,
+    compress: Option<Compression>,
 ) -> Result<()> {
     sink.add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let blobs = store.blobs();
-    let mut all = vec![
-        info.manifest_desc.digest.clone(),
-        info.manifest.config.digest.clone(),
-    ];
-    all.extend(info.manifest.layers.iter().map(|l| l.digest.clone()));
-    for d in all {
-        sink.add_file(&blob_path(&d), &blobs.path(&d))?;
-    }
+    let cfg = &info.manifest.config.digest;
+    sink.add_file(&blob_path(cfg), &blobs.path(cfg))?;
+    let mut manifest = info.manifest.clone();
     let mut desc: Descriptor = info.manifest_desc.clone();
+    let mut written = std::collections::BTreeSet::new();
+    for layer in &mut manifest.layers {
+        let src = blobs.path(&layer.digest);
+        let (comp, _) = unpack::decompress(File::open(&src).at(&src)?).at(&src)?;
+        match compress {
+            Some(want) if want != comp => {
+                let (d, size, tmp) = recompress(store, &layer.digest, want)?;
+                let res = if written.insert(d.clone()) {
+                    sink.add_file(&blob_path(&d), &tmp)
+                } else {
+                    Ok(())
+                };
+                let _ = fs::remove_file(&tmp);
+                res?;
+                layer.media_type = super::layer_type(want).to_string();
+                layer.digest = d;
+                layer.size = size;
+            }
+            _ => {
+                if written.insert(layer.digest.clone()) {
+                    sink.add_file(&blob_path(&layer.digest), &src)?;
+                }
+            }
+        }
+    }
+    if manifest.layers == info.manifest.layers {
+        let d = &info.manifest_desc.digest;
+        sink.add_file(&blob_path(d), &blobs.path(d))?;
+    } else {
+        manifest.media_type = Some(super::OCI_MANIFEST.to_string());
+        let bytes = to_json(&manifest);
+        let d = crate::Digest::of_bytes(&bytes);
+        sink.add_bytes(&blob_path(&d), &bytes)?;
+        desc = Descriptor::new(super::OCI_MANIFEST, d, bytes.len() as u64);
+    }
     desc.annotations.clear();
     if let Some(t) = tag {
         desc.annotations.insert(REF_NAME.to_string(), t.to_string());
@@ -108,6 +142,47 @@ fn write_oci(
     };
     sink.add_bytes("index.json", &to_json(&idx))?;
     sink.finish()
+}
+
+/// A layer blob in another compression, as a file in the store's tmp/.
+fn recompress(
+    store: &Store,
+    blob: &crate::Digest,
+    want: Compression,
+) -> Result<(crate::Digest, u64, PathBuf)> {
+    use std::io::Write;
+    let what = || format!("layer blob {blob}");
+    let src = store.blobs().path(blob);
+    let (_, mut plain) = unpack::decompress(File::open(&src).at(&src)?).at(&src)?;
+    let (f, tmp) = create_unique(store.tmp(), "layer")?;
+    let res = (|| {
+        let mut w = crate::digest::HashingWriter::new(std::io::BufWriter::new(f));
+        match want {
+            Compression::None => {
+                std::io::copy(&mut plain, &mut w).ctx(what)?;
+            }
+            Compression::Gzip => {
+                let mut enc = flate2::write::GzEncoder::new(&mut w, flate2::Compression::default());
+                std::io::copy(&mut plain, &mut enc).ctx(what)?;
+                enc.finish().ctx(what)?;
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(&mut w, 3).ctx(what)?;
+                std::io::copy(&mut plain, &mut enc).ctx(what)?;
+                enc.finish().ctx(what)?;
+            }
+        }
+        w.flush().ctx(what)?;
+        let (d, n, _) = w.finish();
+        Ok((d, n))
+    })();
+    match res {
+        Ok((d, n)) => Ok((d, n, tmp)),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 fn write_docker(
