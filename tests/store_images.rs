@@ -477,3 +477,59 @@ fn image_mount_through_unionmount_matches_umoci_and_commits() {
     assert!(!m.path.join("etc/hostname").exists());
     assert!(m.path.join("some/dir/y").exists());
 }
+
+#[test]
+fn commit_takes_metacopy_data_from_the_lowers() {
+    if !need_root("metacopy…") || !need_tools("metacopy…", &["umoci"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    env.um(&[Path::new("image"), Path::new("load"), &fx.oci].map(|p| p.as_os_str()));
+    let dirs = env.layer_dirs("v3");
+    let (up, wk) = (t.join("up"), t.join("wk"));
+    fs::create_dir_all(&up).unwrap();
+    fs::create_dir_all(&wk).unwrap();
+    {
+        let m = OverlayMount::with_options(&dirs, Some((&up, &wk)), &t.join("mnt"), ",metacopy=on");
+        sh(&format!(
+            "cd {} && chmod 600 some/dir/y && chown 7:7 etc/hostname && mv bin/busybox bin/bb",
+            m.path.display()
+        ));
+    }
+    // The upper holds metadata only for these files.
+    assert_eq!(fs::metadata(up.join("some/dir/y")).unwrap().len(), 4);
+    let mut v = [0u8; 64];
+    assert!(
+        rustix::fs::getxattr(
+            up.join("etc/hostname"),
+            "trusted.overlay.metacopy",
+            &mut v[..]
+        )
+        .is_ok()
+    );
+    env.um(&[
+        "commit",
+        &up.display().to_string(),
+        "--tag",
+        "mc",
+        "--from",
+        "v3",
+    ]);
+    let mut with_upper = dirs.clone();
+    with_upper.push(up.clone());
+    let want = OverlayMount::with_options(
+        &with_upper,
+        None,
+        &t.join("want"),
+        ",metacopy=on,redirect_dir=follow",
+    );
+    let got = OverlayMount::new(&env.layer_dirs("mc"), None, &t.join("got"));
+    assert_same_tree(&got.path, &want.path);
+    assert_eq!(
+        fs::read_to_string(got.path.join("etc/hostname")).unwrap(),
+        "test\n"
+    );
+    assert!(fs::metadata(got.path.join("bin/bb")).unwrap().len() > 100_000);
+}

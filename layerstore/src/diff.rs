@@ -99,6 +99,7 @@ fn write_layer(dir: &Path, file: File, opts: &DiffOptions) -> Result<(Digest, u6
         links: HashMap::new(),
         lower_fds: Vec::new(),
         in_lower: false,
+        renamed: HashMap::new(),
     };
     for l in &opts.lowers {
         w.lower_fds
@@ -135,6 +136,8 @@ struct Walker<'a> {
     lower_fds: Vec<OwnedFd>,
     /// Writing lower content (of a redirected directory): no overlay markers.
     in_lower: bool,
+    /// Upper directories renamed from elsewhere → their lower path.
+    renamed: HashMap<String, String>,
 }
 
 fn os(s: &[u8]) -> &OsStr {
@@ -343,10 +346,8 @@ impl Walker<'_> {
                         .map_err(&e)?;
                 }
                 if let Some(r) = &m.redirect {
-                    let src = match r.strip_prefix('/') {
-                        Some(abs) => abs.to_string(),
-                        None => join(rel.rsplit_once('/').map_or("", |(d, _)| d), r),
-                    };
+                    let src = self.redirect_source(rel, r);
+                    self.renamed.insert(rel.to_string(), src.clone());
                     if self.lower_fds.is_empty() {
                         return Err(Error::invalid(
                             self.upper.join(rel).display().to_string(),
@@ -378,11 +379,10 @@ impl Walker<'_> {
                 let m = marks(xattrs(fd.as_fd()), overlay);
                 let mut data = File::from(fd);
                 if m.metacopy {
-                    let src = m
-                        .redirect
-                        .as_deref()
-                        .map(|r| r.trim_start_matches('/').to_string())
-                        .unwrap_or(rel.to_string());
+                    let src = match m.redirect.as_deref() {
+                        Some(r) => self.redirect_source(rel, r),
+                        None => self.lower_path(rel),
+                    };
                     data = self.lower_file(&src).ok_or_else(|| {
                         Error::invalid(
                             self.upper.join(rel).display().to_string(),
@@ -416,6 +416,34 @@ impl Walker<'_> {
             }
             // Sockets do not belong in layers.
             _ => Ok(()),
+        }
+    }
+
+    /// Where the lower object of upper path `rel` is: the path itself, or
+    /// below a directory that was renamed (redirected) from elsewhere.
+    fn lower_path(&self, rel: &str) -> String {
+        let mut cut = rel.len();
+        loop {
+            let anc = &rel[..cut];
+            if let Some(src) = self.renamed.get(anc) {
+                return format!("{src}{}", &rel[cut..]);
+            }
+            match anc.rfind('/') {
+                Some(i) => cut = i,
+                None => return rel.to_string(),
+            }
+        }
+    }
+
+    /// The lower path a redirect xattr on upper path `rel` names: absolute
+    /// from the layer root, or a name beside the (lower of the) parent.
+    fn redirect_source(&self, rel: &str, redirect: &str) -> String {
+        match redirect.strip_prefix('/') {
+            Some(abs) => abs.to_string(),
+            None => {
+                let parent = rel.rsplit_once('/').map_or("", |(d, _)| d);
+                join(&self.lower_path(parent), redirect)
+            }
         }
     }
 

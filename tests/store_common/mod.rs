@@ -347,6 +347,16 @@ pub struct OverlayMount {
 impl OverlayMount {
     /// Mount `lowers` (bottom first), optionally with an upper and work dir.
     pub fn new(lowers: &[PathBuf], upper: Option<(&Path, &Path)>, mnt: &Path) -> OverlayMount {
+        Self::with_options(lowers, upper, mnt, "")
+    }
+
+    /// The same with extra mount options (`,metacopy=on`…).
+    pub fn with_options(
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+        mnt: &Path,
+        extra: &str,
+    ) -> OverlayMount {
         fs::create_dir_all(mnt).expect("mkdir mnt");
         let l: Vec<String> = lowers
             .iter()
@@ -362,6 +372,7 @@ impl OverlayMount {
             )),
             None => opts.push_str(",ro"),
         }
+        opts.push_str(extra);
         run(Command::new("mount")
             .args(["-t", "overlay", "overlay", "-o", &opts])
             .arg(mnt));
