@@ -341,7 +341,11 @@ fn kill_9_during_a_large_copy_up() {
             "a partial copy is visible in the upper"
         );
     }
-    let left = files_under(&work);
+    // An index of hard-linked copies (as the kernel's work/index) may stay.
+    let left: Vec<_> = files_under(&work)
+        .into_iter()
+        .filter(|p| !p.components().any(|c| c.as_os_str() == "index"))
+        .collect();
     assert!(left.is_empty(), "workdir leftovers after remount: {left:?}");
     // The lower is untouched.
     assert_eq!(classify(&l1.join("big")), Ok("old"));

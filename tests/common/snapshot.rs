@@ -253,7 +253,14 @@ pub fn diff_trees(a_name: &str, a: &Tree, b_name: &str, b: &Tree) -> String {
 
 /// Panic with the differences when two trees disagree or either has a problem.
 pub fn assert_trees_eq(what: &str, a_name: &str, a: &Tree, b_name: &str, b: &Tree) {
-    let d = diff_trees(a_name, a, b_name, b);
+    let mut d = diff_trees(a_name, a, b_name, b);
+    if d.contains("readdir d_ino") && what.contains("kernel overlayfs") {
+        d.push_str(
+            "hint: kernel overlayfs translates readdir d_ino only in upper dirs marked \
+             trusted.overlay.impure=y (set on a dir when an entry with an origin or a \
+             redirect is copied or moved into it)\n",
+        );
+    }
     assert!(d.is_empty(), "{what}: trees differ:\n{d}");
 }
 
