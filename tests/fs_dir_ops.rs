@@ -610,3 +610,23 @@ fn paths_near_path_max() {
     });
     b.check_trees("deep paths");
 }
+
+#[test]
+fn exchange_a_lower_file_with_a_renamed_one() {
+    // Found by the randomized differential test.
+    let Some(b) = fixture() else { return };
+    b.ok("rename a lower file to the root", |m| {
+        fs::rename(m.join("merged/a"), m.join("x"))
+    });
+    b.ok("EXCHANGE another lower file with it", |m| {
+        sys::renameat2(&m.join("d/y"), &m.join("x"), RENAME_EXCHANGE)
+    });
+    assert_eq!(b.ok("read d/y", |m| fs::read(m.join("d/y"))), b"l0-a");
+    assert_eq!(b.ok("read x", |m| fs::read(m.join("x"))), b"y");
+    b.ok("EXCHANGE back", |m| {
+        sys::renameat2(&m.join("d/y"), &m.join("x"), RENAME_EXCHANGE)
+    });
+    assert_eq!(b.ok("read x again", |m| fs::read(m.join("x"))), b"l0-a");
+    b.check_trees("exchange with a renamed file");
+    b.check_uppers("exchange with a renamed file");
+}
