@@ -419,3 +419,41 @@ fn rootless_import_keeps_oci_markers_and_confines() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(".."));
     assert!(!t.join("x").exists() && !home.join("x").exists());
 }
+
+#[test]
+fn metadata_bombs_are_refused_before_buffering() {
+    // A zstd layer whose PAX header claims 4 GiB (and holds 64 MiB): the tar reader
+    // would buffer it whole; it is refused after the header instead.
+    if !need_tools("metadata_bombs", &["zstd"]) {
+        return;
+    }
+    let h = Hostile::new();
+    let mut head = vec![0u8; 512];
+    head[..9].copy_from_slice(b"PaxHeader");
+    head[100..108].copy_from_slice(b"0000644\0");
+    head[124..136].copy_from_slice(b"02000000000\0");
+    head[156] = b'x';
+    head[257..263].copy_from_slice(b"ustar\0");
+    head[263..265].copy_from_slice(b"00");
+    head[148..156].copy_from_slice(b"        ");
+    let sum: u32 = head.iter().map(|&b| u32::from(b)).sum();
+    head[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let dir = h.env.path();
+    fs::write(dir.join("head.bin"), &head).unwrap();
+    sh(&format!(
+        "cd {} && (cat head.bin; head -c 67108864 /dev/zero) | zstd -q -o bomb.tar && rm head.bin",
+        dir.display()
+    ));
+    let before = h.env.contents();
+    let start = std::time::Instant::now();
+    let err = h.env.um_fail(&[
+        "image",
+        "import",
+        &dir.join("bomb.tar").display().to_string(),
+        "--tag",
+        "bomb",
+    ]);
+    assert!(err.contains("metadata"), "{err}");
+    assert!(start.elapsed().as_secs() < 60);
+    assert_eq!(h.env.contents(), before);
+}

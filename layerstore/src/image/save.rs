@@ -224,17 +224,12 @@ fn write_docker(
         layers: layer_names,
     };
     sink.add_bytes("manifest.json", &to_json(&vec![entry]))?;
-    if let Some(t) = tag {
+    // The legacy `repositories` file: repository → tag → top layer id.
+    if let (Some(t), Some((_, top))) = (tag, layer_pairs(info)?.last()) {
         let r = docker_ref(t);
         if let Some((repo, tagpart)) = r.rsplit_once(':') {
-            let last = info.manifest.layers.len();
-            if last > 0 {
-                let top = layer_pairs(info)?
-                    .last()
-                    .map(|(_, d)| d.hex().to_string())
-                    .unwrap_or_default();
-                sink.add_bytes("repositories", &to_json(&json!({ repo: { tagpart: top } })))?;
-            }
+            let v = json!({ repo: { tagpart: top.hex() } });
+            sink.add_bytes("repositories", &to_json(&v))?;
         }
     }
     sink.finish()
