@@ -422,7 +422,7 @@ fn rootless_import_keeps_oci_markers_and_confines() {
 
 #[test]
 fn metadata_bombs_are_refused_before_buffering() {
-    // A zstd layer whose PAX header claims 4 GiB (and holds 64 MiB): the tar reader
+    // A zstd layer whose PAX header claims 256 MiB (and holds 64 MiB): the tar reader
     // would buffer it whole; it is refused after the header instead.
     if !need_tools("metadata_bombs", &["zstd"]) {
         return;
