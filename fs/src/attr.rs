@@ -52,6 +52,10 @@ fn timespec(t: Option<SetTime>) -> Timespec {
 impl Union {
     /// The branch and path of the object a node shows.
     pub(crate) fn top_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
+        // Every name of a copied-up hard-link group shares the index entry.
+        if let Some(key) = &st.index {
+            return Ok((crate::INDEX, PathBuf::from(key)));
+        }
         if st.upper {
             return Ok((0, self.path_of(node)?));
         }
@@ -63,7 +67,8 @@ impl Union {
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
         let st = node.snapshot();
         let (li, path) = self.top_entry(node, &st)?;
-        self.layers[li].open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
+        self.layer(li)?
+            .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
     }
 
     /// stat as the mount shows it: merged identity, mapped owners.
@@ -72,7 +77,13 @@ impl Union {
         let raw = {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
             let (li, path) = self.top_entry(node, &st)?;
-            self.layers[li].stat(&path)?
+            let layer = self.layer(li)?;
+            let mut raw = layer.stat(&path)?;
+            if raw.st_nlink > 1 && layer.writable && !st.is_dir {
+                let fd = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+                raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
+            }
+            raw
         };
         Ok(self.present_stat(node.st_ino, &st, raw))
     }
@@ -93,7 +104,7 @@ impl Union {
 
     pub fn setattr(&self, node: &Node, req: &SetAttr) -> Result<Stat> {
         let (li, path) = self.write_target(node)?;
-        let layer = &self.layers[li];
+        let layer = self.layer(li)?;
         if let Some(size) = req.size {
             match req.fh.and_then(|fh| self.handles.fd(fh)) {
                 Some(fd) => rustix::fs::ftruncate(&*fd, size)?,
@@ -163,7 +174,9 @@ impl Union {
 
     pub fn setxattr(&self, node: &Node, name: &str, value: &[u8], flags: i32) -> Result<()> {
         let (li, path) = self.write_target(node)?;
-        let fd = self.layers[li].open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let fd = self
+            .layer(li)?
+            .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
         let stored = escape_xattr(self.cfg.xattr_ns, name);
         let flags = XattrFlags::from_bits_truncate(flags as _);
         layer::set_xattr(fd.as_fd(), &stored, value, flags)
@@ -173,7 +186,9 @@ impl Union {
         // Removing what is not there needs no copy-up.
         self.getxattr(node, name)?;
         let (li, path) = self.write_target(node)?;
-        let fd = self.layers[li].open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let fd = self
+            .layer(li)?
+            .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
         layer::remove_xattr(fd.as_fd(), &escape_xattr(self.cfg.xattr_ns, name))
     }
 

@@ -21,6 +21,10 @@ impl Union {
     /// Where a change to `node` goes: its copy in the upper (copied up first), or,
     /// without copy-on-write, its own branch when that one is writable.
     pub(crate) fn write_target(&self, node: &Node) -> Result<(usize, PathBuf)> {
+        if let Some(key) = node.snapshot().index {
+            // A hard-link group's shared copy: changed once for every name.
+            return Ok((crate::INDEX, PathBuf::from(key)));
+        }
         if self.has_upper() {
             self.copy_up(node)?;
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
@@ -40,7 +44,8 @@ impl Union {
 
     /// Copy up; `with_data = false` for an open that truncates anyway.
     pub(crate) fn copy_up_with(&self, node: &Node, with_data: bool) -> Result<()> {
-        if node.snapshot().upper {
+        let st = node.snapshot();
+        if st.upper || st.index.is_some() {
             return Ok(());
         }
         if !self.has_upper() {
@@ -51,43 +56,58 @@ impl Union {
         self.copy_up(&parent)?;
         let _guard = node.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
         let st = node.snapshot();
-        if st.upper {
+        if st.upper || st.index.is_some() {
             return Ok(());
         }
         let (li, lpath) = st.top_lower().cloned().ok_or(Errno::STALE)?;
+        let lower_nlink = self.layers[li].stat(&lpath)?.st_nlink;
+        // A member of a lower hard-link group whose group is copied up already
+        // only needs a link to that copy.
+        let group = !st.is_dir && lower_nlink > 1 && self.index.is_some();
+        let indexed = group && self.index_entry(li, &lpath)?.is_some();
         let tmp = self.temp_name();
-        let result = self
-            .copy_into_work(li, &lpath, &tmp, with_data)
-            .and_then(|()| {
-                let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
-                let path = self.path_of(node)?;
-                let (pp, name) = split(&path);
-                let updir = self.upper().dir(pp)?;
-                let name = name.ok_or(Errno::INVAL)?;
-                let parent_times = rustix::fs::fstat(&updir)?;
-                rustix::fs::renameat_with(
-                    self.work_fd()?,
-                    &tmp,
-                    &updir,
+        let built = if indexed {
+            Ok(())
+        } else {
+            self.copy_into_work(li, &lpath, &tmp, with_data)
+        };
+        let result = built.and_then(|()| {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let path = self.path_of(node)?;
+            let (pp, name) = split(&path);
+            let updir = self.upper().dir(pp)?;
+            let name = name.ok_or(Errno::INVAL)?;
+            let parent_times = rustix::fs::fstat(&updir)?;
+            let work_tmp = (!indexed).then_some(tmp.as_os_str());
+            let published = group
+                && self.publish_group_member(
+                    li,
+                    &lpath,
+                    lower_nlink,
+                    work_tmp,
+                    updir.as_fd(),
                     name,
-                    RenameFlags::NOREPLACE,
                 )?;
-                // A copy-up is no change to the directory: keep its times, as the
-                // kernel does. A moved directory's own mtime changes with its ".."
-                // entry on some filesystems, so it gets its lower times back too.
-                restore_times(&updir, &parent_times)?;
-                if st.is_dir {
-                    let lst = self.layers[li].stat(&lpath)?;
-                    rustix::fs::utimensat(
-                        &updir,
-                        name,
-                        &times_of(&lst),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )?;
-                }
-                node.state().upper = true;
-                Ok(())
-            });
+            if !published {
+                let work = self.work_fd()?;
+                rustix::fs::renameat_with(work, &tmp, &updir, name, RenameFlags::NOREPLACE)?;
+            }
+            // A copy-up is no change to the directory: keep its times, as the
+            // kernel does. A moved directory's own mtime changes with its ".."
+            // entry on some filesystems, so it gets its lower times back too.
+            self.mark_impure(updir.as_fd());
+            restore_times(&updir, &parent_times)?;
+            if st.is_dir {
+                let lst = self.layers[li].stat(&lpath)?;
+                rustix::fs::utimensat(&updir, name, &times_of(&lst), AtFlags::SYMLINK_NOFOLLOW)?;
+            }
+            let mut state = node.state();
+            state.upper = true;
+            if group {
+                state.index = self.index_key(li, &lpath);
+            }
+            Ok(())
+        });
         if result.is_err() {
             self.remove_temp(&tmp);
         }
@@ -111,7 +131,7 @@ impl Union {
             _ => rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?,
         }
         copy_metadata(src.as_fd(), &st, work, tmp, self)?;
-        if kind != FileType::Directory {
+        {
             if let Some(origin) = self.encode_origin(li, lpath) {
                 let fd = layer::open_path_at(work, tmp)?;
                 let name = self.cfg.xattr_ns.name("origin");
@@ -146,6 +166,19 @@ impl Union {
             rustix::fs::fsync(&dst)?;
         }
         Ok(())
+    }
+}
+
+impl Union {
+    /// Mark an upper directory as holding entries whose inode numbers come from
+    /// elsewhere (origin, redirect), as the kernel does, so that kernel overlayfs
+    /// reading this upper gives readdir the same d_ino as stat.
+    pub(crate) fn mark_impure(&self, dir: BorrowedFd<'_>) {
+        let key = self.cfg.xattr_ns.name("impure");
+        if matches!(layer::get_xattr(dir, &key), Ok(None)) {
+            // Without xattrs there are no origins or redirects to announce either.
+            let _ = layer::set_xattr(dir, &key, b"y", XattrFlags::empty());
+        }
     }
 }
 

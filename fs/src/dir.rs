@@ -114,6 +114,7 @@ impl Union {
             upper: true,
             lowers: Vec::new(),
             opaque: over_whiteout && is_dir(&stat),
+            index: None,
         };
         let st_ino = self.upper().ino_prefix | stat.st_ino;
         let node = self
@@ -170,6 +171,7 @@ impl Union {
             upper: false,
             lowers: vec![(li, ppath.join(name))],
             opaque: false,
+            index: None,
         };
         let st_ino = layer.ino_prefix | stat.st_ino;
         let node = self
@@ -196,17 +198,17 @@ impl Union {
         let parent = self.node(new_parent)?;
         let (pli, ppath) = self.writable_dir(&parent)?;
         let (li, src) = self.write_target(&node)?;
-        if li != pli {
+        // The hard-link index lives on the upper's filesystem.
+        if li != pli && !(li == crate::INDEX && pli == 0) {
             return Err(Errno::XDEV);
         }
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
         if self.resolve_now(&parent, new_name)?.is_some() {
             return Err(Errno::EXIST);
         }
-        let layer = &self.layers[li];
         let (sp, sn) = layer::split(&src);
-        let sdir = layer.dir(sp)?;
-        let ddir = layer.dir(&ppath)?;
+        let sdir = self.layer(li)?.dir(sp)?;
+        let ddir = self.layers[pli].dir(&ppath)?;
         let sn = sn.ok_or(Errno::INVAL)?;
         match stat_at(ddir.as_fd(), new_name) {
             Ok(st) if is_chardev_whiteout(&st) && self.has_upper() => {
@@ -281,6 +283,12 @@ impl Union {
                 want_dir,
                 needs_whiteout,
             )?;
+            if let (false, Some(key)) = (found.state.upper, &found.state.index) {
+                // One name fewer for a group whose copy is in the index.
+                let index = self.layer(crate::INDEX)?;
+                let fd = crate::layer::open_path_at(index.root_fd(), key)?;
+                self.adjust_nlink(fd.as_fd(), -1)?;
+            }
         }
         self.inodes.drop_name(parent_id, name);
         Ok(())
@@ -349,6 +357,9 @@ impl Union {
         }
         let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
         self.copy_up(&src)?;
+        if src.snapshot().index.is_some() {
+            self.link_group_name(&parent, name)?;
+        }
         let dst = self.lookup_node(&new_parent, new_name)?;
         if let Some(dst) = &dst {
             if flags.contains(RenameFlags::EXCHANGE) {

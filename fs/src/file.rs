@@ -105,8 +105,9 @@ impl Union {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
             self.top_entry(node, &node.snapshot())?
         };
-        let fd = self.layers[li].open_beneath(&path, flags | OFlags::NOFOLLOW)?;
-        let immutable = !self.layers[li].writable;
+        let layer = self.layer(li)?;
+        let fd = layer.open_beneath(&path, flags | OFlags::NOFOLLOW)?;
+        let immutable = !layer.writable;
         let fh = self.handles.insert(Handle::File {
             node: node.id,
             fd: Arc::new(fd),
@@ -210,8 +211,15 @@ impl Union {
         };
         match fd {
             Some(fd) => {
-                let raw = rustix::fs::fstat(fd.as_fd())?;
-                Ok(self.present_stat(node.st_ino, &node.snapshot(), raw))
+                let st = node.snapshot();
+                let mut raw = rustix::fs::fstat(fd.as_fd())?;
+                if st.names.is_empty() {
+                    // Unlinked: a lower file behind a whiteout still has its link.
+                    raw.st_nlink = 0;
+                } else if raw.st_nlink > 1 {
+                    raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
+                }
+                Ok(self.present_stat(node.st_ino, &st, raw))
             }
             None => self.getattr(node),
         }

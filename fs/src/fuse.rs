@@ -34,9 +34,7 @@ impl UnionFuse {
 }
 
 fn err(e: Errno) -> FuseErrno {
-    if e != Errno::NOENT {
-        log::debug!("reply error: {e}");
-    }
+    log::debug!("reply error: {e}");
     FuseErrno::from_i32(e.raw_os_error())
 }
 

@@ -30,6 +30,9 @@ pub struct NodeState {
     pub lowers: Vec<(usize, PathBuf)>,
     /// The directory hides everything below its own layer.
     pub opaque: bool,
+    /// A lower hard-link group member whose group was copied up through another
+    /// name: its data is the index entry of this name.
+    pub index: Option<std::ffi::OsString>,
 }
 
 impl NodeState {
@@ -170,7 +173,9 @@ impl InodeTable {
         if let Some(old) = old.filter(|old| *old != id) {
             // The name now means another object: the old node loses it.
             if let Ok(n) = self.get(old) {
-                n.state().names.retain(|(p, nm)| !(*p == parent && nm == name));
+                n.state()
+                    .names
+                    .retain(|(p, nm)| !(*p == parent && nm == name));
             }
         }
     }
@@ -185,16 +190,26 @@ impl InodeTable {
     /// The node currently known by (parent, name), if any.
     pub fn by_name(&self, parent: u64, name: &OsStr) -> Option<Arc<Node>> {
         let key = (parent, name.to_os_string());
-        let id = *self.by_name.lock().unwrap_or_else(|e| e.into_inner()).get(&key)?;
+        let id = *self
+            .by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)?;
         self.get(id).ok()
     }
 
     /// The name (parent, name) is gone: drop it from whichever node holds it.
     pub fn drop_name(&self, parent: u64, name: &OsStr) {
         let key = (parent, name.to_os_string());
-        let id = self.by_name.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        let id = self
+            .by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         if let Some(node) = id.and_then(|id| self.get(id).ok()) {
-            node.state().names.retain(|(p, n)| !(*p == parent && n == name));
+            node.state()
+                .names
+                .retain(|(p, n)| !(*p == parent && n == name));
         }
     }
 
@@ -203,7 +218,11 @@ impl InodeTable {
     pub fn rename_name(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
         self.drop_name(new_parent, new_name);
         let key = (parent, name.to_os_string());
-        let id = self.by_name.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        let id = self
+            .by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
         let Some(node) = id.and_then(|id| self.get(id).ok()) else {
             return;
         };

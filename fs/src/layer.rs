@@ -19,6 +19,8 @@ pub struct Layer {
     /// The directory as given, for messages only.
     pub path: PathBuf,
     pub root: OwnedFd,
+    /// The root opened for reading: `open_by_handle_at` refuses O_PATH descriptors.
+    pub handle_fd: OwnedFd,
     pub writable: bool,
     pub dev: u64,
     /// Added to every `st_ino` from this layer so inode numbers stay unique when
@@ -48,11 +50,18 @@ impl Layer {
             Mode::empty(),
         )?;
         let st = rustix::fs::fstat(&root)?;
+        let handle_fd = rustix::fs::openat(
+            &root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         let uuid = sys::fs_uuid(root.as_fd());
         Ok(Layer {
             index,
             path: path.to_path_buf(),
             root,
+            handle_fd,
             writable,
             dev: st.st_dev,
             ino_prefix: 0,

@@ -8,6 +8,7 @@ pub mod copy_up;
 pub mod dir;
 pub mod file;
 pub mod fuse;
+pub mod hardlink;
 pub mod inode;
 pub mod layer;
 pub mod lookup;
@@ -17,7 +18,7 @@ pub mod rename;
 mod sys;
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +31,9 @@ use crate::layer::Layer;
 pub use crate::names::{IdMap, IdRange, XattrNs};
 
 pub type Result<T> = std::result::Result<T, Errno>;
+
+/// Stands for the hard-link index where a branch number is expected.
+pub(crate) const INDEX: usize = usize::MAX;
 
 /// One branch as configured, top first.
 #[derive(Debug, Clone)]
@@ -60,6 +64,9 @@ pub struct Union {
     pub(crate) cfg: Config,
     /// Where temporary objects are made before a rename publishes them.
     pub(crate) work: Option<OwnedFd>,
+    /// Upper copies of lower hard-link groups, by origin (`index/` beside `work/`,
+    /// as kernel overlayfs keeps it with index=on).
+    pub(crate) index: Option<Layer>,
     pub(crate) inodes: InodeTable,
     pub(crate) handles: file::Handles,
     /// Held shared while a path is computed and used, exclusively while names move.
@@ -79,15 +86,17 @@ impl Union {
             layers.push(layer);
         }
         assign_ino_prefixes(&mut layers);
-        let work = if cfg.cow && layers[0].writable {
-            Some(prepare_workdir(&layers[0], cfg.workdir.as_deref())?)
+        let (work, index) = if cfg.cow && layers[0].writable {
+            let (work, index) = prepare_workdir(&layers[0], cfg.workdir.as_deref())?;
+            (Some(work), Some(index))
         } else {
-            None
+            (None, None)
         };
         let union = Union {
             layers,
             cfg,
             work,
+            index,
             inodes: InodeTable::default(),
             handles: file::Handles::default(),
             namespace: RwLock::new(()),
@@ -104,6 +113,14 @@ impl Union {
 
     pub(crate) fn upper(&self) -> &Layer {
         &self.layers[0]
+    }
+
+    /// A branch by index, or the hard-link index for [`INDEX`].
+    pub(crate) fn layer(&self, li: usize) -> Result<&Layer> {
+        if li == INDEX {
+            return self.index.as_ref().ok_or(Errno::STALE);
+        }
+        self.layers.get(li).ok_or(Errno::STALE)
     }
 
     pub(crate) fn work_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
@@ -166,42 +183,50 @@ fn assign_ino_prefixes(layers: &mut [Layer]) {
     }
 }
 
-/// Open (creating) the directory for temporary objects and empty it: whatever a
-/// crash left there was never visible and is dropped.
-fn prepare_workdir(upper: &Layer, workdir: Option<&Path>) -> std::io::Result<OwnedFd> {
-    let (base, sub) = match workdir {
-        Some(w) => (
-            rustix::fs::open(
-                w,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?,
-            "work",
-        ),
-        None => (
+/// Open (creating) the workdir's `work/` for temporary objects and `index/` for
+/// hard-link groups. `work/` is emptied: whatever a crash left there was never
+/// visible. Without a workdir both live in a hidden directory of the upper.
+fn prepare_workdir(upper: &Layer, workdir: Option<&Path>) -> std::io::Result<(OwnedFd, Layer)> {
+    let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let base = match workdir {
+        Some(w) => rustix::fs::open(w, dir_flags, Mode::empty())?,
+        None => {
+            mkdir_if_missing(upper.root.as_fd(), names::COW_WORKDIR)?;
             rustix::fs::openat(
                 &upper.root,
-                ".",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                names::COW_WORKDIR,
+                dir_flags | OFlags::NOFOLLOW,
                 Mode::empty(),
-            )?,
-            names::COW_WORKDIR,
-        ),
+            )?
+        }
     };
-    match rustix::fs::mkdirat(&base, sub, Mode::from_raw_mode(0o700)) {
-        Ok(()) | Err(Errno::EXIST) => {}
-        Err(e) => return Err(e.into()),
-    }
+    mkdir_if_missing(base.as_fd(), "work")?;
+    mkdir_if_missing(base.as_fd(), "index")?;
     let work = rustix::fs::openat(
         &base,
-        sub,
+        "work",
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
     for name in list_names(work.as_fd())? {
         remove_tree_at(work.as_fd(), &name)?;
     }
-    Ok(work)
+    let index_path = std::path::PathBuf::from("/proc/self/fd")
+        .join(base.as_raw_fd().to_string())
+        .join("index");
+    let mut index = Layer::open(INDEX, &index_path, true)?;
+    index.path = workdir
+        .map_or_else(|| upper.path.join(names::COW_WORKDIR), Path::to_path_buf)
+        .join("index");
+    index.ino_prefix = upper.ino_prefix;
+    Ok((work, index))
+}
+
+fn mkdir_if_missing(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The names in a directory (without "." and "..").

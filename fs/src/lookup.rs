@@ -63,6 +63,7 @@ impl Union {
             upper: self.has_upper(),
             lowers,
             opaque,
+            index: None,
         };
         self.inodes
             .remember(st_ino, true, ROOT_ID, OsStr::new(""), state, true);
@@ -120,7 +121,13 @@ impl Union {
                         }
                         state.upper = true;
                         if !is_dir(&st) {
-                            let st_ino = self.upper_file_ino(updir.as_fd(), name, &st)?;
+                            let mut st = st;
+                            let (st_ino, index) = self.upper_file_ino(updir.as_fd(), name, &st)?;
+                            state.index = index;
+                            if st.st_nlink > 1 {
+                                let fd = open_path_at(updir.as_fd(), name)?;
+                                st.st_nlink = self.shown_nlink(fd.as_fd(), st.st_nlink);
+                            }
                             return Ok(Some(Resolved {
                                 state,
                                 stat: st,
@@ -199,6 +206,19 @@ impl Union {
                 break;
             }
             if top.is_none() && !is_dir(&st) {
+                let mut st = st;
+                if st.st_nlink > 1 {
+                    // A hard-link group copied up through another name: read its copy.
+                    if let Some((key, ist)) = self.index_entry(layer_idx, &path)? {
+                        let fd = open_path_at(self.layer(crate::INDEX)?.root_fd(), &key)?;
+                        // The group keeps its lower inode number.
+                        let (ino, dev) = (st.st_ino, st.st_dev);
+                        st = ist;
+                        (st.st_ino, st.st_dev) = (ino, dev);
+                        st.st_nlink = self.shown_nlink(fd.as_fd(), ist.st_nlink);
+                        state.index = Some(key);
+                    }
+                }
                 state.lowers.push((layer_idx, path));
                 *top = Some((layer_idx, st));
                 break;
@@ -252,25 +272,35 @@ impl Union {
 
     /// `st_ino` of an upper non-directory: the inode it was copied up from when its
     /// origin still resolves (so copy-up keeps `st_ino`), else its own.
-    fn upper_file_ino(&self, updir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<u64> {
+    /// and the index entry it shares with its lower hard-link group, if any.
+    fn upper_file_ino(
+        &self,
+        updir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+    ) -> Result<(u64, Option<std::ffi::OsString>)> {
         let own = self.upper().ino_prefix | st.st_ino;
         let fd = open_path_at(updir, name)?;
         let Some(origin) = get_xattr(fd.as_fd(), &self.cfg.xattr_ns.name("origin"))? else {
-            return Ok(own);
+            return Ok((own, None));
         };
-        Ok(self.decode_origin(&origin).unwrap_or(own))
+        let index = (st.st_nlink > 1 && self.is_indexed_copy(&origin, st))
+            .then(|| crate::hardlink::hex(&origin).into());
+        Ok((self.decode_origin(&origin, st).unwrap_or(own), index))
     }
 
-    fn decode_origin(&self, origin: &[u8]) -> Option<u64> {
+    fn decode_origin(&self, origin: &[u8], upper: &Stat) -> Option<u64> {
         let (uuid, handle) = parse_origin(origin)?;
         for layer in &self.layers[1..] {
             if layer.uuid != uuid {
                 continue;
             }
-            if let Ok(fd) = sys::open_by_handle(layer.root_fd(), &handle) {
+            if let Ok(fd) = sys::open_by_handle(layer.handle_fd.as_fd(), &handle) {
                 let st = rustix::fs::fstat(&fd).ok()?;
-                // A broken-up hard-link group must not merge into one node.
-                if st.st_nlink > 1 {
+                // Names of a lower hard-link group share its inode only while they
+                // share the copy in the index; a group broken up (by kernel
+                // overlayfs without index) must not merge into one node.
+                if st.st_nlink > 1 && !self.is_indexed_copy(origin, upper) {
                     return None;
                 }
                 return Some(layer.ino_prefix | st.st_ino);

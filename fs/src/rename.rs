@@ -34,6 +34,8 @@ pub(crate) fn rename_locked(
         mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
         mark_moved_dir(u, &dst, ddir.as_fd(), new_name, parent, name)?;
         rustix::fs::renameat_with(&sdir, name, &ddir, new_name, RenameFlags::EXCHANGE)?;
+        u.mark_impure(sdir.as_fd());
+        u.mark_impure(ddir.as_fd());
         let a = u.inodes.by_name(parent.id, name);
         let b = u.inodes.by_name(new_parent.id, new_name);
         u.inodes.drop_name(parent.id, name);
@@ -62,7 +64,11 @@ pub(crate) fn rename_locked(
         src_needs_whiteout,
         src.state.is_dir,
     )?;
-    u.inodes.rename_name(parent.id, name, new_parent.id, new_name);
+    u.inodes
+        .rename_name(parent.id, name, new_parent.id, new_name);
+    if !std::ptr::eq(parent, new_parent) {
+        u.mark_impure(ddir.as_fd());
+    }
     Ok(())
 }
 
@@ -206,4 +212,3 @@ fn move_entry(
     }
     Ok(())
 }
-

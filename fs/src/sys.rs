@@ -33,13 +33,7 @@ pub fn name_to_handle(dir: BorrowedFd<'_>, name: &OsStr) -> Result<KernelHandle,
     // `handle_bytes` bytes of payload.
     let rc = unsafe {
         (*fh).handle_bytes = MAX_HANDLE_SZ as u32;
-        libc::name_to_handle_at(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            fh,
-            &mut mount_id,
-            0,
-        )
+        libc::name_to_handle_at(dir.as_raw_fd(), name.as_ptr(), fh, &mut mount_id, 0)
     };
     if rc != 0 {
         return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));

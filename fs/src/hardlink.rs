@@ -1,0 +1,188 @@
+//! Lower hard-link groups stay one group after copy-up: the first name copied
+//! up puts the upper copy in the index (`index/<origin as hex>`, the kernel's
+//! index=on layout), later names link to it, and names still only in a lower
+//! read the index entry. The link count the mount shows is kept as the
+//! kernel keeps it: `overlay.nlink` = "U<signed offset>" against the upper's.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+
+use rustix::fs::{Stat, XattrFlags};
+use rustix::io::Errno;
+
+use crate::inode::Node;
+use crate::layer::{self, stat_at};
+use crate::{Result, Union};
+
+impl Union {
+    /// The index name of a lower object: its origin in hex.
+    pub(crate) fn index_key(&self, li: usize, path: &Path) -> Option<OsString> {
+        self.index.as_ref()?;
+        let origin = self.encode_origin(li, path)?;
+        Some(
+            origin
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into(),
+        )
+    }
+
+    /// The index entry of a lower hard-link group member, if its group has one.
+    pub(crate) fn index_entry(&self, li: usize, path: &Path) -> Result<Option<(OsString, Stat)>> {
+        let (Some(index), Some(key)) = (self.index.as_ref(), self.index_key(li, path)) else {
+            return Ok(None);
+        };
+        match stat_at(index.root_fd(), &key) {
+            Ok(st) => Ok(Some((key, st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link count the mount shows for a hard-linked upper file.
+    pub(crate) fn shown_nlink(&self, fd: BorrowedFd<'_>, raw_nlink: u64) -> u64 {
+        let key = self.cfg.xattr_ns.name("nlink");
+        match layer::get_xattr(fd, &key) {
+            Ok(Some(v)) => {
+                parse_nlink(&v).map_or(raw_nlink, |d| raw_nlink.saturating_add_signed(d))
+            }
+            _ => raw_nlink,
+        }
+    }
+
+    /// Add `delta` to the offset between the shown and the upper link count.
+    pub(crate) fn adjust_nlink(&self, fd: BorrowedFd<'_>, delta: i64) -> Result<()> {
+        let key = self.cfg.xattr_ns.name("nlink");
+        let old = layer::get_xattr(fd, &key)?
+            .and_then(|v| parse_nlink(&v))
+            .unwrap_or(0);
+        set_nlink(self, fd, old + delta)
+    }
+
+    /// Publish the copy-up of a group member: the first one enters the index,
+    /// the others link to it. Returns false when the group has no index here.
+    pub(crate) fn publish_group_member(
+        &self,
+        li: usize,
+        lpath: &Path,
+        lower_nlink: u64,
+        work_tmp: Option<&OsStr>,
+        updir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<bool> {
+        let (Some(index), Some(key)) = (self.index.as_ref(), self.index_key(li, lpath)) else {
+            return Ok(false);
+        };
+        if let Some(tmp) = work_tmp {
+            let work = self.work_fd()?;
+            let fd = layer::open_path_at(work, tmp)?;
+            // Upper links: the index entry and this name; shown: the lower group's.
+            set_nlink(self, fd.as_fd(), lower_nlink as i64 - 2)?;
+            match rustix::fs::linkat(
+                work,
+                tmp,
+                index.root_fd(),
+                &key,
+                rustix::fs::AtFlags::empty(),
+            ) {
+                Ok(()) => {
+                    rustix::fs::renameat_with(
+                        work,
+                        tmp,
+                        updir,
+                        name,
+                        rustix::fs::RenameFlags::NOREPLACE,
+                    )?;
+                    return Ok(true);
+                }
+                // Another name of the group got there first: link to its copy.
+                Err(Errno::EXIST) => crate::remove_tree_at(work, tmp)?,
+                Err(e) => return Err(e),
+            }
+        }
+        rustix::fs::linkat(
+            index.root_fd(),
+            &key,
+            updir,
+            name,
+            rustix::fs::AtFlags::empty(),
+        )?;
+        // One more upper link, the same shown count.
+        let fd = layer::open_path_at(index.root_fd(), &key)?;
+        self.adjust_nlink(fd.as_fd(), -1)?;
+        Ok(true)
+    }
+
+    /// Make sure the name (parent, name) of a copied-up group member exists in
+    /// the upper (a link to the group's index entry), before it is renamed.
+    pub(crate) fn link_group_name(&self, parent: &Node, name: &OsStr) -> Result<()> {
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let path = self.path_of(parent)?;
+        let st = parent.snapshot();
+        let Some(found) = self.resolve_child(&st, &path, name)? else {
+            return Err(Errno::NOENT);
+        };
+        let (true, false, Some(key)) = (self.has_upper(), found.state.upper, found.state.index)
+        else {
+            return Ok(());
+        };
+        let index = self.layer(crate::INDEX)?;
+        let updir = self.upper().dir(&path)?;
+        rustix::fs::linkat(
+            index.root_fd(),
+            &key,
+            &updir,
+            name,
+            rustix::fs::AtFlags::empty(),
+        )?;
+        self.mark_impure(updir.as_fd());
+        let fd = layer::open_path_at(index.root_fd(), &key)?;
+        self.adjust_nlink(fd.as_fd(), -1)
+    }
+
+    /// Is the upper file `st` (with origin `origin`) its group's index entry?
+    pub(crate) fn is_indexed_copy(&self, origin: &[u8], st: &Stat) -> bool {
+        let Some(index) = self.index.as_ref() else {
+            return false;
+        };
+        let key = hex(origin);
+        matches!(stat_at(index.root_fd(), OsStr::new(&key)),
+            Ok(ist) if ist.st_ino == st.st_ino && ist.st_dev == st.st_dev)
+    }
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn set_nlink(u: &Union, fd: BorrowedFd<'_>, offset: i64) -> Result<()> {
+    let key = u.cfg.xattr_ns.name("nlink");
+    layer::set_xattr(
+        fd,
+        &key,
+        format!("U{offset:+}").as_bytes(),
+        XattrFlags::empty(),
+    )
+}
+
+/// "U+1" / "U-2" → the offset against the upper's link count.
+fn parse_nlink(v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?;
+    s.strip_prefix('U')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_nlink;
+
+    #[test]
+    fn nlink_offsets_parse_as_the_kernel_writes_them() {
+        assert_eq!(parse_nlink(b"U+1"), Some(1));
+        assert_eq!(parse_nlink(b"U-2"), Some(-2));
+        assert_eq!(parse_nlink(b"U+0"), Some(0));
+        assert_eq!(parse_nlink(b"L+1"), None);
+        assert_eq!(parse_nlink(b"garbage"), None);
+    }
+}
