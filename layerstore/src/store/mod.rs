@@ -2,13 +2,14 @@
 //! transactions that make new content visible all at once, garbage
 //! collection and fsck.
 //!
+//! Garbage collection and fsck are in [`gc`], transactions in [`txn`].
+//!
 //! Locks (all `flock`): `lock` is held shared by every command and exclusive
 //! by `prune` and `fsck --repair`; the first command that finds nobody else
 //! holding it cleans `tmp/`. `locks/index.lock` serializes updates of
 //! `index.json`; `locks/layer-<diffid>.lock` makes sure a layer is unpacked
 //! once however many imports want it at the same time.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,15 @@ use crate::blobs::{Blobs, MAX_JSON};
 use crate::digest::Digest;
 use crate::image::{self, ConfigView, Descriptor, Index, Manifest, REF_NAME};
 use crate::progress::Progress;
-use crate::unpack::{self, UnpackOptions};
-use crate::util::{Lock, mkdir_unique, remove_all, sync_dir, write_atomic};
+use crate::unpack::UnpackOptions;
+use crate::util::{Lock, remove_all, write_atomic};
 use crate::{Context, Error, Result};
+
+mod gc;
+mod txn;
+
+pub use gc::PruneReport;
+pub use txn::Txn;
 
 /// An open store.
 pub struct Store {
@@ -49,14 +56,6 @@ impl ImageInfo {
     pub fn id(&self) -> &Digest {
         &self.manifest.config.digest
     }
-}
-
-/// What `prune` removed.
-#[derive(Debug, Default)]
-pub struct PruneReport {
-    pub blobs: usize,
-    pub layers: usize,
-    pub bytes: u64,
 }
 
 impl Store {
@@ -170,6 +169,12 @@ impl Store {
 
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
         self.root.join("layers").join(diff_id.hex())
+    }
+
+    fn layer_lock(&self, d: &Digest) -> PathBuf {
+        self.root
+            .join("locks")
+            .join(format!("layer-{}.lock", d.hex()))
     }
 
     fn index_lock(&self) -> PathBuf {
@@ -337,173 +342,6 @@ impl Store {
         }
         Ok(pairs.iter().map(|(_, d)| self.layer_dir(d)).collect())
     }
-
-    /// Everything reachable from the index and from containers.
-    fn reachable(&self) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>)> {
-        let mut blobs = BTreeSet::new();
-        let mut layers = BTreeSet::new();
-        let mut entries = self.index()?.manifests;
-        entries.extend(self.container_images()?);
-        for d in &entries {
-            blobs.insert(d.digest.clone());
-            let (md, m) = self.manifest(d)?;
-            if image::is_index(&d.media_type) {
-                // Keep the whole index (other platforms too).
-                let idx: Index = image::parse_json(&self.blobs.read_verified(&d.digest)?, "index")?;
-                blobs.extend(idx.manifests.iter().map(|x| x.digest.clone()));
-            }
-            blobs.insert(md.digest);
-            blobs.insert(m.config.digest.clone());
-            blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
-            let cfg: ConfigView =
-                image::parse_json(&self.blobs.read_verified(&m.config.digest)?, "config")?;
-            layers.extend(cfg.rootfs.diff_ids);
-        }
-        Ok((blobs, layers))
-    }
-
-    /// Manifests that containers were made from: `containers/<id>/image`
-    /// holds a manifest digest.
-    fn container_images(&self) -> Result<Vec<Descriptor>> {
-        let dir = self.root.join("containers");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir).at(&dir)?.flatten() {
-            let Ok(text) = fs::read_to_string(e.path().join("image")) else {
-                continue;
-            };
-            if let Ok(d) = Digest::parse(text.trim())
-                && self.blobs.contains(&d)
-            {
-                out.push(Descriptor::new(image::OCI_MANIFEST, d, 0));
-            }
-        }
-        Ok(out)
-    }
-
-    /// Remove blobs and layers that nothing reaches. Needs `open_exclusive`.
-    pub fn prune(&self) -> Result<PruneReport> {
-        let (keep_blobs, keep_layers) = self.reachable()?;
-        let mut report = PruneReport::default();
-        for d in self.blobs.list()? {
-            if !keep_blobs.contains(&d) {
-                report.bytes += fs::metadata(self.blobs.path(&d))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                self.blobs.remove(&d)?;
-                report.blobs += 1;
-            }
-        }
-        for d in self.layer_list()? {
-            if !keep_layers.contains(&d) {
-                remove_all(&self.layer_dir(&d))?;
-                let _ = fs::remove_file(self.layer_lock(&d));
-                report.layers += 1;
-            }
-        }
-        Ok(report)
-    }
-
-    fn layer_list(&self) -> Result<Vec<Digest>> {
-        let dir = self.root.join("layers");
-        let mut out = Vec::new();
-        for e in fs::read_dir(&dir).at(&dir)? {
-            let e = e.at(&dir)?;
-            if let Some(n) = e.file_name().to_str()
-                && let Ok(d) = Digest::from_hex(n)
-            {
-                out.push(d);
-            }
-        }
-        Ok(out)
-    }
-
-    fn layer_lock(&self, d: &Digest) -> PathBuf {
-        self.root
-            .join("locks")
-            .join(format!("layer-{}.lock", d.hex()))
-    }
-
-    /// Re-hash every blob and check every image's layers. With `repair`,
-    /// corrupt blobs are removed and missing or damaged layers re-unpacked
-    /// (needs `open_exclusive`). Returns the problems found (and, with
-    /// `repair`, what could not be fixed is still an error).
-    pub fn fsck(&self, repair: bool) -> Result<Vec<String>> {
-        let mut problems = Vec::new();
-        let mut bad_blobs = BTreeSet::new();
-        for d in self.blobs.list()? {
-            if let Err(e) = self.blobs.verify(&d) {
-                problems.push(e.to_string());
-                bad_blobs.insert(d.clone());
-                if repair {
-                    self.blobs.remove(&d)?;
-                }
-            }
-        }
-        let mut relayer = Vec::new();
-        let mut checked = BTreeSet::new();
-        for entry in self.index()?.manifests {
-            let name = entry.ref_name().unwrap_or("<none>").to_string();
-            let info = match self.info(&entry) {
-                Ok(i) => i,
-                Err(e) => {
-                    problems.push(format!("image {name}: {e}"));
-                    continue;
-                }
-            };
-            let pairs = match layer_pairs(&info) {
-                Ok(p) => p,
-                Err(e) => {
-                    problems.push(format!("image {name}: {e}"));
-                    continue;
-                }
-            };
-            for (blob, diff_id) in pairs {
-                if !self.blobs.contains(&blob) || bad_blobs.contains(&blob) {
-                    problems.push(format!(
-                        "image {name}: layer blob {blob} is missing or damaged"
-                    ));
-                    continue;
-                }
-                let dir = self.layer_dir(&diff_id);
-                if !dir.is_dir() {
-                    problems.push(format!("image {name}: layer {diff_id} is not unpacked"));
-                    relayer.push((blob, diff_id));
-                } else if checked.insert(diff_id.clone()) {
-                    let found = self.blobs.open(&blob).and_then(|f| {
-                        crate::check::check_layer(std::io::BufReader::new(f), &dir, self.opts)
-                    });
-                    match found {
-                        Ok(p) if p.is_empty() => {}
-                        Ok(p) => {
-                            let more = if p.len() > 3 {
-                                format!(" (and {} more)", p.len() - 3)
-                            } else {
-                                String::new()
-                            };
-                            problems.push(format!(
-                                "image {name}: layer {diff_id}: {}{more}",
-                                p[..p.len().min(3)].join("; ")
-                            ));
-                            relayer.push((blob, diff_id));
-                        }
-                        Err(e) => {
-                            problems.push(format!("image {name}: layer {diff_id}: {e}"));
-                            relayer.push((blob, diff_id));
-                        }
-                    }
-                }
-            }
-        }
-        if repair && !relayer.is_empty() {
-            for (_, d) in &relayer {
-                remove_all(&self.layer_dir(d))?;
-            }
-            let mut txn = Txn::new(self)?;
-            txn.unpack_layers(&relayer)?;
-            txn.commit()?;
-        }
-        Ok(problems)
-    }
 }
 
 /// (layer blob, diff id) for each layer of an image, bottom first.
@@ -569,195 +407,6 @@ fn clean_tmp(tmp: &Path) -> Result<()> {
         remove_all(&e.path())?;
     }
     Ok(())
-}
-
-/// New content staged in a private directory under `tmp/`, made visible by
-/// `commit` (blobs, then layers, then the index). Dropping a transaction
-/// without committing removes everything it staged.
-pub struct Txn<'s> {
-    store: &'s Store,
-    dir: PathBuf,
-    blobs: BTreeMap<Digest, PathBuf>,
-    layers: BTreeMap<Digest, PathBuf>,
-    locks: Vec<Lock>,
-    locked: BTreeSet<Digest>,
-    refs: Vec<Descriptor>,
-}
-
-impl<'s> Txn<'s> {
-    pub fn new(store: &'s Store) -> Result<Txn<'s>> {
-        Ok(Txn {
-            store,
-            dir: mkdir_unique(&store.tmp, "txn")?,
-            blobs: BTreeMap::new(),
-            layers: BTreeMap::new(),
-            locks: Vec::new(),
-            locked: BTreeSet::new(),
-            refs: Vec::new(),
-        })
-    }
-
-    pub fn progress(&self) -> &Progress {
-        &self.store.progress
-    }
-
-    /// The private staging directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn has_blob(&self, d: &Digest) -> bool {
-        self.blobs.contains_key(d) || self.store.blobs.contains(d)
-    }
-
-    pub fn open_blob(&self, d: &Digest) -> Result<File> {
-        match self.blobs.get(d) {
-            Some(p) => File::open(p).at(p),
-            None => self.store.blobs.open(d),
-        }
-    }
-
-    /// A blob's bytes (at most `MAX_JSON`), checked against its digest.
-    pub fn read_blob(&self, d: &Digest, what: &str) -> Result<Vec<u8>> {
-        crate::blobs::read_limited(self.open_blob(d)?, MAX_JSON, what, d)
-    }
-
-    /// Stage a blob from a stream unless the store has it; its digest (and
-    /// size, if given) must match.
-    pub fn add_blob(
-        &mut self,
-        r: &mut impl Read,
-        d: &Digest,
-        size: Option<u64>,
-        what: &str,
-    ) -> Result<()> {
-        if self.has_blob(d) {
-            return Ok(());
-        }
-        let mut r = self.store.progress.reader(what, r);
-        let (actual, len, path) = crate::blobs::stage_hashed(&self.dir, &mut r, what)?;
-        if &actual != d {
-            let _ = fs::remove_file(&path);
-            return Err(Error::DigestMismatch {
-                what: what.to_string(),
-                expected: d.clone(),
-                actual,
-            });
-        }
-        if let Some(size) = size.filter(|&s| s != len) {
-            let _ = fs::remove_file(&path);
-            return Err(Error::invalid(
-                what,
-                format!("size {len}, descriptor says {size}"),
-            ));
-        }
-        self.blobs.insert(d.clone(), path);
-        Ok(())
-    }
-
-    /// Adopt a file already staged in this transaction's directory whose
-    /// content is known to hash to `d`.
-    pub fn add_staged(&mut self, path: PathBuf, d: Digest) {
-        if self.has_blob(&d) {
-            if self.blobs.get(&d) != Some(&path) {
-                let _ = fs::remove_file(&path);
-            }
-        } else {
-            self.blobs.insert(d, path);
-        }
-    }
-
-    pub fn add_bytes(&mut self, bytes: &[u8]) -> Result<Digest> {
-        let d = Digest::of_bytes(bytes);
-        self.add_blob(&mut &bytes[..], &d, None, "blob")?;
-        Ok(d)
-    }
-
-    /// Tag (or keep untagged) a manifest when the transaction commits.
-    pub fn add_ref(&mut self, desc: Descriptor) {
-        self.refs.push(desc);
-    }
-
-    /// Make sure each layer is unpacked (in this transaction or already in
-    /// the store) and that each blob's uncompressed content hashes to its
-    /// diff id. Layer locks are held until the transaction ends.
-    pub fn unpack_layers(&mut self, pairs: &[(Digest, Digest)]) -> Result<()> {
-        // Sorted by diff id, so concurrent transactions take layer locks in one order.
-        let todo: BTreeSet<(Digest, Digest)> =
-            pairs.iter().map(|(b, d)| (d.clone(), b.clone())).collect();
-        for (diff, blob) in &todo {
-            if !self.locked.contains(diff) {
-                self.locks
-                    .push(Lock::exclusive(&self.store.layer_lock(diff))?);
-                self.locked.insert(diff.clone());
-            }
-            let what = format!("layer blob {blob}");
-            let mismatch = |actual| Error::DigestMismatch {
-                what: format!("{what} (uncompressed)"),
-                expected: diff.clone(),
-                actual,
-            };
-            if self.layers.contains_key(diff) || self.store.layer_dir(diff).is_dir() {
-                // Unpacked already: this blob must still be that layer.
-                let r = self.store.progress.reader(
-                    &format!("checking layer {}", diff.short()),
-                    self.open_blob(blob)?,
-                );
-                let (actual, _) = unpack::diff_id_of(r).ctx(|| what.clone())?;
-                if &actual != diff {
-                    return Err(mismatch(actual));
-                }
-                continue;
-            }
-            let dest = self.dir.join(format!("layer-{}", diff.hex()));
-            fs::create_dir(&dest).at(&dest)?;
-            let r = self.store.progress.reader(
-                &format!("unpacking layer {}", diff.short()),
-                self.open_blob(blob)?,
-            );
-            let r = std::io::BufReader::with_capacity(1 << 20, r);
-            let got = unpack::unpack(r, &dest, self.store.opts)
-                .map_err(|e| Error::invalid(&what, e.to_string()))?;
-            if &got.diff_id != diff {
-                return Err(mismatch(got.diff_id));
-            }
-            self.layers.insert(diff.clone(), dest);
-        }
-        Ok(())
-    }
-
-    /// Make everything staged visible: blobs, layers, then index entries.
-    pub fn commit(mut self) -> Result<()> {
-        let store = self.store;
-        for (d, p) in std::mem::take(&mut self.blobs) {
-            if store.blobs.contains(&d) {
-                continue;
-            }
-            fs::rename(&p, store.blobs.path(&d)).ctx(|| format!("blob {d}"))?;
-        }
-        sync_dir(store.blobs.dir())?;
-        for (d, p) in std::mem::take(&mut self.layers) {
-            let dest = store.layer_dir(&d);
-            fs::rename(&p, &dest).ctx(|| format!("layer {d}"))?;
-        }
-        sync_dir(&store.root.join("layers"))?;
-        let refs = std::mem::take(&mut self.refs);
-        if !refs.is_empty() {
-            store.update_index(|idx| {
-                for r in refs {
-                    add_ref(idx, r);
-                }
-                Ok(())
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Txn<'_> {
-    fn drop(&mut self) {
-        let _ = remove_all(&self.dir);
-    }
 }
 
 #[cfg(test)]

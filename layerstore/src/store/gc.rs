@@ -1,0 +1,181 @@
+//! Garbage collection (`prune`) and `fsck`.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use super::{Store, Txn, layer_pairs};
+use crate::digest::Digest;
+use crate::image::{self, ConfigView, Descriptor, Index};
+use crate::util::remove_all;
+use crate::{Context, Result};
+
+/// What `prune` removed.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    pub blobs: usize,
+    pub layers: usize,
+    pub bytes: u64,
+}
+
+impl Store {
+    /// Everything reachable from the index and from containers.
+    fn reachable(&self) -> Result<(BTreeSet<Digest>, BTreeSet<Digest>)> {
+        let mut blobs = BTreeSet::new();
+        let mut layers = BTreeSet::new();
+        let mut entries = self.index()?.manifests;
+        entries.extend(self.container_images()?);
+        for d in &entries {
+            blobs.insert(d.digest.clone());
+            let (md, m) = self.manifest(d)?;
+            if image::is_index(&d.media_type) {
+                // Keep the whole index (other platforms too).
+                let idx: Index = image::parse_json(&self.blobs.read_verified(&d.digest)?, "index")?;
+                blobs.extend(idx.manifests.iter().map(|x| x.digest.clone()));
+            }
+            blobs.insert(md.digest);
+            blobs.insert(m.config.digest.clone());
+            blobs.extend(m.layers.iter().map(|l| l.digest.clone()));
+            let cfg: ConfigView =
+                image::parse_json(&self.blobs.read_verified(&m.config.digest)?, "config")?;
+            layers.extend(cfg.rootfs.diff_ids);
+        }
+        Ok((blobs, layers))
+    }
+
+    /// Manifests that containers were made from: `containers/<id>/image`
+    /// holds a manifest digest.
+    fn container_images(&self) -> Result<Vec<Descriptor>> {
+        let dir = self.root.join("containers");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)?.flatten() {
+            let Ok(text) = fs::read_to_string(e.path().join("image")) else {
+                continue;
+            };
+            if let Ok(d) = Digest::parse(text.trim())
+                && self.blobs.contains(&d)
+            {
+                out.push(Descriptor::new(image::OCI_MANIFEST, d, 0));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove blobs and layers that nothing reaches. Needs `open_exclusive`.
+    pub fn prune(&self) -> Result<PruneReport> {
+        let (keep_blobs, keep_layers) = self.reachable()?;
+        let mut report = PruneReport::default();
+        for d in self.blobs.list()? {
+            if !keep_blobs.contains(&d) {
+                report.bytes += fs::metadata(self.blobs.path(&d))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                self.blobs.remove(&d)?;
+                report.blobs += 1;
+            }
+        }
+        for d in self.layer_list()? {
+            if !keep_layers.contains(&d) {
+                remove_all(&self.layer_dir(&d))?;
+                let _ = fs::remove_file(self.layer_lock(&d));
+                report.layers += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    fn layer_list(&self) -> Result<Vec<Digest>> {
+        let dir = self.root.join("layers");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir).at(&dir)? {
+            let e = e.at(&dir)?;
+            if let Some(n) = e.file_name().to_str()
+                && let Ok(d) = Digest::from_hex(n)
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-hash every blob and check every image's layers. With `repair`,
+    /// corrupt blobs are removed and missing or damaged layers re-unpacked
+    /// (needs `open_exclusive`). Returns the problems found (and, with
+    /// `repair`, what could not be fixed is still an error).
+    pub fn fsck(&self, repair: bool) -> Result<Vec<String>> {
+        let mut problems = Vec::new();
+        let mut bad_blobs = BTreeSet::new();
+        for d in self.blobs.list()? {
+            if let Err(e) = self.blobs.verify(&d) {
+                problems.push(e.to_string());
+                bad_blobs.insert(d.clone());
+                if repair {
+                    self.blobs.remove(&d)?;
+                }
+            }
+        }
+        let mut relayer = Vec::new();
+        let mut checked = BTreeSet::new();
+        for entry in self.index()?.manifests {
+            let name = entry.ref_name().unwrap_or("<none>").to_string();
+            let info = match self.info(&entry) {
+                Ok(i) => i,
+                Err(e) => {
+                    problems.push(format!("image {name}: {e}"));
+                    continue;
+                }
+            };
+            let pairs = match layer_pairs(&info) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!("image {name}: {e}"));
+                    continue;
+                }
+            };
+            for (blob, diff_id) in pairs {
+                if !self.blobs.contains(&blob) || bad_blobs.contains(&blob) {
+                    problems.push(format!(
+                        "image {name}: layer blob {blob} is missing or damaged"
+                    ));
+                    continue;
+                }
+                let dir = self.layer_dir(&diff_id);
+                if !dir.is_dir() {
+                    problems.push(format!("image {name}: layer {diff_id} is not unpacked"));
+                    relayer.push((blob, diff_id));
+                } else if checked.insert(diff_id.clone()) {
+                    let found = self.blobs.open(&blob).and_then(|f| {
+                        crate::check::check_layer(std::io::BufReader::new(f), &dir, self.opts)
+                    });
+                    match found {
+                        Ok(p) if p.is_empty() => {}
+                        Ok(p) => {
+                            let more = if p.len() > 3 {
+                                format!(" (and {} more)", p.len() - 3)
+                            } else {
+                                String::new()
+                            };
+                            problems.push(format!(
+                                "image {name}: layer {diff_id}: {}{more}",
+                                p[..p.len().min(3)].join("; ")
+                            ));
+                            relayer.push((blob, diff_id));
+                        }
+                        Err(e) => {
+                            problems.push(format!("image {name}: layer {diff_id}: {e}"));
+                            relayer.push((blob, diff_id));
+                        }
+                    }
+                }
+            }
+        }
+        if repair && !relayer.is_empty() {
+            for (_, d) in &relayer {
+                remove_all(&self.layer_dir(d))?;
+            }
+            let mut txn = Txn::new(self)?;
+            txn.unpack_layers(&relayer)?;
+            txn.commit()?;
+        }
+        Ok(problems)
+    }
+}
