@@ -102,7 +102,9 @@ impl Union {
                 return Err(e);
             }
         };
-        let published = self.publish(work, &tmp, dir.as_fd(), name, &obj, over_whiteout);
+        let opaque = matches!(obj, NewObject::Dir { .. })
+            && (over_whiteout || self.whited_out_below(&parent.snapshot(), name)?);
+        let published = self.publish(work, &tmp, dir.as_fd(), name, opaque, over_whiteout);
         if let Err(e) = published {
             self.remove_temp(&tmp);
             return Err(e);
@@ -113,7 +115,7 @@ impl Union {
             is_dir: is_dir(&stat),
             upper: true,
             lowers: Vec::new(),
-            opaque: over_whiteout && is_dir(&stat),
+            opaque,
             index: None,
         };
         let st_ino = self.upper().ino_prefix | stat.st_ino;
@@ -127,28 +129,31 @@ impl Union {
         })
     }
 
-    /// Move a finished temporary object to its name. Over a whiteout a directory
-    /// becomes opaque and is exchanged with the whiteout, which is then dropped.
+    /// Move a finished temporary object to its name. A directory made where a
+    /// whiteout hides a name of the lowers is opaque (as the kernel makes it); over
+    /// an upper whiteout it is exchanged with the whiteout, which is then dropped.
     fn publish(
         &self,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
         dir: BorrowedFd<'_>,
         name: &OsStr,
-        obj: &NewObject<'_>,
+        opaque: bool,
         over_whiteout: bool,
     ) -> Result<()> {
-        if !over_whiteout {
-            return rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::NOREPLACE);
-        }
-        if let NewObject::Dir { .. } = obj {
+        if opaque {
             let fd = layer::open_path_at(work, tmp)?;
-            let opaque = self.cfg.xattr_ns.name("opaque");
-            layer::set_xattr(fd.as_fd(), &opaque, b"y", XattrFlags::empty())?;
-            rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::EXCHANGE)?;
-            return rustix::fs::unlinkat(work, tmp, AtFlags::empty());
+            let key = self.cfg.xattr_ns.name("opaque");
+            layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
         }
-        rustix::fs::renameat(work, tmp, dir, name)
+        match (over_whiteout, opaque) {
+            (false, _) => rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::NOREPLACE),
+            (true, true) => {
+                rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::EXCHANGE)?;
+                rustix::fs::unlinkat(work, tmp, AtFlags::empty())
+            }
+            (true, false) => rustix::fs::renameat(work, tmp, dir, name),
+        }
     }
 
     /// Without copy-on-write: create directly in a writable branch.

@@ -247,6 +247,27 @@ impl Union {
         Ok(())
     }
 
+    /// Is `name` hidden by a whiteout in a lower branch of `dir`?
+    pub(crate) fn whited_out_below(&self, dir: &NodeState, name: &OsStr) -> Result<bool> {
+        for (li, lpath) in &dir.lowers {
+            let ldir = match self.layers[*li].dir(lpath) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
+                Err(e) => return Err(e),
+            };
+            match stat_at(ldir.as_fd(), name) {
+                Ok(st) => return is_whiteout(ldir.as_fd(), name, &st),
+                Err(Errno::NOENT) => {
+                    if oci_whiteout_present(ldir.as_fd(), name)? {
+                        return Ok(true);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
     /// Names in the upper that belong to unionmount itself.
     pub(crate) fn is_hidden_upper_name(&self, dir_path: &Path, name: &OsStr) -> bool {
         self.cfg.workdir.is_none() && dir_path.as_os_str().is_empty() && name == names::COW_WORKDIR
