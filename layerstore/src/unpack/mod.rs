@@ -26,7 +26,13 @@ use rustix::io::Errno;
 use rustix::process::geteuid;
 
 use crate::digest::{Digest, HashingReader};
+
+mod guard;
+mod paths;
+
 use crate::{Context, Error, Result};
+pub use guard::{HeaderGuard, MAX_TAR_METADATA};
+pub use paths::{Marker, OPAQUE_NAME, WHITEOUT_PREFIX, classify, split_path, stored_xattr_name};
 
 /// How to write the layer tree.
 #[derive(Clone, Copy, Debug)]
@@ -148,209 +154,6 @@ pub fn unpack(r: impl Read, dest: &Path, opts: UnpackOptions) -> Result<Unpacked
         tar_size,
         entries: u.entries,
     })
-}
-
-/// Largest PAX header or GNU long name accepted. The tar reader holds these
-/// in memory, so their header sizes must not be trusted.
-pub const MAX_TAR_METADATA: u64 = 1 << 20;
-
-/// Follows the tar stream block by block as it passes through and refuses a
-/// metadata entry (PAX header, GNU long name or link) larger than
-/// [`MAX_TAR_METADATA`] before the tar reader buffers it. Where it cannot
-/// make sense of a header it lets the tar reader judge.
-pub struct HeaderGuard<R> {
-    inner: R,
-    block: Vec<u8>,
-    /// Entry bytes (padded) still to pass before the next header.
-    skip: u64,
-    /// Data of the current PAX header, collected to find a `size` record.
-    pax: Option<Vec<u8>>,
-    pax_left: u64,
-    /// Size of the next entry, from a PAX header.
-    next_size: Option<u64>,
-    /// GNU sparse extension blocks follow; then this many bytes of data.
-    sparse_ext: Option<u64>,
-}
-
-impl<R: Read> HeaderGuard<R> {
-    pub fn new(inner: R) -> Self {
-        HeaderGuard {
-            inner,
-            block: Vec::with_capacity(512),
-            skip: 0,
-            pax: None,
-            pax_left: 0,
-            next_size: None,
-            sparse_ext: None,
-        }
-    }
-
-    pub fn into_inner(self) -> R {
-        self.inner
-    }
-
-    fn feed(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            if self.skip > 0 {
-                let n = buf
-                    .len()
-                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
-                if let Some(p) = &mut self.pax {
-                    let take = n.min(usize::try_from(self.pax_left).unwrap_or(usize::MAX));
-                    p.extend_from_slice(&buf[..take]);
-                    self.pax_left -= take as u64;
-                    if self.pax_left == 0 {
-                        self.next_size = pax_size(p);
-                        self.pax = None;
-                    }
-                }
-                self.skip -= n as u64;
-                buf = &buf[n..];
-                continue;
-            }
-            let n = (512 - self.block.len()).min(buf.len());
-            self.block.extend_from_slice(&buf[..n]);
-            buf = &buf[n..];
-            if self.block.len() == 512 {
-                self.header()?;
-                self.block.clear();
-            }
-        }
-        Ok(())
-    }
-
-    fn header(&mut self) -> io::Result<()> {
-        let h = &self.block;
-        if let Some(data) = self.sparse_ext {
-            if h[504] == 0 {
-                self.sparse_ext = None;
-                self.skip = data;
-            }
-            return Ok(());
-        }
-        if h.iter().all(|&b| b == 0) {
-            return Ok(());
-        }
-        let kind = h[156];
-        let Some(size) = header_size(&h[124..136]) else {
-            return Ok(());
-        };
-        let meta = matches!(kind, b'x' | b'g' | b'L' | b'K');
-        let size = if meta {
-            if size > MAX_TAR_METADATA {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("tar metadata entry of {size} bytes (limit {MAX_TAR_METADATA})"),
-                ));
-            }
-            if kind == b'x' {
-                self.pax = Some(Vec::new());
-                self.pax_left = size;
-            }
-            size
-        } else {
-            self.next_size.take().unwrap_or(size)
-        };
-        let padded = size.div_ceil(512).saturating_mul(512);
-        if kind == b'S' && h[482] != 0 {
-            self.sparse_ext = Some(padded);
-        } else {
-            self.skip = padded;
-        }
-        if self.pax.is_some() && size == 0 {
-            self.pax = None;
-        }
-        Ok(())
-    }
-}
-
-impl<R: Read> Read for HeaderGuard<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.feed(&buf[..n])?;
-        Ok(n)
-    }
-}
-
-/// A tar numeric field: octal text, or base-256 when the high bit is set.
-fn header_size(field: &[u8]) -> Option<u64> {
-    if field.first().is_some_and(|b| b & 0x80 != 0) {
-        let mut v: u64 = u64::from(field[0] & 0x7f);
-        for &b in &field[1..] {
-            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(v);
-    }
-    let text = std::str::from_utf8(field).ok()?;
-    let t = text.trim_matches(|c: char| c == '\0' || c == ' ');
-    if t.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(t, 8).ok()
-}
-
-/// The `size` record of PAX header data (`LEN key=value\n` records).
-fn pax_size(data: &[u8]) -> Option<u64> {
-    data.split(|&b| b == b'\n')
-        .filter_map(|rec| {
-            let sp = rec.iter().position(|&b| b == b' ')?;
-            rec[sp + 1..].strip_prefix(b"size=")
-        })
-        .filter_map(|v| std::str::from_utf8(v).ok()?.parse().ok())
-        .next_back()
-}
-
-/// What an entry's last path component means in OCI layer terms.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Marker<'a> {
-    /// An ordinary name.
-    Name,
-    /// `.wh..wh..opq`: the parent directory hides lower content.
-    Opaque,
-    /// `.wh.NAME`: NAME is deleted.
-    Whiteout(&'a [u8]),
-    /// Other `.wh..wh.` names (aufs metadata), ignored.
-    AufsMeta,
-}
-
-pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
-pub const OPAQUE_NAME: &[u8] = b".wh..wh..opq";
-
-/// Classify a file name; refuse whiteouts that name nothing or `.`/`..`.
-pub fn classify(name: &[u8]) -> std::result::Result<Marker<'_>, &'static str> {
-    if name == OPAQUE_NAME {
-        return Ok(Marker::Opaque);
-    }
-    let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) else {
-        return Ok(Marker::Name);
-    };
-    if target.starts_with(WHITEOUT_PREFIX) {
-        return Ok(Marker::AufsMeta);
-    }
-    if target.is_empty() || target == b"." || target == b".." {
-        return Err("whiteout of an empty name, '.' or '..'");
-    }
-    Ok(Marker::Whiteout(target))
-}
-
-/// Split a tar path into components, confined to the layer: a leading `/` is
-/// dropped (the path is taken relative to the layer root), `.` and empty
-/// components are skipped, `..` and NUL bytes are refused. An empty result is
-/// the layer root itself.
-pub fn split_path(raw: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
-    if raw.contains(&0) {
-        return Err("name contains a NUL byte");
-    }
-    let mut out = Vec::new();
-    for c in raw.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => return Err("path contains '..'"),
-            c if c.len() > 255 => return Err("name longer than 255 bytes"),
-            c => out.push(c),
-        }
-    }
-    Ok(out)
 }
 
 /// Owner, mode, time and xattrs of an entry.
@@ -872,21 +675,6 @@ fn set_xattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr, value: &[u8]) -> rustix:
     rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty())
 }
 
-/// Map an xattr name from a tar to the name stored in the layer: overlay's
-/// own names are escaped as the kernel does, so a tar cannot forge opaque
-/// directories or redirects; the rootless override is ours alone.
-pub fn stored_xattr_name(name: &str) -> Option<String> {
-    if name == "user.containers.override_stat" {
-        return None;
-    }
-    for prefix in ["trusted.overlay.", "user.overlay."] {
-        if let Some(rest) = name.strip_prefix(prefix) {
-            return Some(format!("{prefix}overlay.{rest}"));
-        }
-    }
-    Some(name.to_string())
-}
-
 fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>, entry: &str) -> Result<Meta> {
     let h = e.header();
     let bad = |what: &str| Error::entry(entry, format!("bad {what} in header"));
@@ -994,50 +782,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn splits_and_confines_paths() {
-        assert_eq!(split_path(b"./a/b/").unwrap(), vec![&b"a"[..], b"b"]);
-        assert_eq!(
-            split_path(b"/etc/passwd").unwrap(),
-            vec![&b"etc"[..], b"passwd"]
-        );
-        assert_eq!(split_path(b"a//./b").unwrap(), vec![&b"a"[..], b"b"]);
-        assert!(split_path(b"./").unwrap().is_empty());
-        assert!(split_path(b"").unwrap().is_empty());
-        assert!(split_path(b"../x").is_err());
-        assert!(split_path(b"a/../../x").is_err());
-        assert!(split_path(b"a/..").is_err());
-        assert!(split_path(b"a\0b").is_err());
-        assert!(split_path(&[b'x'; 256]).is_err());
-        assert!(split_path(b"..a/b..").is_ok());
-    }
-
-    #[test]
-    fn classifies_whiteouts() {
-        assert_eq!(classify(b"file"), Ok(Marker::Name));
-        assert_eq!(classify(b".wh..wh..opq"), Ok(Marker::Opaque));
-        assert_eq!(classify(b".wh.foo"), Ok(Marker::Whiteout(b"foo")));
-        assert_eq!(classify(b".wh..wh.plnk"), Ok(Marker::AufsMeta));
-        assert_eq!(classify(b".wh..hidden"), Ok(Marker::Whiteout(b".hidden")));
-        assert!(classify(b".wh.").is_err());
-        assert!(classify(b".wh..").is_err());
-        assert!(classify(b".wh...").is_err());
-    }
-
-    #[test]
-    fn escapes_overlay_xattrs() {
-        assert_eq!(stored_xattr_name("user.foo").as_deref(), Some("user.foo"));
-        assert_eq!(
-            stored_xattr_name("trusted.overlay.opaque").as_deref(),
-            Some("trusted.overlay.overlay.opaque")
-        );
-        assert_eq!(
-            stored_xattr_name("user.overlay.redirect").as_deref(),
-            Some("user.overlay.overlay.redirect")
-        );
-        assert_eq!(stored_xattr_name("user.containers.override_stat"), None);
-    }
-
-    #[test]
     fn detects_compression_by_magic() {
         assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
         assert_eq!(
@@ -1046,50 +790,6 @@ mod tests {
         );
         assert_eq!(Compression::detect(b"usta"), Compression::None);
         assert_eq!(Compression::detect(b""), Compression::None);
-    }
-
-    #[test]
-    fn reads_tar_numbers_and_pax_sizes() {
-        assert_eq!(header_size(b"00000001750\0"), Some(1000));
-        assert_eq!(header_size(b"\0\0\0\0\0\0\0\0\0\0\0\0"), Some(0));
-        let mut b256 = [0u8; 12];
-        b256[0] = 0x80;
-        b256[11] = 5;
-        b256[10] = 1;
-        assert_eq!(header_size(&b256), Some(261));
-        assert_eq!(
-            pax_size(b"20 path=a/b/c/d/e\n16 size=123456\n"),
-            Some(123456)
-        );
-        assert_eq!(pax_size(b"13 path=abcd\n"), None);
-    }
-
-    #[test]
-    fn guard_refuses_huge_metadata_and_passes_normal_tars() {
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(3);
-        h.set_mode(0o644);
-        // A long name (GNU L entry) and PAX records, within limits.
-        b.append_data(&mut h, "d/".repeat(80) + "f", &b"abc"[..])
-            .unwrap();
-        b.append_pax_extensions([("size", &b"2"[..])]).unwrap();
-        let mut h = tar::Header::new_ustar();
-        h.set_size(5);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append(&h, &b"xy"[..]).unwrap();
-        let good = b.into_inner().unwrap();
-        let mut g = HeaderGuard::new(&good[..]);
-        io::copy(&mut g, &mut io::sink()).unwrap();
-        // A PAX header claiming 1 GiB.
-        let mut bad = vec![0u8; 512];
-        bad[124..136].copy_from_slice(b"10000000000\0");
-        bad[156] = b'x';
-        bad.extend(vec![b'9'; 4096]);
-        let mut g = HeaderGuard::new(&bad[..]);
-        let e = io::copy(&mut g, &mut io::sink()).unwrap_err();
-        assert!(e.to_string().contains("metadata"), "{e}");
     }
 
     #[test]
