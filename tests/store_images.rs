@@ -408,7 +408,7 @@ impl Drop for UnionMount {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            unmount(&self.0);
         }
     }
 }

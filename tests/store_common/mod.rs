@@ -384,8 +384,20 @@ impl OverlayMount {
 
 impl Drop for OverlayMount {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.path).status();
+        unmount(&self.path);
     }
+}
+
+/// Unmount, retrying while the mount is busy, lazily as a last resort.
+pub fn unmount(path: &Path) {
+    for _ in 0..20 {
+        let quiet = |c: &mut Command| c.stderr(std::process::Stdio::null()).status();
+        if quiet(Command::new("umount").arg(path)).is_ok_and(|s| s.success()) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = Command::new("umount").arg("-l").arg(path).status();
 }
 
 /// Every path under `dir` (to check nothing was written somewhere).
