@@ -493,3 +493,24 @@ fn docker_archive_with_symlinked_layers_loads() {
     assert_eq!(dirs.len(), 2);
     assert_eq!(fs::read_to_string(dirs[1].join("etc/f")).unwrap(), "shared");
 }
+
+#[test]
+fn docker_save_oci_names_come_from_the_containerd_annotation() {
+    // Newer `docker save` writes an OCI layout whose ref.name is only the tag.
+    let env = Env::new();
+    let l = layout(
+        &env.path().join("ds"),
+        "latest",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    let mut idx: serde_json::Value =
+        serde_json::from_slice(&fs::read(l.dir.join("index.json")).unwrap()).unwrap();
+    idx["manifests"][0]["annotations"]["io.containerd.image.name"] =
+        json!("docker.io/library/busybox:latest");
+    fs::write(l.dir.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+    let out = env.um(&["image", "load", &l.dir.display().to_string()]);
+    assert!(out.contains("docker.io/library/busybox:latest"), "{out}");
+    env.um(&["image", "inspect", "docker.io/library/busybox"]);
+}

@@ -59,7 +59,14 @@ pub fn load(store: &Store, path: &Path, tag: Option<&str>) -> Result<Vec<Loaded>
                 ));
             }
             pairs.extend(oci_manifest(&mut txn, &src, &desc)?);
-            let name = entry.ref_name().map(str::to_string);
+            // `docker save` (OCI form) puts the full name in containerd's
+            // annotation and only the tag in ref.name.
+            let name = entry
+                .annotations
+                .get("io.containerd.image.name")
+                .map(String::as_str)
+                .or(entry.ref_name())
+                .map(str::to_string);
             desc.annotations.clear();
             desc.platform = None;
             images.push((name, desc));
