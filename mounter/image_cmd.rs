@@ -319,8 +319,9 @@ fn commit_upper(args: CommitArgs) -> anyhow::Result<ExitCode> {
     let mut upper = args.source.clone();
     if !upper.is_dir() {
         // A container id: its upper and the image it was made from.
-        let c = s.root().join("containers").join(&args.source);
-        if !c.join("upper").is_dir() {
+        let id = args.source.to_string_lossy();
+        let c = s.root().join("containers").join(id.as_ref());
+        if id.contains('/') || !c.join("upper").is_dir() {
             bail!(
                 "commit {}: not a directory or a container",
                 args.source.display()
@@ -435,29 +436,25 @@ fn mount(
     if dirs.is_empty() {
         bail!("image {name}: has no layers to mount");
     }
+    // Mount options list the top layer first.
     dirs.reverse();
-    let mut paths = dirs;
-    paths.extend(upper.map(Path::to_path_buf));
-    paths.extend(work.map(Path::to_path_buf));
-    for p in &paths {
-        let t = p.to_string_lossy();
+    let option_path = |p: &Path| -> anyhow::Result<String> {
+        let t = p.to_string_lossy().into_owned();
         if t.contains([':', ',', '\\']) {
-            bail!(
-                "{}: a path with ':', ',' or '\\' cannot go in mount options",
-                p.display()
-            );
+            bail!("{t}: a path with ':', ',' or '\\' cannot go in mount options");
         }
-    }
-    let lowers: Vec<String> = paths[..paths.len() - usize::from(upper.is_some()) * 2]
+        Ok(t)
+    };
+    let lowers = dirs
         .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect();
+        .map(|d| option_path(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut opts = format!("lowerdir={}", lowers.join(":"));
     if let (Some(u), Some(w)) = (upper, work) {
         opts.push_str(&format!(
             ",upperdir={},workdir={}",
-            u.display(),
-            w.display()
+            option_path(u)?,
+            option_path(w)?
         ));
     }
     let exe = std::env::current_exe().context("finding the unionmount binary")?;
