@@ -424,7 +424,12 @@ impl Sink {
                 if let Some(p) = dest.parent() {
                     fs::create_dir_all(p).at(p)?;
                 }
-                if fs::hard_link(src, &dest).is_err() {
+                // A copy (a reflink where the filesystem shares extents), never
+                // a hard link: editing the output must not touch the store.
+                let from = File::open(src).at(src)?;
+                let to = File::create(&dest).at(&dest)?;
+                if rustix::fs::ioctl_ficlone(&to, &from).is_err() {
+                    drop(to);
                     fs::copy(src, &dest).at(&dest)?;
                 }
                 Ok(())
