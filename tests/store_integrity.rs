@@ -514,3 +514,37 @@ fn docker_save_oci_names_come_from_the_containerd_annotation() {
     assert!(out.contains("docker.io/library/busybox:latest"), "{out}");
     env.um(&["image", "inspect", "docker.io/library/busybox"]);
 }
+
+#[test]
+fn multi_platform_indexes_pick_this_machine() {
+    let env = Env::new();
+    let l = layout(&env.path().join("multi"), "x", &two_layers(), None, OCI_TAR);
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let msize = fs::metadata(blob(&l, &l.manifest)).unwrap().len();
+    let other = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": Digest::of_bytes(b"elsewhere"), "size": 1,
+        "platform": {"architecture": "s390x", "os": "linux"}});
+    let mine = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": l.manifest, "size": msize,
+        "platform": {"architecture": arch, "os": "linux"}});
+    let inner = serde_json::to_vec(&json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [other, mine]}))
+    .unwrap();
+    let id = put(&l.dir, &inner);
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": inner.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    fs::write(
+        l.dir.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    env.um(&["image", "load", &l.dir.display().to_string()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&env.um(&["image", "inspect", "multi"])).unwrap();
+    assert_eq!(v["digest"], json!(l.manifest.to_string()));
+}
