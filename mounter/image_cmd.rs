@@ -77,7 +77,7 @@ fn clear_progress() {
 pub enum ImageCommand {
     /// Load images from a docker-archive tar, an OCI archive tar or an OCI layout directory.
     Load {
-        /// The archive or directory
+        /// The archive or directory (`-`: an archive on standard input)
         path: PathBuf,
         /// Name the (single) image instead of using the names in the source
         #[arg(long)]
@@ -192,7 +192,20 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ImageCommand::Load { path, tag, store } => {
             let s = store.open()?;
-            for l in image::load(&s, &path, tag.as_deref())? {
+            // `-`: an archive on standard input, staged in the store's tmp/
+            // (which nobody cleans while this command holds the store).
+            let stdin_copy = (path.as_os_str() == "-")
+                .then(|| s.tmp().join(format!("stdin-{}.tar", std::process::id())));
+            if let Some(p) = &stdin_copy {
+                let mut f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+                std::io::copy(&mut std::io::stdin().lock(), &mut f)
+                    .context("reading standard input")?;
+            }
+            let loaded = image::load(&s, stdin_copy.as_deref().unwrap_or(&path), tag.as_deref());
+            if let Some(p) = &stdin_copy {
+                let _ = std::fs::remove_file(p);
+            }
+            for l in loaded? {
                 say!(
                     "Loaded image {} ({})",
                     l.name.as_deref().unwrap_or("<none>"),

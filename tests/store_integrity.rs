@@ -488,7 +488,19 @@ fn docker_archive_with_symlinked_layers_loads() {
         .finish();
     let p = env.path().join("old.tar");
     fs::write(&p, tar).unwrap();
-    env.um(&["image", "load", &p.display().to_string()]);
+    // Through standard input, as `docker save | unionmount image load -`.
+    let out = Command::new(bin())
+        .args(["image", "load", "-"])
+        .env("UNIONMOUNT_STORE", env.store())
+        .stdin(fs::File::open(&p).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_dir(env.store().join("tmp")).unwrap().count(), 0);
     let dirs = env.layer_dirs("localhost/old:1");
     assert_eq!(dirs.len(), 2);
     assert_eq!(fs::read_to_string(dirs[1].join("etc/f")).unwrap(), "shared");
