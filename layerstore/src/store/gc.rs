@@ -62,6 +62,7 @@ impl Store {
 
     /// Remove blobs and layers that nothing reaches. Needs `open_exclusive`.
     pub fn prune(&self) -> Result<PruneReport> {
+        self.need_exclusive("prune")?;
         let (keep_blobs, keep_layers) = self.reachable()?;
         let mut report = PruneReport::default();
         for d in self.blobs.list()? {
@@ -76,8 +77,15 @@ impl Store {
         for d in self.layer_list()? {
             if !keep_layers.contains(&d) {
                 remove_all(&self.layer_dir(&d))?;
-                let _ = fs::remove_file(self.layer_lock(&d));
                 report.layers += 1;
+            }
+        }
+        // Layer lock files are made on demand; with the store held alone none
+        // is in use, so all can go (also those of loads that failed).
+        let locks = self.root.join("locks");
+        for e in fs::read_dir(&locks).at(&locks)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with("layer-") {
+                let _ = fs::remove_file(e.path());
             }
         }
         Ok(report)
@@ -102,6 +110,9 @@ impl Store {
     /// (needs `open_exclusive`). Returns the problems found (and, with
     /// `repair`, what could not be fixed is still an error).
     pub fn fsck(&self, repair: bool) -> Result<Vec<String>> {
+        if repair {
+            self.need_exclusive("fsck --repair")?;
+        }
         let mut problems = Vec::new();
         let mut bad_blobs = BTreeSet::new();
         for d in self.blobs.list()? {

@@ -35,6 +35,8 @@ pub struct Store {
     tmp: PathBuf,
     opts: UnpackOptions,
     progress: Progress,
+    /// Opened with `open_exclusive`: no other command uses the store.
+    exclusive: bool,
     _lock: Lock,
 }
 
@@ -117,6 +119,7 @@ impl Store {
             tmp,
             opts: UnpackOptions::for_current_user(),
             progress: Progress::default(),
+            exclusive,
             _lock: lock,
             root,
         };
@@ -175,6 +178,18 @@ impl Store {
         self.root
             .join("locks")
             .join(format!("layer-{}.lock", d.hex()))
+    }
+
+    /// Refuse an operation that needs the store alone.
+    fn need_exclusive(&self, what: &str) -> Result<()> {
+        if self.exclusive {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                what,
+                "needs the store opened with open_exclusive",
+            ))
+        }
     }
 
     fn index_lock(&self) -> PathBuf {
