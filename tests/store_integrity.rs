@@ -560,3 +560,88 @@ fn multi_platform_indexes_pick_this_machine() {
         serde_json::from_str(&env.um(&["image", "inspect", "multi"])).unwrap();
     assert_eq!(v["digest"], json!(l.manifest.to_string()));
 }
+
+#[test]
+fn commit_reads_every_whiteout_form() {
+    // Character devices (kernel), regular files marked overlay.whiteout
+    // (kernel 6.7+ nested/unprivileged), and `.wh.` files (OCI-style uppers).
+    if !need_root("commit_reads_every_whiteout_form") {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let base = RawTar::default()
+        .dir("etc")
+        .file("etc/a", b"a")
+        .file("etc/b", b"b")
+        .file("etc/c", b"c")
+        .file("etc/d", b"d")
+        .dir("opq")
+        .file("opq/old", b"o")
+        .finish();
+    fs::write(t.join("base.tar"), base).unwrap();
+    env.um(&[
+        "image",
+        "import",
+        &t.join("base.tar").display().to_string(),
+        "--tag",
+        "base",
+    ]);
+    let up = t.join("up");
+    fs::create_dir_all(up.join("etc")).unwrap();
+    fs::create_dir_all(up.join("opq")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        up.join("etc/a"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        rustix::fs::makedev(0, 0),
+    )
+    .unwrap();
+    fs::write(up.join("etc/b"), b"").unwrap();
+    rustix::fs::setxattr(
+        up.join("etc/b"),
+        "trusted.overlay.whiteout",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::write(up.join("etc/c"), b"").unwrap();
+    rustix::fs::setxattr(
+        up.join("etc/c"),
+        "user.overlay.whiteout",
+        b"",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::write(up.join("etc/.wh.d"), b"").unwrap();
+    rustix::fs::setxattr(
+        up.join("opq"),
+        "user.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    fs::write(up.join("opq/new"), b"n").unwrap();
+    env.um(&[
+        "commit",
+        &up.display().to_string(),
+        "--tag",
+        "wh",
+        "--from",
+        "base",
+    ]);
+    let dirs = env.layer_dirs("wh");
+    let m = OverlayMount::new(&dirs, None, &t.join("m"));
+    let names = |d: &str| {
+        let mut v: Vec<String> = fs::read_dir(m.path.join(d))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("etc"), Vec::<String>::new());
+    assert_eq!(names("opq"), vec!["new".to_string()]);
+}

@@ -197,6 +197,9 @@ struct Marks {
     opaque: bool,
     redirect: Option<String>,
     metacopy: bool,
+    /// A regular file marked `overlay.whiteout` (the kernel's whiteouts for
+    /// nested and unprivileged overlays).
+    whiteout: bool,
     /// Owner and mode from `user.containers.override_stat`.
     owner: Option<(u32, u32, u32)>,
     /// The xattrs to put in the tar.
@@ -214,6 +217,7 @@ fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
         None
     };
     let metacopy = overlay && any("metacopy").is_some();
+    let whiteout = overlay && any("whiteout").is_some();
     let owner = get(&xs, "user.containers.override_stat").and_then(parse_override);
     let mut user = Vec::new();
     for (k, v) in xs {
@@ -236,6 +240,7 @@ fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
         opaque,
         redirect,
         metacopy,
+        whiteout,
         owner,
         user,
     }
@@ -326,12 +331,7 @@ impl Walker<'_> {
                 if in_opaque {
                     return Ok(());
                 }
-                let wh = match rel.rsplit_once('/') {
-                    Some((dir, n)) => format!("{dir}/.wh.{n}"),
-                    None => format!(".wh.{name}"),
-                };
-                let mut h = header(tar::EntryType::Regular, &st, Some((0, 0, 0)));
-                b.append_data(&mut h, &wh, io::empty()).map_err(e)
+                self.whiteout(rel, &st, b)
             }
             FileType::Directory => {
                 let fd = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())
@@ -361,14 +361,6 @@ impl Walker<'_> {
                 self.dir_contents(fd.as_fd(), rel, m.opaque || m.redirect.is_some(), b)
             }
             FileType::RegularFile => {
-                if st.st_nlink > 1 {
-                    let key = (st.st_dev, st.st_ino);
-                    if let Some(first) = self.links.get(&key) {
-                        let mut h = header(tar::EntryType::Link, &st, None);
-                        return b.append_link(&mut h, rel, first).map_err(e);
-                    }
-                    self.links.insert(key, rel.to_string());
-                }
                 let fd = rustix::fs::openat(
                     parent,
                     name,
@@ -377,6 +369,21 @@ impl Walker<'_> {
                 )
                 .map_err(|x| e(x.into()))?;
                 let m = marks(xattrs(fd.as_fd()), overlay);
+                if m.whiteout {
+                    return if in_opaque {
+                        Ok(())
+                    } else {
+                        self.whiteout(rel, &st, b)
+                    };
+                }
+                if st.st_nlink > 1 {
+                    let key = (st.st_dev, st.st_ino);
+                    if let Some(first) = self.links.get(&key) {
+                        let mut h = header(tar::EntryType::Link, &st, None);
+                        return b.append_link(&mut h, rel, first).map_err(e);
+                    }
+                    self.links.insert(key, rel.to_string());
+                }
                 let mut data = File::from(fd);
                 if m.metacopy {
                     let src = match m.redirect.as_deref() {
@@ -417,6 +424,17 @@ impl Walker<'_> {
             // Sockets do not belong in layers.
             _ => Ok(()),
         }
+    }
+
+    /// `.wh.NAME` for a deleted `rel`.
+    fn whiteout(&self, rel: &str, st: &Stat, b: &mut Builder) -> Result<()> {
+        let wh = match rel.rsplit_once('/') {
+            Some((dir, n)) => format!("{dir}/.wh.{n}"),
+            None => format!(".wh.{rel}"),
+        };
+        let mut h = header(tar::EntryType::Regular, st, Some((0, 0, 0)));
+        b.append_data(&mut h, &wh, io::empty())
+            .map_err(self.err(rel))
     }
 
     /// Where the lower object of upper path `rel` is: the path itself, or
