@@ -368,20 +368,26 @@ fn human(n: u64) -> String {
 }
 
 fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
-    let images = s.images()?;
+    let entries = s.entries()?;
+    let name = |d: &image::Descriptor| d.ref_name().unwrap_or("<none>").to_string();
     match format {
         Some("json") => {
-            let v: Vec<_> = images
+            let v: Vec<_> = entries
                 .iter()
-                .map(|i| {
-                    serde_json::json!({
+                .map(|(d, info)| match info {
+                    Ok(i) => serde_json::json!({
                         "name": i.name,
                         "id": i.id().to_string(),
                         "digest": i.manifest_desc.digest.to_string(),
                         "layers": i.manifest.layers.len(),
                         "size": i.size,
                         "created": i.config.created,
-                    })
+                    }),
+                    Err(e) => serde_json::json!({
+                        "name": d.ref_name(),
+                        "digest": d.digest.to_string(),
+                        "error": e.to_string(),
+                    }),
                 })
                 .collect();
             say!("{}", serde_json::to_string_pretty(&v)?);
@@ -394,15 +400,18 @@ fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
                 "LAYERS",
                 "SIZE"
             );
-            for i in &images {
-                say!(
-                    "{:<40} {:<12} {:>6} {:>10}  {}",
-                    i.name.as_deref().unwrap_or("<none>"),
-                    i.id().short(),
-                    i.manifest.layers.len(),
-                    human(i.size),
-                    i.config.created.as_deref().unwrap_or("-")
-                );
+            for (d, info) in &entries {
+                match info {
+                    Ok(i) => say!(
+                        "{:<40} {:<12} {:>6} {:>10}  {}",
+                        name(d),
+                        i.id().short(),
+                        i.manifest.layers.len(),
+                        human(i.size),
+                        i.config.created.as_deref().unwrap_or("-")
+                    ),
+                    Err(e) => say!("{:<40} damaged: {e} (see image fsck)", name(d)),
+                }
             }
         }
         Some(other) => bail!("image ls: unknown format {other:?} (expected json or table)"),

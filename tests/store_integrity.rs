@@ -645,3 +645,32 @@ fn commit_reads_every_whiteout_form() {
     assert_eq!(names("etc"), Vec::<String>::new());
     assert_eq!(names("opq"), vec!["new".to_string()]);
 }
+
+#[test]
+fn ls_shows_damaged_images_and_fsck_names_them() {
+    let env = Env::new();
+    let l = layout(
+        &env.path().join("good"),
+        "good",
+        &two_layers(),
+        None,
+        OCI_TAR,
+    );
+    env.um(&["image", "load", &l.dir.display().to_string()]);
+    fs::remove_file(env.store().join("blobs/sha256").join(l.config.hex())).unwrap();
+    let ls = env.um(&["image", "ls"]);
+    assert!(
+        ls.contains("good") && ls.contains("damaged") && ls.contains(l.config.hex()),
+        "{ls}"
+    );
+    let out = env.um_out(&["image", "fsck"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("image good"));
+    let e = env.um_fail(&[
+        "image",
+        "mount",
+        "good",
+        &env.path().join("m").display().to_string(),
+    ]);
+    assert!(e.contains(l.config.hex()), "{e}");
+}

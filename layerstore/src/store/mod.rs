@@ -264,6 +264,20 @@ impl Store {
             .collect()
     }
 
+    /// Every entry of the index with its image, or why it cannot be read
+    /// (so a listing can show the damaged ones too).
+    pub fn entries(&self) -> Result<Vec<(Descriptor, Result<ImageInfo>)>> {
+        Ok(self
+            .index()?
+            .manifests
+            .into_iter()
+            .map(|d| {
+                let info = self.info(&d);
+                (d, info)
+            })
+            .collect())
+    }
+
     /// Find an image by tag (`NAME`, or `NAME:latest` for a bare name), by
     /// manifest or config digest, or by a hex prefix of either (4+ digits).
     pub fn resolve(&self, name: &str) -> Result<ImageInfo> {
