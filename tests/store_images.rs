@@ -476,6 +476,29 @@ fn image_mount_through_unionmount_matches_umoci_and_commits() {
     );
     assert!(!m.path.join("etc/hostname").exists());
     assert!(m.path.join("some/dir/y").exists());
+    // mount → change → commit → save → umoci unpack shows the change.
+    let saved = t.join("c2-oci");
+    env.um(&[
+        "image",
+        "save",
+        "c2",
+        "--format",
+        "oci",
+        &saved.display().to_string(),
+        "--compress",
+        "gzip",
+    ]);
+    let r = t.join("c2-ref");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:c2", saved.display()))
+        .arg(&r));
+    assert_eq!(
+        fs::read_to_string(r.join("rootfs/some/dir/added")).unwrap(),
+        "added\n"
+    );
+    assert!(!r.join("rootfs/etc/hostname").exists());
+    assert_same_tree(&r.join("rootfs"), &m.path);
 }
 
 #[test]
