@@ -4,7 +4,22 @@
 //! hashing streams), [`blobs`] (write-once, verify-on-read blob files),
 //! [`unpack`] (layer tar → overlay layer tree, confined), [`diff`] (upper tree →
 //! layer tar), [`image`] (OCI / Docker formats in and out) and [`store`] (the
-//! facade: locking, tags, garbage collection, fsck).
+//! facade: locking, tags, transactions, garbage collection, fsck).
+//!
+//! ```text
+//! STORE/
+//!   oci-layout, index.json     an OCI image layout: tags are ref.name annotations
+//!   blobs/sha256/<hex>         manifests, configs, layer blobs (as received)
+//!   layers/<diffid-hex>/       unpacked layers, kernel overlayfs format
+//!                              (rootless: OCI .wh. names + user.containers.override_stat)
+//!   containers/<id>/image      a container's manifest digest keeps its image from prune
+//!   tmp/                       staging; cleaned by the first command that has the store alone
+//!   lock, locks/               flock files (see `store`)
+//! ```
+//!
+//! Everything enters through `tmp/` and a rename, blobs first, then layers,
+//! then `index.json`: after a crash at any point, what is visible is whole,
+//! and what is unreferenced goes with `prune`.
 
 pub mod blobs;
 mod check;
