@@ -2,7 +2,7 @@
 //! transactions that make new content visible all at once, garbage
 //! collection and fsck.
 //!
-//! Garbage collection and fsck are in [`gc`], transactions in [`txn`].
+//! Garbage collection and fsck are in `gc`, transactions in `txn`.
 //!
 //! Locks (all `flock`): `lock` is held shared by every command and exclusive
 //! by `prune` and `fsck --repair`; the first command that finds nobody else
