@@ -408,6 +408,14 @@ fn rootless_import_keeps_oci_markers_and_confines() {
     .unwrap();
     assert_eq!(&v[..n], b"0:0:0644");
     assert_eq!(fs::metadata(l.join("etc/passwd")).unwrap().uid(), 65534);
+    // fsck understands the rootless form.
+    let out = as_nobody(&["image", "fsck"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = as_nobody(&[
         "image",
         "import",

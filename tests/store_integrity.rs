@@ -375,6 +375,13 @@ fn fsck_finds_damage_and_repair_fixes_layers() {
     assert!(text.contains("etc/a") && text.contains("etc/b"), "{text}");
     assert!(env.um(&["image", "fsck", "--repair"]).contains("repaired"));
     assert_eq!(fs::read_to_string(dirs[0].join("etc/a")).unwrap(), "a");
+    // A changed mode.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dirs[0].join("etc/a"), fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env.um_out(&["image", "fsck"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && text.contains("mode 600"), "{text}");
+    assert!(env.um(&["image", "fsck", "--repair"]).contains("repaired"));
     assert!(env.um(&["image", "fsck"]).contains("clean"));
     // A damaged blob: found; --repair removes it, and says what is still broken.
     let p = env.store().join("blobs/sha256").join(l.layers[0].hex());

@@ -30,6 +30,8 @@ pub fn check_layer(blob: impl Read, dir: &Path, opts: UnpackOptions) -> Result<V
     let mut ar = tar::Archive::new(plain);
     let mut want: BTreeMap<Vec<u8>, Expect> = BTreeMap::new();
     let mut opaque: BTreeSet<Vec<u8>> = BTreeSet::new();
+    // Owner, group and mode of files and directories (the last entry wins).
+    let mut owners: BTreeMap<Vec<u8>, (u32, u32, u32)> = BTreeMap::new();
     let bad = |e: io::Error| Error::invalid(dir.display().to_string(), format!("layer tar: {e}"));
     for entry in ar.entries().map_err(bad)? {
         let mut e = entry.map_err(bad)?;
@@ -51,6 +53,13 @@ pub fn check_layer(blob: impl Read, dir: &Path, opts: UnpackOptions) -> Result<V
         let parent = parent.join(&b'/');
         let path = comps.join(&b'/');
         let marker = classify(name).unwrap_or(Marker::AufsMeta);
+        if matches!(
+            kind,
+            T::Directory | T::Regular | T::Continuous | T::GNUSparse
+        ) && let Ok(m) = unpack::read_meta(&mut e, "")
+        {
+            owners.insert(path.clone(), (m.uid, m.gid, m.mode & 0o7777));
+        }
         let expect = match (marker, opts.privileged) {
             (Marker::AufsMeta, _) => continue,
             (Marker::Opaque, true) => {
@@ -119,6 +128,26 @@ pub fn check_layer(blob: impl Read, dir: &Path, opts: UnpackOptions) -> Result<V
         };
         if !ok {
             problems.push(format!("{shown}: differs from the layer tar ({exp:?})"));
+            continue;
+        }
+        if let (Expect::Dir | Expect::File { .. }, Some(&(uid, gid, mode))) =
+            (exp, owners.get(path))
+        {
+            let got = if opts.privileged {
+                (m.uid(), m.gid(), m.mode() & 0o7777)
+            } else {
+                let mut v = [0u8; 64];
+                match rustix::fs::lgetxattr(&p, "user.containers.override_stat", &mut v[..]) {
+                    Ok(n) => crate::diff::parse_override(&v[..n]).unwrap_or_default(),
+                    Err(_) => Default::default(),
+                }
+            };
+            if got != (uid, gid, mode) {
+                problems.push(format!(
+                    "{shown}: owner {}:{} mode {:o}, the layer tar says {uid}:{gid} mode {mode:o}",
+                    got.0, got.1, got.2
+                ));
+            }
         }
     }
     for d in &opaque {

@@ -247,7 +247,7 @@ fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
 }
 
 /// `uid:gid:0mode[:type]`.
-fn parse_override(v: &[u8]) -> Option<(u32, u32, u32)> {
+pub(crate) fn parse_override(v: &[u8]) -> Option<(u32, u32, u32)> {
     let s = std::str::from_utf8(v).ok()?;
     let mut it = s.split(':');
     let uid = it.next()?.parse().ok()?;

@@ -158,12 +158,12 @@ pub fn unpack(r: impl Read, dest: &Path, opts: UnpackOptions) -> Result<Unpacked
 
 /// Owner, mode, time and xattrs of an entry.
 #[derive(Clone, Debug, Default)]
-struct Meta {
-    uid: u32,
-    gid: u32,
-    mode: u32,
-    mtime: Timespec,
-    xattrs: Vec<(CString, Vec<u8>)>,
+pub(crate) struct Meta {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) mode: u32,
+    pub(crate) mtime: Timespec,
+    pub(crate) xattrs: Vec<(CString, Vec<u8>)>,
 }
 
 struct Unpacker {
@@ -675,7 +675,7 @@ fn set_xattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr, value: &[u8]) -> rustix:
     rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty())
 }
 
-fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>, entry: &str) -> Result<Meta> {
+pub(crate) fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>, entry: &str) -> Result<Meta> {
     let h = e.header();
     let bad = |what: &str| Error::entry(entry, format!("bad {what} in header"));
     // Empty numeric fields (all NUL) mean 0, as Go's archive/tar reads them.
