@@ -203,6 +203,27 @@ fn hard_links_stay_inside_the_layer() {
         RawTar::default().dir("d").hardlink("h", "d").finish(),
         "directory",
     );
+    // A hard link to a symlink that points out links the symlink, not its target.
+    let res = h.import(
+        "hl-symlink",
+        RawTar::default()
+            .symlink("sl", &target)
+            .hardlink("h", "sl")
+            .finish(),
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    h.untouched("hl-symlink");
+    let l = &h.env.layer_dirs("hl-symlink")[0];
+    assert!(
+        fs::symlink_metadata(l.join("h"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[test]
