@@ -229,6 +229,10 @@ impl Union {
             Err(Errno::NOENT) => rustix::fs::linkat(&sdir, sn, &ddir, new_name, AtFlags::empty())?,
             Err(e) => return Err(e),
         }
+        if self.has_upper() {
+            // The new name may carry an origin: announce it as the kernel does.
+            self.mark_impure(ddir.as_fd());
+        }
         self.inodes.remember(
             node.st_ino,
             false,
