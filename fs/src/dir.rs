@@ -370,10 +370,10 @@ impl Union {
             self.link_group_name(&parent, name)?;
         }
         let dst = self.lookup_node(&new_parent, new_name)?;
-        if let Some(dst) = &dst {
-            if flags.contains(RenameFlags::EXCHANGE) {
-                self.copy_up(dst)?;
-            }
+        if let Some(dst) = &dst
+            && flags.contains(RenameFlags::EXCHANGE)
+        {
+            self.copy_up(dst)?;
         }
         let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
         crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)
@@ -473,15 +473,14 @@ fn make_object(
     rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
     if let NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Node { mode, .. } =
         obj
+        && mode & 0o7000 != 0
     {
-        if mode & 0o7000 != 0 {
-            // chown cleared setuid/setgid; put back what the caller asked for.
-            let f = layer::open_path_at(dir, name)?;
-            rustix::fs::chmod(
-                crate::sys::proc_fd_path(f.as_fd()).as_c_str(),
-                Mode::from_raw_mode(mode & 0o7777),
-            )?;
-        }
+        // chown cleared setuid/setgid; put back what the caller asked for.
+        let f = layer::open_path_at(dir, name)?;
+        rustix::fs::chmod(
+            crate::sys::proc_fd_path(f.as_fd()).as_c_str(),
+            Mode::from_raw_mode(mode & 0o7777),
+        )?;
     }
     Ok(fd)
 }

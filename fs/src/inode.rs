@@ -148,11 +148,11 @@ impl InodeTable {
         if let Some(node) = map.get(&id) {
             let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
             node.lookups.store(left, Ordering::Relaxed);
-            if left == 0 {
-                if let Some(node) = map.remove(&id) {
-                    for name in node.state().names.iter() {
-                        self.unindex(name, id);
-                    }
+            if left == 0
+                && let Some(node) = map.remove(&id)
+            {
+                for name in node.state().names.iter() {
+                    self.unindex(name, id);
                 }
             }
         }

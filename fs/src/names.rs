@@ -78,10 +78,10 @@ pub fn is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool>
 /// xattr whiteouts inside and is not opaque)?
 pub fn has_opaque_xattr(fd: BorrowedFd<'_>) -> Result<bool> {
     for x in OPAQUE_XATTRS {
-        if let Some(v) = get_xattr(fd, x)? {
-            if v.as_slice() == b"y" {
-                return Ok(true);
-            }
+        if let Some(v) = get_xattr(fd, x)?
+            && v.as_slice() == b"y"
+        {
+            return Ok(true);
         }
     }
     Ok(false)
