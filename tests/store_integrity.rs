@@ -681,3 +681,41 @@ fn ls_shows_damaged_images_and_fsck_names_them() {
     ]);
     assert!(e.contains(l.config.hex()), "{e}");
 }
+
+#[test]
+fn commit_and_import_keep_any_file_name() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let up = env.path().join("up");
+    let odd = OsStr::from_bytes(b"caf\xe9 \x01name");
+    let long = "l".repeat(200);
+    let deep = up.join("a".repeat(90)).join("b".repeat(90));
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(up.join(odd), b"latin-1").unwrap();
+    fs::write(deep.join(&long), b"long").unwrap();
+    std::os::unix::fs::symlink(odd, up.join("to-odd")).unwrap();
+    fs::hard_link(up.join(odd), up.join("odd-link")).unwrap();
+    env.um(&["commit", &up.display().to_string(), "--tag", "names"]);
+    env.um(&[
+        "image",
+        "import",
+        &up.display().to_string(),
+        "--tag",
+        "names2",
+    ]);
+    for tag in ["names", "names2"] {
+        let l = &env.layer_dirs(tag)[0];
+        assert_eq!(fs::read(l.join(odd)).unwrap(), b"latin-1");
+        assert_eq!(
+            fs::read(l.join(deep.strip_prefix(&up).unwrap()).join(&long)).unwrap(),
+            b"long"
+        );
+        assert_eq!(fs::read_link(l.join("to-odd")).unwrap().as_os_str(), odd);
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(l.join(odd)).unwrap().ino(),
+            fs::metadata(l.join("odd-link")).unwrap().ino()
+        );
+    }
+}

@@ -105,7 +105,7 @@ fn write_layer(dir: &Path, file: File, opts: &DiffOptions) -> Result<(Digest, u6
         w.lower_fds
             .push(rustix::fs::open(l, DIR_FLAGS, Mode::empty()).at(l)?);
     }
-    w.dir_contents(root.as_fd(), "", false, &mut b)?;
+    w.dir_contents(root.as_fd(), b"", false, &mut b)?;
     let inner = b.into_inner().ctx(what)?;
     let (diff_id, _, enc) = inner.finish();
     let outer = enc.finish().ctx(what)?;
@@ -132,24 +132,38 @@ struct Walker<'a> {
     opts: &'a DiffOptions,
     upper: &'a Path,
     /// (dev, ino) of multiply linked files already written → their tar path.
-    links: HashMap<(u64, u64), String>,
+    links: HashMap<(u64, u64), Vec<u8>>,
     lower_fds: Vec<OwnedFd>,
     /// Writing lower content (of a redirected directory): no overlay markers.
     in_lower: bool,
     /// Upper directories renamed from elsewhere → their lower path.
-    renamed: HashMap<String, String>,
+    renamed: HashMap<Vec<u8>, Vec<u8>>,
 }
 
 fn os(s: &[u8]) -> &OsStr {
     OsStr::from_bytes(s)
 }
 
-fn join(rel: &str, name: &str) -> String {
-    if rel.is_empty() {
-        name.to_string()
-    } else {
-        format!("{rel}/{name}")
+/// Paths inside the layer are bytes: any name a filesystem holds.
+fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut out = rel.to_vec();
+    if !out.is_empty() {
+        out.push(b'/');
     }
+    out.extend_from_slice(name);
+    out
+}
+
+/// (parent, name) of a path.
+fn split_last(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => (&b""[..], rel),
+    }
+}
+
+fn tar_path(rel: &[u8]) -> &Path {
+    Path::new(os(rel))
 }
 
 /// Sorted names in a directory.
@@ -195,7 +209,7 @@ fn get<'x>(xs: &'x [(String, Vec<u8>)], name: &str) -> Option<&'x [u8]> {
 /// Overlay's view of an upper object's xattrs.
 struct Marks {
     opaque: bool,
-    redirect: Option<String>,
+    redirect: Option<Vec<u8>>,
     metacopy: bool,
     /// A regular file marked `overlay.whiteout` (the kernel's whiteouts for
     /// nested and unprivileged overlays).
@@ -212,7 +226,7 @@ fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
     };
     let opaque = overlay && any("opaque") == Some(b"y");
     let redirect = if overlay {
-        any("redirect").map(|v| String::from_utf8_lossy(v).into_owned())
+        any("redirect").map(<[u8]>::to_vec)
     } else {
         None
     };
@@ -284,8 +298,8 @@ fn pax(b: &mut Builder, xs: &[(String, Vec<u8>)]) -> io::Result<()> {
 }
 
 impl Walker<'_> {
-    fn err(&self, rel: &str) -> impl Fn(io::Error) -> Error + use<> {
-        let what = self.upper.join(rel).display().to_string();
+    fn err(&self, rel: &[u8]) -> impl Fn(io::Error) -> Error + use<> {
+        let what = self.upper.join(tar_path(rel)).display().to_string();
         move |e| Error::Io {
             what: what.clone(),
             error: e,
@@ -297,17 +311,11 @@ impl Walker<'_> {
     fn dir_contents(
         &mut self,
         fd: BorrowedFd<'_>,
-        rel: &str,
+        rel: &[u8],
         opaque: bool,
         b: &mut Builder,
     ) -> Result<()> {
         for name in list(fd).map_err(self.err(rel))? {
-            let Ok(name) = String::from_utf8(name.clone()) else {
-                return Err(Error::invalid(
-                    self.upper.join(rel).join(os(&name)).display().to_string(),
-                    "file name is not UTF-8",
-                ));
-            };
             self.entry(fd, &name, &join(rel, &name), opaque, b)?;
         }
         Ok(())
@@ -316,14 +324,14 @@ impl Walker<'_> {
     fn entry(
         &mut self,
         parent: BorrowedFd<'_>,
-        name: &str,
-        rel: &str,
+        name: &[u8],
+        rel: &[u8],
         in_opaque: bool,
         b: &mut Builder,
     ) -> Result<()> {
         let e = self.err(rel);
-        let st =
-            rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|x| e(x.into()))?;
+        let st = rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|x| e(x.into()))?;
         let ft = FileType::from_raw_mode(st.st_mode);
         let overlay = self.opts.overlay && !self.in_lower;
         match ft {
@@ -334,23 +342,25 @@ impl Walker<'_> {
                 self.whiteout(rel, &st, b)
             }
             FileType::Directory => {
-                let fd = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())
+                let fd = rustix::fs::openat(parent, os(name), DIR_FLAGS, Mode::empty())
                     .map_err(|x| e(x.into()))?;
                 let m = marks(xattrs(fd.as_fd()), overlay);
                 pax(b, &m.user).map_err(&e)?;
                 let mut h = header(tar::EntryType::Directory, &st, m.owner);
-                b.append_data(&mut h, rel, io::empty()).map_err(&e)?;
+                b.append_data(&mut h, tar_path(rel), io::empty())
+                    .map_err(&e)?;
                 if m.opaque || m.redirect.is_some() {
                     let mut h = header(tar::EntryType::Regular, &st, Some((0, 0, 0)));
-                    b.append_data(&mut h, format!("{rel}/.wh..wh..opq"), io::empty())
+                    let marker = join(rel, crate::unpack::OPAQUE_NAME);
+                    b.append_data(&mut h, tar_path(&marker), io::empty())
                         .map_err(&e)?;
                 }
                 if let Some(r) = &m.redirect {
                     let src = self.redirect_source(rel, r);
-                    self.renamed.insert(rel.to_string(), src.clone());
+                    self.renamed.insert(rel.to_vec(), src.clone());
                     if self.lower_fds.is_empty() {
                         return Err(Error::invalid(
-                            self.upper.join(rel).display().to_string(),
+                            self.upper.join(tar_path(rel)).display().to_string(),
                             "directory redirect needs the lower layers: pass --from IMAGE",
                         ));
                     }
@@ -363,7 +373,7 @@ impl Walker<'_> {
             FileType::RegularFile => {
                 let fd = rustix::fs::openat(
                     parent,
-                    name,
+                    os(name),
                     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
@@ -380,9 +390,11 @@ impl Walker<'_> {
                     let key = (st.st_dev, st.st_ino);
                     if let Some(first) = self.links.get(&key) {
                         let mut h = header(tar::EntryType::Link, &st, None);
-                        return b.append_link(&mut h, rel, first).map_err(e);
+                        return b
+                            .append_link(&mut h, tar_path(rel), tar_path(first))
+                            .map_err(e);
                     }
-                    self.links.insert(key, rel.to_string());
+                    self.links.insert(key, rel.to_vec());
                 }
                 let mut data = File::from(fd);
                 if m.metacopy {
@@ -392,7 +404,7 @@ impl Walker<'_> {
                     };
                     data = self.lower_file(&src).ok_or_else(|| {
                         Error::invalid(
-                            self.upper.join(rel).display().to_string(),
+                            self.upper.join(tar_path(rel)).display().to_string(),
                             "metacopy file without its data in the lower layers (pass --from IMAGE)",
                         )
                     })?;
@@ -401,14 +413,15 @@ impl Walker<'_> {
                 pax(b, &m.user).map_err(&e)?;
                 let mut h = header(tar::EntryType::Regular, &st, m.owner);
                 h.set_size(len);
-                b.append_data(&mut h, rel, io::Read::take(data, len))
+                b.append_data(&mut h, tar_path(rel), io::Read::take(data, len))
                     .map_err(e)
             }
             FileType::Symlink => {
-                let target =
-                    rustix::fs::readlinkat(parent, name, Vec::new()).map_err(|x| e(x.into()))?;
+                let target = rustix::fs::readlinkat(parent, os(name), Vec::new())
+                    .map_err(|x| e(x.into()))?;
                 let mut h = header(tar::EntryType::Symlink, &st, None);
-                b.append_link(&mut h, rel, os(target.as_bytes())).map_err(e)
+                b.append_link(&mut h, tar_path(rel), os(target.as_bytes()))
+                    .map_err(e)
             }
             FileType::CharacterDevice | FileType::BlockDevice | FileType::Fifo => {
                 let kind = match ft {
@@ -419,7 +432,7 @@ impl Walker<'_> {
                 let mut h = header(kind, &st, None);
                 let _ = h.set_device_major(rustix::fs::major(st.st_rdev));
                 let _ = h.set_device_minor(rustix::fs::minor(st.st_rdev));
-                b.append_data(&mut h, rel, io::empty()).map_err(e)
+                b.append_data(&mut h, tar_path(rel), io::empty()).map_err(e)
             }
             // Sockets do not belong in layers.
             _ => Ok(()),
@@ -427,53 +440,48 @@ impl Walker<'_> {
     }
 
     /// `.wh.NAME` for a deleted `rel`.
-    fn whiteout(&self, rel: &str, st: &Stat, b: &mut Builder) -> Result<()> {
-        let wh = match rel.rsplit_once('/') {
-            Some((dir, n)) => format!("{dir}/.wh.{n}"),
-            None => format!(".wh.{rel}"),
-        };
+    fn whiteout(&self, rel: &[u8], st: &Stat, b: &mut Builder) -> Result<()> {
+        let (parent, name) = split_last(rel);
+        let wh = join(parent, &[crate::unpack::WHITEOUT_PREFIX, name].concat());
         let mut h = header(tar::EntryType::Regular, st, Some((0, 0, 0)));
-        b.append_data(&mut h, &wh, io::empty())
+        b.append_data(&mut h, tar_path(&wh), io::empty())
             .map_err(self.err(rel))
     }
 
     /// Where the lower object of upper path `rel` is: the path itself, or
     /// below a directory that was renamed (redirected) from elsewhere.
-    fn lower_path(&self, rel: &str) -> String {
+    fn lower_path(&self, rel: &[u8]) -> Vec<u8> {
         let mut cut = rel.len();
         loop {
             let anc = &rel[..cut];
             if let Some(src) = self.renamed.get(anc) {
-                return format!("{src}{}", &rel[cut..]);
+                return [src.as_slice(), &rel[cut..]].concat();
             }
-            match anc.rfind('/') {
+            match anc.iter().rposition(|&b| b == b'/') {
                 Some(i) => cut = i,
-                None => return rel.to_string(),
+                None => return rel.to_vec(),
             }
         }
     }
 
     /// The lower path a redirect xattr on upper path `rel` names: absolute
     /// from the layer root, or a name beside the (lower of the) parent.
-    fn redirect_source(&self, rel: &str, redirect: &str) -> String {
-        match redirect.strip_prefix('/') {
-            Some(abs) => abs.to_string(),
-            None => {
-                let parent = rel.rsplit_once('/').map_or("", |(d, _)| d);
-                join(&self.lower_path(parent), redirect)
-            }
+    fn redirect_source(&self, rel: &[u8], redirect: &[u8]) -> Vec<u8> {
+        match redirect.strip_prefix(b"/") {
+            Some(abs) => abs.to_vec(),
+            None => join(&self.lower_path(split_last(rel).0), redirect),
         }
     }
 
     /// Open a path in a lower layer without following symlinks.
-    fn open_in(&self, i: usize, rel: &str, flags: OFlags) -> Option<OwnedFd> {
+    fn open_in(&self, i: usize, rel: &[u8], flags: OFlags) -> Option<OwnedFd> {
         let fd = &self.lower_fds[i];
         if rel.is_empty() {
             return rustix::fs::openat(fd, ".", flags, Mode::empty()).ok();
         }
         rustix::fs::openat2(
             fd,
-            rel,
+            os(rel),
             flags | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
@@ -481,12 +489,15 @@ impl Walker<'_> {
         .ok()
     }
 
-    fn lower_stat(&self, i: usize, rel: &str) -> Option<Stat> {
-        rustix::fs::statat(&self.lower_fds[i], rel, AtFlags::SYMLINK_NOFOLLOW).ok()
+    fn lower_stat(&self, i: usize, rel: &[u8]) -> Option<Stat> {
+        if rel.is_empty() {
+            return rustix::fs::fstat(&self.lower_fds[i]).ok();
+        }
+        rustix::fs::statat(&self.lower_fds[i], os(rel), AtFlags::SYMLINK_NOFOLLOW).ok()
     }
 
     /// The topmost regular file at `rel` in the lowers.
-    fn lower_file(&self, rel: &str) -> Option<File> {
+    fn lower_file(&self, rel: &[u8]) -> Option<File> {
         for i in 0..self.lower_fds.len() {
             if let Some(st) = self.lower_stat(i, rel) {
                 if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -501,15 +512,11 @@ impl Walker<'_> {
     }
 
     /// Merged children of `src` across the lowers: name → index of the lower
-    /// that provides it.
-    fn merged_children(&self, src: &str) -> BTreeMap<Vec<u8>, Option<usize>> {
+    /// that provides it (`None`: whited out).
+    fn merged_children(&self, src: &[u8]) -> BTreeMap<Vec<u8>, Option<usize>> {
         let mut seen: BTreeMap<Vec<u8>, Option<usize>> = BTreeMap::new();
         for i in 0..self.lower_fds.len() {
-            let Some(st) = self.lower_stat(i, src).or_else(|| {
-                (src.is_empty())
-                    .then(|| rustix::fs::fstat(&self.lower_fds[i]).ok())
-                    .flatten()
-            }) else {
+            let Some(st) = self.lower_stat(i, src) else {
                 continue;
             };
             if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
@@ -545,8 +552,8 @@ impl Walker<'_> {
     /// Write the merged lower content of `src` under `dest`, except `skip`.
     fn lower_contents(
         &mut self,
-        src: &str,
-        dest: &str,
+        src: &[u8],
+        dest: &[u8],
         skip: &BTreeSet<Vec<u8>>,
         b: &mut Builder,
     ) -> Result<()> {
@@ -555,17 +562,14 @@ impl Walker<'_> {
             if skip.contains(&name) {
                 continue;
             }
-            let Ok(name) = String::from_utf8(name) else {
-                continue;
-            };
             let s = join(src, &name);
             let d = join(dest, &name);
             let Some(pfd) = self.open_in(i, src, DIR_FLAGS) else {
                 continue;
             };
-            let st = self.lower_stat(i, &s);
-            let is_dir =
-                st.is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
+            let is_dir = self
+                .lower_stat(i, &s)
+                .is_some_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory);
             // Lower objects are plain: no overlay markers of their own here.
             self.in_lower = true;
             let res = if is_dir {
@@ -585,19 +589,20 @@ impl Walker<'_> {
     fn lower_dir_header(
         &mut self,
         parent: BorrowedFd<'_>,
-        name: &str,
-        dest: &str,
+        name: &[u8],
+        dest: &[u8],
         b: &mut Builder,
     ) -> Result<()> {
         let e = self.err(dest);
-        let st =
-            rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|x| e(x.into()))?;
-        let fd =
-            rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty()).map_err(|x| e(x.into()))?;
+        let st = rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|x| e(x.into()))?;
+        let fd = rustix::fs::openat(parent, os(name), DIR_FLAGS, Mode::empty())
+            .map_err(|x| e(x.into()))?;
         let m = marks(xattrs(fd.as_fd()), false);
         pax(b, &m.user).map_err(&e)?;
         let mut h = header(tar::EntryType::Directory, &st, m.owner);
-        b.append_data(&mut h, dest, io::empty()).map_err(e)
+        b.append_data(&mut h, tar_path(dest), io::empty())
+            .map_err(e)
     }
 }
 
