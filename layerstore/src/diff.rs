@@ -216,6 +216,9 @@ struct Marks {
     whiteout: bool,
     /// Owner and mode from `user.containers.override_stat`.
     owner: Option<(u32, u32, u32)>,
+    /// A device or fifo that a rootless upper keeps as a regular file, by
+    /// the type in `user.containers.override_stat`.
+    special: Option<(tar::EntryType, u32, u32)>,
     /// The xattrs to put in the tar.
     user: Vec<(String, Vec<u8>)>,
 }
@@ -232,7 +235,9 @@ fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
     };
     let metacopy = overlay && any("metacopy").is_some();
     let whiteout = overlay && any("whiteout").is_some();
-    let owner = get(&xs, "user.containers.override_stat").and_then(parse_override);
+    let over = get(&xs, "user.containers.override_stat");
+    let owner = over.and_then(parse_override);
+    let special = over.and_then(override_special);
     let mut user = Vec::new();
     for (k, v) in xs {
         if k == "user.containers.override_stat" {
@@ -256,6 +261,7 @@ fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
         metacopy,
         whiteout,
         owner,
+        special,
         user,
     }
 }
@@ -268,6 +274,22 @@ pub(crate) fn parse_override(v: &[u8]) -> Option<(u32, u32, u32)> {
     let gid = it.next()?.parse().ok()?;
     let mode = u32::from_str_radix(it.next()?, 8).ok()?;
     Some((uid, gid, mode & 0o7777))
+}
+
+/// The file type part of an override value: `char-M-m`, `block-M-m`, `pipe`.
+fn override_special(v: &[u8]) -> Option<(tar::EntryType, u32, u32)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let kind = s.splitn(4, ':').nth(3)?;
+    if kind == "pipe" {
+        return Some((tar::EntryType::Fifo, 0, 0));
+    }
+    let mut it = kind.split('-');
+    let t = match it.next()? {
+        "char" => tar::EntryType::Char,
+        "block" => tar::EntryType::Block,
+        _ => return None,
+    };
+    Some((t, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 fn header(kind: tar::EntryType, st: &Stat, owner: Option<(u32, u32, u32)>) -> tar::Header {
@@ -395,6 +417,12 @@ impl Walker<'_> {
                             .map_err(e);
                     }
                     self.links.insert(key, rel.to_vec());
+                }
+                if let Some((kind, major, minor)) = m.special {
+                    let mut h = header(kind, &st, m.owner);
+                    let _ = h.set_device_major(major);
+                    let _ = h.set_device_minor(minor);
+                    return b.append_data(&mut h, tar_path(rel), io::empty()).map_err(e);
                 }
                 let mut data = File::from(fd);
                 if m.metacopy {
@@ -671,6 +699,24 @@ pub fn commit(store: &Store, upper: &Path, tag: &str, from: Option<&str>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_override_types() {
+        assert_eq!(
+            override_special(b"0:0:0666:char-1-3"),
+            Some((tar::EntryType::Char, 1, 3))
+        );
+        assert_eq!(
+            override_special(b"0:0:0660:block-8-0"),
+            Some((tar::EntryType::Block, 8, 0))
+        );
+        assert_eq!(
+            override_special(b"0:0:0644:pipe"),
+            Some((tar::EntryType::Fifo, 0, 0))
+        );
+        assert_eq!(override_special(b"0:0:0644"), None);
+        assert_eq!(override_special(b"0:0:0644:file"), None);
+    }
 
     #[test]
     fn parses_override_stat() {

@@ -126,3 +126,60 @@ fn privileged_form_is_overlay_format() {
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
 }
+
+#[test]
+fn rootless_tree_round_trips_through_diff() {
+    // A layer unpacked without privilege, written back as a tar by `diff`,
+    // unpacked as root: the same owners, modes, device and whiteouts.
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "needs root under CI=true"
+        );
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let rootless = t.path().join("rootless");
+    fs::create_dir(&rootless).unwrap();
+    unpack(
+        &layer_tar()[..],
+        &rootless,
+        UnpackOptions { privileged: false },
+    )
+    .unwrap();
+    let opts = layerstore::diff::DiffOptions::overlay(Vec::new());
+    let layer = layerstore::diff::tree_to_layer(&rootless, t.path(), &opts).unwrap();
+    let back = t.path().join("back");
+    fs::create_dir(&back).unwrap();
+    let got = unpack(
+        fs::File::open(&layer.path).unwrap(),
+        &back,
+        UnpackOptions { privileged: true },
+    )
+    .unwrap();
+    assert_eq!(got.diff_id, layer.diff_id);
+    let prog = fs::metadata(back.join("dir/prog")).unwrap();
+    assert_eq!(
+        (prog.uid(), prog.gid(), prog.mode() & 0o7777),
+        (1000, 1001, 0o4711)
+    );
+    assert_eq!(
+        xattr(&back.join("dir/prog"), "user.note").as_deref(),
+        Some("hi")
+    );
+    assert!(xattr(&back.join("dir/prog"), "user.containers.override_stat").is_none());
+    let null = fs::symlink_metadata(back.join("null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    let wh = fs::symlink_metadata(back.join("dir/gone")).unwrap();
+    assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
+    assert_eq!(
+        xattr(&back.join("dir/sub"), "trusted.overlay.opaque").as_deref(),
+        Some("y")
+    );
+    assert_eq!(
+        fs::metadata(back.join("dir")).unwrap().mode() & 0o7777,
+        0o555
+    );
+}
