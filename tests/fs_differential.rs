@@ -7,7 +7,8 @@ mod common;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileExt, symlink};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, symlink};
 use std::path::Path;
 
 use proptest::prelude::*;
@@ -36,7 +37,14 @@ fn lowers() -> Vec<Layer> {
             // no lower hard links: kernel overlayfs with index=off breaks them
             // on copy-up, unionmount deliberately keeps them (fs_dir_ops tests that)
             .file("low/sub/x", "l1 low sub x")
-            .dir("merged/sub"),
+            .dir("merged/sub")
+            .file("merged/sub/deep/a", "l1 merged sub deep a")
+            .file("new/x/f", "l1 new x f"),
+        Layer::new()
+            .file("merged/deep/b", "l2 deep b")
+            .file("merged/sub/f", "l2 sub f")
+            .file("low/sub/deep/x", "l2 low sub deep x")
+            .file("a", "l2 a, hidden"),
     ]
 }
 
@@ -57,6 +65,11 @@ enum Op {
     Read(String),
     List(String),
     Stat(String),
+    RmTree(String),
+    Append(String, u8),
+    Mkfifo(String),
+    /// an xattr in the overlay namespace, stored escaped
+    OverlayXattr(String, u8),
 }
 
 fn path(dir: &str, name: &str) -> String {
@@ -67,24 +80,36 @@ fn path(dir: &str, name: &str) -> String {
     }
 }
 
+/// Open for writing without blocking on a fifo (ENXIO without a reader).
+fn open_w(p: &Path, append: bool) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .append(append)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)
+}
+
 /// Apply one op under `root`; the result is a string both mounts must agree on.
 fn apply(root: &Path, op: &Op) -> io::Result<String> {
     let p = |s: &str| root.join(s);
     match op {
         Op::Create(f, seed) => {
-            fs::write(p(f), common::pattern(100 + *seed as usize * 37, *seed))?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(p(f))?;
+            file.write_all(&common::pattern(100 + *seed as usize * 37, *seed))?;
             Ok(String::new())
         }
         Op::Write(f, off, len, seed) => {
-            let file = fs::OpenOptions::new().write(true).open(p(f))?;
+            let file = open_w(&p(f), false)?;
             file.write_all_at(&common::pattern(*len, *seed), *off)?;
             Ok(String::new())
         }
         Op::Truncate(f, len) => {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(p(f))?
-                .set_len(*len)?;
+            open_w(&p(f), false)?.set_len(*len)?;
             Ok(String::new())
         }
         Op::Unlink(f) => fs::remove_file(p(f)).map(|_| String::new()),
@@ -96,8 +121,29 @@ fn apply(root: &Path, op: &Op) -> io::Result<String> {
         Op::Chmod(f, mode) => sys::chmod(&p(f), *mode).map(|_| String::new()),
         Op::SetXattr(f, v) => sys::lsetxattr(&p(f), "user.t", &[*v]).map(|_| String::new()),
         Op::RemoveXattr(f) => sys::lremovexattr(&p(f), "user.l0").map(|_| String::new()),
-        Op::Read(f) => Ok(format!("{:?}", common::snapshot::file_data(&p(f))?)),
+        Op::Read(f) => {
+            let mut data = Vec::new();
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(p(f))?
+                .read_to_end(&mut data)?;
+            Ok(format!(
+                "{} bytes, {:?}",
+                data.len(),
+                &data[..data.len().min(32)]
+            ))
+        }
         Op::List(d) => Ok(sys::names(&p(d))?.join(",")),
+        Op::RmTree(d) => fs::remove_dir_all(p(d)).map(|_| String::new()),
+        Op::Append(f, v) => {
+            open_w(&p(f), true)?.write_all(&[*v; 7])?;
+            Ok(String::new())
+        }
+        Op::Mkfifo(f) => sys::mkfifo(&p(f), 0o640).map(|_| String::new()),
+        Op::OverlayXattr(f, v) => {
+            sys::lsetxattr(&p(f), "trusted.overlay.user", &[*v]).map(|_| String::new())
+        }
         Op::Stat(f) => {
             let st = sys::lstat(&p(f))?;
             let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
@@ -208,6 +254,10 @@ fn any_op() -> impl Strategy<Value = Op> {
         any_path().prop_map(Op::Read),
         any_dir().prop_map(Op::List),
         any_dir().prop_map(Op::Stat),
+        any_dir().prop_map(Op::RmTree),
+        (any_path(), any::<u8>()).prop_map(|(p, v)| Op::Append(p, v)),
+        any_path().prop_map(Op::Mkfifo),
+        (any_dir(), any::<u8>()).prop_map(|(p, v)| Op::OverlayXattr(p, v)),
     ]
 }
 

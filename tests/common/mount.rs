@@ -83,11 +83,13 @@ impl Scratch {
         } else {
             "/tmp"
         };
+        sweep_stale_scratch(Path::new(base));
         let dir = tempfile::Builder::new()
             .prefix("unionmount-test-")
             .tempdir_in(base)
             .expect("create scratch dir");
         let path = dir.path().canonicalize().unwrap();
+        fs::write(path.join(OWNER_FILE), std::process::id().to_string()).unwrap();
         Scratch {
             dir: Some(dir),
             path,
@@ -104,6 +106,48 @@ impl Scratch {
         fs::create_dir_all(&p).unwrap();
         p
     }
+}
+
+const OWNER_FILE: &str = ".owner-pid";
+
+/// A test process killed by a signal (a CI timeout, a ^C) never runs its
+/// guards: the first scratch dir of every test process detaches the mounts
+/// left under scratch dirs whose owner process is gone, and removes them.
+fn sweep_stale_scratch(base: &Path) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(rd) = fs::read_dir(base) else { return };
+        for e in rd.flatten() {
+            if !e
+                .file_name()
+                .to_string_lossy()
+                .starts_with("unionmount-test-")
+            {
+                continue;
+            }
+            let dir = e.path();
+            let Some(pid) = fs::read_to_string(dir.join(OWNER_FILE))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid_alive(pid) {
+                continue;
+            }
+            for m in mounts_under(&dir).into_iter().rev() {
+                eprintln!(
+                    "removing a mount left by dead test process {pid}: {}",
+                    m.display()
+                );
+                abort_fuse_connection(&m);
+                let _ = sys::umount2(&m, libc::MNT_DETACH);
+            }
+            if mounts_under(&dir).is_empty() {
+                let _ = fs::remove_dir_all(&dir);
+            }
+        }
+    });
 }
 
 impl Default for Scratch {
