@@ -160,7 +160,11 @@ fn apply(root: &Path, op: &Op) -> io::Result<String> {
 }
 
 fn run(ops: &[Op]) {
-    let Some(mut b) = Both::new(lowers()) else {
+    run_on(common::Setup::new(lowers()), ops)
+}
+
+fn run_on(setup: common::Setup, ops: &[Op]) {
+    let Some(mut b) = Both::setup(setup) else {
         return;
     };
     for (i, op) in ops.iter().enumerate() {
@@ -259,6 +263,34 @@ fn any_op() -> impl Strategy<Value = Op> {
         any_path().prop_map(Op::Mkfifo),
         (any_dir(), any::<u8>()).prop_map(|(p, v)| Op::OverlayXattr(p, v)),
     ]
+}
+
+/// Lowers with hard-link groups; the reference is kernel overlayfs with
+/// index=on, which keeps groups across copy-up as unionmount does.
+fn linked_lowers() -> common::Setup {
+    let mut l = lowers();
+    l[1] = l[1]
+        .clone()
+        .hardlink("merged/deep/x", "low/a")
+        .hardlink("b2", "b")
+        .hardlink("merged/sub/b", "b");
+    common::Setup::new(l).kernel_extra(",index=on")
+}
+
+#[test]
+fn randomized_sequences_over_lower_hard_links() {
+    if !common::require_mounts() {
+        return;
+    }
+    let config = ProptestConfig {
+        cases: 24,
+        max_shrink_iters: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(ops in proptest::collection::vec(any_op(), 1..40))| {
+        run_on(linked_lowers(), &ops);
+    });
 }
 
 #[test]

@@ -630,3 +630,45 @@ fn exchange_a_lower_file_with_a_renamed_one() {
     b.check_trees("exchange with a renamed file");
     b.check_uppers("exchange with a renamed file");
 }
+
+#[test]
+fn nlink_of_a_lower_hard_link_group_after_unlink_and_link() {
+    // Reference: kernel overlayfs with index=on, which keeps groups too.
+    let setup = Setup::new(vec![
+        Layer::new()
+            .file("one", "group")
+            .hardlink("two", "one")
+            .hardlink("d/three", "one"),
+        Layer::new().file("other", "o"),
+    ])
+    .kernel_extra(",index=on");
+    let Some(mut b) = Both::setup(setup) else {
+        return;
+    };
+    b.ok("unlink one name, no copy-up", |m| {
+        fs::remove_file(m.join("one"))
+    });
+    let nl = b.ok("nlink of the others", |m| {
+        Ok((
+            sys::lstat(&m.join("two"))?.st_nlink,
+            sys::lstat(&m.join("d/three"))?.st_nlink,
+        ))
+    });
+    assert_eq!(nl, (2, 2));
+    b.ok("link another name", |m| {
+        fs::hard_link(m.join("two"), m.join("d/four"))
+    });
+    let nl = b.ok("nlink after link", |m| {
+        sys::lstat(&m.join("d/three")).map(|s| s.st_nlink)
+    });
+    assert_eq!(nl, 3);
+    b.ok("write through one", |m| {
+        common::append(&m.join("d/four"), b"+")
+    });
+    assert_eq!(
+        b.ok("read through another", |m| fs::read(m.join("two"))),
+        b"group+"
+    );
+    b.check_trees("lower hard-link group after unlink and link");
+    b.check_trees_after_kernel_remount("lower hard-link group after unlink and link");
+}

@@ -49,6 +49,8 @@ pub struct Side {
     pub work: PathBuf,
     pub mnt: PathBuf,
     pub readonly: bool,
+    /// appended to kernel overlayfs options when this side is mounted by the kernel
+    pub kernel_extra: String,
     pub mount: Option<Mount>,
 }
 
@@ -64,6 +66,7 @@ impl Side {
             base,
             lowers,
             readonly,
+            kernel_extra: String::new(),
             mount: None,
         };
         for d in [&side.upper, &side.work, &side.mnt] {
@@ -99,14 +102,17 @@ impl Side {
     pub fn mount_as(&mut self, imp: Impl) {
         assert!(self.mount.is_none(), "{} is mounted already", self.name);
         let m = match imp {
-            Impl::Kernel => Mount::kernel(&self.mnt, &kernel_opts(&self.lowers, self.upper_pair()))
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "{}: kernel overlayfs mount of {} failed: {e} (see dmesg)",
-                        self.name,
-                        self.base.display()
-                    )
-                }),
+            Impl::Kernel => Mount::kernel(
+                &self.mnt,
+                &(kernel_opts(&self.lowers, self.upper_pair()) + &self.kernel_extra),
+            )
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: kernel overlayfs mount of {} failed: {e} (see dmesg)",
+                    self.name,
+                    self.base.display()
+                )
+            }),
             Impl::Union => {
                 let args: Vec<OsString> = vec![
                     "-o".into(),
@@ -160,6 +166,9 @@ pub struct Setup {
     pub dialect: Dialect,
     /// no upper: a read-only merged view
     pub readonly: bool,
+    /// extra kernel overlayfs options for every kernel mount of the fixture,
+    /// e.g. ",index=on" where hard-link groups must survive copy-up
+    pub kernel_extra: String,
 }
 
 impl Setup {
@@ -169,7 +178,12 @@ impl Setup {
             upper: None,
             dialect: Dialect::Kernel,
             readonly: false,
+            kernel_extra: String::new(),
         }
+    }
+    pub fn kernel_extra(mut self, opts: &str) -> Setup {
+        self.kernel_extra = opts.to_string();
+        self
     }
     pub fn upper(mut self, upper: Layer) -> Setup {
         self.upper = Some(upper);
@@ -231,6 +245,8 @@ impl Both {
             n,
             setup.readonly,
         );
+        k.kernel_extra = setup.kernel_extra.clone();
+        u.kernel_extra = setup.kernel_extra.clone();
         let sub_dialect = if sub_imp == Impl::Kernel && !mount::subject_keeps_dialect() {
             Dialect::Kernel
         } else {
