@@ -755,18 +755,42 @@ fn permissions_for_an_unprivileged_user() {
         ("unlink root's file in a sticky dir", 3, "sticky/roots"),
         ("chmod root's file", 4, "public"),
         ("chmod own file", 4, "mine"),
+        ("mkdir in own lower dir", 5, "userdir/sub"),
+        ("mkdir in root's dir", 5, "rootdir/sub"),
+        (
+            "rename own lower file within own dir",
+            6,
+            "userdir/lower_file",
+        ),
+        ("rename root's file out of a sticky dir", 6, "sticky/roots"),
+        ("setxattr user.x on own file", 7, "mine"),
+        ("setxattr user.x on root's file", 7, "public"),
+        ("chown own file to root", 8, "mine"),
+        ("utimes(NULL) on root's 0666 file", 9, "sticky/roots"),
+        ("utimes(NULL) on root's 0644 file", 9, "public"),
     ];
     for (what, op, rel) in cases {
         let mut results = Vec::new();
         for side in b.sides() {
             let c = cstr(&side.p(rel));
+            let to = cstr(&side.p(&format!("{rel}.renamed")));
+            let xname = std::ffi::CString::new("user.x").unwrap();
             let r = as_user(|| {
                 let r = match op {
                     0 => unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) },
                     1 => unsafe { libc::open(c.as_ptr(), libc::O_WRONLY) },
                     2 => unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o644) },
                     3 => unsafe { libc::unlink(c.as_ptr()) },
-                    _ => unsafe { libc::chmod(c.as_ptr(), 0o640) },
+                    4 => unsafe { libc::chmod(c.as_ptr(), 0o640) },
+                    5 => unsafe { libc::mkdir(c.as_ptr(), 0o755) },
+                    6 => unsafe { libc::rename(c.as_ptr(), to.as_ptr()) },
+                    7 => unsafe {
+                        libc::setxattr(c.as_ptr(), xname.as_ptr(), b"v".as_ptr().cast(), 1, 0)
+                    },
+                    8 => unsafe { libc::chown(c.as_ptr(), 0, 0) },
+                    _ => unsafe {
+                        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0)
+                    },
                 };
                 if r < 0 { errno_now() } else { 0 }
             });

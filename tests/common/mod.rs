@@ -355,8 +355,8 @@ impl Both {
     /// copy-up and whiteouts happened exactly where the kernel made them.
     #[track_caller]
     pub fn check_uppers(&self, what: &str) {
-        let a = snapshot::upper_view(&self.k.upper);
-        let b = snapshot::upper_view(&self.u.upper);
+        let a = snapshot::upper_view(&self.k.upper, &self.k.lowers);
+        let b = snapshot::upper_view(&self.u.upper, &self.k.lowers);
         snapshot::assert_uppers_eq(
             what,
             "kernel's upper",

@@ -331,10 +331,12 @@ pub fn assert_raw_unchanged(
 }
 
 /// What an upper directory holds on disk, in a form two implementations can
-/// be compared on: whiteouts as 'w', opaque dirs marked, other overlay
-/// bookkeeping xattrs (origin, impure, redirect…) left out, mtimes only when
-/// they are a layer's fixed old time.
-pub fn upper_view(root: &Path) -> BTreeMap<PathBuf, String> {
+/// be compared on: whiteouts as 'w', opaque dirs marked where a lower
+/// (kernel format, `lowers`) has that path (elsewhere opaque changes nothing:
+/// the kernel marks every new dir in a merged dir opaque as an optimization),
+/// other overlay bookkeeping xattrs (origin, impure, redirect…) left out,
+/// mtimes only when they are a layer's fixed old time.
+pub fn upper_view(root: &Path, lowers: &[PathBuf]) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -387,6 +389,10 @@ pub fn upper_view(root: &Path) -> BTreeMap<PathBuf, String> {
                     n.replace("user.overlay.opaque", "trusted.overlay.opaque"),
                     v,
                 )
+            })
+            .filter(|(n, _)| {
+                n != "trusted.overlay.opaque"
+                    || lowers.iter().any(|l| sys::lstat(&l.join(&rel)).is_ok())
             })
             .collect();
         if !xs.is_empty() {
