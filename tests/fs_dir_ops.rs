@@ -672,3 +672,49 @@ fn nlink_of_a_lower_hard_link_group_after_unlink_and_link() {
     b.check_trees("lower hard-link group after unlink and link");
     b.check_trees_after_kernel_remount("lower hard-link group after unlink and link");
 }
+
+#[test]
+fn failed_operations_copy_nothing_up() {
+    // Found by the randomized differential test: an ENOTEMPTY rmdir changed
+    // what the parent directory reports.
+    let Some(b) = fixture() else { return };
+    b.err("rmdir a non-empty lower-only dir", libc::ENOTEMPTY, |m| {
+        fs::remove_dir(m.join("onlylower/deep"))
+    });
+    b.err("rmdir a non-empty lower dir", libc::ENOTEMPTY, |m| {
+        fs::remove_dir(m.join("d/inner"))
+    });
+    b.err("unlink a missing name in a lower dir", libc::ENOENT, |m| {
+        fs::remove_file(m.join("d2/missing"))
+    });
+    b.err("mkdir over an existing lower name", libc::EEXIST, |m| {
+        fs::create_dir(m.join("d2/z"))
+    });
+    b.err("rename a missing name", libc::ENOENT, |m| {
+        fs::rename(m.join("onlylower/nope"), m.join("d/nope"))
+    });
+    b.err("link onto an existing lower name", libc::EEXIST, |m| {
+        fs::hard_link(m.join("h"), m.join("d/y"))
+    });
+    for side in b.sides() {
+        let copied: Vec<_> = fs::read_dir(&side.upper)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "up" && n != "merged")
+            .collect();
+        assert!(
+            copied.is_empty(),
+            "{}: failed operations copied up {copied:?}",
+            side.name
+        );
+    }
+    let nl = b.ok("nlink of a lower-only dir with a subdir", |m| {
+        Ok((
+            sys::lstat(&m.join("onlylower"))?.st_nlink,
+            sys::lstat(&m.join("d"))?.st_nlink,
+        ))
+    });
+    assert_eq!(nl, (3, 3));
+    b.check_trees("after failed operations");
+    b.check_uppers("after failed operations");
+}

@@ -257,8 +257,10 @@ impl Both {
             l.build(&u.lowers[i], sub_dialect);
         }
         if let Some(up) = &setup.upper {
-            up.build(&k.upper, Dialect::Kernel);
-            up.build(&u.upper, Dialect::Kernel);
+            for side in [&k, &u] {
+                up.build(&side.upper, Dialect::Kernel);
+                mark_impure(&side.upper);
+            }
         }
         let lower_sums = k
             .lowers
@@ -411,6 +413,22 @@ impl Drop for Both {
         }
         self.check_lowers_unchanged();
         assert!(errors.is_empty(), "unmounting: {}", errors.join("; "));
+    }
+}
+
+/// Mark every directory of a hand-built upper `trusted.overlay.impure=y`, as
+/// kernel overlayfs marks the dirs it copies into: without it the kernel
+/// reports readdir d_ino != st_ino for merged subdirectories of such an upper.
+pub fn mark_impure(upper: &Path) {
+    let mut stack = vec![upper.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        sys::lsetxattr(&d, "trusted.overlay.impure", b"y").unwrap();
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
     }
 }
 
