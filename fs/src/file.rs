@@ -24,6 +24,17 @@ pub enum Handle {
     },
 }
 
+/// An open file handle and how the kernel may cache it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    /// From an immutable lower branch: its page cache stays valid across opens.
+    pub keep_cache: bool,
+    /// The file behind the node cannot change while it is open (no copy-up can
+    /// come), so the kernel may read and write it directly (passthrough).
+    pub stays_put: bool,
+}
+
 /// Open handles by id.
 #[derive(Default)]
 pub struct Handles {
@@ -90,9 +101,8 @@ pub fn wants_write(flags: OFlags) -> bool {
 
 impl Union {
     /// Open a file: a write open copies it up first (without its data when the
-    /// open truncates anyway). Returns the handle id and whether the file comes
-    /// from an immutable lower branch (its page cache may be kept).
-    pub fn open(&self, node: &Node, flags: OFlags) -> Result<(u64, bool)> {
+    /// open truncates anyway).
+    pub fn open(&self, node: &Node, flags: OFlags) -> Result<Opened> {
         // The kernel passes internal bits (e.g. FMODE_EXEC) that openat2 rejects.
         let flags = flags & OPEN_FLAGS_PASSED;
         let write = wants_write(flags);
@@ -107,13 +117,18 @@ impl Union {
         };
         let layer = self.layer(li)?;
         let fd = layer.open_beneath(&path, flags | OFlags::NOFOLLOW)?;
-        let immutable = !layer.writable;
         let fh = self.handles.insert(Handle::File {
             node: node.id,
             fd: Arc::new(fd),
             writable: write,
         });
-        Ok((fh, immutable))
+        Ok(Opened {
+            fh,
+            keep_cache: !layer.writable,
+            // A lower file of a copy-on-write union becomes another file when it is
+            // copied up; upper files (and every file without an upper) stay put.
+            stays_put: li == 0 || li == crate::INDEX || !self.has_upper(),
+        })
     }
 
     /// Register a descriptor made by create().

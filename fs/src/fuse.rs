@@ -1,16 +1,18 @@
 //! The only module that imports `fuser`: FUSE requests in, union operations out.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FuseErrno, FileAttr, FileHandle,
-    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno as FuseErrno, FileAttr,
+    FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{FileType as RawType, OFlags, Stat, Timespec};
 
@@ -25,11 +27,127 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct UnionFuse {
     union: Arc<Union>,
+    passthrough: Passthrough,
 }
 
 impl UnionFuse {
     pub fn new(union: Arc<Union>) -> UnionFuse {
-        UnionFuse { union }
+        UnionFuse {
+            union,
+            passthrough: Passthrough::default(),
+        }
+    }
+}
+
+/// FUSE passthrough: the kernel reads and writes an open file's backing file
+/// itself. While an inode has open files they must all be opened the same way:
+/// through one backing file, or all through the page cache (the kernel refuses
+/// a mix with EIO). A lower file of a copy-on-write union is never a backing
+/// file, since a copy-up would leave its open passthrough files on the old data.
+#[derive(Default)]
+struct Passthrough {
+    enabled: bool,
+    by_node: Mutex<HashMap<u64, NodeIo>>,
+    node_of_fh: Mutex<HashMap<u64, u64>>,
+}
+
+enum NodeIo {
+    Cached {
+        users: usize,
+    },
+    Backing {
+        id: Arc<BackingId>,
+        file: (u64, u64),
+        users: usize,
+    },
+}
+
+/// How an open is answered.
+enum OpenMode {
+    Passthrough(Arc<BackingId>),
+    Cached,
+}
+
+impl Passthrough {
+    fn mode(
+        &self,
+        node: u64,
+        fh: u64,
+        fd: &OwnedFd,
+        may_passthrough: bool,
+        open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
+    ) -> Result<OpenMode, FuseErrno> {
+        let file = rustix::fs::fstat(fd)
+            .map(|st| (st.st_dev, st.st_ino))
+            .map_err(err)?;
+        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        let mode = match by_node.get_mut(&node) {
+            Some(NodeIo::Cached { users }) => {
+                *users += 1;
+                OpenMode::Cached
+            }
+            Some(NodeIo::Backing { id, file: f, users }) => {
+                if *f != file {
+                    // Cannot happen for files that stay put; refuse rather than
+                    // serve another file's data.
+                    return Err(FuseErrno::EBUSY);
+                }
+                *users += 1;
+                OpenMode::Passthrough(id.clone())
+            }
+            None => {
+                let backing = (self.enabled && may_passthrough).then(|| open_backing(fd));
+                match backing {
+                    Some(Ok(id)) => {
+                        let id = Arc::new(id);
+                        by_node.insert(
+                            node,
+                            NodeIo::Backing {
+                                id: id.clone(),
+                                file,
+                                users: 1,
+                            },
+                        );
+                        OpenMode::Passthrough(id)
+                    }
+                    other => {
+                        if let Some(Err(e)) = other {
+                            log::debug!("no passthrough for node {node:#x}: {e}");
+                        }
+                        by_node.insert(node, NodeIo::Cached { users: 1 });
+                        OpenMode::Cached
+                    }
+                }
+            }
+        };
+        drop(by_node);
+        self.node_of_fh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, node);
+        Ok(mode)
+    }
+
+    fn released(&self, fh: u64) {
+        let Some(node) = self
+            .node_of_fh
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh)
+        else {
+            return;
+        };
+        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        let last = match by_node.get_mut(&node) {
+            Some(NodeIo::Cached { users }) | Some(NodeIo::Backing { users, .. }) => {
+                *users -= 1;
+                *users == 0
+            }
+            None => false,
+        };
+        if last {
+            by_node.remove(&node);
+        }
     }
 }
 
@@ -125,6 +243,14 @@ impl UnionFuse {
 
 impl Filesystem for UnionFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Passthrough needs CAP_SYS_ADMIN; backing files may be one level deep
+        // (layers on an ordinary filesystem), so the mount itself stays stackable.
+        if rustix::process::geteuid().is_root()
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok()
+        {
+            self.passthrough.enabled = true;
+        }
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
@@ -311,19 +437,32 @@ impl Filesystem for UnionFuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = OFlags::from_bits_retain(flags.0 as u32);
-        match self
+        let opened = match self
             .node(ino)
             .and_then(|n| self.union.open(&n, flags).map_err(err))
         {
-            Ok((fh, immutable)) => {
-                let f = if immutable {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), f)
+            Ok(opened) => opened,
+            Err(e) => return reply.error(e),
+        };
+        let fh = opened.fh;
+        let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
+            self.passthrough
+                .mode(ino.0, fh, &fd, opened.stays_put, |fd| {
+                    reply.open_backing(fd)
+                })
+        });
+        match mode {
+            Ok(OpenMode::Passthrough(id)) => {
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id)
             }
-            Err(e) => reply.error(e),
+            Ok(OpenMode::Cached) if opened.keep_cache => {
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+            }
+            Ok(OpenMode::Cached) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => {
+                self.union.release(fh);
+                reply.error(e)
+            }
         }
     }
 
@@ -383,6 +522,7 @@ impl Filesystem for UnionFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.passthrough.released(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
@@ -602,21 +742,30 @@ impl Filesystem for UnionFuse {
             mode: mode & !umask,
             flags,
         };
-        match self.union.create(parent.0, name, obj, caller(req)) {
-            Ok(c) => {
-                let Some(fd) = c.fd else {
-                    return reply.error(FuseErrno::EIO);
-                };
-                let fh = self.union.adopt(&c.node, fd);
-                reply.created(
-                    &TTL,
-                    &attr(c.node.id, &c.stat),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                )
+        let c = match self.union.create(parent.0, name, obj, caller(req)) {
+            Ok(c) => c,
+            Err(e) => return reply.error(err(e)),
+        };
+        let Some(fd) = c.fd else {
+            return reply.error(FuseErrno::EIO);
+        };
+        let fh = self.union.adopt(&c.node, fd);
+        let a = attr(c.node.id, &c.stat);
+        let g = Generation(0);
+        // A new file lives in the upper (or a writable branch): it stays put.
+        let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
+            self.passthrough
+                .mode(c.node.id, fh, &fd, true, |fd| reply.open_backing(fd))
+        });
+        match mode {
+            Ok(OpenMode::Passthrough(id)) => {
+                reply.created_passthrough(&TTL, &a, g, FileHandle(fh), FopenFlags::empty(), &id)
             }
-            Err(e) => reply.error(err(e)),
+            Ok(OpenMode::Cached) => reply.created(&TTL, &a, g, FileHandle(fh), FopenFlags::empty()),
+            Err(e) => {
+                self.union.release(fh);
+                reply.error(e)
+            }
         }
     }
 
