@@ -696,6 +696,11 @@ fn failed_operations_copy_nothing_up() {
     b.err("link onto an existing lower name", libc::EEXIST, |m| {
         fs::hard_link(m.join("h"), m.join("d/y"))
     });
+    b.err(
+        "rename a lower dir over a non-empty lower dir",
+        libc::ENOTEMPTY,
+        |m| fs::rename(m.join("d/inner"), m.join("onlylower/deep")),
+    );
     for side in b.sides() {
         let copied: Vec<_> = fs::read_dir(&side.upper)
             .unwrap()
