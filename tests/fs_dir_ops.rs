@@ -723,3 +723,72 @@ fn failed_operations_copy_nothing_up() {
     b.check_trees("after failed operations");
     b.check_uppers("after failed operations");
 }
+
+/// Lowers with a hard-link group; the kernel reference runs with index=on,
+/// which keeps groups across copy-up as unionmount does.
+fn linked_fixture() -> Option<Both> {
+    Both::setup(
+        Setup::new(vec![
+            Layer::new()
+                .file("a", common::pattern(10_000, 4))
+                .hardlink("deep/x", "a")
+                .file("f", "f")
+                .dir("sub/inner"),
+            Layer::new().file("other", "o"),
+        ])
+        .kernel_extra(",index=on"),
+    )
+}
+
+#[test]
+fn rename_over_a_name_of_a_lower_hard_link_group() {
+    // Found by the randomized differential test.
+    let Some(b) = linked_fixture() else { return };
+    b.ok("rename a file over one name of the group", |m| {
+        fs::rename(m.join("f"), m.join("deep/x"))
+    });
+    let nl = b.ok("nlink of the other name", |m| {
+        sys::lstat(&m.join("a")).map(|s| s.st_nlink)
+    });
+    assert_eq!(nl, 1);
+    b.check_trees("rename over a linked name");
+}
+
+#[test]
+fn rename_from_a_copied_up_dir_over_a_name_of_a_lower_hard_link_group() {
+    // Found by the randomized differential test (the first variant passes).
+    let Some(b) = linked_fixture() else { return };
+    b.ok("make a fifo in a lower dir (copies it up)", |m| {
+        sys::mkfifo(&m.join("sub/fifo"), 0o644)
+    });
+    b.ok("rename its sibling over one name of the group", |m| {
+        fs::write(m.join("sub/g"), "g")?;
+        fs::rename(m.join("sub/g"), m.join("deep/x"))
+    });
+    let nl = b.ok("nlink of the other name", |m| {
+        sys::lstat(&m.join("a")).map(|s| s.st_nlink)
+    });
+    assert_eq!(nl, 1);
+    b.check_trees("rename over a linked name");
+}
+
+#[test]
+fn exchange_a_copied_up_hard_linked_file_with_a_dir() {
+    // Found by the randomized differential test.
+    let Some(b) = linked_fixture() else { return };
+    b.ok("copy the group up (open for write)", |m| {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.join("deep/x"))
+            .map(|_| ())
+    });
+    b.ok("EXCHANGE a lower dir with the copied-up name", |m| {
+        sys::renameat2(&m.join("sub"), &m.join("a"), RENAME_EXCHANGE)
+    });
+    assert!(b.ok("a is the dir now", |m| Ok(m.join("a/inner").is_dir())));
+    assert_eq!(
+        b.ok("sub is the file", |m| fs::read(m.join("sub"))),
+        common::pattern(10_000, 4)
+    );
+    b.check_trees("exchange with a linked file");
+}
