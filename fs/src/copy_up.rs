@@ -115,7 +115,13 @@ impl Union {
     }
 
     /// Build a copy of lower object `lpath` in branch `li` as `tmp` in the workdir.
-    fn copy_into_work(&self, li: usize, lpath: &Path, tmp: &OsStr, with_data: bool) -> Result<()> {
+    pub(crate) fn copy_into_work(
+        &self,
+        li: usize,
+        lpath: &Path,
+        tmp: &OsStr,
+        with_data: bool,
+    ) -> Result<()> {
         let lower = &self.layers[li];
         let work = self.work_fd()?;
         let src = lower.open_beneath(lpath, OFlags::PATH | OFlags::NOFOLLOW)?;

@@ -77,6 +77,16 @@ impl Union {
     ) -> Result<Created> {
         check_name(name)?;
         let parent = self.node(parent_id)?;
+        if !parent.snapshot().is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        {
+            // Errors first: a failed create must not copy its parent up.
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            if self.resolve_now(&parent, name)?.is_some() {
+                return Err(Errno::EXIST);
+            }
+        }
         let (li, ppath) = self.writable_dir(&parent)?;
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
         if self.resolve_now(&parent, name)?.is_some() {
@@ -256,18 +266,42 @@ impl Union {
         self.remove(parent_id, name, true)
     }
 
-    fn remove(&self, parent_id: u64, name: &OsStr, want_dir: bool) -> Result<()> {
-        let parent = self.node(parent_id)?;
-        let (li, ppath) = self.writable_dir(&parent)?;
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
-        let found = self.resolve_now(&parent, name)?.ok_or(Errno::NOENT)?;
+    /// Every error unlink/rmdir can give, found before anything is copied up.
+    fn check_remove(&self, parent: &Node, name: &OsStr, want_dir: bool) -> Result<Resolved> {
+        let found = self.resolve_now(parent, name)?.ok_or(Errno::NOENT)?;
         match (want_dir, found.state.is_dir) {
             (true, false) => return Err(Errno::NOTDIR),
             (false, true) => return Err(Errno::ISDIR),
             _ => {}
         }
-        if want_dir && !self.merged_dir_is_empty(&found.state, &ppath.join(name))? {
+        let path = self.path_of(parent)?.join(name);
+        if want_dir && !self.merged_dir_is_empty(&found.state, &path)? {
             return Err(Errno::NOTEMPTY);
+        }
+        Ok(found)
+    }
+
+    fn remove(&self, parent_id: u64, name: &OsStr, want_dir: bool) -> Result<()> {
+        let parent = self.node(parent_id)?;
+        {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            self.check_remove(&parent, name, want_dir)?;
+        }
+        let (li, ppath) = self.writable_dir(&parent)?;
+        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let found = self.check_remove(&parent, name, want_dir)?;
+        if self.has_upper()
+            && !found.state.is_dir
+            && !found.state.upper
+            && found.state.index.is_none()
+        {
+            // Removing a name of a lower hard-link group changes the others' link
+            // count: the group moves to the index, which keeps that count.
+            if let Some(key) = self.index_lower_group(&found)? {
+                if let Some(node) = self.inodes.by_name(parent_id, name) {
+                    node.state().index = Some(key);
+                }
+            }
         }
         if !self.has_upper() {
             let (fli, fpath) = found.state.top_lower().cloned().ok_or(Errno::STALE)?;

@@ -142,6 +142,43 @@ impl Union {
         self.adjust_nlink(fd.as_fd(), -1)
     }
 
+    /// A name of a lower hard-link group is being removed while the group has no
+    /// copy yet: make its index entry (no name links to it), counting the links
+    /// the others keep. Returns the index name, or None for a file not in a group.
+    pub(crate) fn index_lower_group(
+        &self,
+        found: &crate::lookup::Resolved,
+    ) -> Result<Option<OsString>> {
+        let Some((li, lpath)) = found.state.top_lower().cloned() else {
+            return Ok(None);
+        };
+        if found.stat.st_nlink < 2 {
+            return Ok(None);
+        }
+        let (Some(index), Some(key)) = (self.index.as_ref(), self.index_key(li, &lpath)) else {
+            return Ok(None);
+        };
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let made = self.copy_into_work(li, &lpath, &tmp, true).and_then(|()| {
+            let fd = layer::open_path_at(work, &tmp)?;
+            // Upper links: the index entry alone; shown: the group less this name.
+            set_nlink(self, fd.as_fd(), found.stat.st_nlink as i64 - 2)?;
+            match rustix::fs::linkat(
+                work,
+                &tmp,
+                index.root_fd(),
+                &key,
+                rustix::fs::AtFlags::empty(),
+            ) {
+                Ok(()) | Err(Errno::EXIST) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+        self.remove_temp(&tmp);
+        made.map(|()| Some(key))
+    }
+
     /// Is the upper file `st` (with origin `origin`) its group's index entry?
     pub(crate) fn is_indexed_copy(&self, origin: &[u8], st: &Stat) -> bool {
         let Some(index) = self.index.as_ref() else {
