@@ -251,7 +251,9 @@ impl Union {
             node.snapshot(),
             true,
         );
-        let raw = stat_at(ddir.as_fd(), new_name)?;
+        let mut raw = stat_at(ddir.as_fd(), new_name)?;
+        let linked = layer::open_path_at(ddir.as_fd(), new_name)?;
+        raw.st_nlink = self.shown_nlink(linked.as_fd(), raw.st_nlink);
         Ok((
             node.clone(),
             self.present_stat(node.st_ino, &node.snapshot(), raw),
@@ -392,12 +394,12 @@ impl Union {
         }
         let parent = self.node(parent_id)?;
         let new_parent = self.node(new_parent_id)?;
-        self.writable_dir(&parent)?;
-        self.writable_dir(&new_parent)?;
         {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
             crate::rename::check(self, &parent, name, &new_parent, new_name, flags)?;
         }
+        self.writable_dir(&parent)?;
+        self.writable_dir(&new_parent)?;
         let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
         self.copy_up(&src)?;
         if src.snapshot().index.is_some() {
