@@ -292,18 +292,8 @@ impl Union {
         let (li, ppath) = self.writable_dir(&parent)?;
         let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
         let found = self.check_remove(&parent, name, want_dir)?;
-        if self.has_upper()
-            && !found.state.is_dir
-            && !found.state.upper
-            && found.state.index.is_none()
-        {
-            // Removing a name of a lower hard-link group changes the others' link
-            // count: the group moves to the index, which keeps that count.
-            if let Some(key) = self.index_lower_group(&found)? {
-                if let Some(node) = self.inodes.by_name(parent_id, name) {
-                    node.state().index = Some(key);
-                }
-            }
+        if self.has_upper() {
+            self.removing_lower_name(&found, parent_id, name)?;
         }
         if !self.has_upper() {
             let (fli, fpath) = found.state.top_lower().cloned().ok_or(Errno::STALE)?;
@@ -328,12 +318,6 @@ impl Union {
                 want_dir,
                 needs_whiteout,
             )?;
-            if let (false, Some(key)) = (found.state.upper, &found.state.index) {
-                // One name fewer for a group whose copy is in the index.
-                let index = self.layer(crate::INDEX)?;
-                let fd = crate::layer::open_path_at(index.root_fd(), key)?;
-                self.adjust_nlink(fd.as_fd(), -1)?;
-            }
         }
         self.inodes.drop_name(parent_id, name);
         Ok(())
@@ -410,6 +394,9 @@ impl Union {
             && flags.contains(RenameFlags::EXCHANGE)
         {
             self.copy_up(dst)?;
+            if dst.snapshot().index.is_some() {
+                self.link_group_name(&new_parent, new_name)?;
+            }
         }
         let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
         crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)

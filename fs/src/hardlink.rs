@@ -142,6 +142,30 @@ impl Union {
         self.adjust_nlink(fd.as_fd(), -1)
     }
 
+    /// A name that only a lower branch has is going away (unlink, or a rename
+    /// over it). If it belongs to a hard-link group, the others' link count drops:
+    /// the group's index entry keeps that count (made now if there is none).
+    pub(crate) fn removing_lower_name(
+        &self,
+        found: &crate::lookup::Resolved,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<()> {
+        if found.state.is_dir || found.state.upper {
+            return Ok(());
+        }
+        if let Some(key) = &found.state.index {
+            let fd = layer::open_path_at(self.layer(crate::INDEX)?.root_fd(), key)?;
+            return self.adjust_nlink(fd.as_fd(), -1);
+        }
+        if let Some(key) = self.index_lower_group(found)? {
+            if let Some(node) = self.inodes.by_name(parent, name) {
+                node.state().index = Some(key);
+            }
+        }
+        Ok(())
+    }
+
     /// A name of a lower hard-link group is being removed while the group has no
     /// copy yet: make its index entry (no name links to it), counting the links
     /// the others keep. Returns the index name, or None for a file not in a group.

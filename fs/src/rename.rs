@@ -52,6 +52,9 @@ pub(crate) fn rename_locked(
         // Two names of one file: POSIX says rename does nothing.
         return Ok(());
     }
+    if let Some(d) = &dst {
+        u.removing_lower_name(d, new_parent.id, new_name)?;
+    }
     let src_needs_whiteout = lowers_have(u, parent, name)?;
     mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
     clear_destination(u, ddir.as_fd(), new_name, src.state.is_dir)?;
