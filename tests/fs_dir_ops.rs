@@ -792,3 +792,27 @@ fn exchange_a_copied_up_hard_linked_file_with_a_dir() {
     );
     b.check_trees("exchange with a linked file");
 }
+
+#[test]
+fn rm_r_of_a_dir_holding_one_name_of_a_lower_hard_link_group() {
+    // Found by the randomized differential test.
+    let setup = Setup::new(vec![
+        Layer::new()
+            .file("b", "group")
+            .hardlink("b2", "b")
+            .hardlink("m/sub/b", "b")
+            .file("m/other", "o"),
+        Layer::new().file("m/sub/lower_only", "l"),
+    ])
+    .kernel_extra(",index=on");
+    let Some(b) = Both::setup(setup) else { return };
+    b.ok("rm -r m", |m| fs::remove_dir_all(m.join("m")));
+    let nl = b.ok("nlink of the names left", |m| {
+        Ok((
+            sys::lstat(&m.join("b"))?.st_nlink,
+            sys::lstat(&m.join("b2"))?.st_nlink,
+        ))
+    });
+    assert_eq!(nl, (2, 2));
+    b.check_trees("rm -r of one name of a group");
+}
