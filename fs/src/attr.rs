@@ -79,7 +79,7 @@ impl Union {
             let (li, path) = self.top_entry(node, &st)?;
             let layer = self.layer(li)?;
             let mut raw = layer.stat(&path)?;
-            if raw.st_nlink > 1 && layer.writable && !st.is_dir {
+            if (raw.st_nlink > 1 || st.index.is_some()) && layer.writable && !st.is_dir {
                 let fd = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
                 raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
             }

@@ -231,7 +231,7 @@ impl Union {
                 if st.names.is_empty() {
                     // Unlinked: a lower file behind a whiteout still has its link.
                     raw.st_nlink = 0;
-                } else if raw.st_nlink > 1 {
+                } else if raw.st_nlink > 1 || st.index.is_some() {
                     raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
                 }
                 Ok(self.present_stat(node.st_ino, &st, raw))
