@@ -278,6 +278,22 @@ fn linked_lowers() -> common::Setup {
 }
 
 #[test]
+fn scripted_sequence_over_lower_hard_links() {
+    // Minimal cases the randomized test below found.
+    use Op::*;
+    let s = |x: &str| x.to_string();
+    run_on(linked_lowers(), &[RmTree(s("merged"))]);
+    run_on(linked_lowers(), &[Unlink(s("b")), Stat(s("b2"))]);
+    run_on(
+        linked_lowers(),
+        &[
+            Write(s("merged/deep/x"), 0, 0, 1),
+            Rename(s("low/sub"), s("low/a"), RENAME_EXCHANGE),
+        ],
+    );
+}
+
+#[test]
 fn randomized_sequences_over_lower_hard_links() {
     if !common::require_mounts() {
         return;
