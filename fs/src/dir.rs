@@ -14,7 +14,6 @@ use rustix::io::Errno;
 use crate::inode::{Node, NodeState};
 use crate::layer::{self, stat_at};
 use crate::lookup::{Resolved, is_dir};
-use crate::names::is_chardev_whiteout;
 use crate::{Result, Union};
 
 /// What kind of object to create.
@@ -97,7 +96,7 @@ impl Union {
         }
         let dir = self.upper().dir(&ppath)?;
         let over_whiteout = match stat_at(dir.as_fd(), name) {
-            Ok(st) if is_chardev_whiteout(&st) => true,
+            Ok(st) if self.is_upper_whiteout(dir.as_fd(), name, &st)? => true,
             Ok(_) => return Err(Errno::EXIST),
             Err(Errno::NOENT) => false,
             Err(e) => return Err(e),
@@ -226,7 +225,9 @@ impl Union {
         let ddir = self.layers[pli].dir(&ppath)?;
         let sn = sn.ok_or(Errno::INVAL)?;
         match stat_at(ddir.as_fd(), new_name) {
-            Ok(st) if is_chardev_whiteout(&st) && self.has_upper() => {
+            Ok(st)
+                if self.has_upper() && self.is_upper_whiteout(ddir.as_fd(), new_name, &st)? =>
+            {
                 let work = self.work_fd()?;
                 let tmp = self.temp_name();
                 rustix::fs::linkat(&sdir, sn, work, &tmp, AtFlags::empty())?;
@@ -335,7 +336,7 @@ impl Union {
         needs_whiteout: bool,
     ) -> Result<()> {
         if !in_upper {
-            return make_whiteout(dir, name);
+            return self.make_whiteout(dir, name);
         }
         if !needs_whiteout && !is_dir {
             return rustix::fs::unlinkat(dir, name, AtFlags::empty());
@@ -349,10 +350,11 @@ impl Union {
         };
         match rustix::fs::renameat_with(dir, name, work, &tmp, flags) {
             Ok(()) => {}
-            Err(Errno::INVAL) if needs_whiteout => {
-                // No RENAME_WHITEOUT here: move, then make the whiteout.
+            Err(Errno::INVAL) | Err(Errno::PERM) if needs_whiteout => {
+                // No RENAME_WHITEOUT here (or no privilege for it): move, then
+                // make the whiteout.
                 rustix::fs::renameat(dir, name, work, &tmp)?;
-                make_whiteout(dir, name)?;
+                self.make_whiteout(dir, name)?;
             }
             Err(e) => return Err(e),
         }
@@ -450,9 +452,39 @@ impl Union {
     }
 }
 
-/// Make a whiteout (character device 0/0) named `name` in `dir`.
-pub(crate) fn make_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+impl Union {
+    /// Make a whiteout named `name` in the upper directory `dir`: a character
+    /// device 0/0, or where mknod is refused (no privilege) an empty file marked
+    /// `overlay.whiteout`, its directory marked `overlay.opaque=x` (the kernel's
+    /// xattr whiteouts, readable by kernel overlayfs 6.7+ with the same namespace).
+    pub(crate) fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        match rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0) {
+            Err(Errno::PERM) => {}
+            other => return other,
+        }
+        let f = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let ns = self.cfg.xattr_ns;
+        layer::set_xattr(f.as_fd(), &ns.name("whiteout"), b"", XattrFlags::empty())?;
+        if layer::get_xattr(dir, &ns.name("opaque"))?.is_none() {
+            layer::set_xattr(dir, &ns.name("opaque"), b"x", XattrFlags::empty())?;
+        }
+        Ok(())
+    }
+
+    /// Is the upper entry `name` in `dir` (lstat `st`) a whiteout?
+    pub(crate) fn is_upper_whiteout(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+    ) -> Result<bool> {
+        crate::names::is_whiteout(dir, name, st)
+    }
 }
 
 pub(crate) fn check_name(name: &OsStr) -> Result<()> {

@@ -9,11 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{AtFlags, RenameFlags, XattrFlags};
 use rustix::io::Errno;
 
-use crate::dir::make_whiteout;
 use crate::inode::Node;
 use crate::layer::{self, stat_at};
 use crate::lookup::Resolved;
-use crate::names::is_chardev_whiteout;
 use crate::{Result, Union};
 
 /// The rename itself, with the namespace lock held exclusively and the source
@@ -177,7 +175,7 @@ fn clear_destination(
         Err(Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
-    if is_chardev_whiteout(&st) {
+    if u.is_upper_whiteout(ddir, new_name, &st)? {
         if src_is_dir {
             rustix::fs::unlinkat(ddir, new_name, AtFlags::empty())?;
         }
@@ -201,17 +199,16 @@ fn move_entry(
     needs_whiteout: bool,
     is_dir: bool,
 ) -> Result<()> {
-    let _ = u;
     if needs_whiteout && !is_dir {
         match rustix::fs::renameat_with(sdir, name, ddir, new_name, RenameFlags::WHITEOUT) {
             Ok(()) => return Ok(()),
-            Err(Errno::INVAL) => {}
+            Err(Errno::INVAL) | Err(Errno::PERM) => {}
             Err(e) => return Err(e),
         }
     }
     rustix::fs::renameat(sdir, name, ddir, new_name)?;
     if needs_whiteout {
-        make_whiteout(sdir, name)?;
+        u.make_whiteout(sdir, name)?;
     }
     Ok(())
 }
