@@ -158,10 +158,10 @@ impl Union {
             let fd = layer::open_path_at(self.layer(crate::INDEX)?.root_fd(), key)?;
             return self.adjust_nlink(fd.as_fd(), -1);
         }
-        if let Some(key) = self.index_lower_group(found)? {
-            if let Some(node) = self.inodes.by_name(parent, name) {
-                node.state().index = Some(key);
-            }
+        if let Some(key) = self.index_lower_group(found)?
+            && let Some(node) = self.inodes.by_name(parent, name)
+        {
+            node.state().index = Some(key);
         }
         Ok(())
     }
