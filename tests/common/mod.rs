@@ -299,6 +299,7 @@ impl Both {
         }
         if let Some(up) = &self.setup.upper {
             up.build(&side.upper, Dialect::Kernel);
+            mark_impure(&side.upper);
         }
         side
     }
