@@ -518,7 +518,19 @@ impl Mount {
         let mut problems = Vec::new();
         match &mut self.kind {
             Kind::Kernel => {
-                if let Err(e) = sys::umount2(&self.mnt, 0) {
+                // A file closed an instant ago may still pin the mount (its
+                // last reference dropped later): retry EBUSY for a while.
+                let mut result = sys::umount2(&self.mnt, 0);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while result
+                    .as_ref()
+                    .is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY))
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                    result = sys::umount2(&self.mnt, 0);
+                }
+                if let Err(e) = result {
                     problems.push(format!("umount {}: {e}", self.mnt.display()));
                     let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
                 }
