@@ -546,7 +546,12 @@ impl Filesystem for UnionFuse {
             .node(ino)
             .and_then(|n| self.union.opendir(&n).map_err(err))
         {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep listings: every change to a directory goes through
+            // this mount and changes its mtime, which is what the kernel checks.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -605,7 +610,7 @@ impl Filesystem for UnionFuse {
                 }
                 continue;
             }
-            let Ok((node, st)) = self.union.lookup(ino.0, &e.name) else {
+            let Ok((node, st)) = self.union.remember_listed(ino.0, e) else {
                 continue;
             };
             let st = self.union.present_stat(node.st_ino, &node.snapshot(), st);

@@ -1,10 +1,13 @@
 //! Resolving a name through the stack: whiteouts, opaque directories, redirects,
 //! and the identity (`st_ino`) of what is found.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rustix::fs::{FileType, Stat};
@@ -25,6 +28,30 @@ pub struct Resolved {
 
 pub fn is_dir(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Directory
+}
+
+/// Branch directories opened while resolving the names of one directory (a
+/// listing resolves every entry), so each is opened once rather than per name.
+#[derive(Default)]
+pub(crate) struct DirCache {
+    fds: RefCell<HashMap<(usize, PathBuf), Option<Rc<OwnedFd>>>>,
+}
+
+impl DirCache {
+    /// The directory `path` of branch `layer`, or None where it is not one.
+    fn dir(&self, u: &Union, layer: usize, path: &Path) -> Result<Option<Rc<OwnedFd>>> {
+        let key = (layer, path.to_path_buf());
+        if let Some(fd) = self.fds.borrow().get(&key) {
+            return Ok(fd.clone());
+        }
+        let fd = match u.layers[layer].dir(path) {
+            Ok(fd) => Some(Rc::new(fd)),
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => None,
+            Err(e) => return Err(e),
+        };
+        self.fds.borrow_mut().insert(key, fd.clone());
+        Ok(fd)
+    }
 }
 
 /// Where a lookup continues in the branches below.
@@ -98,6 +125,17 @@ impl Union {
         dir_path: &Path,
         name: &OsStr,
     ) -> Result<Option<Resolved>> {
+        self.resolve_child_in(dir, dir_path, name, &DirCache::default())
+    }
+
+    /// `resolve_child` reusing the branch directories `cache` holds open.
+    pub(crate) fn resolve_child_in(
+        &self,
+        dir: &NodeState,
+        dir_path: &Path,
+        name: &OsStr,
+        cache: &DirCache,
+    ) -> Result<Option<Resolved>> {
         if name == "." || name == ".." || name.as_bytes().contains(&b'/') {
             return Err(Errno::INVAL);
         }
@@ -108,12 +146,7 @@ impl Union {
             if self.is_hidden_upper_name(dir_path, name) {
                 return Ok(None);
             }
-            let updir = match self.upper().dir(dir_path) {
-                Ok(fd) => Some(fd),
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) => None,
-                Err(e) => return Err(e),
-            };
-            if let Some(updir) = updir {
+            if let Some(updir) = cache.dir(self, 0, dir_path)? {
                 match stat_at(updir.as_fd(), name) {
                     Ok(st) => {
                         if is_whiteout(updir.as_fd(), name, &st)? {
@@ -148,7 +181,7 @@ impl Union {
             }
         }
         if !state.opaque {
-            self.resolve_in_lowers(dir, name, below, &mut top, &mut state)?;
+            self.resolve_in_lowers(dir, name, below, &mut top, &mut state, cache)?;
         }
         let Some((top_layer, stat)) = top else {
             return Ok(None);
@@ -172,6 +205,7 @@ impl Union {
         mut below: Below,
         top: &mut Option<(usize, Stat)>,
         state: &mut NodeState,
+        cache: &DirCache,
     ) -> Result<()> {
         let first_lower = usize::from(self.has_upper());
         let mut layer_idx = first_lower;
@@ -180,16 +214,11 @@ impl Union {
                 layer_idx += 1;
                 continue;
             };
-            let layer = &self.layers[layer_idx];
             let (parent, lname) = split(&path);
             let Some(lname) = lname else { break };
-            let ldir = match layer.dir(parent) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
-                    layer_idx += 1;
-                    continue;
-                }
-                Err(e) => return Err(e),
+            let Some(ldir) = cache.dir(self, layer_idx, parent)? else {
+                layer_idx += 1;
+                continue;
             };
             let st = match stat_at(ldir.as_fd(), lname) {
                 Ok(st) => st,

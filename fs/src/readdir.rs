@@ -22,6 +22,9 @@ pub struct DirEntry {
     pub name: OsString,
     pub kind: FileType,
     pub ino: u64,
+    /// What the name resolved to when the listing was read (None for "." and
+    /// ".."), so readdirplus needs no second lookup.
+    pub found: Option<(NodeState, rustix::fs::Stat)>,
 }
 
 impl Union {
@@ -42,25 +45,47 @@ impl Union {
                 name: ".".into(),
                 kind: FileType::Directory,
                 ino: node.st_ino,
+                found: None,
             },
             DirEntry {
                 name: "..".into(),
                 kind: FileType::Directory,
                 ino: parent_ino,
+                found: None,
             },
         ];
+        let cache = crate::lookup::DirCache::default();
         for (name, _) in self.merged_names(&st, &path)? {
             // Resolving each entry gives the same st_ino stat would (d_ino == st_ino).
-            if let Some(found) = self.resolve_child(&st, &path, &name)? {
+            if let Some(found) = self.resolve_child_in(&st, &path, &name, &cache)? {
                 let kind = FileType::from_raw_mode(found.stat.st_mode);
                 out.push(DirEntry {
                     name,
                     kind,
                     ino: found.st_ino,
+                    found: Some((found.state, found.stat)),
                 });
             }
         }
         Ok(out)
+    }
+
+    /// A listed entry handed to the kernel with its attributes (readdirplus):
+    /// counts as a lookup of it.
+    pub fn remember_listed(
+        &self,
+        parent: u64,
+        e: &DirEntry,
+    ) -> Result<(std::sync::Arc<Node>, rustix::fs::Stat)> {
+        match &e.found {
+            Some((state, stat)) => {
+                let node = self
+                    .inodes
+                    .remember(e.ino, false, parent, &e.name, state.clone(), true);
+                Ok((node, *stat))
+            }
+            None => self.lookup(parent, &e.name),
+        }
     }
 
     /// The names a merged directory shows (no markers, no whiteouts, no duplicates).
