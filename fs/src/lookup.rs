@@ -34,12 +34,15 @@ pub fn is_dir(st: &Stat) -> bool {
 /// listing resolves every entry), so each is opened once rather than per name.
 #[derive(Default)]
 pub(crate) struct DirCache {
-    fds: RefCell<HashMap<(usize, PathBuf), Option<Rc<OwnedFd>>>>,
+    fds: RefCell<HashMap<(usize, PathBuf), OpenedDir>>,
 }
+
+/// A branch directory opened once, or None where the path is no directory.
+type OpenedDir = Option<Rc<OwnedFd>>;
 
 impl DirCache {
     /// The directory `path` of branch `layer`, or None where it is not one.
-    fn dir(&self, u: &Union, layer: usize, path: &Path) -> Result<Option<Rc<OwnedFd>>> {
+    fn dir(&self, u: &Union, layer: usize, path: &Path) -> Result<OpenedDir> {
         let key = (layer, path.to_path_buf());
         if let Some(fd) = self.fds.borrow().get(&key) {
             return Ok(fd.clone());
