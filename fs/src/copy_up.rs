@@ -308,15 +308,5 @@ fn copy_metadata(
             }
         }
     }
-    let times = Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: st.st_atime as _,
-            tv_nsec: st.st_atime_nsec as _,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: st.st_mtime as _,
-            tv_nsec: st.st_mtime_nsec as _,
-        },
-    };
-    rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)
+    rustix::fs::utimensat(work, tmp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)
 }

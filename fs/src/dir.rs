@@ -49,7 +49,7 @@ impl Union {
     }
 
     /// Resolve (parent, name) now, with the parent's current state.
-    fn resolve_now(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
+    pub(crate) fn resolve_now(&self, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
         let st = parent.snapshot();
         let path = self.path_of(parent)?;
         self.resolve_child(&st, &path, name)
@@ -57,7 +57,7 @@ impl Union {
 
     /// Does any lower branch show `name` in `parent` (so removing the upper entry
     /// would expose it, and a whiteout is needed)?
-    fn lowers_have(&self, parent: &Node, name: &OsStr) -> Result<bool> {
+    pub(crate) fn lowers_have(&self, parent: &Node, name: &OsStr) -> Result<bool> {
         let mut st = parent.snapshot();
         if st.lowers.is_empty() {
             return Ok(false);

@@ -53,7 +53,7 @@ pub(crate) fn rename_locked(
     if let Some(d) = &dst {
         u.removing_lower_name(d, new_parent.id, new_name)?;
     }
-    let src_needs_whiteout = lowers_have(u, parent, name)?;
+    let src_needs_whiteout = u.lowers_have(parent, name)?;
     mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
     clear_destination(u, ddir.as_fd(), new_name, src.state.is_dir)?;
     move_entry(
@@ -82,8 +82,8 @@ pub(crate) fn check(
     new_name: &OsStr,
     flags: RenameFlags,
 ) -> Result<(Resolved, Option<Resolved>)> {
-    let src = resolve(u, parent, name)?.ok_or(Errno::NOENT)?;
-    let dst = resolve(u, new_parent, new_name)?;
+    let src = u.resolve_now(parent, name)?.ok_or(Errno::NOENT)?;
+    let dst = u.resolve_now(new_parent, new_name)?;
     if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
         return Err(Errno::EXIST);
     }
@@ -95,20 +95,6 @@ pub(crate) fn check(
         _ => {}
     }
     Ok((src, dst))
-}
-
-fn resolve(u: &Union, parent: &Node, name: &OsStr) -> Result<Option<Resolved>> {
-    let st = parent.snapshot();
-    u.resolve_child(&st, &u.path_of(parent)?, name)
-}
-
-fn lowers_have(u: &Union, parent: &Node, name: &OsStr) -> Result<bool> {
-    let mut st = parent.snapshot();
-    if st.lowers.is_empty() {
-        return Ok(false);
-    }
-    st.upper = false;
-    Ok(u.resolve_child(&st, &u.path_of(parent)?, name)?.is_some())
 }
 
 /// The kinds must fit, and a directory being replaced must be empty.
@@ -155,7 +141,7 @@ fn mark_moved_dir(
         let key = u.cfg.xattr_ns.name("redirect");
         return layer::set_xattr(fd.as_fd(), &key, &redirect, XattrFlags::empty());
     }
-    if lowers_have(u, to_parent, to_name)? {
+    if u.lowers_have(to_parent, to_name)? {
         let key = u.cfg.xattr_ns.name("opaque");
         layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
     }
