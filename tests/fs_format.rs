@@ -398,3 +398,100 @@ fn squash_options_show_one_owner() {
         drop(m);
     }
 }
+
+/// Every xattr name anywhere under `dir` (not following symlinks).
+fn all_xattr_names(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for n in sys::llistxattr(&p).unwrap() {
+            out.push((p.clone(), n));
+        }
+        if sys::lstat(&p).unwrap().st_mode & libc::S_IFMT == libc::S_IFDIR {
+            for e in fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn userxattr_mode_writes_user_overlay_xattrs_the_kernel_reads() {
+    if !common::require_mounts() {
+        return;
+    }
+    if subject_is_kernel() {
+        eprintln!("userxattr is checked against unionmount only");
+        return;
+    }
+    let s = common::Scratch::new();
+    let (l0, l1, u, w, m) = (s.dir("l0"), s.dir("l1"), s.dir("u"), s.dir("w"), s.dir("m"));
+    Layer::new()
+        .opaque("opq")
+        .file("opq/top", "t")
+        .whiteout("gone")
+        .build(&l0, Dialect::UserXattr);
+    Layer::new()
+        .file("gone", "g")
+        .file("opq/hidden", "h")
+        .file("d/x", "x")
+        .file("d/y", "y")
+        .file("f", "f")
+        .build(&l1, Dialect::UserXattr);
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={},userxattr",
+        l0.display(),
+        l1.display(),
+        u.display(),
+        w.display()
+    );
+    let mut mount = Mount::union_foreground(&m, &["-o".into(), opts.clone().into()]).unwrap();
+    assert_eq!(sys::names(&m).unwrap(), ["d", "f", "opq"]);
+    assert_eq!(sys::names(&m.join("opq")).unwrap(), ["top"]);
+    fs::remove_dir_all(m.join("d")).unwrap();
+    fs::create_dir(m.join("d")).unwrap();
+    fs::write(m.join("d/new"), "n").unwrap();
+    fs::remove_file(m.join("f")).unwrap();
+    fs::write(m.join("opq/top"), "changed").unwrap();
+    sys::lsetxattr(&m.join("opq/top"), "user.overlay.mine", b"v").unwrap();
+    assert_eq!(
+        sys::lgetxattr(&m.join("opq/top"), "user.overlay.mine").unwrap(),
+        b"v",
+        "a user's own user.overlay.* xattr reads back"
+    );
+    let live = common::snapshot(&m);
+    mount.unmount().unwrap();
+    let trusted: Vec<_> = all_xattr_names(&u)
+        .into_iter()
+        .filter(|(_, n)| n.starts_with("trusted.overlay."))
+        .collect();
+    assert!(
+        trusted.is_empty(),
+        "userxattr mode wrote trusted.overlay.*: {trusted:?}"
+    );
+    assert_eq!(
+        sys::lgetxattr(&u.join("d"), "user.overlay.opaque")
+            .ok()
+            .as_deref(),
+        Some(&b"y"[..]),
+        "the new dir over a whiteout is opaque in the user namespace"
+    );
+    assert_eq!(
+        sys::lgetxattr(&u.join("opq/top"), "user.overlay.overlay.mine")
+            .ok()
+            .as_deref(),
+        Some(&b"v"[..]),
+        "the user's user.overlay.* xattr is stored escaped"
+    );
+    let kernel = Mount::kernel(&m, &opts).unwrap();
+    let by_kernel = common::snapshot(&m);
+    drop(kernel);
+    assert_trees_eq(
+        "userxattr upper",
+        "unionmount",
+        &live,
+        "kernel overlayfs (userxattr)",
+        &by_kernel,
+    );
+}
