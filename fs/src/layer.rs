@@ -129,10 +129,16 @@ pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
 
 /// Does the object behind `fd` carry xattr `name`? Reads its value (None if absent).
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
-    let path = sys::proc_fd_path(fd);
     let mut buf = vec![0u8; 256];
+    // An ordinary descriptor answers directly; an O_PATH one (EBADF) through /proc.
+    let mut via_proc = None;
     loop {
-        match rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]) {
+        let got = match &via_proc {
+            None => rustix::fs::fgetxattr(fd, name, &mut buf[..]),
+            Some(path) => rustix::fs::getxattr(path, name, &mut buf[..]),
+        };
+        match got {
+            Err(Errno::BADF) if via_proc.is_none() => via_proc = Some(sys::proc_fd_path(fd)),
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));
@@ -160,10 +166,15 @@ pub fn remove_xattr(fd: BorrowedFd<'_>, name: &str) -> Result<()> {
 
 /// The xattr names of the object behind `fd`.
 pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
-    let path = sys::proc_fd_path(fd);
     let mut buf = vec![0u8; 1024];
+    let mut via_proc = None;
     let n = loop {
-        match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
+        let got = match &via_proc {
+            None => rustix::fs::flistxattr(fd, &mut buf[..]),
+            Some(path) => rustix::fs::listxattr(path, &mut buf[..]),
+        };
+        match got {
+            Err(Errno::BADF) if via_proc.is_none() => via_proc = Some(sys::proc_fd_path(fd)),
             Ok(n) => break n,
             Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
             Err(Errno::NOTSUP) => return Ok(Vec::new()),

@@ -15,7 +15,7 @@ use rustix::io::Errno;
 
 use crate::inode::{Node, NodeState, ROOT_ID};
 use crate::layer::{get_xattr, open_path_at, split, stat_at};
-use crate::names::{self, has_opaque_xattr, is_whiteout, redirect_of};
+use crate::names::{self, has_opaque_xattr, is_whiteout};
 use crate::{Result, Union, sys};
 
 /// What a name resolves to.
@@ -171,9 +171,10 @@ impl Union {
                             }));
                         }
                         state.is_dir = true;
-                        let fd = open_path_at(updir.as_fd(), name)?;
-                        state.opaque = has_opaque_xattr(fd.as_fd())?;
-                        if let Some(r) = redirect_of(fd.as_fd())? {
+                        let fd = open_dir_at(updir.as_fd(), name)?;
+                        let marks = names::dir_marks(fd.as_fd())?;
+                        state.opaque = marks.opaque;
+                        if let Some(r) = marks.redirect {
                             below = redirect_target(&r, 0);
                         }
                         top = Some((0, st));
@@ -264,14 +265,15 @@ impl Union {
             if top.is_none() {
                 *top = Some((layer_idx, st));
             }
-            let fd = open_path_at(ldir.as_fd(), lname)?;
-            if has_opaque_xattr(fd.as_fd())?
+            let fd = open_dir_at(ldir.as_fd(), lname)?;
+            let marks = names::dir_marks(fd.as_fd())?;
+            if marks.opaque
                 || oci_whiteout_present(ldir.as_fd(), lname)?
                 || stat_at(fd.as_fd(), OsStr::new(names::WH_OPAQUE)).is_ok()
             {
                 break;
             }
-            if let Some(r) = redirect_of(fd.as_fd())? {
+            if let Some(r) = marks.redirect {
                 below = redirect_target(&r, layer_idx);
             }
             layer_idx += 1;
@@ -394,6 +396,19 @@ fn candidate(below: &Below, dir: &NodeState, layer: usize, name: &OsStr) -> Opti
         Below::Parent => in_parent(Path::new(name)),
         Below::Relative(r) => in_parent(r),
         Below::Absolute { after, path } => (layer > *after).then(|| path.clone()),
+    }
+}
+
+/// Open the directory `name` in `dir` for reading its xattrs directly (an O_PATH
+/// descriptor where it may not be read).
+fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
+    let flags = rustix::fs::OFlags::RDONLY
+        | rustix::fs::OFlags::DIRECTORY
+        | rustix::fs::OFlags::NOFOLLOW
+        | rustix::fs::OFlags::CLOEXEC;
+    match rustix::fs::openat(dir, name, flags, rustix::fs::Mode::empty()) {
+        Err(Errno::ACCESS) => open_path_at(dir, name),
+        other => other,
     }
 }
 

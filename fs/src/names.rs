@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{FileType, Stat};
 
 use crate::Result;
-use crate::layer::{get_xattr, open_path_at};
+use crate::layer::{get_xattr, list_xattrs, open_path_at};
 
 /// OCI whiteout prefix: `.wh.NAME` hides NAME in the layers below.
 pub const WH_PREFIX: &[u8] = b".wh.";
@@ -74,27 +74,34 @@ pub fn is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool>
     Ok(false)
 }
 
-/// Is the directory behind `fd` opaque by xattr (value "y"; "x" only announces
-/// xattr whiteouts inside and is not opaque)?
-pub fn has_opaque_xattr(fd: BorrowedFd<'_>) -> Result<bool> {
-    for x in OPAQUE_XATTRS {
-        if let Some(v) = get_xattr(fd, x)?
-            && v.as_slice() == b"y"
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// The overlay markers of a directory.
+#[derive(Debug, Default)]
+pub struct DirMarks {
+    /// Opaque by xattr (value "y"; "x" only announces xattr whiteouts inside).
+    pub opaque: bool,
+    pub redirect: Option<Vec<u8>>,
 }
 
-/// The redirect recorded on a directory, if any.
-pub fn redirect_of(fd: BorrowedFd<'_>) -> Result<Option<Vec<u8>>> {
-    for x in REDIRECT_XATTRS {
-        if let Some(v) = get_xattr(fd, x)? {
-            return Ok(Some(v));
+/// Read a directory's markers: one listxattr, and a read only of markers present
+/// (most directories carry none, and lookups read every directory they pass).
+pub fn dir_marks(fd: BorrowedFd<'_>) -> Result<DirMarks> {
+    let mut marks = DirMarks::default();
+    for name in list_xattrs(fd)? {
+        let Ok(name) = std::str::from_utf8(&name) else {
+            continue;
+        };
+        if OPAQUE_XATTRS.contains(&name) {
+            marks.opaque |= get_xattr(fd, name)?.as_deref() == Some(b"y");
+        } else if REDIRECT_XATTRS.contains(&name) && marks.redirect.is_none() {
+            marks.redirect = get_xattr(fd, name)?;
         }
     }
-    Ok(None)
+    Ok(marks)
+}
+
+/// Is the directory behind `fd` opaque by xattr?
+pub fn has_opaque_xattr(fd: BorrowedFd<'_>) -> Result<bool> {
+    Ok(dir_marks(fd)?.opaque)
 }
 
 /// `.wh.NAME` → Some(NAME) for OCI whiteout files (not the `.wh..wh.` meta names).
