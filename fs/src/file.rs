@@ -180,6 +180,28 @@ impl Union {
         }
     }
 
+    /// fsync of a directory: its copy in a writable branch (a directory only in
+    /// read-only layers has nothing to make durable).
+    pub fn fsync_dir(&self, node: &Node, datasync: bool) -> Result<()> {
+        if self.cfg.volatile {
+            return Ok(());
+        }
+        let (li, path) = {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            self.top_entry(node, &node.snapshot())?
+        };
+        let layer = self.layer(li)?;
+        if !layer.writable {
+            return Ok(());
+        }
+        let fd = layer.open_beneath(&path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        if datasync {
+            rustix::fs::fdatasync(&fd)
+        } else {
+            rustix::fs::fsync(&fd)
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         self.handles.remove(fh);
     }
