@@ -1,16 +1,16 @@
 //! `unionmount image …` and `unionmount commit`: thin wrappers over the layerstore crate.
 
-use std::io::{IsTerminal, Write as _};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use layerstore::Store;
 use layerstore::image::{self, SaveFormat};
-use layerstore::progress::Progress;
+use layerstore::progress::{Observer, Progress};
 use layerstore::serde_json;
 use layerstore::store::{ImageInfo, layer_pairs};
 use layerstore::unpack::Compression;
@@ -53,23 +53,83 @@ impl StoreArg {
     }
 }
 
-static PROGRESS_SHOWN: AtomicBool = AtomicBool::new(false);
-
-/// A one-line progress display on a terminal; nothing otherwise.
+/// Progress bars on a terminal (stderr); nothing otherwise.
 fn terminal_progress() -> Progress {
     if !std::io::stderr().is_terminal() {
         return Progress::default();
     }
-    Progress::new(Arc::new(|what: &str, done: u64| {
-        PROGRESS_SHOWN.store(true, Ordering::Relaxed);
-        let _ = write!(std::io::stderr(), "\r\x1b[K{what}: {}", human(done));
-    }))
+    Progress::new(Arc::new(Bars::default()))
 }
 
-/// Erase the progress line, if one was drawn.
-fn clear_progress() {
-    if PROGRESS_SHOWN.swap(false, Ordering::Relaxed) {
-        let _ = write!(std::io::stderr(), "\r\x1b[K");
+/// Draws the store's progress reports with indicatif: one bar per task
+/// (bytes of a known total), or a spinner with the byte count and rate. A
+/// task gets drawn only once it has passed [`SHOW_AFTER`] bytes, so small
+/// blobs do not flicker.
+#[derive(Default)]
+struct Bars(Mutex<Task>);
+
+#[derive(Default)]
+struct Task {
+    what: String,
+    total: Option<u64>,
+    bar: Option<ProgressBar>,
+}
+
+const SHOW_AFTER: u64 = 1 << 20;
+
+impl Bars {
+    fn task(&self) -> std::sync::MutexGuard<'_, Task> {
+        // A poisoned lock only means a panic elsewhere: the state is still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Task {
+    fn bar(&self, done: u64) -> ProgressBar {
+        let target = ProgressDrawTarget::stderr();
+        let bar = match self.total {
+            Some(n) => ProgressBar::with_draw_target(Some(n), target).with_style(
+                ProgressStyle::with_template(
+                    "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::with_draw_target(None, target).with_style(
+                ProgressStyle::with_template("{spinner} {msg}: {binary_bytes} {binary_bytes_per_sec}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ),
+        };
+        bar.with_message(self.what.clone()).with_position(done)
+    }
+
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for Bars {
+    fn start(&self, what: &str, total: Option<u64>) {
+        let mut t = self.task();
+        t.clear();
+        t.what = what.to_string();
+        t.total = total;
+    }
+
+    fn advance(&self, done: u64) {
+        let mut t = self.task();
+        if t.bar.is_none() && done >= SHOW_AFTER {
+            t.bar = Some(t.bar(done));
+        }
+        if let Some(bar) = &t.bar {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        self.task().clear();
     }
 }
 
@@ -182,13 +242,9 @@ pub struct CommitArgs {
     pub store: StoreArg,
 }
 
+/// Run an image command. Progress bars end with their task, before any
+/// error is printed.
 pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    let res = run_image(cmd);
-    clear_progress();
-    res
-}
-
-fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ImageCommand::Load { path, tag, store } => {
             let s = store.open()?;
@@ -321,12 +377,6 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
-    let res = commit_upper(args);
-    clear_progress();
-    res
-}
-
-fn commit_upper(args: CommitArgs) -> anyhow::Result<ExitCode> {
     let s = args.store.open()?;
     let mut from = args.from.clone();
     let mut upper = args.source.clone();

@@ -82,9 +82,11 @@ pub fn tree_to_layer(dir: &Path, tmp: &Path, opts: &DiffOptions) -> Result<Layer
 
 fn write_layer(dir: &Path, file: File, opts: &DiffOptions) -> Result<(Digest, u64, Digest)> {
     let what = || format!("layer from {}", dir.display());
-    let counted = opts
-        .progress
-        .writer("writing layer", BufWriter::with_capacity(1 << 20, file));
+    let counted = opts.progress.writer(
+        "writing layer",
+        None,
+        BufWriter::with_capacity(1 << 20, file),
+    );
     let outer = HashingWriter::new(counted);
     let mut enc = zstd::stream::write::Encoder::new(outer, 3).ctx(what)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;

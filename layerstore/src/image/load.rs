@@ -235,7 +235,8 @@ fn docker_entry(
             }
             None => {
                 let mut f = src.open_file(rel)?;
-                let mut f = txn.progress().reader(&what, &mut f);
+                let total = crate::progress::file_len(&f);
+                let mut f = txn.progress().reader(&what, total, &mut f);
                 let (d, size, p) = crate::blobs::stage_hashed(txn.dir(), &mut f, &what)?;
                 txn.add_staged(p, d.clone());
                 (d, size)
@@ -326,7 +327,10 @@ pub fn import(store: &Store, path: &Path, tag: &str) -> Result<Digest> {
     } else {
         let mut f = File::open(path).at(path)?;
         let what = path.display().to_string();
-        let mut f = store.progress().reader(&format!("reading {what}"), &mut f);
+        let total = crate::progress::file_len(&f);
+        let mut f = store
+            .progress()
+            .reader(&format!("reading {what}"), total, &mut f);
         let (d, size, p) = crate::blobs::stage_hashed(txn.dir(), &mut f, &what)?;
         let comp = compression_of(File::open(&p).at(&p)?).at(&p)?;
         // An uncompressed tar is its own diff: no second pass to hash it.

@@ -224,7 +224,8 @@ impl Source {
         }
         let file = File::open(path).at(path)?;
         let name = path.display().to_string();
-        let file = progress.reader(&format!("reading {}", path.display()), file);
+        let total = crate::progress::file_len(&file);
+        let file = progress.reader(&format!("reading {}", path.display()), total, file);
         let (_, plain) = crate::unpack::decompress(file).at(path)?;
         let mut ar = tar::Archive::new(plain);
         let mut files = HashMap::new();

@@ -77,7 +77,7 @@ impl<'s> Txn<'s> {
         if self.has_blob(d) {
             return Ok(());
         }
-        let mut r = self.store.progress.reader(what, r);
+        let mut r = self.store.progress.reader(what, size, r);
         let (actual, len, path) = crate::blobs::stage_hashed(&self.dir, &mut r, what)?;
         if &actual != d {
             let _ = fs::remove_file(&path);
@@ -142,9 +142,11 @@ impl<'s> Txn<'s> {
             };
             if self.layers.contains_key(diff) || self.store.layer_dir(diff).is_dir() {
                 // Unpacked already: this blob must still be that layer.
+                let f = self.open_blob(blob)?;
                 let r = self.store.progress.reader(
                     &format!("checking layer {}", diff.short()),
-                    self.open_blob(blob)?,
+                    crate::progress::file_len(&f),
+                    f,
                 );
                 let (actual, _) = unpack::diff_id_of(r).ctx(|| what.clone())?;
                 if &actual != diff {
@@ -154,9 +156,11 @@ impl<'s> Txn<'s> {
             }
             let dest = self.dir.join(format!("layer-{}", diff.hex()));
             fs::create_dir(&dest).at(&dest)?;
+            let f = self.open_blob(blob)?;
             let r = self.store.progress.reader(
                 &format!("unpacking layer {}", diff.short()),
-                self.open_blob(blob)?,
+                crate::progress::file_len(&f),
+                f,
             );
             let r = std::io::BufReader::with_capacity(1 << 20, r);
             let got = unpack::unpack(r, &dest, self.store.opts)
