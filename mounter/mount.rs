@@ -156,7 +156,9 @@ pub fn union_config(req: &MountRequest) -> Config {
             .collect(),
         workdir: req.workdir.clone(),
         cow: req.cow && !req.read_only,
-        xattr_ns: if req.userxattr {
+        // Without privilege trusted.* xattrs cannot be written: markers go in
+        // user.overlay.*, as kernel overlayfs writes them with `userxattr`.
+        xattr_ns: if req.userxattr || !rustix::process::geteuid().is_root() {
             XattrNs::User
         } else {
             XattrNs::Trusted

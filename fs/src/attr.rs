@@ -8,7 +8,9 @@ use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, Xat
 use rustix::io::Errno;
 
 use crate::inode::{Node, NodeState};
-use crate::layer::{self, split};
+use crate::layer::{self, split, stat_at};
+use crate::lookup;
+use crate::names::{OVERRIDE_STAT, OverrideStat};
 use crate::names::{escape_xattr, unescape_xattr};
 use crate::{Result, Union, sys};
 
@@ -85,12 +87,15 @@ impl Union {
             }
             raw
         };
-        Ok(self.present_stat(node.st_ino, &st, raw))
+        Ok(self.present_stat(node, &st, raw))
     }
 
     /// Turn a branch's stat into the merged one.
-    pub(crate) fn present_stat(&self, st_ino: u64, st: &NodeState, mut raw: Stat) -> Stat {
-        raw.st_ino = st_ino;
+    pub fn present_stat(&self, node: &Node, st: &NodeState, mut raw: Stat) -> Stat {
+        if self.rootless {
+            self.apply_override(node, st, &mut raw);
+        }
+        raw.st_ino = node.st_ino;
         raw.st_uid = self.cfg.uids.to_inside(raw.st_uid);
         raw.st_gid = self.cfg.gids.to_inside(raw.st_gid);
         let layer_dirs = usize::from(st.upper) + st.lowers.len();
@@ -100,6 +105,96 @@ impl Union {
             raw.st_nlink = 1;
         }
         raw
+    }
+
+    /// chown; where the daemon may not (rootless), record the owner in
+    /// `override_stat` instead, as containers-storage does.
+    pub(crate) fn chown_or_record(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        uid: Option<rustix::fs::Uid>,
+        gid: Option<rustix::fs::Gid>,
+    ) -> Result<()> {
+        match rustix::fs::chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::PERM) | Err(Errno::INVAL) if self.rootless => {}
+            other => return other,
+        }
+        let fd = layer::open_path_at(dir, name)?;
+        let mut o = self.current_override(dir, name, fd.as_fd())?;
+        o.uid = uid.map_or(o.uid, |u| u.as_raw());
+        o.gid = gid.map_or(o.gid, |g| g.as_raw());
+        layer::set_xattr(
+            fd.as_fd(),
+            OVERRIDE_STAT,
+            o.format().as_bytes(),
+            XattrFlags::empty(),
+        )
+    }
+
+    /// chmod; with an owner recorded in `override_stat`, the mode goes there too
+    /// and the file itself stays usable by the daemon that owns it.
+    pub(crate) fn chmod_or_record(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<()> {
+        // chmod through the O_PATH descriptor: never follows a symlink in the layer.
+        let fd = layer::open_path_at(dir, name)?;
+        let path = sys::proc_fd_path(fd.as_fd());
+        let recorded = if self.rootless {
+            crate::names::override_of(fd.as_fd())?
+        } else {
+            None
+        };
+        let Some(mut o) = recorded else {
+            return rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(mode & 0o7777));
+        };
+        o.mode = mode & 0o7777;
+        let st = stat_at(dir, name)?;
+        let keep = if lookup::is_dir(&st) { 0o700 } else { 0o600 };
+        rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode((mode & 0o777) | keep))?;
+        layer::set_xattr(
+            fd.as_fd(),
+            OVERRIDE_STAT,
+            o.format().as_bytes(),
+            XattrFlags::empty(),
+        )
+    }
+
+    /// The override recorded on an object, or one describing it as it is.
+    fn current_override(
+        &self,
+        dir: std::os::fd::BorrowedFd<'_>,
+        name: &OsStr,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<OverrideStat> {
+        if let Some(o) = crate::names::override_of(fd)? {
+            return Ok(o);
+        }
+        let st = stat_at(dir, name)?;
+        Ok(OverrideStat {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode & 0o7777,
+            kind: None,
+        })
+    }
+
+    /// Without privilege, owners, modes and devices the branch could not take
+    /// are recorded in `user.containers.override_stat`; show those.
+    fn apply_override(&self, node: &Node, st: &NodeState, raw: &mut Stat) {
+        let Ok((li, path)) = self.top_entry(node, st) else {
+            return;
+        };
+        let Ok(layer) = self.layer(li) else { return };
+        let Ok(fd) = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW) else {
+            return;
+        };
+        if let Ok(Some(o)) = crate::names::override_of(fd.as_fd()) {
+            o.apply(raw);
+        }
     }
 
     pub fn setattr(&self, node: &Node, req: &SetAttr) -> Result<Stat> {
@@ -124,15 +219,10 @@ impl Union {
             let gid = req
                 .gid
                 .map(|g| rustix::fs::Gid::from_raw(self.cfg.gids.to_outside(g)));
-            rustix::fs::chownat(dir.as_fd(), name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)?;
+            self.chown_or_record(dir.as_fd(), name, uid, gid)?;
         }
         if let Some(mode) = req.mode {
-            // chmod through the O_PATH descriptor: never follows a symlink in the layer.
-            let fd = layer::open_path_at(dir.as_fd(), name)?;
-            rustix::fs::chmod(
-                sys::proc_fd_path(fd.as_fd()).as_c_str(),
-                Mode::from_raw_mode(mode & 0o7777),
-            )?;
+            self.chmod_or_record(dir.as_fd(), name, mode)?;
         }
         if req.atime.is_some() || req.mtime.is_some() {
             let times = Timestamps {

@@ -15,7 +15,7 @@ use rustix::io::Errno;
 use crate::inode::Node;
 use crate::layer::{self, Layer, split};
 use crate::names::unescape_xattr;
-use crate::{Result, Union, sys};
+use crate::{Result, Union};
 
 impl Union {
     /// Where a change to `node` goes: its copy in the upper (copied up first), or,
@@ -280,19 +280,35 @@ fn copy_metadata(
     union: &Union,
 ) -> Result<()> {
     let kind = FileType::from_raw_mode(st.st_mode);
-    rustix::fs::chownat(
-        work,
-        tmp,
-        Some(rustix::fs::Uid::from_raw(st.st_uid)),
-        Some(rustix::fs::Gid::from_raw(st.st_gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
+    let recorded = if union.rootless {
+        crate::names::override_of(src)?
+    } else {
+        None
+    };
     let dst = layer::open_path_at(work, tmp)?;
+    match recorded {
+        // A rootless layer's owner stays recorded the same way in the upper.
+        Some(o) => layer::set_xattr(
+            dst.as_fd(),
+            crate::names::OVERRIDE_STAT,
+            o.format().as_bytes(),
+            XattrFlags::empty(),
+        )?,
+        None => union.chown_or_record(
+            work,
+            tmp,
+            Some(rustix::fs::Uid::from_raw(st.st_uid)),
+            Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        )?,
+    }
     if kind != FileType::Symlink {
-        rustix::fs::chmod(
-            sys::proc_fd_path(dst.as_fd()).as_c_str(),
-            Mode::from_raw_mode(st.st_mode & 0o7777),
-        )?;
+        // With a recorded owner the mode is recorded too (chmod_or_record), and
+        // the copy itself stays usable by the daemon that owns it.
+        let mode = match recorded {
+            Some(o) => o.mode,
+            None => st.st_mode & 0o7777,
+        };
+        union.chmod_or_record(work, tmp, mode)?;
     }
     for name in layer::list_xattrs(src)? {
         let Ok(name) = std::str::from_utf8(&name) else {

@@ -132,7 +132,7 @@ impl Union {
             .inodes
             .remember(st_ino, false, parent_id, name, state.clone(), true);
         Ok(Created {
-            stat: self.present_stat(st_ino, &state, stat),
+            stat: self.present_stat(&node, &state, stat),
             node,
             fd,
         })
@@ -192,7 +192,7 @@ impl Union {
             .inodes
             .remember(st_ino, false, parent.id, name, state.clone(), true);
         Ok(Created {
-            stat: self.present_stat(st_ino, &state, stat),
+            stat: self.present_stat(&node, &state, stat),
             node,
             fd,
         })
@@ -257,7 +257,7 @@ impl Union {
         raw.st_nlink = self.shown_nlink(linked.as_fd(), raw.st_nlink);
         Ok((
             node.clone(),
-            self.present_stat(node.st_ino, &node.snapshot(), raw),
+            self.present_stat(&node, &node.snapshot(), raw),
         ))
     }
 
@@ -525,7 +525,7 @@ fn make_object(
     }
     let uid = rustix::fs::Uid::from_raw(union.cfg.uids.to_outside(who.uid));
     let gid = rustix::fs::Gid::from_raw(union.cfg.gids.to_outside(who.gid));
-    rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+    union.chown_or_record(dir, name, Some(uid), Some(gid))?;
     if let NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Node { mode, .. } =
         obj
         && mode & 0o7000 != 0

@@ -256,7 +256,7 @@ impl Union {
                 } else if raw.st_nlink > 1 || st.index.is_some() {
                     raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
                 }
-                Ok(self.present_stat(node.st_ino, &st, raw))
+                Ok(self.present_stat(node, &st, raw))
             }
             None => self.getattr(node),
         }

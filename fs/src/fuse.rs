@@ -264,7 +264,7 @@ impl Filesystem for UnionFuse {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.union.lookup(parent.0, name) {
             Ok((node, st)) => {
-                let st = self.union.present_stat(node.st_ino, &node.snapshot(), st);
+                let st = self.union.present_stat(&node, &node.snapshot(), st);
                 self.reply_entry(&node, &st, reply)
             }
             Err(e) => reply.error(err(e)),
@@ -613,7 +613,7 @@ impl Filesystem for UnionFuse {
             let Ok((node, st)) = self.union.remember_listed(ino.0, e) else {
                 continue;
             };
-            let st = self.union.present_stat(node.st_ino, &node.snapshot(), st);
+            let st = self.union.present_stat(&node, &node.snapshot(), st);
             if reply.add(
                 INodeNo(node.id),
                 (i + 1) as u64,

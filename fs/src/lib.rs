@@ -71,6 +71,8 @@ pub struct Union {
     pub(crate) handles: file::Handles,
     /// Held shared while a path is computed and used, exclusively while names move.
     pub(crate) namespace: RwLock<()>,
+    /// The daemon cannot chown or mknod: owners live in `override_stat` xattrs.
+    pub(crate) rootless: bool,
     tmp_counter: AtomicU64,
 }
 
@@ -100,6 +102,7 @@ impl Union {
             inodes: InodeTable::default(),
             handles: file::Handles::default(),
             namespace: RwLock::new(()),
+            rootless: !rustix::process::geteuid().is_root(),
             tmp_counter: AtomicU64::new(0),
         };
         union.init_root().map_err(std::io::Error::from)?;

@@ -182,6 +182,96 @@ fn is_marker_key(key: &str) -> bool {
     )
 }
 
+/// Where owner, mode and device type live when the branch's filesystem could
+/// not take them (rootless), as containers-storage and fuse-overlayfs write them.
+pub const OVERRIDE_STAT: &str = "user.containers.override_stat";
+
+/// `uid:gid:0mode[:char-MAJ-MIN|block-MAJ-MIN|pipe|socket|dir|file|symlink]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverrideStat {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    /// The object's real type and device number, when its stand-in differs.
+    pub kind: Option<(FileType, u64)>,
+}
+
+impl OverrideStat {
+    pub fn parse(v: &[u8]) -> Option<OverrideStat> {
+        let s = std::str::from_utf8(v).ok()?;
+        let mut it = s.splitn(4, ':');
+        let uid = it.next()?.parse().ok()?;
+        let gid = it.next()?.parse().ok()?;
+        let mode = u32::from_str_radix(it.next()?, 8).ok()? & 0o7777;
+        let kind = match it.next() {
+            None => None,
+            Some(k) => Some(parse_kind(k)?),
+        };
+        Some(OverrideStat {
+            uid,
+            gid,
+            mode,
+            kind,
+        })
+    }
+
+    pub fn format(&self) -> String {
+        let base = format!("{}:{}:0{:o}", self.uid, self.gid, self.mode & 0o7777);
+        let (major, minor) = (
+            rustix::fs::major(self.kind.map_or(0, |k| k.1)),
+            rustix::fs::minor(self.kind.map_or(0, |k| k.1)),
+        );
+        match self.kind.map(|k| k.0) {
+            Some(FileType::CharacterDevice) => format!("{base}:char-{major}-{minor}"),
+            Some(FileType::BlockDevice) => format!("{base}:block-{major}-{minor}"),
+            Some(FileType::Fifo) => format!("{base}:pipe"),
+            Some(FileType::Socket) => format!("{base}:socket"),
+            _ => base,
+        }
+    }
+
+    /// Show `st` with the owner, mode and type recorded here.
+    pub fn apply(&self, st: &mut Stat) {
+        st.st_uid = self.uid;
+        st.st_gid = self.gid;
+        let kind = self
+            .kind
+            .map_or(st.st_mode & libc::S_IFMT, |(k, _)| k.as_raw_mode());
+        st.st_mode = kind | self.mode;
+        if let Some((_, rdev)) = self.kind {
+            st.st_rdev = rdev;
+        }
+    }
+}
+
+fn parse_kind(k: &str) -> Option<(FileType, u64)> {
+    let dev = |rest: &str| -> Option<u64> {
+        let (ma, mi) = rest.split_once('-')?;
+        Some(rustix::fs::makedev(ma.parse().ok()?, mi.parse().ok()?))
+    };
+    match k {
+        "pipe" => Some((FileType::Fifo, 0)),
+        "socket" => Some((FileType::Socket, 0)),
+        "dir" => Some((FileType::Directory, 0)),
+        "file" => Some((FileType::RegularFile, 0)),
+        "symlink" => Some((FileType::Symlink, 0)),
+        _ => {
+            if let Some(rest) = k.strip_prefix("char-") {
+                Some((FileType::CharacterDevice, dev(rest)?))
+            } else if let Some(rest) = k.strip_prefix("block-") {
+                Some((FileType::BlockDevice, dev(rest)?))
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// The override recorded on the object behind `fd`, if any.
+pub fn override_of(fd: BorrowedFd<'_>) -> Result<Option<OverrideStat>> {
+    Ok(get_xattr(fd, OVERRIDE_STAT)?.and_then(|v| OverrideStat::parse(&v)))
+}
+
 /// One range of an owner mapping: ids `inside..inside+count` in the mount are
 /// `outside..outside+count` on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +366,26 @@ mod tests {
         assert_eq!(oci_whiteout_target(OsStr::new("foo")), None);
         assert!(is_meta_name(OsStr::new(".wh..wh.plnk")));
         assert_eq!(oci_whiteout_name(OsStr::new("a")), ".wh.a");
+    }
+
+    #[test]
+    fn override_stat_round_trips_in_the_containers_format() {
+        let o = OverrideStat::parse(b"0:0:0755").expect("plain");
+        assert_eq!((o.uid, o.gid, o.mode, o.kind), (0, 0, 0o755, None));
+        let dev = OverrideStat::parse(b"5:6:0620:char-4-1").expect("device");
+        assert_eq!(
+            dev.kind,
+            Some((FileType::CharacterDevice, rustix::fs::makedev(4, 1)))
+        );
+        assert_eq!(dev.format(), "5:6:0620:char-4-1");
+        assert_eq!(
+            OverrideStat::parse(b"0:0:0644:pipe")
+                .and_then(|o| o.kind)
+                .map(|k| k.0),
+            Some(FileType::Fifo)
+        );
+        assert_eq!(OverrideStat::parse(b"x:0:0644"), None);
+        assert_eq!(OverrideStat::parse(b"0:0:0644:bogus"), None);
     }
 
     #[test]
