@@ -556,3 +556,60 @@ fn commit_takes_metacopy_data_from_the_lowers() {
     );
     assert!(fs::metadata(got.path.join("bin/bb")).unwrap().len() > 100_000);
 }
+
+#[test]
+fn unpack_keeps_mtimes_devices_owners_and_pax_xattrs() {
+    let test = "unpack_keeps_mtimes_devices_owners_and_pax_xattrs";
+    if !need_root(test) || !need_tools(test, &["tar", "setfattr", "mknod"]) {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let t = env.path();
+    // GNU tar writes xattrs as PAX SCHILY.xattr.* records.
+    sh(&format!(
+        r#"cd {t}
+        mkdir -p root/dir/sub
+        echo data > root/dir/file
+        mknod root/dir/null c 1 3
+        mknod root/dir/loop b 7 200
+        chown 123:456 root/dir/file
+        chmod 2711 root/dir/sub
+        setfattr -n user.k -v v1 root/dir/file
+        setfattr -n trusted.t -v v2 root/dir/file
+        touch -h -d 2001-02-03T04:05:06Z root/dir/file root/dir/null root/dir/sub root/dir
+        tar --xattrs --xattrs-include='*' --numeric-owner -C root -cf root.tar dir
+        "#,
+        t = t.display()
+    ));
+    let tar = t.join("root.tar");
+    env.um(&["image", "import", &tar.display().to_string(), "--tag", "m"]);
+    let dirs = env.layer_dirs("m");
+    let l = &dirs[0];
+    let m = |p: &str| fs::symlink_metadata(l.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let want = fs::symlink_metadata(t.join("root/dir/file"))
+        .expect("stat")
+        .mtime();
+    for p in ["dir", "dir/file", "dir/null", "dir/sub"] {
+        assert_eq!(m(p).mtime(), want, "{p}: mtime");
+    }
+    assert_eq!((m("dir/file").uid(), m("dir/file").gid()), (123, 456));
+    assert_eq!(m("dir/sub").mode() & 0o7777, 0o2711);
+    assert_eq!(m("dir/null").rdev(), rustix::fs::makedev(1, 3));
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &m("dir/null").file_type()
+    ));
+    assert_eq!(m("dir/loop").rdev(), rustix::fs::makedev(7, 200));
+    assert!(std::os::unix::fs::FileTypeExt::is_block_device(
+        &m("dir/loop").file_type()
+    ));
+    let get = |name: &str| {
+        let mut buf = [0u8; 64];
+        let n = rustix::fs::getxattr(l.join("dir/file"), name, &mut buf[..])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        buf[..n].to_vec()
+    };
+    assert_eq!(get("user.k"), b"v1");
+    assert_eq!(get("trusted.t"), b"v2");
+    assert!(env.um(&["image", "fsck"]).contains("clean"));
+}
