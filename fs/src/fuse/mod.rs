@@ -1,18 +1,16 @@
 //! The only module that imports `fuser`: FUSE requests in, union operations out.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BackingId, BsdFileFlags, CopyFileRangeFlags, Errno as FuseErrno, FileAttr,
-    FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FuseErrno, FileAttr, FileHandle,
+    FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{FileType as RawType, OFlags, Stat, Timespec};
 
@@ -20,6 +18,10 @@ use crate::attr::{SetAttr, SetTime};
 use crate::dir::{Caller, NewObject};
 use crate::inode::Node;
 use crate::{Errno, Union};
+
+mod passthrough;
+
+use passthrough::{OpenMode, Passthrough};
 
 /// Layers are immutable and the mount is the only writer of its upper, so the
 /// kernel may keep names and attributes for as long as it likes.
@@ -35,118 +37,6 @@ impl UnionFuse {
         UnionFuse {
             union,
             passthrough: Passthrough::default(),
-        }
-    }
-}
-
-/// FUSE passthrough: the kernel reads and writes an open file's backing file
-/// itself. While an inode has open files they must all be opened the same way:
-/// through one backing file, or all through the page cache (the kernel refuses
-/// a mix with EIO). A lower file of a copy-on-write union is never a backing
-/// file, since a copy-up would leave its open passthrough files on the old data.
-#[derive(Default)]
-struct Passthrough {
-    enabled: bool,
-    by_node: Mutex<HashMap<u64, NodeIo>>,
-    node_of_fh: Mutex<HashMap<u64, u64>>,
-}
-
-enum NodeIo {
-    Cached {
-        users: usize,
-    },
-    Backing {
-        id: Arc<BackingId>,
-        file: (u64, u64),
-        users: usize,
-    },
-}
-
-/// How an open is answered.
-enum OpenMode {
-    Passthrough(Arc<BackingId>),
-    Cached,
-}
-
-impl Passthrough {
-    fn mode(
-        &self,
-        node: u64,
-        fh: u64,
-        fd: &OwnedFd,
-        may_passthrough: bool,
-        open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
-    ) -> Result<OpenMode, FuseErrno> {
-        let file = rustix::fs::fstat(fd)
-            .map(|st| (st.st_dev, st.st_ino))
-            .map_err(err)?;
-        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
-        let mode = match by_node.get_mut(&node) {
-            Some(NodeIo::Cached { users }) => {
-                *users += 1;
-                OpenMode::Cached
-            }
-            Some(NodeIo::Backing { id, file: f, users }) => {
-                if *f != file {
-                    // Cannot happen for files that stay put; refuse rather than
-                    // serve another file's data.
-                    return Err(FuseErrno::EBUSY);
-                }
-                *users += 1;
-                OpenMode::Passthrough(id.clone())
-            }
-            None => {
-                let backing = (self.enabled && may_passthrough).then(|| open_backing(fd));
-                match backing {
-                    Some(Ok(id)) => {
-                        let id = Arc::new(id);
-                        by_node.insert(
-                            node,
-                            NodeIo::Backing {
-                                id: id.clone(),
-                                file,
-                                users: 1,
-                            },
-                        );
-                        OpenMode::Passthrough(id)
-                    }
-                    other => {
-                        if let Some(Err(e)) = other {
-                            log::debug!("no passthrough for node {node:#x}: {e}");
-                        }
-                        by_node.insert(node, NodeIo::Cached { users: 1 });
-                        OpenMode::Cached
-                    }
-                }
-            }
-        };
-        drop(by_node);
-        self.node_of_fh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, node);
-        Ok(mode)
-    }
-
-    fn released(&self, fh: u64) {
-        let Some(node) = self
-            .node_of_fh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh)
-        else {
-            return;
-        };
-        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
-        let last = match by_node.get_mut(&node) {
-            Some(NodeIo::Cached { users }) | Some(NodeIo::Backing { users, .. }) => {
-                *users -= 1;
-                *users == 0
-            }
-            None => false,
-        };
-        if last {
-            by_node.remove(&node);
         }
     }
 }
