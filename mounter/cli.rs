@@ -11,6 +11,12 @@ const SUBCOMMANDS: &[&str] = &[
     "umount",
     "image",
     "commit",
+    "run",
+    "create",
+    "start",
+    "stop",
+    "ps",
+    "rm",
     "help",
     "--help",
     "-h",
@@ -46,6 +52,46 @@ enum Command {
     Image(crate::image_cmd::ImageCommand),
     /// Turn a container's changes (an upper directory) into a new image layer.
     Commit(crate::image_cmd::CommitArgs),
+    /// Run a command in a new container of an image.
+    Run(crate::container::RunArgs),
+    /// Make a container without starting it; prints its id.
+    Create(crate::container::RunArgs),
+    /// Run a created (or ended) container in the foreground.
+    Start {
+        /// Container name or id
+        container: String,
+        #[command(flatten)]
+        store: crate::image_cmd::StoreArg,
+    },
+    /// Stop a running container: SIGTERM to its pid 1, SIGKILL after a while.
+    Stop {
+        /// Container name or id
+        container: String,
+        /// Seconds to wait before SIGKILL
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[command(flatten)]
+        store: crate::image_cmd::StoreArg,
+    },
+    /// List running containers (all with -a).
+    Ps {
+        /// Also containers that are not running
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+        #[command(flatten)]
+        store: crate::image_cmd::StoreArg,
+    },
+    /// Remove containers, cleaning after runners that were killed.
+    Rm {
+        /// Container names or ids
+        #[arg(required = true)]
+        containers: Vec<String>,
+        /// Kill a running container first
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        #[command(flatten)]
+        store: crate::image_cmd::StoreArg,
+    },
 }
 
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -54,5 +100,19 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Umount { mountpoint } => crate::mount::unmount(&mountpoint),
         Command::Image(cmd) => crate::image_cmd::run(cmd),
         Command::Commit(args) => crate::image_cmd::commit(args),
+        Command::Run(args) => crate::container::run(args),
+        Command::Create(args) => crate::container::create_cmd(args),
+        Command::Start { container, store } => crate::container::start_cmd(&store, &container),
+        Command::Stop {
+            container,
+            time,
+            store,
+        } => crate::container::stop_cmd(&store, &container, time),
+        Command::Ps { all, store } => crate::container::ps(&store, all),
+        Command::Rm {
+            containers,
+            force,
+            store,
+        } => crate::container::rm(&store, &containers, force),
     }
 }

@@ -2,11 +2,15 @@
 //! fuse-overlayfs and unionfs-fuse syntaxes, and mount.fuse3's `SRC MNT -o …`)
 //! are told apart from subcommands (`umount`, `image`, …) by their first word.
 
+mod cgroup;
 mod cli;
+mod container;
 mod image_cmd;
 mod logger;
 mod mount;
 mod options;
+mod runner;
+mod sys;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

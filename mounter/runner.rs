@@ -1,0 +1,587 @@
+//! Run a container: namespaces, the union mount, `pivot_root`, `/proc` `/dev`
+//! `/sys`, host name, user, environment, signals and the exit status.
+//!
+//! ```text
+//! unionmount run (the runner)      host pid namespace; unshares mount, uts, ipc
+//!  │                               (and net): its mount namespace holds the union
+//!  ├─ unionmount -o … merged       the union's daemon (reparented to the runner,
+//!  │                               a child subreaper, which reaps it at the end)
+//!  └─ pid 1 of a new pid namespace forked after unshare(NEWPID); unshares the mount
+//!       namespace again (so pivot_root moves no one else), pivots into the union,
+//!       mounts /proc /dev /sys and the bind mounts, drops to the user, execs —
+//!       or, with --init, forks the command and stays as a reaper.
+//! ```
+//!
+//! Setup errors of pid 1 come back on a close-on-exec pipe as `CODE\tMESSAGE`;
+//! a pipe closed with nothing on it means the command was exec'd. Signals sent
+//! to the runner go to pid 1; the runner's exit status is the command's
+//! (128+N when a signal N ended it). When pid 1 ends the kernel ends the rest of
+//! its pid namespace, the runner unmounts the union, its daemon exits, and the
+//! cgroups go.
+
+use std::convert::Infallible;
+use std::ffi::CStr;
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::{PermissionsExt as _, symlink};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, UnmountFlags, mount, mount_bind, mount_bind_recursive,
+    mount_change, mount_remount, unmount,
+};
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process, waitpid};
+use rustix::thread::UnshareFlags;
+use signal_hook::consts::signal as sig;
+use signal_hook::iterator::Signals;
+
+use crate::cgroup;
+use crate::container::{Container, Network, State, start_time, write_state};
+use crate::sys::{self, Forked};
+
+/// Signals the runner (and `--init`) pass on to the command.
+const FORWARDED: [i32; 7] = [
+    sig::SIGTERM,
+    sig::SIGINT,
+    sig::SIGHUP,
+    sig::SIGQUIT,
+    sig::SIGUSR1,
+    sig::SIGUSR2,
+    sig::SIGWINCH,
+];
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Run the container in the foreground; its exit status.
+pub fn start(c: &Container) -> anyhow::Result<i32> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let mut st = State {
+        status: "running".into(),
+        runner: start_time(me).map(|t| (me, t)),
+        ..State::default()
+    };
+    write_state(c, &st)?;
+    let res = match cgroup::create(&c.id, c.spec.limits) {
+        Ok(dirs) => {
+            st.cgroups = dirs;
+            write_state(c, &st)?;
+            let r = run_namespaced(c, &mut st);
+            cgroup::remove(&st.cgroups);
+            r
+        }
+        Err(e) => Err(e),
+    };
+    st.status = "exited".into();
+    st.exit_code = Some(*res.as_ref().unwrap_or(&125));
+    let _ = write_state(c, &st);
+    res
+}
+
+fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(std::io::Error::from)
+        .context("run: becoming a child subreaper")?;
+    let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if c.spec.network == Network::None {
+        flags |= UnshareFlags::NEWNET;
+    }
+    sys::unshare(flags).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow!("run: creating namespaces: permission denied (run as root)")
+        }
+        _ => anyhow!("run: creating namespaces: {e}"),
+    })?;
+    mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(std::io::Error::from)
+    .context("run: making mounts private")?;
+    mount_union(c)?;
+    let res = run_mounted(c, st);
+    unmount_union(c);
+    res
+}
+
+/// Mount the image and the container's upper at `merged` with our own binary.
+fn mount_union(c: &Container) -> anyhow::Result<()> {
+    let option_path = |p: &Path| -> anyhow::Result<String> {
+        let t = p.to_string_lossy().into_owned();
+        if t.contains([':', ',', '\\']) {
+            bail!("{t}: a path with ':', ',' or '\\' cannot go in mount options");
+        }
+        Ok(t)
+    };
+    let lowers = c
+        .spec
+        .lowers
+        .iter()
+        .rev()
+        .map(|d| option_path(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        option_path(&c.upper())?,
+        option_path(&c.work())?
+    );
+    let exe = std::env::current_exe().context("finding the unionmount binary")?;
+    let status = Command::new(exe)
+        .arg("-o")
+        .arg(&opts)
+        .arg(c.merged())
+        .stdin(Stdio::null())
+        .status()
+        .context("run: starting the union mount")?;
+    if !status.success() {
+        bail!("run {}: mounting the image failed ({status})", c.name);
+    }
+    Ok(())
+}
+
+/// Unmount the union (its daemon then exits) and reap every child left.
+fn unmount_union(c: &Container) {
+    let merged = c.merged();
+    if unmount(&merged, UnmountFlags::empty()).is_err() {
+        let _ = unmount(&merged, UnmountFlags::DETACH);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(None, WaitOptions::NOHANG) {
+            Ok(Some(_)) => continue,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => break,
+        }
+    }
+}
+
+fn run_mounted(c: &Container, st: &mut State) -> anyhow::Result<i32> {
+    rustix::system::sethostname(c.spec.hostname.as_bytes())
+        .map_err(std::io::Error::from)
+        .context("run: setting the host name")?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(std::io::Error::from)
+        .context("pipe")?;
+    sys::unshare(UnshareFlags::NEWPID).context("run: creating the pid namespace")?;
+    let pid = match sys::fork().context("run: fork")? {
+        Forked::Child => {
+            drop(err_r);
+            let mut err = Some(fs::File::from(err_w));
+            let Err(f) = container_init(c, &st.cgroups, &mut err);
+            if let Some(mut e) = err {
+                let _ = writeln!(e, "{}\t{}", f.code, f.msg.replace('\n', " "));
+            }
+            sys::exit_now(f.code);
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(err_w);
+    let raw = pid.as_raw_nonzero().get();
+    st.pid1 = start_time(raw).map(|t| (raw, t));
+    let _ = write_state(c, st);
+    let mut signals = Signals::new(FORWARDED.iter().chain(&[sig::SIGCHLD]))
+        .context("run: installing signal handlers")?;
+    let mut report = String::new();
+    let _ = fs::File::from(err_r).read_to_string(&mut report);
+    let status = wait_forwarding(pid, &mut signals);
+    if let Some((code, msg)) = report.trim_end().split_once('\t') {
+        eprintln!("unionmount: {msg}");
+        return Ok(code.parse().unwrap_or(125));
+    }
+    Ok(status.map_or(125, exit_code))
+}
+
+/// Wait for `child`, passing signals on to it.
+fn wait_forwarding(child: Pid, signals: &mut Signals) -> Option<WaitStatus> {
+    loop {
+        loop {
+            match waitpid(None, WaitOptions::NOHANG) {
+                Ok(Some((p, s))) if p == child => return Some(s),
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(_) => return None,
+            }
+        }
+        for s in signals.wait() {
+            if s != sig::SIGCHLD
+                && let Some(s) = Signal::from_named_raw(s)
+            {
+                let _ = kill_process(child, s);
+            }
+        }
+    }
+}
+
+/// A shell's view of how a process ended.
+fn exit_code(s: WaitStatus) -> i32 {
+    match (s.exit_status(), s.terminating_signal()) {
+        (Some(code), _) => code,
+        (None, Some(n)) => 128 + n,
+        _ => 125,
+    }
+}
+
+/// Why pid 1 could not start the command, and the runner's exit status for it.
+struct Failure {
+    code: i32,
+    msg: String,
+}
+
+trait OrFail<T> {
+    fn or_fail(self, code: i32, what: impl FnOnce() -> String) -> Result<T, Failure>;
+}
+
+impl<T, E: std::fmt::Display> OrFail<T> for Result<T, E> {
+    fn or_fail(self, code: i32, what: impl FnOnce() -> String) -> Result<T, Failure> {
+        self.map_err(|e| Failure {
+            code,
+            msg: format!("run: {}: {e}", what()),
+        })
+    }
+}
+
+fn io<T>(r: rustix::io::Result<T>) -> std::io::Result<T> {
+    r.map_err(std::io::Error::from)
+}
+
+/// Pid 1 of the container, between fork and exec.
+fn container_init(
+    c: &Container,
+    cgroups: &[PathBuf],
+    err: &mut Option<fs::File>,
+) -> Result<Infallible, Failure> {
+    io(rustix::process::set_parent_process_death_signal(Some(
+        Signal::KILL,
+    )))
+    .or_fail(125, || "parent death signal".into())?;
+    cgroup::join(cgroups).or_fail(125, || "joining cgroups".into())?;
+    // A mount namespace of our own: pivot_root must not move the runner or the daemon.
+    sys::unshare(UnshareFlags::NEWNS).or_fail(125, || "mount namespace".into())?;
+    io(mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    ))
+    .or_fail(125, || "making mounts private".into())?;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
+    let old = pivot(c)?;
+    setup_mounts(c, &old)?;
+    io(unmount(&old, UnmountFlags::DETACH)).or_fail(125, || "detaching the host root".into())?;
+    let _ = fs::remove_dir(&old);
+    if c.spec.read_only {
+        io(mount_remount(
+            "/",
+            MountFlags::BIND | MountFlags::RDONLY,
+            "",
+        ))
+        .or_fail(125, || "making / read-only".into())?;
+    }
+    let user = resolve_user(&c.spec.user)?;
+    let env = environment(c, &user);
+    let workdir = Path::new(&c.spec.workdir);
+    if !workdir.is_dir() && !c.spec.read_only {
+        let _ = fs::create_dir_all(workdir);
+    }
+    io(rustix::thread::set_no_new_privs(true)).or_fail(125, || "no_new_privs".into())?;
+    switch_user(&user)?;
+    std::env::set_current_dir(workdir)
+        .or_fail(125, || format!("working directory {}", c.spec.workdir))?;
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
+    let argv0 = &c.spec.argv[0];
+    let Some(program) = find_program(argv0, path) else {
+        return Err(Failure {
+            code: 127,
+            msg: format!("run: {argv0}: command not found in image {}", c.image),
+        });
+    };
+    if !c.spec.init {
+        return exec(&program, &c.spec.argv, &env);
+    }
+    match sys::fork().or_fail(125, || "fork".into())? {
+        Forked::Child => exec(&program, &c.spec.argv, &env),
+        Forked::Parent(child) => {
+            // The command's exec closes its copy of the pipe; ours goes now.
+            err.take();
+            reap_as_init(child)
+        }
+    }
+}
+
+/// `pivot_root` into the union; the host's root stays at the returned path
+/// until the mounts that need it are made.
+fn pivot(c: &Container) -> Result<PathBuf, Failure> {
+    let merged = c.merged();
+    let old_name = format!(".unionmount-old-{}", c.id);
+    std::env::set_current_dir(&merged).or_fail(125, || merged.display().to_string())?;
+    match fs::create_dir(&old_name) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).or_fail(125, || format!("creating /{old_name}")),
+    }
+    io(rustix::process::pivot_root(".", old_name.as_str())).or_fail(125, || "pivot_root".into())?;
+    std::env::set_current_dir("/").or_fail(125, || "chdir /".into())?;
+    Ok(Path::new("/").join(old_name))
+}
+
+fn mkdirs(p: &Path) -> Result<(), Failure> {
+    fs::create_dir_all(p).or_fail(125, || format!("creating {}", p.display()))
+}
+
+/// An empty file to mount a file on, unless something is there already.
+fn touch(p: &Path) -> Result<(), Failure> {
+    if fs::symlink_metadata(p).is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = p.parent() {
+        mkdirs(parent)?;
+    }
+    fs::File::create(p)
+        .map(drop)
+        .or_fail(125, || format!("creating {}", p.display()))
+}
+
+fn mount_fs(
+    src: &str,
+    target: &str,
+    fstype: &str,
+    flags: MountFlags,
+    data: Option<&CStr>,
+) -> Result<(), Failure> {
+    mkdirs(Path::new(target))?;
+    io(mount(src, target, fstype, flags, data)).or_fail(125, || format!("mounting {target}"))
+}
+
+/// The host path `p` as seen below the old root.
+fn host(old: &Path, p: &Path) -> PathBuf {
+    old.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+fn setup_mounts(c: &Container, old: &Path) -> Result<(), Failure> {
+    let hard = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount_fs("proc", "/proc", "proc", hard, None)?;
+    mount_fs(
+        "tmpfs",
+        "/dev",
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::STRICTATIME,
+        Some(c"mode=755,size=65536k"),
+    )?;
+    for n in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = Path::new("/dev").join(n);
+        touch(&target)?;
+        io(mount_bind(host(old, &Path::new("/dev").join(n)), &target))
+            .or_fail(125, || format!("binding {}", target.display()))?;
+    }
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        Some(c"newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    mount_fs(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        hard,
+        Some(c"mode=1777,size=65536k"),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(to, Path::new("/dev").join(link)).or_fail(125, || format!("/dev/{link}"))?;
+    }
+    if mount_fs("sysfs", "/sys", "sysfs", hard | MountFlags::RDONLY, None).is_err() {
+        io(mount_bind_recursive(host(old, Path::new("/sys")), "/sys"))
+            .or_fail(125, || "binding /sys".into())?;
+        io(mount_remount(
+            "/sys",
+            MountFlags::BIND | MountFlags::RDONLY,
+            "",
+        ))
+        .or_fail(125, || "making /sys read-only".into())?;
+    }
+    for name in ["hostname", "hosts", "resolv.conf"] {
+        let target = Path::new("/etc").join(name);
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = fs::remove_file(&target);
+        }
+        touch(&target)?;
+        io(mount_bind(host(old, &c.dir.join(name)), &target))
+            .or_fail(125, || format!("binding {}", target.display()))?;
+    }
+    for v in &c.spec.volumes {
+        let src = host(old, &v.host);
+        if src.is_dir() {
+            mkdirs(&v.ctr)?;
+        } else {
+            touch(&v.ctr)?;
+        }
+        let what = || format!("volume {}:{}", v.host.display(), v.ctr.display());
+        io(mount_bind_recursive(&src, &v.ctr)).or_fail(125, what)?;
+        if v.read_only {
+            io(mount_remount(
+                &v.ctr,
+                MountFlags::BIND | MountFlags::RDONLY,
+                "",
+            ))
+            .or_fail(125, what)?;
+        }
+    }
+    Ok(())
+}
+
+struct User {
+    uid: u32,
+    gid: u32,
+    home: Option<String>,
+}
+
+/// (name, id, gid, home) of each `/etc/passwd` line; (name, gid) of `/etc/group`.
+fn passwd() -> Vec<(String, u32, u32, String)> {
+    fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(2)?.parse().ok()?,
+                f.get(3)?.parse().ok()?,
+                f.get(5)?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&name)).then(|| f.get(2)?.parse().ok())?
+        })
+}
+
+/// `UID[:GID]` or `NAME[:GROUP]`, names from the image's own files.
+fn resolve_user(spec: &str) -> Result<User, Failure> {
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let entries = passwd();
+    let entry = entries
+        .iter()
+        .find(|e| u.parse::<u32>().map_or(e.0 == u, |n| e.1 == n));
+    let uid = match (u.parse::<u32>(), entry) {
+        (Ok(n), _) => n,
+        (Err(_), Some(e)) => e.1,
+        (Err(_), None) => {
+            return Err(Failure {
+                code: 125,
+                msg: format!("run: user {u}: not in the image's /etc/passwd"),
+            });
+        }
+    };
+    let gid = match g {
+        Some(g) => group_id(g).ok_or_else(|| Failure {
+            code: 125,
+            msg: format!("run: group {g}: not in the image's /etc/group"),
+        })?,
+        None => entry.map_or(0, |e| e.2),
+    };
+    Ok(User {
+        uid,
+        gid,
+        home: entry.map(|e| e.3.clone()),
+    })
+}
+
+fn switch_user(u: &User) -> Result<(), Failure> {
+    let gid = rustix::process::Gid::from_raw(u.gid);
+    let uid = rustix::process::Uid::from_raw(u.uid);
+    io(rustix::thread::set_thread_groups(&[gid])).or_fail(125, || "setgroups".into())?;
+    io(rustix::thread::set_thread_res_gid(gid, gid, gid))
+        .or_fail(125, || format!("setgid {}", u.gid))?;
+    io(rustix::thread::set_thread_res_uid(uid, uid, uid))
+        .or_fail(125, || format!("setuid {}", u.uid))
+}
+
+/// The image's environment, `-e` values, and PATH, HOSTNAME, HOME if unset.
+fn environment(c: &Container, u: &User) -> Vec<String> {
+    let mut env = c.spec.env.clone();
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    if !has(&env, "PATH") {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !has(&env, "HOSTNAME") {
+        env.push(format!("HOSTNAME={}", c.spec.hostname));
+    }
+    if !has(&env, "HOME") {
+        let home = u
+            .home
+            .clone()
+            .unwrap_or_else(|| if u.uid == 0 { "/root" } else { "/" }.into());
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+/// The command's file, looked up in PATH as a shell would.
+fn find_program(argv0: &str, path: &str) -> Option<PathBuf> {
+    let runnable = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if argv0.contains('/') {
+        let p = PathBuf::from(argv0);
+        return fs::metadata(&p).is_ok().then_some(p);
+    }
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(argv0))
+        .find(|p| runnable(p))
+}
+
+fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, Failure> {
+    let e = Command::new(program)
+        .arg0(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .envs(
+            env.iter()
+                .map(|kv| kv.split_once('=').unwrap_or((kv.as_str(), ""))),
+        )
+        .exec();
+    let code = if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    Err(Failure {
+        code,
+        msg: format!("run: {}: {e}", argv[0]),
+    })
+}
+
+/// `--init`: stay as pid 1, pass signals on to the command, reap every
+/// process that ends, and end with the command's status.
+fn reap_as_init(child: Pid) -> Result<Infallible, Failure> {
+    let mut signals = Signals::new(FORWARDED.iter().chain(&[sig::SIGCHLD]))
+        .or_fail(125, || "init: signal handlers".into())?;
+    let status = wait_forwarding(child, &mut signals);
+    sys::exit_now(status.map_or(125, exit_code))
+}
