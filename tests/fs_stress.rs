@@ -495,3 +495,54 @@ fn rm_r_of_a_renamed_merged_dir() {
     }
     b.check_trees("rm -r of renamed merged dirs");
 }
+
+#[test]
+fn create_never_fails_while_the_name_is_renamed_away() {
+    // A smaller form of the stress test: one thread creates (O_CREAT|O_TRUNC)
+    // a name while another renames it away and a third unlinks the target.
+    let Some(b) = Both::new(lowers()) else { return };
+    for side in b.sides() {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let m = side.mnt.clone();
+        let creator = std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            for i in 0..2000 {
+                let name = format!("d0/f{}", i % 4);
+                if let Err(e) = fs::write(m.join(&name), format!("{i}")) {
+                    errors.push(format!("create {name}: {e}"));
+                }
+            }
+            errors
+        });
+        let movers: Vec<_> = (0..2)
+            .map(|t| {
+                let (m, stop) = (side.mnt.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let from = m.join(format!("d0/f{}", i % 4));
+                        let to = m.join(format!("d{}/g{}", 1 + t, i % 4));
+                        let _ = fs::rename(&from, &to);
+                        let _ = fs::remove_file(&to);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let errors = creator.join().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in movers {
+            t.join().unwrap();
+        }
+        assert!(
+            errors.is_empty(),
+            "{}: {} creates failed, e.g. {:?}",
+            side.name,
+            errors.len(),
+            &errors[..errors.len().min(5)]
+        );
+        // The end state is a race; it only has to be consistent.
+        let t = common::snapshot(&side.mnt);
+        assert!(t.problems.is_empty(), "{}: {:?}", side.name, t.problems);
+    }
+}
