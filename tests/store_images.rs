@@ -613,3 +613,119 @@ fn unpack_keeps_mtimes_devices_owners_and_pax_xattrs() {
     assert_eq!(get("trusted.t"), b"v2");
     assert!(env.um(&["image", "fsck"]).contains("clean"));
 }
+
+/// The entries of a layer blob, in order (zstd, gzip or plain, by magic).
+fn layer_entries(blob: &Path) -> Vec<String> {
+    let f = fs::File::open(blob).expect("open blob");
+    let (_, mut r) = layerstore::unpack::decompress(f).expect("decompress");
+    let mut plain = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut plain).expect("read layer");
+    let tar = blob.with_extension("listed.tar");
+    fs::write(&tar, plain).expect("write");
+    let out = run(Command::new("tar").arg("-tf").arg(&tar));
+    let _ = fs::remove_file(&tar);
+    out.lines()
+        .map(|l| l.trim_start_matches("./").to_string())
+        .collect()
+}
+
+#[test]
+fn commit_walks_the_upper_only() {
+    let test = "commit_walks_the_upper_only";
+    if !need_root(test) || !need_tools(test, &["strace", "tar"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    // A base image with many files.
+    let root = t.join("root");
+    for d in ["data", "etc", "usr/lib"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+        for i in 0..500 {
+            fs::write(root.join(format!("{d}/f{i}")), format!("{d}{i}")).unwrap();
+        }
+    }
+    env.um(&[
+        "image",
+        "import",
+        &root.display().to_string(),
+        "--tag",
+        "base",
+    ]);
+    let lowers = env.layer_dirs("base");
+    // Changes made through kernel overlayfs: a changed file, a deletion, a
+    // new directory, a directory replaced (opaque).
+    let (up, wk) = (t.join("up"), t.join("wk"));
+    fs::create_dir_all(&up).unwrap();
+    fs::create_dir_all(&wk).unwrap();
+    {
+        let m = OverlayMount::new(&lowers, Some((&up, &wk)), &t.join("mnt"));
+        sh(&format!(
+            "cd {}
+            echo changed > data/f1
+            rm data/f2
+            mkdir data/sub && echo n > data/sub/n
+            rm -rf etc && mkdir etc && echo fresh > etc/fresh",
+            m.path.display()
+        ));
+    }
+    let trace = t.join("strace.txt");
+    run(Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=%file,%desc", "-o"])
+        .arg(&trace)
+        .arg(bin())
+        .args(["commit"])
+        .arg(&up)
+        .args(["--tag", "next", "--from", "base"])
+        .env("UNIONMOUNT_STORE", env.store()));
+    // The lowers are looked at as a whole (their roots exist), never inside.
+    let layers = format!("{}/", env.store().join("layers").display());
+    let trace = fs::read_to_string(&trace).unwrap();
+    let inside: Vec<&str> = trace
+        .lines()
+        .filter(|l| {
+            l.match_indices(&layers).any(|(i, _)| {
+                let rest = &l[i + layers.len()..];
+                let end = rest.find(['"', '>']).unwrap_or(rest.len());
+                rest[..end].contains('/')
+            })
+        })
+        .collect();
+    assert!(
+        inside.is_empty(),
+        "commit looked inside a lower layer:\n{}",
+        inside.join("\n")
+    );
+    // The new layer holds the changes only, in OCI form.
+    let v: layerstore::serde_json::Value =
+        layerstore::serde_json::from_str(&env.um(&["image", "inspect", "next"])).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    let blob = layers[1]["blob"].as_str().unwrap();
+    let blob = env
+        .store()
+        .join("blobs/sha256")
+        .join(blob.trim_start_matches("sha256:"));
+    let mut entries = layer_entries(&blob);
+    entries.retain(|e| !e.is_empty() && e != ".");
+    entries.sort();
+    assert_eq!(
+        entries,
+        [
+            "data",
+            "data/.wh.f2",
+            "data/f1",
+            "data/sub",
+            // The kernel marks a new directory in a merged one opaque.
+            "data/sub/.wh..wh..opq",
+            "data/sub/n",
+            "etc",
+            "etc/.wh..wh..opq",
+            "etc/fresh",
+        ],
+    );
+    // A config with both diff ids and one more history entry.
+    let diff_ids = v["config"]["rootfs"]["diff_ids"].as_array().unwrap();
+    assert_eq!(diff_ids.len(), 2);
+    assert_eq!(v["config"]["history"].as_array().unwrap().len(), 2);
+}
