@@ -34,6 +34,27 @@ fn layout(
     diff_ids: Option<Vec<Digest>>,
     layer_type: &str,
 ) -> Layout {
+    layout_typed(
+        dir,
+        tag,
+        layers,
+        diff_ids,
+        &[layer_type],
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.config.v1+json",
+    )
+}
+
+/// The same with any media types (`layer_types` cycled over the layers).
+fn layout_typed(
+    dir: &Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    diff_ids: Option<Vec<Digest>>,
+    layer_types: &[&str],
+    manifest_type: &str,
+    config_type: &str,
+) -> Layout {
     fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let digests: Vec<Digest> = layers.iter().map(|l| put(dir, l)).collect();
@@ -46,10 +67,10 @@ fn layout(
     let cd = put(dir, &config);
     let manifest = serde_json::to_vec(&json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": config.len()},
-        "layers": layers.iter().zip(&digests).map(|(l, d)| json!({
-            "mediaType": layer_type, "digest": d, "size": l.len()
+        "mediaType": manifest_type,
+        "config": {"mediaType": config_type, "digest": cd, "size": config.len()},
+        "layers": layers.iter().zip(&digests).zip(layer_types.iter().cycle()).map(|((l, d), t)| json!({
+            "mediaType": t, "digest": d, "size": l.len()
         })).collect::<Vec<_>>(),
     }))
     .unwrap();
@@ -57,7 +78,7 @@ fn layout(
     let index = json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": manifest_type,
             "digest": md, "size": manifest.len(),
             "annotations": {"org.opencontainers.image.ref.name": tag},
         }],
@@ -872,4 +893,47 @@ fn concurrent_imports_of_one_rootfs_both_succeed() {
     assert_eq!(env.um(&["image", "ls"]).lines().count(), 7);
     assert_eq!(env.layer_dirs("a0"), env.layer_dirs("b2"));
     assert!(env.um(&["image", "fsck"]).contains("clean"));
+}
+
+#[test]
+fn docker_media_types_load_and_unknown_manifest_types_are_refused() {
+    if !need_tools("docker_media_types…", &["gzip"]) {
+        return;
+    }
+    let env = Env::new();
+    env.um(&["image", "ls"]);
+    let t = env.path();
+    let [l0, l1] = <[Vec<u8>; 2]>::try_from(two_layers()).unwrap();
+    fs::write(t.join("l1.tar"), &l1).unwrap();
+    sh(&format!("cd {} && gzip -n l1.tar", t.display()));
+    let l1_gz = fs::read(t.join("l1.tar.gz")).unwrap();
+    // A Docker schema 2 manifest: Docker config and layer types, plain and gzip.
+    let l = layout_typed(
+        &t.join("docker"),
+        "d",
+        &[l0.clone(), l1_gz.clone()],
+        Some(vec![Digest::of_bytes(&l0), Digest::of_bytes(&l1)]),
+        &[
+            "application/vnd.docker.image.rootfs.diff.tar",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ],
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.container.image.v1+json",
+    );
+    env.um(&["image", "load", &l.dir.display().to_string()]);
+    let dirs = env.layer_dirs("d");
+    assert_eq!(fs::read_to_string(dirs[1].join("etc/b")).unwrap(), "b");
+    // A manifest type nobody knows: one line naming it, nothing stored.
+    let env2 = Env::new();
+    env2.um(&["image", "ls"]);
+    let l = layout_typed(
+        &t.join("unknown"),
+        "u",
+        &[l0],
+        None,
+        &[OCI_TAR],
+        "application/vnd.example.manifest+json",
+        "application/vnd.oci.image.config.v1+json",
+    );
+    load_fails(&env2, &l.dir, &["application/vnd.example.manifest+json"]);
 }
