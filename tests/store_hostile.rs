@@ -486,3 +486,35 @@ fn metadata_bombs_are_refused_before_buffering() {
     assert!(start.elapsed().as_secs() < 60);
     assert_eq!(h.env.contents(), before);
 }
+
+#[test]
+fn garbage_headers_give_one_short_printable_line() {
+    // Random bytes where a tar header should be: the tar reader quotes the
+    // raw field; the message names the file and the field, in plain text.
+    let h = Hostile::new();
+    let mut x: u32 = 12345;
+    let junk: Vec<u8> = (0..4096)
+        .map(|_| {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            (x >> 24) as u8
+        })
+        .collect();
+    let p = h.env.path().join("junk.tar");
+    fs::write(&p, &junk).unwrap();
+    let before = h.env.contents();
+    for args in [
+        vec!["image", "import", p.to_str().unwrap(), "--tag", "junk"],
+        vec!["image", "load", p.to_str().unwrap()],
+    ] {
+        let err = h.env.um_fail(&args);
+        assert!(err.contains("junk.tar"), "{err}");
+        assert!(err.contains("corrupt header"), "{err}");
+        assert!(
+            err.trim_end().chars().all(|c| (' '..='~').contains(&c)),
+            "{args:?}: not plain text: {err}"
+        );
+        assert!(err.len() < 300, "{err}");
+    }
+    assert_eq!(h.env.contents(), before);
+    h.untouched("junk");
+}

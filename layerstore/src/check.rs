@@ -32,7 +32,12 @@ pub fn check_layer(blob: impl Read, dir: &Path, opts: UnpackOptions) -> Result<V
     let mut opaque: BTreeSet<Vec<u8>> = BTreeSet::new();
     // Owner, group and mode of files and directories (the last entry wins).
     let mut owners: BTreeMap<Vec<u8>, (u32, u32, u32)> = BTreeMap::new();
-    let bad = |e: io::Error| Error::invalid(dir.display().to_string(), format!("layer tar: {e}"));
+    let bad = |e: io::Error| {
+        Error::invalid(
+            dir.display().to_string(),
+            format!("layer tar: {}", crate::unpack::tar_error(&e)),
+        )
+    };
     for entry in ar.entries().map_err(bad)? {
         let mut e = entry.map_err(bad)?;
         use tar::EntryType as T;

@@ -43,10 +43,10 @@ pub enum Error {
     /// A system call on a named object failed.
     /// (The I/O error is part of the message, not a separate source, so a
     /// report prints it once.)
-    #[error("{what}: {error}")]
+    #[error("{}: {}", one_line(.what), one_line(&.error.to_string()))]
     Io { what: String, error: std::io::Error },
     /// Content does not hash to the digest that names it.
-    #[error("{what}: digest mismatch: expected {expected}, content is {actual}")]
+    #[error("{}: digest mismatch: expected {expected}, content is {actual}", one_line(.what))]
     DigestMismatch {
         what: String,
         expected: Digest,
@@ -56,14 +56,34 @@ pub enum Error {
     #[error("invalid digest {input:?}: {reason}")]
     InvalidDigest { input: String, reason: &'static str },
     /// A layer tar entry that would escape the layer or is malformed.
-    #[error("layer entry {entry:?}: {reason}")]
+    #[error("layer entry {}: {}", one_line(&format!("{:?}", .entry)), one_line(.reason))]
     UnsafeEntry { entry: String, reason: String },
     /// Input that is well-formed at the byte level but not acceptable.
-    #[error("{what}: {reason}")]
+    #[error("{}: {}", one_line(.what), one_line(.reason))]
     Invalid { what: String, reason: String },
     /// A named object does not exist.
-    #[error("{what}: not found")]
+    #[error("{}: not found", one_line(.what))]
     NotFound { what: String },
+}
+
+/// Text fit for one line of an error message: control characters (a tar
+/// header's garbage, a newline in a name) escaped, and at most a couple of thousand
+/// characters.
+pub(crate) fn one_line(s: &str) -> String {
+    const MAX: usize = 2000;
+    let mut out = String::with_capacity(s.len().min(MAX));
+    for (n, c) in s.chars().enumerate() {
+        if n == MAX {
+            out.push_str("…");
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -103,5 +123,23 @@ impl<T, E: Into<std::io::Error>> Context<T> for std::result::Result<T, E> {
     }
     fn at(self, path: &std::path::Path) -> Result<T> {
         self.ctx(|| path.display().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        let e = Error::invalid("x.tar", "bad\nfield \u{1b}[2J\0 here");
+        assert_eq!(e.to_string(), "x.tar: bad\\nfield \\u{1b}[2J\\u{0} here");
+        let long = Error::invalid("y", "z".repeat(5000)).to_string();
+        assert!(long.chars().count() < 2020 && long.ends_with('…'), "{long}");
+        let io = Error::Io {
+            what: "a\nb".into(),
+            error: std::io::Error::other("c\rd"),
+        };
+        assert_eq!(io.to_string(), "a\\nb: c\\rd");
     }
 }

@@ -230,7 +230,15 @@ impl Source {
         let mut ar = tar::Archive::new(plain);
         let mut files = HashMap::new();
         let mut links = HashMap::new();
-        let bad = |e: io::Error| Error::invalid(&name, format!("not a readable tar archive: {e}"));
+        let bad = |e: io::Error| {
+            Error::invalid(
+                &name,
+                format!(
+                    "not a readable tar archive: {}",
+                    crate::unpack::tar_error(&e)
+                ),
+            )
+        };
         for entry in ar.entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
             let raw = entry.path_bytes().into_owned();

@@ -132,7 +132,7 @@ pub fn unpack(r: impl Read, dest: &Path, opts: UnpackOptions) -> Result<Unpacked
         cache: None,
         entries: 0,
     };
-    let bad_tar = |e: io::Error| Error::invalid("layer tar", e.to_string());
+    let bad_tar = |e: io::Error| Error::invalid("layer tar", tar_error(&e));
     for entry in archive.entries().map_err(bad_tar)? {
         let entry = entry.map_err(bad_tar)?;
         u.entry(entry)?;
@@ -154,6 +154,20 @@ pub fn unpack(r: impl Read, dest: &Path, opts: UnpackOptions) -> Result<Unpacked
         tar_size,
         entries: u.entries,
     })
+}
+
+/// The reason of a tar reader's error, short: the tar crate quotes a corrupt
+/// header's raw bytes, which say nothing to a user.
+pub(crate) fn tar_error(e: &io::Error) -> String {
+    let msg = e.to_string();
+    if let Some(i) = msg.rfind(" when getting ") {
+        let field = msg[i + 14..].split(' ').next().unwrap_or("a");
+        return format!("corrupt header ({field} field is not a number)");
+    }
+    if msg == "failed to read entire block" {
+        return "truncated (cut in the middle of a header or a file)".to_string();
+    }
+    msg
 }
 
 /// Owner, mode, time and xattrs of an entry.
