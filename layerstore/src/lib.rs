@@ -74,7 +74,7 @@ pub(crate) fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(MAX));
     for (n, c) in s.chars().enumerate() {
         if n == MAX {
-            out.push_str("…");
+            out.push('…');
             break;
         }
         if c.is_control() {
