@@ -555,8 +555,30 @@ pub fn find(root: &Path, key: &str) -> anyhow::Result<Container> {
     }
 }
 
+/// Containers need CAP_SYS_ADMIN (namespaces, mounts): say so before
+/// anything is created.
+fn check_privilege() -> anyhow::Result<()> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let caps = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .unwrap_or(0);
+    if caps & (1 << CAP_SYS_ADMIN) == 0 {
+        bail!("run: no permission to create namespaces and mounts (needs root or CAP_SYS_ADMIN)");
+    }
+    Ok(())
+}
+
 /// `unionmount run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    check_privilege()?;
     let c = create(&args)?;
     start_created(&c)
 }
@@ -570,6 +592,7 @@ pub fn create_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `unionmount start NAME`: run a created (or ended) container in the foreground.
 pub fn start_cmd(store: &StoreArg, key: &str) -> anyhow::Result<ExitCode> {
+    check_privilege()?;
     let root = store_root(store)?;
     let c = find(&root, key)?;
     let lock = ContainersLock::take(&root)?;

@@ -303,12 +303,17 @@ fn container_init(
     if !c.spec.init {
         return exec(&program, &c.spec.argv, &env);
     }
+    // Handlers first: a signal that comes before they exist would be ignored
+    // (the kernel shields a namespace's init from signals it does not handle).
+    let mut signals = Signals::new(FORWARDED.iter().chain(&[sig::SIGCHLD]))
+        .or_fail(125, || "init: signal handlers".into())?;
     match sys::fork().or_fail(125, || "fork".into())? {
         Forked::Child => exec(&program, &c.spec.argv, &env),
         Forked::Parent(child) => {
             // The command's exec closes its copy of the pipe; ours goes now.
             err.take();
-            reap_as_init(child)
+            let status = wait_forwarding(child, &mut signals);
+            sys::exit_now(status.map_or(125, exit_code))
         }
     }
 }
@@ -575,13 +580,4 @@ fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, F
         code,
         msg: format!("run: {}: {e}", argv[0]),
     })
-}
-
-/// `--init`: stay as pid 1, pass signals on to the command, reap every
-/// process that ends, and end with the command's status.
-fn reap_as_init(child: Pid) -> Result<Infallible, Failure> {
-    let mut signals = Signals::new(FORWARDED.iter().chain(&[sig::SIGCHLD]))
-        .or_fail(125, || "init: signal handlers".into())?;
-    let status = wait_forwarding(child, &mut signals);
-    sys::exit_now(status.map_or(125, exit_code))
 }

@@ -1,0 +1,304 @@
+//! `unionmount run` from the outside: exit statuses, signals, one-line errors,
+//! `--rm` cleanup, host volumes, two containers of one image at once,
+//! create/start/stop/ps, and `rm` after a runner that was killed.
+
+mod run_common;
+
+use std::fs;
+
+use run_common::{Env, cgroup_dirs, kill, wait_until};
+
+fn one_line(s: &str) -> bool {
+    s.lines().count() == 1
+}
+
+#[test]
+fn exit_statuses() {
+    let Some(env) = Env::new() else { return };
+    let out = env.um(&["run", "--rm", "t", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.code, 7, "{out:?}");
+    // Killed by a signal: 128+N (with --init the shell is not its
+    // namespace's init, which the kernel shields from its own SIGKILL).
+    let out = env.um(&["run", "--rm", "--init", "t", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.code, 137, "{out:?}");
+    let out = env.um(&["run", "--rm", "--init", "t", "--", "sh", "-c", "exit 3"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(env.containers().is_empty());
+}
+
+#[test]
+fn errors_are_one_line() {
+    let Some(env) = Env::new() else { return };
+    let out = env.um(&["run", "--rm", "t", "--", "no-such-command"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    assert!(
+        one_line(&out.stderr) && out.stderr.contains("command not found"),
+        "{out:?}"
+    );
+    let out = env.um(&["run", "--rm", "no-such-image", "--", "true"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        one_line(&out.stderr) && out.stderr.contains("not found"),
+        "{out:?}"
+    );
+    for bad in ["/tmp", "relative:/x", "/tmp:/x:bogus", "/no/such/dir:/x"] {
+        let out = env.um(&["run", "--rm", "-v", bad, "t", "--", "true"]);
+        assert_eq!(out.code, 1, "{bad}: {out:?}");
+        assert!(
+            one_line(&out.stderr) && out.stderr.contains("-v"),
+            "{bad}: {out:?}"
+        );
+    }
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
+    // Without privilege: refused with one line, whatever step refuses first.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(run_common::bin())
+        .args(["run", "--rm", "--store"])
+        .arg(&env.store)
+        .args(["t", "--", "true"])
+        .output();
+    match out {
+        Ok(o) => {
+            let o = run_common::Out::from(o);
+            assert_ne!(o.code, 0, "{o:?}");
+            assert!(one_line(&o.stderr), "{o:?}");
+            assert!(o.stderr.to_lowercase().contains("permission"), "{o:?}");
+        }
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("setpriv (util-linux) is needed: {e}")
+        }
+        Err(e) => eprintln!("not checking the unprivileged case: setpriv: {e}"),
+    }
+}
+
+#[test]
+fn signals_reach_the_command() {
+    let Some(env) = Env::new() else { return };
+    // --init forwards SIGTERM to the command, which dies of it.
+    let pid = env.spawn(&[
+        "run",
+        "--rm",
+        "--name",
+        "s1",
+        "--init",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "touch /ready; exec sleep 100",
+    ]);
+    assert!(wait_until(30, || env
+        .container_dir("s1")
+        .is_some_and(|d| d.join("upper/ready").exists())));
+    kill(pid as i32, libc::SIGTERM);
+    assert_eq!(env.wait(pid, 30), 143);
+    // Without --init the command is pid 1 and sees the signal with its own handler.
+    let pid = env.spawn(&[
+        "run",
+        "--rm",
+        "--name",
+        "s2",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 42' TERM; touch /ready; while :; do sleep 0.1; done",
+    ]);
+    assert!(wait_until(30, || env
+        .container_dir("s2")
+        .is_some_and(|d| d.join("upper/ready").exists())));
+    kill(pid as i32, libc::SIGTERM);
+    assert_eq!(env.wait(pid, 30), 42);
+    assert!(wait_until(10, || env.containers().is_empty()));
+}
+
+#[test]
+fn rm_flag_leaves_nothing() {
+    let Some(env) = Env::new() else { return };
+    let out = env.um(&[
+        "run",
+        "--rm",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "64",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "echo x > /file; cat /file",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "x\n");
+    assert!(env.containers().is_empty(), "{:?}", env.containers());
+    assert_eq!(env.host_mounts(), Vec::<String>::new());
+    assert!(
+        wait_until(10, || env.processes().is_empty()),
+        "left running: {:?}",
+        env.processes()
+    );
+}
+
+#[test]
+fn volumes_reach_the_host() {
+    let Some(env) = Env::new() else { return };
+    let vol = env.root().join("vol");
+    fs::create_dir(&vol).unwrap();
+    fs::write(vol.join("in"), "from host\n").unwrap();
+    let spec = format!("{}:/data", vol.display());
+    let out = env.um(&[
+        "run",
+        "--rm",
+        "-v",
+        &spec,
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "cat /data/in; echo out > /data/out",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "from host\n");
+    assert_eq!(fs::read_to_string(vol.join("out")).unwrap(), "out\n");
+    let ro = format!("{}:/data:ro", vol.display());
+    let out = env.um(&[
+        "run",
+        "--rm",
+        "-v",
+        &ro,
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "echo no > /data/ro",
+    ]);
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(!vol.join("ro").exists());
+}
+
+#[test]
+fn two_containers_of_one_image_at_once() {
+    let Some(env) = Env::new() else { return };
+    let script = |v: &str| {
+        format!(
+            "echo {v} > /f; touch /ready-{v}; while ! test -e /go; do sleep 0.05; done; test \"$(cat /f)\" = {v}"
+        )
+    };
+    let (sa, sb) = (script("a"), script("b"));
+    let a = env.spawn(&["run", "--name", "a", "t", "--", "sh", "-c", &sa]);
+    let b = env.spawn(&["run", "--name", "b", "t", "--", "sh", "-c", &sb]);
+    let upper = |n: &str| env.container_dir(n).map(|d| d.join("upper"));
+    assert!(wait_until(30, || upper("a")
+        .is_some_and(|u| u.join("ready-a").exists())
+        && upper("b").is_some_and(|u| u.join("ready-b").exists())));
+    let ps = env.um(&["ps"]);
+    assert_eq!(ps.stdout.matches("running").count(), 2, "{ps:?}");
+    for n in ["a", "b"] {
+        fs::write(upper(n).unwrap().join("go"), "").unwrap();
+    }
+    assert_eq!(env.wait(a, 30), 0);
+    assert_eq!(env.wait(b, 30), 0);
+    assert_eq!(
+        fs::read_to_string(upper("a").unwrap().join("f")).unwrap(),
+        "a\n"
+    );
+    assert_eq!(
+        fs::read_to_string(upper("b").unwrap().join("f")).unwrap(),
+        "b\n"
+    );
+    assert!(!env.layer().join("f").exists());
+    let ps = env.um(&["ps", "-a"]);
+    assert_eq!(ps.stdout.matches("exited (0)").count(), 2, "{ps:?}");
+    for n in ["a", "b"] {
+        assert_eq!(env.um(&["rm", n]).code, 0);
+    }
+    assert!(env.containers().is_empty());
+}
+
+#[test]
+fn killed_runner_is_cleaned_by_rm() {
+    let Some(env) = Env::new() else { return };
+    let pid = env.spawn(&[
+        "run",
+        "--name",
+        "k",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "32",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "touch /ready; sleep 100",
+    ]);
+    assert!(wait_until(30, || env
+        .container_dir("k")
+        .is_some_and(|d| d.join("upper/ready").exists())));
+    let dir = env.container_dir("k").unwrap();
+    let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(!cgroup_dirs(&id).is_empty());
+    let out = env.um(&["rm", "k"]);
+    assert_ne!(
+        out.code, 0,
+        "rm of a running container must refuse: {out:?}"
+    );
+    kill(pid as i32, libc::SIGKILL);
+    assert_eq!(env.wait(pid, 30), 137);
+    let ps = env.um(&["ps", "-a"]);
+    assert!(ps.stdout.contains("dead"), "{ps:?}");
+    // The union's daemon outlives its runner until rm.
+    let upper = format!("upperdir={}", dir.join("upper").display());
+    assert!(!run_common::processes_naming(&upper).is_empty());
+    let out = env.um(&["rm", "k"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!dir.exists());
+    assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
+    assert!(
+        wait_until(10, || run_common::processes_naming(&upper).is_empty()),
+        "daemon left"
+    );
+    assert_eq!(env.host_mounts(), Vec::<String>::new());
+}
+
+#[test]
+fn create_start_stop_ps() {
+    let Some(env) = Env::new() else { return };
+    let out = env.um(&["create", "--name", "c", "t", "--", "sh", "-c", "exit 5"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = out.stdout.trim().to_string();
+    assert_eq!(id.len(), 12, "{out:?}");
+    let ps = env.um(&["ps", "-a"]);
+    assert!(
+        ps.stdout.contains(&id) && ps.stdout.contains("created"),
+        "{ps:?}"
+    );
+    assert_eq!(env.um(&["start", "c"]).code, 5);
+    assert_eq!(env.um(&["start", &id[..6]]).code, 5);
+    let ps = env.um(&["ps"]);
+    assert!(!ps.stdout.contains(&id), "{ps:?}");
+    // stop: SIGTERM to an --init container ends it with 143.
+    let out = env.um(&[
+        "create",
+        "--name",
+        "d",
+        "--init",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "touch /ready; exec sleep 100",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pid = env.spawn(&["start", "d"]);
+    assert!(wait_until(30, || env
+        .container_dir("d")
+        .is_some_and(|d| d.join("upper/ready").exists())));
+    assert!(env.um(&["ps"]).stdout.contains(" d "));
+    assert_eq!(env.um(&["stop", "d"]).code, 0);
+    assert_eq!(env.wait(pid, 30), 143);
+    assert!(env.um(&["ps", "-a"]).stdout.contains("exited (143)"));
+    assert_eq!(env.um(&["rm", "c", "d"]).code, 0);
+    assert!(env.containers().is_empty());
+}
