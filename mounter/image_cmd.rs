@@ -218,9 +218,10 @@ pub enum ImageCommand {
         image: String,
         mountpoint: PathBuf,
         /// Writable upper directory
-        #[arg(long, requires = "work")]
+        #[arg(long)]
         upper: Option<PathBuf>,
-        /// Work directory on the same filesystem as the upper
+        /// Work directory on the same filesystem as the upper (default: a
+        /// hidden sibling of the upper, `.NAME.work`, made if missing)
         #[arg(long, requires = "upper")]
         work: Option<PathBuf>,
         #[command(flatten)]
@@ -496,6 +497,29 @@ fn inspect(s: &Store, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The work directory beside `upper`: `.NAME.work` in the same parent (so on
+/// the same filesystem, and not inside the upper), made if missing.
+fn default_work(upper: &Path) -> anyhow::Result<PathBuf> {
+    let upper =
+        std::fs::canonicalize(upper).with_context(|| format!("upper {}", upper.display()))?;
+    let (Some(parent), Some(name)) = (upper.parent(), upper.file_name()) else {
+        bail!(
+            "upper {}: needs --work (no parent directory)",
+            upper.display()
+        );
+    };
+    let mut w = std::ffi::OsString::from(".");
+    w.push(name);
+    w.push(".work");
+    let work = parent.join(w);
+    match std::fs::create_dir(&work) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && work.is_dir() => {}
+        Err(e) => bail!("work directory {}: {e}", work.display()),
+    }
+    Ok(work)
+}
+
 fn mount(
     s: &Store,
     name: &str,
@@ -522,7 +546,11 @@ fn mount(
         .map(|d| option_path(d))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut opts = format!("lowerdir={}", lowers.join(":"));
-    if let (Some(u), Some(w)) = (upper, work) {
+    let work = match (upper, work) {
+        (Some(u), None) => Some(default_work(u)?),
+        (_, w) => w.map(Path::to_path_buf),
+    };
+    if let (Some(u), Some(w)) = (upper, work.as_deref()) {
         opts.push_str(&format!(
             ",upperdir={},workdir={}",
             option_path(u)?,

@@ -448,6 +448,31 @@ fn image_mount_through_unionmount_matches_umoci_and_commits() {
         fs::write(mnt.join("some/dir/added"), "added\n").unwrap();
         fs::remove_file(mnt.join("etc/hostname")).unwrap();
     }
+    // --upper alone: the work directory is a hidden sibling of the upper,
+    // the same one each time.
+    let up2 = t.join("up2");
+    fs::create_dir_all(&up2).unwrap();
+    for round in 0..2 {
+        env.um(&[
+            "image",
+            "mount",
+            "v3",
+            &mnt.display().to_string(),
+            "--upper",
+            &up2.display().to_string(),
+        ]);
+        let _m = UnionMount(mnt.clone());
+        if round == 0 {
+            fs::write(mnt.join("some/dir/alone"), "alone\n").unwrap();
+        } else {
+            assert_eq!(
+                fs::read_to_string(mnt.join("some/dir/alone")).unwrap(),
+                "alone\n"
+            );
+        }
+    }
+    assert!(up2.join("some/dir/alone").is_file());
+    assert!(t.join(".up2.work").is_dir());
     env.um(&[
         "commit",
         &up.display().to_string(),
