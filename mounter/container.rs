@@ -6,6 +6,8 @@
 //!   config.json    name, image, and everything `start` needs (see `Spec`)
 //!   state.json     status, the runner's pid, the container's pid 1, cgroups, exit code
 //!   upper/ work/   the container's changes and the union's workdir
+//!   init/          mount points (/proc, /dev, /sys, /etc files, volume targets),
+//!                  a layer over the image's so that they stay out of the upper
 //!   merged/        the union's mountpoint (mounted only inside the container's
 //!                  mount namespace, never on the host)
 //!   hostname hosts resolv.conf    bind-mounted over the container's /etc files
@@ -135,6 +137,10 @@ impl Container {
     }
     pub fn merged(&self) -> PathBuf {
         self.dir.join("merged")
+    }
+    /// The container's mount points, a layer between the image and the upper.
+    pub fn init(&self) -> PathBuf {
+        self.dir.join("init")
     }
 }
 
@@ -418,9 +424,10 @@ fn set_env(env: &mut Vec<String>, kv: &str) {
 }
 
 fn write_new(c: &Container, manifest: &str) -> anyhow::Result<()> {
-    for d in [c.dir.clone(), c.upper(), c.work(), c.merged()] {
+    for d in [c.dir.clone(), c.upper(), c.work(), c.merged(), c.init()] {
         fs::create_dir_all(&d).with_context(|| d.display().to_string())?;
     }
+    write_init_layer(c)?;
     fs::write(c.dir.join("image"), format!("{manifest}\n")).context("container image file")?;
     let h = &c.spec.hostname;
     fs::write(c.dir.join("hostname"), format!("{h}\n")).context("container hostname file")?;
@@ -447,6 +454,76 @@ fn write_new(c: &Container, manifest: &str) -> anyhow::Result<()> {
             ..State::default()
         },
     )
+}
+
+/// The container's own lowest-but-one layer, `init/`, on top of the image's:
+/// the mount points the runner needs (/proc, /dev, /sys, the /etc files, volume
+/// targets, the working directory), so that none of them is written into the
+/// upper and none ends up in a commit. Directories that the image has too get
+/// the image's owner and mode (the top layer's attributes are the ones shown).
+fn write_init_layer(c: &Container) -> anyhow::Result<()> {
+    let init = c.init();
+    let mut dirs: Vec<PathBuf> = ["proc", "dev", "sys", "etc"].map(PathBuf::from).to_vec();
+    let mut files: Vec<PathBuf> = ["etc/hostname", "etc/hosts", "etc/resolv.conf"]
+        .map(PathBuf::from)
+        .to_vec();
+    let rel = |p: &Path| p.strip_prefix("/").unwrap_or(p).to_path_buf();
+    let wd = rel(Path::new(&c.spec.workdir));
+    if !wd.as_os_str().is_empty() && !wd.components().any(|x| x.as_os_str() == "..") {
+        dirs.push(wd);
+    }
+    for v in &c.spec.volumes {
+        if v.host.is_dir() {
+            dirs.push(rel(&v.ctr));
+        } else {
+            files.push(rel(&v.ctr));
+        }
+    }
+    for f in &files {
+        if let Some(parent) = f.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+    }
+    for d in &dirs {
+        let mut at = PathBuf::new();
+        for part in d.components() {
+            at.push(part);
+            let p = init.join(&at);
+            if fs::symlink_metadata(&p).is_err() {
+                fs::create_dir(&p).with_context(|| p.display().to_string())?;
+                like_image(&c.spec.lowers, &at, &p);
+            }
+        }
+    }
+    for f in &files {
+        let p = init.join(f);
+        if fs::symlink_metadata(&p).is_err() {
+            fs::File::create(&p).with_context(|| p.display().to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Give `made` the owner and mode of `rel` in the image's top-most layer that
+/// has it as a directory (reached without following any symlink).
+fn like_image(lowers: &[PathBuf], rel: &Path, made: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    for l in lowers.iter().rev() {
+        let mut at = l.clone();
+        let mut ok = true;
+        for part in rel.components() {
+            at.push(part);
+            ok = fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir());
+            if !ok {
+                break;
+            }
+        }
+        if ok && let Ok(m) = fs::symlink_metadata(&at) {
+            let _ = std::os::unix::fs::lchown(made, Some(m.uid()), Some(m.gid()));
+            let _ = fs::set_permissions(made, m.permissions());
+            return;
+        }
+    }
 }
 
 fn to_json(c: &Container) -> Value {

@@ -116,11 +116,12 @@ fn mount_union(c: &Container) -> anyhow::Result<()> {
         }
         Ok(t)
     };
-    let lowers = c
-        .spec
-        .lowers
-        .iter()
-        .rev()
+    let init = c.init();
+    let lowers = init
+        .is_dir()
+        .then_some(&init)
+        .into_iter()
+        .chain(c.spec.lowers.iter().rev())
         .map(|d| option_path(d))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let opts = format!(
@@ -270,7 +271,13 @@ fn container_init(
     let old = pivot(c)?;
     setup_mounts(c, &old)?;
     io(unmount(&old, UnmountFlags::DETACH)).or_fail(125, || "detaching the host root".into())?;
-    let _ = fs::remove_dir(&old);
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        None,
+    )?;
     if c.spec.read_only {
         io(mount_remount(
             "/",
@@ -318,20 +325,16 @@ fn container_init(
     }
 }
 
-/// `pivot_root` into the union; the host's root stays at the returned path
-/// until the mounts that need it are made.
+/// `pivot_root` into the union. The host's root goes on the container's
+/// /proc (a directory every container has) until the mounts that need it are
+/// made; then the real /proc takes its place. No directory is made for it.
 fn pivot(c: &Container) -> Result<PathBuf, Failure> {
     let merged = c.merged();
-    let old_name = format!(".unionmount-old-{}", c.id);
     std::env::set_current_dir(&merged).or_fail(125, || merged.display().to_string())?;
-    match fs::create_dir(&old_name) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).or_fail(125, || format!("creating /{old_name}")),
-    }
-    io(rustix::process::pivot_root(".", old_name.as_str())).or_fail(125, || "pivot_root".into())?;
+    mkdirs(Path::new("proc"))?;
+    io(rustix::process::pivot_root(".", "proc")).or_fail(125, || "pivot_root".into())?;
     std::env::set_current_dir("/").or_fail(125, || "chdir /".into())?;
-    Ok(Path::new("/").join(old_name))
+    Ok(PathBuf::from("/proc"))
 }
 
 fn mkdirs(p: &Path) -> Result<(), Failure> {
@@ -369,7 +372,6 @@ fn host(old: &Path, p: &Path) -> PathBuf {
 
 fn setup_mounts(c: &Container, old: &Path) -> Result<(), Failure> {
     let hard = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-    mount_fs("proc", "/proc", "proc", hard, None)?;
     mount_fs(
         "tmpfs",
         "/dev",

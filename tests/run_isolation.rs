@@ -106,6 +106,20 @@ fn writes_stay_in_the_upper_and_the_layer_is_untouched() {
     );
     let wh = fs::symlink_metadata(upper.join("bin/ls")).expect("whiteout for /bin/ls");
     assert!(wh.file_type().is_char_device(), "{wh:?}");
+    // Mount points are not the container's changes.
+    for p in [
+        "proc",
+        "dev",
+        "sys",
+        "etc/hostname",
+        "etc/hosts",
+        "etc/resolv.conf",
+    ] {
+        assert!(
+            fs::symlink_metadata(upper.join(p)).is_err(),
+            "{p} in the upper"
+        );
+    }
     // The image's layer as it was.
     assert_eq!(
         fs::read_to_string(layer.join("etc/motd")).unwrap(),
