@@ -169,9 +169,24 @@ pub fn busybox_rootfs(dir: &Path) {
         .find(|p| Path::new(p).exists())
         .expect("busybox-static is installed");
     fs::copy(busybox, dir.join("bin/busybox")).expect("copy busybox");
-    run(Command::new("chroot")
-        .arg(dir)
-        .args(["/bin/busybox", "--install", "-s"]));
+    // Another test thread that forks while the copy is open for writing holds
+    // it open until its exec: running the copy can fail with "Text file busy"
+    // for that moment.
+    for attempt in 0.. {
+        let mut c = Command::new("chroot");
+        c.arg(dir).args(["/bin/busybox", "--install", "-s"]);
+        let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Text file busy") && attempt < 20,
+            "{c:?} failed ({}): {err}",
+            out.status
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     fs::write(dir.join("etc/hostname"), "test\n").expect("write");
 }
 
