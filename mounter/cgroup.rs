@@ -103,6 +103,19 @@ pub fn join(dirs: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many processes the kernel's OOM killer ended in these cgroups.
+pub fn oom_kills(dirs: &[PathBuf]) -> u64 {
+    dirs.iter()
+        .flat_map(|d| ["memory.oom_control", "memory.events"].map(|f| d.join(f)))
+        .filter_map(|f| fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
 /// Remove cgroup directories (waiting a little for exiting processes to leave).
 pub fn remove(dirs: &[PathBuf]) {
     for d in dirs {

@@ -70,6 +70,14 @@ pub fn start(c: &Container) -> anyhow::Result<i32> {
             st.cgroups = dirs;
             write_state(c, &st)?;
             let r = run_namespaced(c, &mut st);
+            let killed = cgroup::oom_kills(&st.cgroups);
+            if killed > 0 {
+                eprintln!(
+                    "unionmount: run {}: out of memory (--memory {}): the kernel killed {killed} process(es)",
+                    c.name,
+                    c.spec.limits.memory.unwrap_or(0)
+                );
+            }
             cgroup::remove(&st.cgroups);
             r
         }
@@ -101,6 +109,11 @@ fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
     )
     .map_err(std::io::Error::from)
     .context("run: making mounts private")?;
+    if c.spec.network == Network::None
+        && let Err(e) = sys::loopback_up()
+    {
+        log::warn!("run {}: loopback device: {e}", c.name);
+    }
     mount_union(c)?;
     let res = run_mounted(c, st);
     unmount_union(c);

@@ -1,5 +1,5 @@
-//! The runner's only `unsafe`: `fork`, `unshare` and `_exit`, wrapped so that
-//! callers stay safe Rust.
+//! The runner's only `unsafe`: `fork`, `unshare`, `_exit` and the ioctl that
+//! brings up a loopback device, wrapped so that callers stay safe Rust.
 
 use std::io;
 
@@ -57,4 +57,36 @@ pub fn unshare(flags: UnshareFlags) -> io::Result<()> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` takes no pointers and never returns.
     unsafe { libc::_exit(code) }
+}
+
+/// Bring the loopback device up: in a new network namespace it starts down.
+pub fn loopback_up() -> io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: `socket` takes no pointers; the descriptor it returns is owned
+    // at once, so it is closed on every path.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: `ifreq` is plain C data for which all-zero bytes are valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `req` is a valid `ifreq` that outlives the call; SIOCGIFFLAGS
+    // writes only its flags field.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS just filled the union's `ifru_flags` member.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: as above; SIOCSIFFLAGS only reads `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -49,7 +49,8 @@ fn dev_sys_and_network() {
                   grep -E ' /sys | /dev/pts ' /proc/mounts; \
                   touch /sys/x 2>/dev/null || echo sys-ro; \
                   echo ifaces $(tail -n +3 /proc/net/dev | cut -d: -f1); \
-                  grep NoNewPrivs /proc/self/status";
+                  grep NoNewPrivs /proc/self/status; \
+                  ip link show lo | grep -q ',UP' && echo lo-up";
     let out = env.um(&["run", "--rm", "t", "--", "sh", "-c", script]);
     assert_eq!(out.code, 0, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().map(str::trim).collect();
@@ -73,6 +74,7 @@ fn dev_sys_and_network() {
     );
     // --network none: only the loopback device.
     assert!(lines.contains(&"ifaces lo"), "{lines:?}");
+    assert!(lines.contains(&"lo-up"), "{lines:?}");
     assert!(
         lines
             .iter()

@@ -302,3 +302,33 @@ fn create_start_stop_ps() {
     assert_eq!(env.um(&["rm", "c", "d"]).code, 0);
     assert!(env.containers().is_empty());
 }
+
+#[test]
+fn init_reaps_orphans() {
+    let Some(env) = Env::new() else { return };
+    // Orphans (the subshell exits at once, its sleeps go to pid 1) end while
+    // the command still runs: the init reaps them, so no zombie is listed.
+    let out = env.um(&[
+        "run",
+        "--rm",
+        "--init",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "(sleep 0.1 & sleep 0.1 & sleep 0.1 &); sleep 1; ps -o pid,stat,comm",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().skip(1).collect();
+    assert!(!lines.is_empty(), "{out:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.split_whitespace().nth(1) != Some("Z")),
+        "{out:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.trim_start().starts_with("1 ")),
+        "{out:?}"
+    );
+}

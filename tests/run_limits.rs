@@ -30,6 +30,7 @@ fn memory_over_the_limit_is_an_oom_kill() {
         "count=1",
     ]);
     assert_eq!(out.code, 137, "{out:?}");
+    assert!(out.stderr.contains("out of memory"), "{out:?}");
     let id = id_of(&env, "m");
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
     // Under the limit the same command works.
