@@ -254,9 +254,14 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             let stdin_copy = (path.as_os_str() == "-")
                 .then(|| s.tmp().join(format!("stdin-{}.tar", std::process::id())));
             if let Some(p) = &stdin_copy {
-                let mut f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
-                std::io::copy(&mut std::io::stdin().lock(), &mut f)
-                    .context("reading standard input")?;
+                let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+                let mut w = s.progress().writer("reading standard input", None, f);
+                let copied = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+                drop(w);
+                if let Err(e) = copied {
+                    let _ = std::fs::remove_file(p);
+                    bail!("reading standard input: {e}");
+                }
             }
             let loaded = image::load(&s, stdin_copy.as_deref().unwrap_or(&path), tag.as_deref());
             if let Some(p) = &stdin_copy {

@@ -81,6 +81,21 @@ fn piped_output_is_the_result_line_only() {
     // Into a fresh store, so every blob and layer is read, hashed and unpacked.
     let env2 = Env::new();
     quiet(&env2, &["image", "load", &saved_s], "Loaded image big");
+    // From standard input, as `… | unionmount image load -`.
+    let env3 = Env::new();
+    let out = Command::new(bin())
+        .args(["image", "load", "-"])
+        .env("UNIONMOUNT_STORE", env3.store())
+        .stdin(fs::File::open(&saved).expect("open"))
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.lines().count() == 1 && stdout.starts_with("Loaded image big"),
+        "{stdout}"
+    );
     let upper = t.join("upper");
     big_rootfs(&upper, 8);
     quiet(
