@@ -937,3 +937,43 @@ fn docker_media_types_load_and_unknown_manifest_types_are_refused() {
     );
     load_fails(&env2, &l.dir, &["application/vnd.example.manifest+json"]);
 }
+
+#[test]
+fn containers_keep_their_image_through_prune_and_commit_by_id() {
+    // A container record (`containers/<id>/upper`, `containers/<id>/image`
+    // holding the manifest digest) keeps its image from prune even untagged,
+    // and `commit <id>` builds on that image.
+    let env = Env::new();
+    let root = env.path().join("root");
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(root.join("etc/a"), "a").unwrap();
+    env.um(&[
+        "image",
+        "import",
+        &root.display().to_string(),
+        "--tag",
+        "base",
+    ]);
+    let v: serde_json::Value =
+        serde_json::from_str(&env.um(&["image", "inspect", "base"])).unwrap();
+    let manifest = v["digest"].as_str().unwrap().to_string();
+    let c = env.store().join("containers/c1");
+    fs::create_dir_all(c.join("upper/etc")).unwrap();
+    fs::write(c.join("upper/etc/b"), "b").unwrap();
+    fs::write(c.join("image"), format!("{manifest}\n")).unwrap();
+    env.um(&["image", "rm", "base"]);
+    env.um(&["image", "prune"]);
+    assert_eq!(env.contents().1.len(), 1, "the container's layer stays");
+    let out = env.um(&["commit", "c1", "--tag", "next"]);
+    assert!(out.starts_with("Committed next"), "{out}");
+    let dirs = env.layer_dirs("next");
+    assert_eq!(dirs.len(), 2);
+    assert_eq!(fs::read_to_string(dirs[0].join("etc/a")).unwrap(), "a");
+    assert_eq!(fs::read_to_string(dirs[1].join("etc/b")).unwrap(), "b");
+    // Neither a directory nor a container: one line.
+    for bad in ["nosuch", "../c1"] {
+        let err = env.um_fail(&["commit", bad, "--tag", "x"]);
+        assert!(err.contains("not a directory or a container"), "{err}");
+    }
+    assert!(env.um(&["image", "fsck"]).contains("clean"));
+}

@@ -318,6 +318,14 @@ impl Store {
                 }
             }
         }
+        // A full manifest digest of an untagged image that a container still
+        // holds (`containers/<id>/image`).
+        if let Ok(d) = Digest::parse(name)
+            && self.blobs.contains(&d)
+            && let Ok(info) = self.info(&Descriptor::new(image::OCI_MANIFEST, d, 0))
+        {
+            return Ok(info);
+        }
         Err(Error::not_found(format!("image {name}")))
     }
 
