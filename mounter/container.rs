@@ -266,6 +266,9 @@ fn parse_volume(spec: &str) -> anyhow::Result<Volume> {
     if !host.starts_with('/') || !ctr.starts_with('/') {
         return Err(bad("both paths must be absolute"));
     }
+    if ctr.trim_end_matches('/').is_empty() {
+        return Err(bad("cannot mount over the container's /"));
+    }
     if ctr.split('/').any(|c| c == "..") {
         return Err(bad("the container path must not contain .."));
     }
@@ -918,6 +921,7 @@ mod tests {
             "/tmp:/a/../b",
             "/a:/b:ro:x",
             "/does/not/exist:/x",
+            "/tmp:/",
         ] {
             assert!(parse_volume(bad).is_err(), "{bad}");
         }

@@ -313,7 +313,12 @@ fn container_init(
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(DEFAULT_PATH);
-    let argv0 = &c.spec.argv[0];
+    let Some(argv0) = c.spec.argv.first() else {
+        return Err(Failure {
+            code: 125,
+            msg: format!("run {}: the container has no command", c.name),
+        });
+    };
     let Some(program) = find_program(argv0, path) else {
         return Err(Failure {
             code: 127,
@@ -577,9 +582,12 @@ fn find_program(argv0: &str, path: &str) -> Option<PathBuf> {
 }
 
 fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, Failure> {
+    let (argv0, args) = argv
+        .split_first()
+        .map_or(("", &[][..]), |(a, r)| (a.as_str(), r));
     let e = Command::new(program)
-        .arg0(&argv[0])
-        .args(&argv[1..])
+        .arg0(argv0)
+        .args(args)
         .env_clear()
         .envs(
             env.iter()
@@ -593,6 +601,6 @@ fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, F
     };
     Err(Failure {
         code,
-        msg: format!("run: {}: {e}", argv[0]),
+        msg: format!("run: {argv0}: {e}"),
     })
 }
