@@ -90,6 +90,11 @@ pub fn start(c: &Container) -> anyhow::Result<i32> {
 }
 
 fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
+    // Signals wait (pending) from here until our handlers exist after the
+    // fork: one that came in between would otherwise end the runner with the
+    // union mounted. (Spawned programs start with an empty mask.)
+    let watched: Vec<i32> = FORWARDED.iter().chain(&[sig::SIGCHLD]).copied().collect();
+    let mask = sys::block_signals(&watched).context("run: blocking signals")?;
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(std::io::Error::from)
         .context("run: becoming a child subreaper")?;
@@ -115,7 +120,7 @@ fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
         log::warn!("run {}: loopback device: {e}", c.name);
     }
     mount_union(c)?;
-    let res = run_mounted(c, st);
+    let res = run_mounted(c, st, &mask, &watched);
     unmount_union(c);
     res
 }
@@ -173,7 +178,12 @@ fn unmount_union(c: &Container) {
     }
 }
 
-fn run_mounted(c: &Container, st: &mut State) -> anyhow::Result<i32> {
+fn run_mounted(
+    c: &Container,
+    st: &mut State,
+    mask: &sys::SignalMask,
+    watched: &[i32],
+) -> anyhow::Result<i32> {
     rustix::system::sethostname(c.spec.hostname.as_bytes())
         .map_err(std::io::Error::from)
         .context("run: setting the host name")?;
@@ -181,7 +191,11 @@ fn run_mounted(c: &Container, st: &mut State) -> anyhow::Result<i32> {
         .map_err(std::io::Error::from)
         .context("pipe")?;
     sys::unshare(UnshareFlags::NEWPID).context("run: creating the pid namespace")?;
-    let pid = match sys::fork().context("run: fork")? {
+    let forked = sys::fork();
+    if matches!(forked, Ok(Forked::Child)) {
+        let _ = sys::restore_signals(mask);
+    }
+    let pid = match forked.context("run: fork")? {
         Forked::Child => {
             drop(err_r);
             let mut err = Some(fs::File::from(err_w));
@@ -197,8 +211,9 @@ fn run_mounted(c: &Container, st: &mut State) -> anyhow::Result<i32> {
     let raw = pid.as_raw_nonzero().get();
     st.pid1 = start_time(raw).map(|t| (raw, t));
     let _ = write_state(c, st);
-    let mut signals = Signals::new(FORWARDED.iter().chain(&[sig::SIGCHLD]))
-        .context("run: installing signal handlers")?;
+    let signals = Signals::new(watched);
+    let _ = sys::restore_signals(mask);
+    let mut signals = signals.context("run: installing signal handlers")?;
     let mut report = String::new();
     let _ = fs::File::from(err_r).read_to_string(&mut report);
     let status = wait_forwarding(pid, &mut signals);

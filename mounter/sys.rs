@@ -1,5 +1,6 @@
-//! The runner's only `unsafe`: `fork`, `unshare`, `_exit` and the ioctl that
-//! brings up a loopback device, wrapped so that callers stay safe Rust.
+//! The runner's only `unsafe`: `fork`, `unshare`, `_exit`, the signal mask and
+//! the ioctl that brings up a loopback device, wrapped so that callers stay
+//! safe Rust.
 
 use std::io;
 
@@ -89,4 +90,37 @@ pub fn loopback_up() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// A thread's signal mask, as it was before [`block_signals`].
+pub struct SignalMask(libc::sigset_t);
+
+/// Block `signals` for this thread (they stay pending); the previous mask.
+pub fn block_signals(signals: &[i32]) -> io::Result<SignalMask> {
+    // SAFETY: `sigset_t` is plain C data; `sigemptyset` initializes it fully.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid, live for the calls, and initialized by
+    // `sigemptyset` / filled by `pthread_sigmask` before being read.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            if libc::sigaddset(&mut set, *s) != 0 {
+                return Err(io::Error::from(io::ErrorKind::InvalidInput));
+            }
+        }
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) {
+            0 => Ok(SignalMask(old)),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// Put back a mask saved by [`block_signals`]; pending signals arrive now.
+pub fn restore_signals(mask: &SignalMask) -> io::Result<()> {
+    // SAFETY: `mask.0` is a mask filled by `pthread_sigmask`.
+    match unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) } {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
 }
