@@ -198,7 +198,17 @@ impl Union {
     }
 
     pub fn setattr(&self, node: &Node, req: &SetAttr) -> Result<Stat> {
-        let (li, path) = self.write_target(node)?;
+        self.prepare_write(node)?;
+        {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            self.change_attrs(node, req)?;
+        }
+        self.getattr(node)
+    }
+
+    /// The changes of a setattr, on a prepared node, namespace lock held.
+    fn change_attrs(&self, node: &Node, req: &SetAttr) -> Result<()> {
+        let (li, path) = self.write_location(node)?;
         let layer = self.layer(li)?;
         if let Some(size) = req.size {
             match req.fh.and_then(|fh| self.handles.fd(fh)) {
@@ -231,7 +241,7 @@ impl Union {
             };
             rustix::fs::utimensat(dir.as_fd(), name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
         }
-        self.getattr(node)
+        Ok(())
     }
 
     pub fn readlink(&self, node: &Node) -> Result<Vec<u8>> {
@@ -263,10 +273,7 @@ impl Union {
     }
 
     pub fn setxattr(&self, node: &Node, name: &str, value: &[u8], flags: i32) -> Result<()> {
-        let (li, path) = self.write_target(node)?;
-        let fd = self
-            .layer(li)?
-            .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let fd = self.open_for_change(node)?;
         let stored = escape_xattr(self.cfg.xattr_ns, name);
         let flags = XattrFlags::from_bits_truncate(flags as _);
         layer::set_xattr(fd.as_fd(), &stored, value, flags)
@@ -275,11 +282,17 @@ impl Union {
     pub fn removexattr(&self, node: &Node, name: &str) -> Result<()> {
         // Removing what is not there needs no copy-up.
         self.getxattr(node, name)?;
-        let (li, path) = self.write_target(node)?;
-        let fd = self
-            .layer(li)?
-            .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let fd = self.open_for_change(node)?;
         layer::remove_xattr(fd.as_fd(), &escape_xattr(self.cfg.xattr_ns, name))
+    }
+
+    /// An O_PATH descriptor of the writable copy of `node` (copied up first).
+    fn open_for_change(&self, node: &Node) -> Result<OwnedFd> {
+        self.prepare_write(node)?;
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let (li, path) = self.write_location(node)?;
+        self.layer(li)?
+            .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
     }
 
     /// statfs of the upper (of the top branch for a read-only union).

@@ -18,19 +18,35 @@ use crate::names::unescape_xattr;
 use crate::{Result, Union};
 
 impl Union {
-    /// Where a change to `node` goes: its copy in the upper (copied up first), or,
-    /// without copy-on-write, its own branch when that one is writable.
-    pub(crate) fn write_target(&self, node: &Node) -> Result<(usize, PathBuf)> {
-        if let Some(key) = node.snapshot().index {
+    /// Make `node` ready for a change: copied up (with copy-on-write), or checked
+    /// to live in a writable branch (without).
+    pub(crate) fn prepare_write(&self, node: &Node) -> Result<()> {
+        if node.snapshot().index.is_some() {
+            return Ok(());
+        }
+        if self.has_upper() {
+            return self.copy_up(node);
+        }
+        self.write_location(node).map(|_| ())
+    }
+
+    /// Where a change to a prepared node goes: its copy in the upper, the shared
+    /// copy of its hard-link group, or its own writable branch. The caller holds
+    /// the namespace lock for as long as it uses the path, so that no rename or
+    /// unlink makes the path name something else meanwhile.
+    pub(crate) fn write_location(&self, node: &Node) -> Result<(usize, PathBuf)> {
+        let st = node.snapshot();
+        if let Some(key) = st.index {
             // A hard-link group's shared copy: changed once for every name.
             return Ok((crate::INDEX, PathBuf::from(key)));
         }
         if self.has_upper() {
-            self.copy_up(node)?;
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
-            return Ok((0, self.path_of(node)?));
+            return if st.upper {
+                Ok((0, self.path_of(node)?))
+            } else {
+                Err(Errno::STALE)
+            };
         }
-        let st = node.snapshot();
         match st.top_lower() {
             Some((li, path)) if self.layers[*li].writable => Ok((*li, path.clone())),
             _ => Err(Errno::ROFS),
@@ -103,6 +119,7 @@ impl Union {
             }
             let mut state = node.state();
             state.upper = true;
+            self.changed();
             if group {
                 state.index = self.index_key(li, &lpath);
             }

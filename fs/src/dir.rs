@@ -5,7 +5,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
@@ -39,13 +39,12 @@ pub struct Created {
 }
 
 impl Union {
-    /// The parent directory, ready to receive a change: (branch, path, open dir).
-    fn writable_dir(&self, parent: &Node) -> Result<(usize, PathBuf)> {
-        let st = parent.snapshot();
-        if !st.is_dir {
+    /// Make a directory ready to receive a change (copied up with its parents).
+    fn prepare_dir(&self, parent: &Node) -> Result<()> {
+        if !parent.snapshot().is_dir {
             return Err(Errno::NOTDIR);
         }
-        self.write_target(parent)
+        self.prepare_write(parent)
     }
 
     /// Resolve (parent, name) now, with the parent's current state.
@@ -86,8 +85,9 @@ impl Union {
                 return Err(Errno::EXIST);
             }
         }
-        let (li, ppath) = self.writable_dir(&parent)?;
+        self.prepare_dir(&parent)?;
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let (li, ppath) = self.write_location(&parent)?;
         if self.resolve_now(&parent, name)?.is_some() {
             return Err(Errno::EXIST);
         }
@@ -131,6 +131,7 @@ impl Union {
         let node = self
             .inodes
             .remember(st_ino, false, parent_id, name, state.clone(), true);
+        self.changed();
         Ok(Created {
             stat: self.present_stat(&node, &state, stat),
             node,
@@ -191,6 +192,7 @@ impl Union {
         let node = self
             .inodes
             .remember(st_ino, false, parent.id, name, state.clone(), true);
+        self.changed();
         Ok(Created {
             stat: self.present_stat(&node, &state, stat),
             node,
@@ -210,13 +212,15 @@ impl Union {
             return Err(Errno::PERM);
         }
         let parent = self.node(new_parent)?;
-        let (pli, ppath) = self.writable_dir(&parent)?;
-        let (li, src) = self.write_target(&node)?;
+        self.prepare_dir(&parent)?;
+        self.prepare_write(&node)?;
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let (pli, ppath) = self.write_location(&parent)?;
+        let (li, src) = self.write_location(&node)?;
         // The hard-link index lives on the upper's filesystem.
         if li != pli && !(li == crate::INDEX && pli == 0) {
             return Err(Errno::XDEV);
         }
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
         if self.resolve_now(&parent, new_name)?.is_some() {
             return Err(Errno::EXIST);
         }
@@ -252,6 +256,7 @@ impl Union {
             node.snapshot(),
             true,
         );
+        self.changed();
         let mut raw = stat_at(ddir.as_fd(), new_name)?;
         let linked = layer::open_path_at(ddir.as_fd(), new_name)?;
         raw.st_nlink = self.shown_nlink(linked.as_fd(), raw.st_nlink);
@@ -290,8 +295,9 @@ impl Union {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
             self.check_remove(&parent, name, want_dir)?;
         }
-        let (li, ppath) = self.writable_dir(&parent)?;
+        self.prepare_dir(&parent)?;
         let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let (li, ppath) = self.write_location(&parent)?;
         let found = self.check_remove(&parent, name, want_dir)?;
         if self.has_upper() {
             self.removing_lower_name(&found, parent_id, name)?;
@@ -321,6 +327,7 @@ impl Union {
             )?;
         }
         self.inodes.drop_name(parent_id, name);
+        self.changed();
         Ok(())
     }
 
@@ -384,8 +391,8 @@ impl Union {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
             crate::rename::check(self, &parent, name, &new_parent, new_name, flags)?;
         }
-        self.writable_dir(&parent)?;
-        self.writable_dir(&new_parent)?;
+        self.prepare_dir(&parent)?;
+        self.prepare_dir(&new_parent)?;
         let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
         self.copy_up(&src)?;
         if src.snapshot().index.is_some() {
@@ -434,12 +441,13 @@ impl Union {
         let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
         let st = src.snapshot();
         let (li, spath) = st.top_lower().cloned().ok_or(Errno::STALE)?;
-        let (dli, dpath) = self.writable_dir(&new_parent)?;
+        self.prepare_dir(&new_parent)?;
+        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let (dli, dpath) = self.write_location(&new_parent)?;
         if !self.layers[li].writable || li != dli || st.is_dir {
             // Directories would need their descendants' paths moved too.
             return Err(Errno::XDEV);
         }
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
         let layer = &self.layers[li];
         let (sp, sn) = layer::split(&spath);
         let sdir = layer.dir(sp)?;
@@ -447,6 +455,7 @@ impl Union {
         rustix::fs::renameat_with(&sdir, sn.ok_or(Errno::INVAL)?, &ddir, new_name, flags)?;
         self.inodes
             .rename_name(parent_id, name, new_parent_id, new_name);
+        self.changed();
         src.state().lowers = vec![(li, dpath.join(new_name))];
         Ok(())
     }

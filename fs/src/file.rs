@@ -106,17 +106,37 @@ impl Union {
         // The kernel passes internal bits (e.g. FMODE_EXEC) that openat2 rejects.
         let flags = flags & OPEN_FLAGS_PASSED;
         let write = wants_write(flags);
-        let (li, path) = if write {
-            if self.has_upper() {
-                self.copy_up_with(node, !flags.contains(OFlags::TRUNC))?;
-            }
-            self.write_target(node)?
-        } else {
+        if write && self.has_upper() {
+            self.copy_up_with(node, !flags.contains(OFlags::TRUNC))?;
+        } else if write {
+            self.prepare_write(node)?;
+        }
+        let (li, fd) = {
+            // Held until the file is open: the path must still name this node.
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
-            self.top_entry(node, &node.snapshot())?
+            let (li, path) = if write {
+                self.write_location(node)?
+            } else {
+                self.top_entry(node, &node.snapshot())?
+            };
+            let fd = match self
+                .layer(li)?
+                .open_beneath(&path, flags | OFlags::NOFOLLOW)
+            {
+                // A whiteout (device 0/0): the node's name went away meanwhile.
+                Err(Errno::NXIO) => {
+                    log::debug!(
+                        "open {:#x}: {path:?} in branch {li} is a whiteout; names {:?}",
+                        node.id,
+                        node.snapshot().names
+                    );
+                    return Err(Errno::STALE);
+                }
+                other => other?,
+            };
+            (li, fd)
         };
         let layer = self.layer(li)?;
-        let fd = layer.open_beneath(&path, flags | OFlags::NOFOLLOW)?;
         let fh = self.handles.insert(Handle::File {
             node: node.id,
             fd: Arc::new(fd),

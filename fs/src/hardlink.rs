@@ -139,7 +139,9 @@ impl Union {
         )?;
         self.mark_impure(updir.as_fd());
         let fd = layer::open_path_at(index.root_fd(), &key)?;
-        self.adjust_nlink(fd.as_fd(), -1)
+        self.adjust_nlink(fd.as_fd(), -1)?;
+        self.changed();
+        Ok(())
     }
 
     /// A name that only a lower branch has is going away (unlink, or a rename
@@ -163,6 +165,7 @@ impl Union {
         {
             node.state().index = Some(key);
         }
+        self.changed();
         Ok(())
     }
 

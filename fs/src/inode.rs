@@ -121,15 +121,19 @@ impl InodeTable {
         {
             let mut st = node.state();
             let mut names = std::mem::take(&mut st.names);
-            let known = names.iter().any(|(p, n)| *p == parent && n == name);
-            if !known && !is_root {
+            if !is_root {
                 if fresh.is_dir {
                     // A directory has exactly one name.
                     for old in names.drain(..) {
-                        self.unindex(&old, id);
+                        if old.0 != parent || old.1 != name {
+                            self.unindex(&old, id);
+                        }
                     }
                 }
-                names.push((parent, name.to_os_string()));
+                // The name just confirmed goes first: it is the one used to reach
+                // the object, and is known good now.
+                names.retain(|(p, n)| !(*p == parent && n == name));
+                names.insert(0, (parent, name.to_os_string()));
             }
             *st = NodeState { names, ..fresh };
         }

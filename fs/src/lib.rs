@@ -74,6 +74,9 @@ pub struct Union {
     /// The daemon cannot chown or mknod: owners live in `override_stat` xattrs.
     pub(crate) rootless: bool,
     tmp_counter: AtomicU64,
+    /// Counts changes to names and to where objects live (create, link, unlink,
+    /// rename, copy-up): a listing read before a change is not trusted after it.
+    pub(crate) changes: AtomicU64,
 }
 
 impl Union {
@@ -104,6 +107,7 @@ impl Union {
             namespace: RwLock::new(()),
             rootless: !rustix::process::geteuid().is_root(),
             tmp_counter: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
         };
         union.init_root().map_err(std::io::Error::from)?;
         Ok(union)
@@ -130,6 +134,15 @@ impl Union {
         self.work.as_ref().map(|w| w.as_fd()).ok_or(Errno::ROFS)
     }
 
+    /// Note a change to names or to where an object lives.
+    pub(crate) fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
+    }
+
+    pub(crate) fn change_count(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
     /// A fresh name for a temporary object in the workdir.
     pub(crate) fn temp_name(&self) -> OsString {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +160,9 @@ impl Union {
         let mut guard = 0;
         while cur != ROOT_ID {
             let n = self.node(cur)?;
-            let (parent, name) = n.state().names.first().cloned().ok_or(Errno::NOENT)?;
+            // A node without a name was unlinked or renamed over since the kernel
+            // looked it up: ESTALE makes the kernel look the path up again.
+            let (parent, name) = n.state().names.first().cloned().ok_or(Errno::STALE)?;
             parts.push(name);
             cur = parent;
             guard += 1;

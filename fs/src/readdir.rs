@@ -22,9 +22,10 @@ pub struct DirEntry {
     pub name: OsString,
     pub kind: FileType,
     pub ino: u64,
-    /// What the name resolved to when the listing was read (None for "." and
-    /// ".."), so readdirplus needs no second lookup.
-    pub found: Option<(NodeState, rustix::fs::Stat)>,
+    /// What the name resolved to when the listing was read, and the union's
+    /// change count then (None for "." and ".."), so readdirplus needs no second
+    /// lookup while nothing changed.
+    pub found: Option<(NodeState, rustix::fs::Stat, u64)>,
 }
 
 impl Union {
@@ -36,6 +37,7 @@ impl Union {
             return Err(Errno::NOTDIR);
         }
         let path = self.path_of(node)?;
+        let seen_changes = self.change_count();
         let parent_ino = match st.names.first() {
             Some((p, _)) => self.node(*p).map(|n| n.st_ino).unwrap_or(node.st_ino),
             None => node.st_ino,
@@ -63,7 +65,7 @@ impl Union {
                     name,
                     kind,
                     ino: found.st_ino,
-                    found: Some((found.state, found.stat)),
+                    found: Some((found.state, found.stat, seen_changes)),
                 });
             }
         }
@@ -77,14 +79,21 @@ impl Union {
         parent: u64,
         e: &DirEntry,
     ) -> Result<(std::sync::Arc<Node>, rustix::fs::Stat)> {
+        // Held from the check to the remember, so no rename slips in between.
+        let ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
         match &e.found {
-            Some((state, stat)) => {
+            // Names may have moved since the listing was read: then look again,
+            // or a stale name would be given back to a node.
+            Some((state, stat, seen)) if *seen == self.change_count() => {
                 let node = self
                     .inodes
                     .remember(e.ino, false, parent, &e.name, state.clone(), true);
                 Ok((node, *stat))
             }
-            None => self.lookup(parent, &e.name),
+            _ => {
+                drop(ns);
+                self.lookup(parent, &e.name)
+            }
         }
     }
 

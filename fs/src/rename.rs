@@ -44,6 +44,7 @@ pub(crate) fn rename_locked(
                 u.inodes.remember(node.st_ino, false, p, n, fresh, false);
             }
         }
+        u.changed();
         return Ok(());
     }
     if dst.as_ref().is_some_and(|d| d.st_ino == src.st_ino) {

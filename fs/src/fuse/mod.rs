@@ -116,6 +116,29 @@ impl UnionFuse {
         reply.entry(&TTL, &attr(node.id, st), Generation(0));
     }
 
+    /// Open the existing file (parent, name) for a create without O_EXCL:
+    /// (node, stat, handle, whether it stays put).
+    fn open_existing(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        flags: OFlags,
+    ) -> Result<(Arc<Node>, Stat, u64, bool), FuseErrno> {
+        let (node, _) = self.union.lookup(parent.0, name).map_err(err)?;
+        let opened = match self.union.open(&node, flags) {
+            Ok(o) => o,
+            Err(e) => {
+                self.union.inodes.forget(node.id, 1);
+                return Err(err(e));
+            }
+        };
+        let raw = self
+            .union
+            .getattr_open(&node, Some(opened.fh))
+            .map_err(err)?;
+        Ok((node, raw, opened.fh, opened.stays_put))
+    }
+
     fn make(
         &self,
         req: &Request,
@@ -436,12 +459,10 @@ impl Filesystem for UnionFuse {
             .node(ino)
             .and_then(|n| self.union.opendir(&n).map_err(err))
         {
-            // The kernel may keep listings: every change to a directory goes through
-            // this mount and changes its mtime, which is what the kernel checks.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // No FOPEN_CACHE_DIR: a merged listing also changes with operations
+            // on other directories (a redirect, a whiteout, an opaque marker), which
+            // the kernel's listing cache would not see.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -643,20 +664,29 @@ impl Filesystem for UnionFuse {
             mode: mode & !umask,
             flags,
         };
-        let c = match self.union.create(parent.0, name, obj, caller(req)) {
-            Ok(c) => c,
+        let (node, stat, fh, stays_put) = match self.union.create(parent.0, name, obj, caller(req))
+        {
+            Ok(c) => {
+                let Some(fd) = c.fd else {
+                    return reply.error(FuseErrno::EIO);
+                };
+                // A new file lives in the upper (or a writable branch): it stays put.
+                (c.node.clone(), c.stat, self.union.adopt(&c.node, fd), true)
+            }
+            // Created meanwhile by someone else: without O_EXCL, open(2) opens it.
+            Err(Errno::EXIST) if !flags.contains(OFlags::EXCL) => {
+                match self.open_existing(parent, name, flags) {
+                    Ok(found) => found,
+                    Err(e) => return reply.error(e),
+                }
+            }
             Err(e) => return reply.error(err(e)),
         };
-        let Some(fd) = c.fd else {
-            return reply.error(FuseErrno::EIO);
-        };
-        let fh = self.union.adopt(&c.node, fd);
-        let a = attr(c.node.id, &c.stat);
+        let a = attr(node.id, &stat);
         let g = Generation(0);
-        // A new file lives in the upper (or a writable branch): it stays put.
         let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
             self.passthrough
-                .mode(c.node.id, fh, &fd, true, |fd| reply.open_backing(fd))
+                .mode(node.id, fh, &fd, stays_put, |fd| reply.open_backing(fd))
         });
         match mode {
             Ok(OpenMode::Passthrough(id)) => {
