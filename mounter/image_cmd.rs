@@ -387,21 +387,22 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
     let mut from = args.from.clone();
     let mut upper = args.source.clone();
     if !upper.is_dir() {
-        // A container id: its upper and the image it was made from.
-        let id = args.source.to_string_lossy();
-        let c = s.root().join("containers").join(id.as_ref());
-        if id.contains('/') || !c.join("upper").is_dir() {
-            bail!(
+        // A container (name, id or id prefix): its upper and the image it was
+        // made from. Also while it runs: the upper is read as it is now.
+        let key = args.source.to_string_lossy();
+        let c = match crate::container::find(s.root(), &key) {
+            Ok(c) if !key.contains('/') && c.upper().is_dir() => c,
+            _ => bail!(
                 "commit {}: not a directory or a container",
                 args.source.display()
-            );
-        }
+            ),
+        };
         if from.is_none() {
-            from = std::fs::read_to_string(c.join("image"))
+            from = std::fs::read_to_string(c.dir.join("image"))
                 .ok()
                 .map(|t| t.trim().to_string());
         }
-        upper = c.join("upper");
+        upper = c.upper();
     }
     let d = layerstore::diff::commit(&s, &upper, &args.tag, from.as_deref())?;
     say!("Committed {} ({d})", args.tag);
