@@ -390,19 +390,24 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
         // A container (name, id or id prefix): its upper and the image it was
         // made from. Also while it runs: the upper is read as it is now.
         let key = args.source.to_string_lossy();
-        let c = match crate::container::find(s.root(), &key) {
-            Ok(c) if !key.contains('/') && c.upper().is_dir() => c,
-            _ => bail!(
+        let dir = match crate::container::find(s.root(), &key) {
+            Ok(c) if !key.contains('/') => c.dir,
+            // A container directory without a runner's record (made by hand or
+            // by an older version): its id names it.
+            _ => s.root().join("containers").join(key.as_ref()),
+        };
+        if key.contains('/') || !dir.join("upper").is_dir() {
+            bail!(
                 "commit {}: not a directory or a container",
                 args.source.display()
-            ),
-        };
+            );
+        }
         if from.is_none() {
-            from = std::fs::read_to_string(c.dir.join("image"))
+            from = std::fs::read_to_string(dir.join("image"))
                 .ok()
                 .map(|t| t.trim().to_string());
         }
-        upper = c.upper();
+        upper = dir.join("upper");
     }
     let d = layerstore::diff::commit(&s, &upper, &args.tag, from.as_deref())?;
     say!("Committed {} ({d})", args.tag);
