@@ -25,7 +25,8 @@ const SUBCOMMANDS: &[&str] = &[
 ];
 
 pub fn is_subcommand(first: Option<&OsString>) -> bool {
-    first.is_some_and(|a| SUBCOMMANDS.iter().any(|s| a == s))
+    // No arguments at all: clap's usage, not a mount error.
+    first.is_none_or(|a| SUBCOMMANDS.iter().any(|s| a == s))
 }
 
 #[derive(Parser)]
