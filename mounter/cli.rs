@@ -17,6 +17,7 @@ const SUBCOMMANDS: &[&str] = &[
     "stop",
     "ps",
     "rm",
+    "bench",
     "help",
     "--help",
     "-h",
@@ -93,6 +94,8 @@ enum Command {
         #[command(flatten)]
         store: crate::image_cmd::StoreArg,
     },
+    /// Time the same workloads on unionmount, kernel overlayfs, FUSE peers and a plain directory.
+    Bench(crate::bench::BenchArgs),
 }
 
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
@@ -115,5 +118,6 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             force,
             store,
         } => crate::container::rm(&store, &containers, force),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }

@@ -2,6 +2,7 @@
 //! fuse-overlayfs and unionfs-fuse syntaxes, and mount.fuse3's `SRC MNT -o …`)
 //! are told apart from subcommands (`umount`, `image`, …) by their first word.
 
+mod bench;
 mod cgroup;
 mod cli;
 mod container;

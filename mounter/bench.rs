@@ -1,0 +1,238 @@
+//! `unionmount bench`: the same workloads timed on unionmount, kernel
+//! overlayfs, the FUSE peers and a plain directory, reported as ratios to
+//! kernel overlayfs measured in the same run.
+//!
+//! Layout: `layers` makes the identical lower layers, `target` mounts and
+//! unmounts one fresh instance of a target (guards), `workload` holds the
+//! timed operations, `report` and `chart` write the results.
+
+mod chart;
+mod layers;
+mod report;
+mod target;
+mod tmp;
+mod workload;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use report::{Cell, Sample};
+use target::Target;
+use workload::{Ctx, WORKLOADS, Workload};
+
+/// Built-in targets, in report order.
+const BUILTIN: &[&str] = &[
+    "overlay",
+    "unionmount",
+    "fuse-overlayfs",
+    "unionfs-fuse",
+    "dir",
+];
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target]
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    targets: Vec<String>,
+    /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: colon-joined, top first)
+    #[arg(long = "target", value_name = "NAME=COMMAND")]
+    custom: Vec<String>,
+    /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them
+    #[arg(long)]
+    compare: bool,
+    /// Use this directory (a root filesystem, say) as the only lower layer instead of a generated tree
+    #[arg(long, value_name = "DIR")]
+    lower: Option<PathBuf>,
+    /// Multiply the generated tree's file count and the big file sizes
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Tiny sizes: a smoke run of a few seconds
+    #[arg(long)]
+    quick: bool,
+    /// Runs of every workload on every target
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Only these workloads, comma-separated (see the table for names)
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    workloads: Vec<String>,
+    /// Write the results as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the results as CSV
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Draw the ratios to kernel overlayfs as an SVG bar chart
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Where the layers, uppers and mountpoints go [default: $TMPDIR or /var/tmp]
+    #[arg(long, value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    if !(args.scale > 0.0 && args.scale.is_finite()) {
+        bail!("--scale must be a positive number");
+    }
+    let workloads = pick_workloads(&args.workloads)?;
+    if args.compare {
+        target::install_peers();
+    }
+    let (targets, skipped) = target::resolve(&args.targets, &args.custom, BUILTIN)?;
+    if targets.is_empty() {
+        bail!(
+            "no target to run (skipped: {})",
+            report::skipped_line(&skipped)
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("signal handler")?;
+    }
+
+    let base = tmp::TempDir::new(args.tmpdir.as_deref())?;
+    let sizes = layers::Sizes::new(args.quick, args.scale);
+    eprintln!(
+        "unionmount bench: preparing layers in {}",
+        base.path().display()
+    );
+    let layers = match &args.lower {
+        Some(dir) => layers::Layers::from_dir(dir, base.path())?,
+        None => layers::Layers::generate(&sizes, base.path())?,
+    };
+    let need_dir = targets.iter().any(|t| matches!(t.kind, target::Kind::Dir));
+    let merged = if need_dir {
+        Some(layers.merged_copy(base.path())?)
+    } else {
+        None
+    };
+
+    let mut cells: Vec<Cell> = Vec::new();
+    for w in &workloads {
+        for t in &targets {
+            cells.push(Cell::new(w.name, &t.name, args.runs));
+        }
+    }
+    let total = (workloads.len() * targets.len() * args.runs) as u64;
+    let bar = progress_bar(total);
+    let started = Instant::now();
+    'all: for (wi, w) in workloads.iter().enumerate() {
+        for run in 0..args.runs {
+            // Alternate: every run visits every target, starting one further along.
+            for k in 0..targets.len() {
+                if stop.load(Ordering::Relaxed) {
+                    break 'all;
+                }
+                let ti = (k + run) % targets.len();
+                let t = &targets[ti];
+                bar.set_message(format!("{} on {} (run {})", w.name, t.name, run + 1));
+                let res = measure(w, t, &layers, merged.as_deref(), &base, &sizes);
+                cells[wi * targets.len() + ti].runs[run] = Some(res.map_err(|e| format!("{e:#}")));
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let interrupted = stop.load(Ordering::Relaxed);
+
+    let meta = report::Meta {
+        date: report::utc_now(),
+        runs: args.runs,
+        layers: layers.describe(),
+        targets: targets.iter().map(|t| t.name.clone()).collect(),
+        skipped,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let rows = report::summarize(&cells, &meta.targets);
+    print!("{}", report::markdown(&meta, &workloads, &rows));
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(&meta, &workloads, &rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.csv {
+        std::fs::write(path, report::csv(&rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        chart::write_svg(path, &workloads, &meta.targets, &rows)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    drop(layers);
+    drop(base);
+    if interrupted {
+        bail!("interrupted; the table holds the runs that finished");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pick_workloads(names: &[String]) -> anyhow::Result<Vec<&'static Workload>> {
+    if names.is_empty() {
+        return Ok(WORKLOADS.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            WORKLOADS.iter().find(|w| w.name == n).with_context(|| {
+                let all: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
+                format!("unknown workload {n:?} (known: {})", all.join(", "))
+            })
+        })
+        .collect()
+}
+
+/// One timed run of one workload on a fresh instance of one target.
+fn measure(
+    w: &Workload,
+    t: &Target,
+    layers: &layers::Layers,
+    merged: Option<&std::path::Path>,
+    base: &tmp::TempDir,
+    sizes: &layers::Sizes,
+) -> anyhow::Result<Sample> {
+    let inst = target::Instance::start(t, layers, merged, base.path(), w.writes)?;
+    let ctx = Ctx {
+        root: inst.root(),
+        tree: &layers.tree,
+        big: &layers.big,
+        big_size: layers.big_size,
+        tarball: &layers.tarball,
+        rand_reads: sizes.rand_reads,
+    };
+    if let Some(warm) = w.warmup {
+        warm(&ctx).context("warm-up")?;
+    }
+    if w.cold {
+        workload::drop_caches()?;
+    }
+    let cpu0 = inst.daemon_cpu();
+    let t0 = Instant::now();
+    (w.run)(&ctx)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let cpu = match (cpu0, inst.daemon_cpu()) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let rss_kib = inst.daemon_peak_rss();
+    inst.finish()?;
+    Ok(Sample { secs, cpu, rss_kib })
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
