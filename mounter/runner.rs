@@ -127,6 +127,11 @@ fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
 
 /// Mount the image and the container's upper at `merged` with our own binary.
 fn mount_union(c: &Container) -> anyhow::Result<()> {
+    mount_union_at(c, &c.merged())
+}
+
+/// Mount a container's union (its image, init layer and upper) at `target`.
+pub fn mount_union_at(c: &Container, target: &Path) -> anyhow::Result<()> {
     let option_path = |p: &Path| -> anyhow::Result<String> {
         let t = p.to_string_lossy().into_owned();
         if t.contains([':', ',', '\\']) {
@@ -152,7 +157,7 @@ fn mount_union(c: &Container) -> anyhow::Result<()> {
     let status = Command::new(exe)
         .arg("-o")
         .arg(&opts)
-        .arg(c.merged())
+        .arg(target)
         .stdin(Stdio::null())
         .status()
         .context("run: starting the union mount")?;

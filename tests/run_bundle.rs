@@ -1,0 +1,173 @@
+//! `unionmount bundle` + `runc run`: an OCI runtime runs a container on a
+//! root filesystem unionmount mounts, and its writes land in the container's
+//! upper, not in the image.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_unionmount")
+}
+
+fn can_run() -> bool {
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let checks = [
+        ("root", rustix::process::geteuid().is_root()),
+        ("/dev/fuse", Path::new("/dev/fuse").exists()),
+        ("runc", runc),
+        ("busybox", Path::new("/bin/busybox").exists()),
+    ];
+    let missing: Vec<_> = checks
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "missing: {missing:?}"
+    );
+    eprintln!("skipped: missing {missing:?}");
+    false
+}
+
+fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Unmounts the bundle's root filesystem even when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn runc_runs_a_bundle_on_a_unionmount_root() {
+    if !can_run() {
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("unionmount-bundle-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let d = t.path();
+    let rootfs = d.join("image");
+    for sub in ["bin", "sbin", "usr/bin", "usr/sbin", "etc"] {
+        fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
+    }
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
+    ok(
+        "busybox --install",
+        Command::new("chroot")
+            .arg(&rootfs)
+            .args(["/bin/busybox", "--install", "-s"])
+            .output()
+            .expect("chroot"),
+    );
+    let store = d.join("store");
+    // The store goes right after the (sub)subcommand: after `--` all is the
+    // container's command.
+    let um = |args: &[&str]| {
+        let words = if args[0] == "image" { 2 } else { 1 };
+        Command::new(bin())
+            .args(&args[..words])
+            .arg("--store")
+            .arg(&store)
+            .args(&args[words..])
+            .output()
+            .expect("unionmount")
+    };
+    ok(
+        "image import",
+        um(&[
+            "image",
+            "import",
+            rootfs.to_str().expect("utf-8"),
+            "--tag",
+            "bb",
+        ]),
+    );
+
+    let bundle = d.join("bundle");
+    let id = ok(
+        "bundle",
+        um(&[
+            "bundle",
+            "bb",
+            bundle.to_str().expect("utf-8"),
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo pid $$; echo from-runc > /written; cat /written",
+        ]),
+    )
+    .trim()
+    .to_string();
+    let _guard = Unmount(bundle.join("rootfs"));
+    assert!(bundle.join("config.json").is_file(), "config.json written");
+    let mounts = fs::read_to_string("/proc/self/mounts").expect("mounts");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(&*bundle.join("rootfs").to_string_lossy()) && l.contains("fuse")),
+        "rootfs is a unionmount mount"
+    );
+
+    let out = ok(
+        "runc run",
+        Command::new("runc")
+            .arg("--root")
+            .arg(d.join("runc"))
+            .args(["run", "-b"])
+            .arg(&bundle)
+            .arg(format!("t-{id}"))
+            .output()
+            .expect("runc"),
+    );
+    assert_eq!(out, "pid 1\nfrom-runc\n");
+    let upper = store.join("containers").join(&id).join("upper");
+    assert_eq!(
+        fs::read_to_string(upper.join("written")).expect("written in the upper"),
+        "from-runc\n"
+    );
+    assert!(
+        !rootfs.join("written").exists(),
+        "the image's files are untouched"
+    );
+
+    ok(
+        "umount",
+        Command::new(bin())
+            .args(["umount"])
+            .arg(bundle.join("rootfs"))
+            .output()
+            .expect("umount"),
+    );
+    ok("rm", um(&["rm", &id]));
+    assert!(
+        !store.join("containers").join(&id).exists(),
+        "rm removes the container"
+    );
+
+    // A second bundle into a non-empty directory is refused in one line.
+    let err = um(&["bundle", "bb", bundle.to_str().expect("utf-8")]);
+    assert!(!err.status.success());
+    let msg = String::from_utf8_lossy(&err.stderr);
+    assert_eq!(msg.lines().count(), 1, "one line: {msg}");
+    assert!(msg.contains("not empty"), "{msg}");
+}
