@@ -18,6 +18,7 @@ const SUBCOMMANDS: &[&str] = &[
     "ps",
     "rm",
     "bench",
+    "bundle",
     "help",
     "--help",
     "-h",
@@ -94,6 +95,8 @@ enum Command {
         #[command(flatten)]
         store: crate::image_cmd::StoreArg,
     },
+    /// Make an OCI runtime bundle (config.json + rootfs mounted by unionmount) for runc.
+    Bundle(crate::bundle::BundleArgs),
     /// Time the same workloads on unionmount, kernel overlayfs, FUSE peers and a plain directory.
     Bench(crate::bench::BenchArgs),
 }
@@ -119,5 +122,6 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             store,
         } => crate::container::rm(&store, &containers, force),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Bundle(args) => crate::bundle::run(args),
     }
 }

@@ -3,6 +3,7 @@
 //! are told apart from subcommands (`umount`, `image`, …) by their first word.
 
 mod bench;
+mod bundle;
 mod cgroup;
 mod cli;
 mod container;
