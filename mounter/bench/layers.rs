@@ -52,6 +52,7 @@ pub struct Layers {
     /// A tar of many small files, for the untar workload.
     pub tarball: PathBuf,
     files: usize,
+    generated: bool,
 }
 
 impl Layers {
@@ -108,6 +109,7 @@ impl Layers {
             big_size: s.big,
             tarball,
             files,
+            generated: true,
         })
     }
 
@@ -145,13 +147,15 @@ impl Layers {
             big_size,
             tarball,
             files,
+            generated: false,
         })
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "{} files over {} layer(s); big file {} MiB",
+            "{} {} over {} layer(s); big file {} MiB",
             self.files,
+            if self.generated { "files" } else { "entries" },
             self.lowers.len(),
             self.big_size / MIB
         )

@@ -149,6 +149,12 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
     if !meta.skipped.is_empty() {
         let _ = writeln!(s, "\nSkipped: {}.", skipped_line(&meta.skipped));
     }
+    if meta.targets.iter().any(|t| t == "unionfs-fuse") {
+        let _ = writeln!(
+            s,
+            "\nunionfs-fuse does not read overlayfs whiteouts or opaque directories: it sees more files than the others."
+        );
+    }
     let has_overlay = meta.targets.iter().any(|t| t == "overlay");
     if has_overlay {
         let others: Vec<&String> = meta.targets.iter().filter(|t| *t != "overlay").collect();
