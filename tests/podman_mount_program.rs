@@ -9,51 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_unionmount")
-}
+mod tool_common;
 
-/// Root, /dev/fuse, podman, runc and a static busybox are needed: fail loudly
-/// under CI, say why otherwise.
-fn can_run() -> bool {
-    let tool = |t: &str| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let checks = [
-        ("root", rustix::process::geteuid().is_root()),
-        ("/dev/fuse", Path::new("/dev/fuse").exists()),
-        ("podman", tool("podman")),
-        ("runc", tool("runc")),
-        ("busybox", Path::new("/bin/busybox").exists()),
-    ];
-    let missing: Vec<_> = checks
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(n, _)| *n)
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "missing: {missing:?}"
-    );
-    eprintln!("skipped: missing {missing:?}");
-    false
-}
-
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use tool_common::{bin, ok, require};
 
 /// A private podman: its own root, runroot and containers.conf (see CLIENTS.md
 /// for why each setting), with unionmount as the mount program.
@@ -119,7 +77,7 @@ fn fuse_mounts_under(dir: &Path) -> Vec<String> {
 
 #[test]
 fn podman_runs_diffs_and_commits_through_unionmount() {
-    if !can_run() {
+    if !require(&["podman", "runc", "busybox"]) {
         return;
     }
     let t = tempfile::Builder::new()

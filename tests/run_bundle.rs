@@ -3,49 +3,12 @@
 //! upper, not in the image.
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_unionmount")
-}
+use std::process::Command;
 
-fn can_run() -> bool {
-    let runc = Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let checks = [
-        ("root", rustix::process::geteuid().is_root()),
-        ("/dev/fuse", Path::new("/dev/fuse").exists()),
-        ("runc", runc),
-        ("busybox", Path::new("/bin/busybox").exists()),
-    ];
-    let missing: Vec<_> = checks
-        .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(n, _)| *n)
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "missing: {missing:?}"
-    );
-    eprintln!("skipped: missing {missing:?}");
-    false
-}
+mod tool_common;
 
-fn ok(what: &str, out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use tool_common::{bin, ok, require};
 
 /// Unmounts the bundle's root filesystem even when the test fails.
 struct Unmount(std::path::PathBuf);
@@ -58,7 +21,7 @@ impl Drop for Unmount {
 
 #[test]
 fn runc_runs_a_bundle_on_a_unionmount_root() {
-    if !can_run() {
+    if !require(&["runc", "busybox"]) {
         return;
     }
     let t = tempfile::Builder::new()

@@ -1,0 +1,60 @@
+//! Helpers for tests that drive the binary and real tools (podman, runc,
+//! setpriv): what they need, and running commands that must succeed.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_unionmount")
+}
+
+/// Does `tool --version` run?
+pub fn has_tool(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Root, /dev/fuse and each named tool: true when all are there. Under CI
+/// anything missing fails the test loudly; elsewhere it is skipped with a word.
+pub fn require(tools: &[&str]) -> bool {
+    let mut missing: Vec<String> = Vec::new();
+    if !rustix::process::geteuid().is_root() {
+        missing.push("root".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        missing.push("/dev/fuse".into());
+    }
+    for t in tools {
+        let there = match *t {
+            "busybox" => Path::new("/bin/busybox").exists(),
+            t => has_tool(t),
+        };
+        if !there {
+            missing.push((*t).into());
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "missing: {missing:?}"
+    );
+    eprintln!("skipped: missing {missing:?}");
+    false
+}
+
+/// The stdout of a command that must have succeeded.
+pub fn ok(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
