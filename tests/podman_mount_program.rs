@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 
 mod tool_common;
 
-use tool_common::{bin, ok, require};
+use tool_common::{bin, busybox_rootfs, ok, require};
 
 /// A private podman: its own root, runroot and containers.conf (see CLIENTS.md
 /// for why each setting), with unionmount as the mount program.
@@ -87,18 +87,7 @@ fn podman_runs_diffs_and_commits_through_unionmount() {
     let d = t.path();
     // A busybox image made and saved by our own store, loaded by podman.
     let rootfs = d.join("rootfs");
-    for sub in ["bin", "sbin", "usr/bin", "usr/sbin", "etc"] {
-        fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
-    }
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
-    ok(
-        "busybox --install",
-        Command::new("chroot")
-            .arg(&rootfs)
-            .args(["/bin/busybox", "--install", "-s"])
-            .output()
-            .expect("chroot"),
-    );
+    busybox_rootfs(&rootfs);
     fs::write(rootfs.join("etc/motd"), "image\n").expect("write motd");
     let store = d.join("store");
     let um = |args: &[&str]| {

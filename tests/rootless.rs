@@ -9,31 +9,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod tool_common;
+
+use tool_common::{bin, require};
+
 const NOBODY: u32 = 65534;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_unionmount")
-}
-
-/// Root and FUSE are needed: fail loudly under CI, say why otherwise.
-fn can_run() -> bool {
-    let root = rustix::process::geteuid().is_root();
-    let fuse = Path::new("/dev/fuse").exists();
-    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
-    let fusermount = Command::new("fusermount3")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if root && fuse && setpriv && fusermount {
-        return true;
-    }
-    let why = format!(
-        "needs root ({root}), /dev/fuse ({fuse}), setpriv ({setpriv}), fusermount3 ({fusermount})"
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    eprintln!("skipped: {why}");
-    false
-}
 
 fn as_nobody(args: &[&str]) -> std::process::Output {
     Command::new("setpriv")
@@ -88,7 +68,7 @@ fn xattr(path: &Path, name: &str) -> Option<String> {
 
 #[test]
 fn rootless_daemon_records_owners_and_shows_rootless_layers() {
-    if !can_run() {
+    if !require(&["setpriv", "fusermount3"]) {
         return;
     }
     let t = tempfile::Builder::new()

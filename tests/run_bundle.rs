@@ -8,7 +8,7 @@ use std::process::Command;
 
 mod tool_common;
 
-use tool_common::{bin, ok, require};
+use tool_common::{bin, busybox_rootfs, ok, require};
 
 /// Unmounts the bundle's root filesystem even when the test fails.
 struct Unmount(std::path::PathBuf);
@@ -30,18 +30,7 @@ fn runc_runs_a_bundle_on_a_unionmount_root() {
         .expect("tempdir");
     let d = t.path();
     let rootfs = d.join("image");
-    for sub in ["bin", "sbin", "usr/bin", "usr/sbin", "etc"] {
-        fs::create_dir_all(rootfs.join(sub)).expect("mkdir");
-    }
-    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
-    ok(
-        "busybox --install",
-        Command::new("chroot")
-            .arg(&rootfs)
-            .args(["/bin/busybox", "--install", "-s"])
-            .output()
-            .expect("chroot"),
-    );
+    busybox_rootfs(&rootfs);
     let store = d.join("store");
     // The store goes right after the (sub)subcommand: after `--` all is the
     // container's command.

@@ -48,6 +48,20 @@ pub fn require(tools: &[&str]) -> bool {
     false
 }
 
+/// A root filesystem at `dir`: the host's static busybox with its applets.
+pub fn busybox_rootfs(dir: &Path) {
+    for sub in ["bin", "sbin", "usr/bin", "usr/sbin", "etc"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("copy busybox");
+    let install = Command::new("chroot")
+        .arg(dir)
+        .args(["/bin/busybox", "--install", "-s"])
+        .output()
+        .expect("chroot");
+    ok("busybox --install", install);
+}
+
 /// The stdout of a command that must have succeeded.
 pub fn ok(what: &str, out: Output) -> String {
     assert!(
