@@ -158,10 +158,11 @@ impl Union {
                         state.upper = true;
                         if !is_dir(&st) {
                             let mut st = st;
-                            let (st_ino, index) = self.upper_file_ino(updir.as_fd(), name, &st)?;
+                            // One descriptor for the origin and the link count.
+                            let fd = open_path_at(updir.as_fd(), name)?;
+                            let (st_ino, index) = self.upper_file_ino(fd.as_fd(), &st)?;
                             state.index = index;
                             if st.st_nlink > 1 {
-                                let fd = open_path_at(updir.as_fd(), name)?;
                                 st.st_nlink = self.shown_nlink(fd.as_fd(), st.st_nlink);
                             }
                             return Ok(Some(Resolved {
@@ -330,13 +331,11 @@ impl Union {
     /// and the index entry it shares with its lower hard-link group, if any.
     fn upper_file_ino(
         &self,
-        updir: BorrowedFd<'_>,
-        name: &OsStr,
+        fd: BorrowedFd<'_>,
         st: &Stat,
     ) -> Result<(u64, Option<std::ffi::OsString>)> {
         let own = self.upper().ino_prefix | st.st_ino;
-        let fd = open_path_at(updir, name)?;
-        let Some(origin) = get_xattr(fd.as_fd(), &self.cfg.xattr_ns.name("origin"))? else {
+        let Some(origin) = get_xattr(fd, &self.cfg.xattr_ns.name("origin"))? else {
             return Ok((own, None));
         };
         let index = (st.st_nlink > 1 && self.is_indexed_copy(&origin, st))
