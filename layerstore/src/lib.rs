@@ -28,6 +28,7 @@ pub mod digest;
 pub mod image;
 pub mod progress;
 pub mod store;
+pub mod tee;
 pub mod unpack;
 mod util;
 

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::digest::Digest;
 use crate::store::{Store, Txn, check_tag};
-use crate::unpack::{self, Compression};
+use crate::unpack::Compression;
 use crate::util::now_rfc3339;
 use crate::{Context, Error, Result};
 
@@ -323,6 +323,8 @@ pub fn import(store: &Store, path: &Path, tag: &str) -> Result<Digest> {
         };
         let l = crate::diff::tree_to_layer(path, txn.dir(), &opts)?;
         txn.add_staged(l.path, l.digest.clone());
+        txn.unpack_layers(&[(l.digest.clone(), l.diff_id.clone())])
+            .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
         (l.digest, l.size, l.diff_id, Compression::Zstd)
     } else {
         let mut f = File::open(path).at(path)?;
@@ -330,22 +332,11 @@ pub fn import(store: &Store, path: &Path, tag: &str) -> Result<Digest> {
         let total = crate::progress::file_len(&f);
         let mut f = store
             .progress()
-            .reader(&format!("reading {what}"), total, &mut f);
-        let (d, size, p) = crate::blobs::stage_hashed(txn.dir(), &mut f, &what)?;
-        let comp = compression_of(File::open(&p).at(&p)?).at(&p)?;
-        // An uncompressed tar is its own diff: no second pass to hash it.
-        let diff_id = if comp == Compression::None {
-            d.clone()
-        } else {
-            unpack::diff_id_of(File::open(&p).at(&p)?)
-                .ctx(|| what.clone())?
-                .0
-        };
-        txn.add_staged(p, d.clone());
+            .reader(&format!("importing {what}"), total, &mut f);
+        let (d, size, diff_id) = txn.add_layer_stream(&mut f, &what)?;
+        let comp = compression_of(txn.open_blob(&d)?).ctx(|| what.clone())?;
         (d, size, diff_id, comp)
     };
-    txn.unpack_layers(&[(blob.clone(), diff_id.clone())])
-        .map_err(|e| Error::invalid(path.display().to_string(), e.to_string()))?;
     let cfg = new_config(
         std::slice::from_ref(&diff_id),
         &format!("unionmount image import {}", display_name(path)),

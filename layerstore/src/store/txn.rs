@@ -129,11 +129,7 @@ impl<'s> Txn<'s> {
         let todo: BTreeSet<(Digest, Digest)> =
             pairs.iter().map(|(b, d)| (d.clone(), b.clone())).collect();
         for (diff, blob) in &todo {
-            if !self.locked.contains(diff) {
-                self.locks
-                    .push(Lock::exclusive(&self.store.layer_lock(diff))?);
-                self.locked.insert(diff.clone());
-            }
+            self.lock_layer(diff)?;
             let what = format!("layer blob {blob}");
             let mismatch = |actual| Error::DigestMismatch {
                 what: format!("{what} (uncompressed)"),
@@ -171,6 +167,41 @@ impl<'s> Txn<'s> {
             self.layers.insert(diff.clone(), dest);
         }
         Ok(())
+    }
+
+    /// Hold layer `diff`'s lock until the transaction ends.
+    fn lock_layer(&mut self, diff: &Digest) -> Result<()> {
+        if !self.locked.contains(diff) {
+            self.locks
+                .push(Lock::exclusive(&self.store.layer_lock(diff))?);
+            self.locked.insert(diff.clone());
+        }
+        Ok(())
+    }
+
+    /// Stage a layer blob from a stream and unpack it in the same pass (see
+    /// `tee`). Returns the blob's digest and size and the layer's diff id. If
+    /// the store or this transaction has the layer already, the fresh tree
+    /// is dropped: a layer is unpacked into the store once.
+    pub fn add_layer_stream(
+        &mut self,
+        src: &mut (impl Read + Send),
+        what: &str,
+    ) -> Result<(Digest, u64, Digest)> {
+        let dest = mkdir_unique(&self.dir, "layer")?;
+        let opts = self.store.opts;
+        let teed = crate::tee::stage_teed(&self.dir, src, what, |r| {
+            unpack::unpack(r, &dest, opts).map_err(|e| Error::invalid(what, e.to_string()))
+        })?;
+        let diff = teed.consumed.diff_id;
+        self.lock_layer(&diff)?;
+        if self.layers.contains_key(&diff) || self.store.layer_dir(&diff).is_dir() {
+            remove_all(&dest)?;
+        } else {
+            self.layers.insert(diff.clone(), dest);
+        }
+        self.add_staged(teed.path, teed.digest.clone());
+        Ok((teed.digest, teed.len, diff))
     }
 
     /// Make everything staged visible: blobs, layers, then index entries.
