@@ -227,7 +227,10 @@ impl Source {
         let total = crate::progress::file_len(&file);
         let file = progress.reader(&format!("reading {}", path.display()), total, file);
         let (_, plain) = crate::unpack::decompress(file).at(path)?;
-        let mut ar = tar::Archive::new(plain);
+        let mut ar = tar::Archive::new(crate::unpack::HeaderGuard::new(plain));
+        // A compressed archive may expand without bound: each file staged
+        // must leave the staging filesystem its reserve.
+        let tmp_dir = File::open(tmp).at(tmp)?;
         let mut files = HashMap::new();
         let mut links = HashMap::new();
         let bad = |e: io::Error| {
@@ -252,6 +255,11 @@ impl Source {
             match entry.header().entry_type() {
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let expected = entry.size();
+                    crate::unpack::check_room(
+                        std::os::fd::AsFd::as_fd(&tmp_dir),
+                        expected,
+                        &format!("{name}: {key}"),
+                    )?;
                     let (digest, size, staged) =
                         blobs::stage_hashed(tmp, &mut entry, &format!("{name}: {key}"))?;
                     if size != expected {

@@ -10,14 +10,26 @@
 //! device 0/0, `.wh..wh..opq` → `trusted.overlay.opaque=y`); without
 //! privilege the `.wh.` files are kept and owners, modes and device numbers go
 //! into `user.containers.override_stat`.
+//!
+//! Hostile input is bounded, not trusted: at most [`Limits::max_entries`]
+//! entries; each entry is charged against the room left on the layer's
+//! filesystem before it is written (see [`room`]: 1/20 of the filesystem, at
+//! most 1 GiB, stays free), so a gzip or zstd bomb is refused instead of
+//! filling the disk; memory holds at most a zstd window of
+//! 2^[`ZSTD_WINDOW_LOG_MAX`] bytes (gzip: 32 KiB), tar metadata entries of
+//! [`MAX_TAR_METADATA`] bytes and the metadata of the layer's directories.
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, Cursor, Read};
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::rc::Rc;
+
+use lru::LruCache;
 
 use rustix::fs::{
     AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags, makedev,
@@ -29,10 +41,35 @@ use crate::digest::{Digest, HashingReader};
 
 mod guard;
 mod paths;
+pub mod room;
 
 use crate::{Context, Error, Result};
 pub use guard::{HeaderGuard, MAX_TAR_METADATA};
 pub use paths::{Marker, OPAQUE_NAME, WHITEOUT_PREFIX, classify, split_path, stored_xattr_name};
+pub use room::check_room;
+
+/// Most entries one layer tar may hold (the largest real layers hold about a
+/// million).
+pub const MAX_ENTRIES: u64 = 1 << 22;
+
+/// Largest zstd window accepted, as a power of two: 128 MiB (zstd's own
+/// default). A frame asking for more is refused, not allocated.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
+
+/// Bounds of one unpack beyond the disk reserve.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most tar entries (headers of any kind).
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_entries: MAX_ENTRIES,
+        }
+    }
+}
 
 /// How to write the layer tree.
 #[derive(Clone, Copy, Debug)]
@@ -102,9 +139,35 @@ pub fn decompress<'a, R: Read + 'a>(mut r: R) -> io::Result<(Compression, Box<dy
     let out: Box<dyn Read + 'a> = match kind {
         Compression::None => Box::new(whole),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(whole)?),
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(whole)?;
+            d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+            Box::new(ZstdErrors(d))
+        }
     };
     Ok((kind, out))
+}
+
+/// A zstd reader whose errors say what was refused.
+struct ZstdErrors<R>(R);
+
+impl<R: Read> Read for ZstdErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains("too much memory") || msg.contains("indowLog") {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "zstd frame needs a window larger than {} MiB (refused)",
+                        (1u64 << ZSTD_WINDOW_LOG_MAX) >> 20
+                    ),
+                )
+            } else {
+                io::Error::new(e.kind(), format!("zstd: {msg}"))
+            }
+        })
+    }
 }
 
 /// The diff id (sha256 of the uncompressed tar) of a layer stream, without
@@ -117,6 +180,16 @@ pub fn diff_id_of(r: impl Read) -> io::Result<(Digest, u64)> {
 /// Unpack a layer stream into `dest`, an empty directory, and return its diff id.
 /// On error `dest` holds a partial tree that the caller removes.
 pub fn unpack(r: impl Read, dest: &Path, opts: UnpackOptions) -> Result<Unpacked> {
+    unpack_with(r, dest, opts, Limits::default())
+}
+
+/// [`unpack`] with other limits.
+pub fn unpack_with(
+    r: impl Read,
+    dest: &Path,
+    opts: UnpackOptions,
+    limits: Limits,
+) -> Result<Unpacked> {
     let root = rustix::fs::open(
         dest,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -125,16 +198,24 @@ pub fn unpack(r: impl Read, dest: &Path, opts: UnpackOptions) -> Result<Unpacked
     .at(dest)?;
     let (_, plain) = decompress(r).ctx(|| "layer".to_string())?;
     let mut archive = tar::Archive::new(HeaderGuard::new(HashingReader::new(plain)));
+    let room = room::Room::new(root.try_clone().at(dest)?);
     let mut u = Unpacker {
         root,
+        room,
         opts,
         dirs: BTreeMap::new(),
-        cache: None,
+        open_dirs: LruCache::new(OPEN_DIRS),
         entries: 0,
     };
     let bad_tar = |e: io::Error| Error::invalid("layer tar", tar_error(&e));
     for entry in archive.entries().map_err(bad_tar)? {
         let entry = entry.map_err(bad_tar)?;
+        if u.entries >= limits.max_entries {
+            return Err(Error::invalid(
+                "layer tar",
+                format!("more than {} entries", limits.max_entries),
+            ));
+        }
         u.entry(entry)?;
         u.entries += 1;
     }
@@ -182,15 +263,22 @@ pub(crate) struct Meta {
 
 struct Unpacker {
     root: OwnedFd,
+    /// The disk bound.
+    room: room::Room,
     opts: UnpackOptions,
     /// Directory metadata, applied at the end (deepest first) so that
     /// creating children does not change a directory's mtime and a read-only
-    /// directory mode does not get in the way.
+    /// directory mode does not get in the way. (Xattrs are set at once, not
+    /// kept here.)
     dirs: BTreeMap<Vec<u8>, Meta>,
-    /// The last parent directory opened, by path.
-    cache: Option<(Vec<u8>, OwnedFd)>,
+    /// Directories opened lately, by path: the next entries are mostly
+    /// their children, or their parents again after a subdirectory.
+    open_dirs: LruCache<Vec<u8>, Rc<OwnedFd>>,
     entries: u64,
 }
+
+/// Directory fds kept open while unpacking.
+const OPEN_DIRS: NonZeroUsize = NonZeroUsize::new(64).unwrap();
 
 const NOT_DIR: &str = "a parent is not a directory";
 
@@ -223,6 +311,12 @@ impl Unpacker {
         }
         let raw = e.path_bytes().into_owned();
         let name_shown = shown(&raw);
+        let data = if matches!(kind, T::Regular | T::Continuous | T::GNUSparse) {
+            e.size()
+        } else {
+            0
+        };
+        self.room.take(data, &name_shown)?;
         let comps = split_path(&raw).map_err(|r| Error::entry(&name_shown, r))?;
         let meta = read_meta(&mut e, &name_shown)?;
         let Some((name, parent)) = comps.split_last() else {
@@ -234,7 +328,7 @@ impl Unpacker {
             }
             let fd = self.open_dir(&[], &name_shown)?;
             self.set_xattrs(fd.as_fd(), &meta, &name_shown)?;
-            self.dirs.insert(Vec::new(), meta);
+            self.dirs.insert(Vec::new(), without_xattrs(meta));
             return Ok(());
         };
         let name: &[u8] = name;
@@ -273,7 +367,6 @@ impl Unpacker {
         match kind {
             T::Directory => self.directory(p, name, meta, &raw, &name_shown),
             T::Regular | T::Continuous | T::GNUSparse => {
-                self.clear(p, name, false, &name_shown)?;
                 self.regular(p, name, &mut e, kind, meta, &name_shown)
             }
             T::Symlink => {
@@ -287,9 +380,16 @@ impl Unpacker {
                         "symlink target is empty or has NUL",
                     ));
                 }
-                self.clear(p, name, false, &name_shown)?;
-                rustix::fs::symlinkat(os(&target), p, os(name))
-                    .ctx(|| format!("layer entry {name_shown:?}"))?;
+                let link = || rustix::fs::symlinkat(os(&target), p, os(name));
+                match link() {
+                    // A duplicate entry replaces what the name held.
+                    Err(Errno::EXIST) => {
+                        self.clear(p, name, false, &name_shown)?;
+                        link()
+                    }
+                    made => made,
+                }
+                .ctx(|| format!("layer entry {name_shown:?}"))?;
                 self.path_meta(p, name, &meta, None, &name_shown)
             }
             T::Link => {
@@ -313,22 +413,30 @@ impl Unpacker {
     /// Open a directory of the layer by components, creating missing ones
     /// (as 0755 root-owned, as tar does). Refuses a path through a symlink or
     /// a non-directory.
-    fn open_dir(&mut self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
+    fn open_dir(&mut self, comps: &[&[u8]], entry: &str) -> Result<Rc<OwnedFd>> {
         let key = comps.join(&b'/');
-        if let Some((k, fd)) = &self.cache
-            && *k == key
-        {
-            return fd.try_clone().ctx(|| format!("layer entry {entry:?}"));
+        if let Some(fd) = self.open_dirs.get(&key) {
+            return Ok(fd.clone());
         }
-        let fd = self.walk(comps, entry)?;
-        self.cache = Some((
-            key,
-            fd.try_clone().ctx(|| format!("layer entry {entry:?}"))?,
-        ));
+        // Walk from the deepest ancestor still open, else from the root.
+        let mut from = 0;
+        let mut base = None;
+        for i in (1..comps.len()).rev() {
+            if let Some(fd) = self.open_dirs.get(&comps[..i].join(&b'/')) {
+                (from, base) = (i, Some(fd.clone()));
+                break;
+            }
+        }
+        let fd = match &base {
+            Some(b) => self.walk(b.as_fd(), &comps[from..], entry)?,
+            None => self.walk(self.root.as_fd(), comps, entry)?,
+        };
+        let fd = Rc::new(fd);
+        self.open_dirs.put(key, fd.clone());
         Ok(fd)
     }
 
-    fn walk(&mut self, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
+    fn walk(&self, base: BorrowedFd<'_>, comps: &[&[u8]], entry: &str) -> Result<OwnedFd> {
         let err = |e: Errno| match e {
             Errno::LOOP | Errno::XDEV => Error::entry(entry, "path goes through a symlink"),
             Errno::NOTDIR => Error::entry(entry, NOT_DIR),
@@ -337,7 +445,7 @@ impl Unpacker {
                 error: e.into(),
             },
         };
-        let mut cur = rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty()).map_err(err)?;
+        let mut cur = rustix::fs::openat(base, ".", DIR_FLAGS, Mode::empty()).map_err(err)?;
         for c in comps {
             let next =
                 match rustix::fs::openat2(&cur, os(c), DIR_FLAGS, Mode::empty(), resolve_flags()) {
@@ -388,9 +496,9 @@ impl Unpacker {
         if is_dir && keep_dir {
             return Ok(true);
         }
-        // Anything cached may be the object we remove.
-        self.cache = None;
         if is_dir {
+            // An open directory may be the one removed, or below it.
+            self.open_dirs.clear();
             remove_tree(parent, name)
                 .ctx(|| format!("layer entry {entry:?}: replacing a directory"))?;
         } else {
@@ -408,15 +516,21 @@ impl Unpacker {
         raw: &[u8],
         entry: &str,
     ) -> Result<()> {
-        if !self.clear(parent, name, true, entry)? {
-            rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700))
-                .ctx(|| format!("layer entry {entry:?}"))?;
+        let mkdir = || rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700));
+        match mkdir() {
+            // An existing directory is kept (tar merges), anything else replaced.
+            Err(Errno::EXIST) if self.clear(parent, name, true, entry)? => Ok(()),
+            Err(Errno::EXIST) => mkdir(),
+            made => made,
         }
+        .ctx(|| format!("layer entry {entry:?}"))?;
         let fd = rustix::fs::openat2(parent, os(name), DIR_FLAGS, Mode::empty(), resolve_flags())
             .ctx(|| format!("layer entry {entry:?}"))?;
         self.set_xattrs(fd.as_fd(), &meta, entry)?;
         let key = split_path(raw).unwrap_or_default().join(&b'/');
-        self.dirs.insert(key, meta);
+        // Its entries most likely come next.
+        self.open_dirs.put(key.clone(), Rc::new(fd));
+        self.dirs.insert(key, without_xattrs(meta));
         Ok(())
     }
 
@@ -429,12 +543,14 @@ impl Unpacker {
         meta: Meta,
         entry: &str,
     ) -> Result<()> {
-        let fd = rustix::fs::openat(
-            parent,
-            os(name),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
+        let fd = match create_file(parent, name) {
+            // A duplicate entry replaces what the name held.
+            Err(Errno::EXIST) => {
+                self.clear(parent, name, false, entry)?;
+                create_file(parent, name)
+            }
+            made => made,
+        }
         .ctx(|| format!("layer entry {entry:?}"))?;
         let mut file = File::from(fd);
         let expected = e.size();
@@ -517,8 +633,18 @@ impl Unpacker {
         entry: &str,
     ) -> Result<()> {
         let h = e.header();
-        let major = h.device_major().ok().flatten().unwrap_or(0);
-        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+        // Empty fields mean 0, as Go's archive/tar reads them; a value that is
+        // not a number or does not fit a device number is refused.
+        let dev = |field: std::ops::Range<usize>| {
+            if h.as_ustar().is_none() && h.as_gnu().is_none() {
+                return Ok(0);
+            }
+            guard::header_number(&h.as_bytes()[field])
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| Error::entry(entry, "bad device number in header"))
+        };
+        let major = dev(329..337)?;
+        let minor = dev(337..345)?;
         let ft = match kind {
             tar::EntryType::Char => FileType::CharacterDevice,
             tar::EntryType::Block => FileType::BlockDevice,
@@ -639,7 +765,7 @@ impl Unpacker {
 
     /// Apply the deferred directory metadata, deepest first.
     fn finish_dirs(&mut self) -> Result<()> {
-        self.cache = None;
+        self.open_dirs.clear();
         let dirs = std::mem::take(&mut self.dirs);
         for (path, meta) in dirs.iter().rev() {
             let entry = shown(path);
@@ -656,15 +782,30 @@ impl Unpacker {
             };
             // A directory replaced later in the tar by something else keeps no metadata.
             let Ok(fd) = fd else { continue };
-            let mut m = meta.clone();
-            m.xattrs.clear();
-            self.fd_meta(fd.as_fd(), &m, true, None, &entry)?;
+            self.fd_meta(fd.as_fd(), meta, true, None, &entry)?;
         }
         Ok(())
     }
 }
 
+/// A new file, created exclusively (never opened through an existing name).
+fn create_file(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        parent,
+        os(name),
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+}
+
 const OVERRIDE: &std::ffi::CStr = c"user.containers.override_stat";
+
+fn without_xattrs(meta: Meta) -> Meta {
+    Meta {
+        xattrs: Vec::new(),
+        ..meta
+    }
+}
 
 /// The `user.containers.override_stat` value, as containers-storage writes it.
 fn override_value(meta: &Meta, dev: Option<(FileType, u32, u32)>) -> String {
