@@ -18,6 +18,9 @@ pub enum Handle {
         node: u64,
         fd: Arc<OwnedFd>,
         writable: bool,
+        /// Opened read-only on a lower file of a copy-on-write union, with
+        /// these flags: once the node is copied up, the handle moves to the copy.
+        lower: Option<OFlags>,
     },
     Dir {
         entries: Arc<Vec<DirEntry>>,
@@ -56,6 +59,30 @@ impl Handles {
         match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
             Some(Handle::File { fd, .. }) => Some(fd.clone()),
             _ => None,
+        }
+    }
+
+    /// A file handle's descriptor, its node, and its open flags if it was
+    /// opened on a lower file that may have been copied up since.
+    fn file(&self, fh: u64) -> Option<(Arc<OwnedFd>, u64, Option<OFlags>)> {
+        match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
+            Some(Handle::File {
+                fd, node, lower, ..
+            }) => Some((fd.clone(), *node, *lower)),
+            _ => None,
+        }
+    }
+
+    /// The handle now reads `fd` (the copy-up of the file it was opened on).
+    fn moved(&self, fh: u64, new: Arc<OwnedFd>) {
+        if let Some(Handle::File { fd, lower, .. }) = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&fh)
+        {
+            *fd = new;
+            *lower = None;
         }
     }
 
@@ -137,17 +164,19 @@ impl Union {
             (li, fd)
         };
         let layer = self.layer(li)?;
+        // A lower file of a copy-on-write union becomes another file when it is
+        // copied up; upper files (and every file without an upper) stay put.
+        let stays_put = li == 0 || li == crate::INDEX || !self.has_upper();
         let fh = self.handles.insert(Handle::File {
             node: node.id,
             fd: Arc::new(fd),
             writable: write,
+            lower: (!stays_put).then_some(flags),
         });
         Ok(Opened {
             fh,
             keep_cache: !layer.writable,
-            // A lower file of a copy-on-write union becomes another file when it is
-            // copied up; upper files (and every file without an upper) stay put.
-            stays_put: li == 0 || li == crate::INDEX || !self.has_upper(),
+            stays_put,
         })
     }
 
@@ -157,6 +186,7 @@ impl Union {
             node: node.id,
             fd: Arc::new(fd),
             writable: true,
+            lower: None,
         })
     }
 
@@ -164,8 +194,37 @@ impl Union {
         self.handles.fd(fh).ok_or(Errno::BADF)
     }
 
+    /// The descriptor to read a handle's data and attributes through. A file
+    /// opened read-only before a write elsewhere copied it up goes on with the
+    /// copy, as with kernel overlayfs: reads and fstat through a descriptor
+    /// opened earlier see every change made since.
+    pub fn current_fd(&self, fh: u64) -> Result<Arc<OwnedFd>> {
+        let (fd, node_id, lower) = self.handles.file(fh).ok_or(Errno::BADF)?;
+        let Some(flags) = lower else {
+            return Ok(fd);
+        };
+        let Ok(node) = self.node(node_id) else {
+            return Ok(fd);
+        };
+        {
+            let st = node.state();
+            if !st.upper && st.index.is_none() {
+                return Ok(fd);
+            }
+        }
+        let new = {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let (li, path) = self.top_entry(&node, &node.snapshot())?;
+            self.layer(li)?
+                .open_beneath(&path, flags | OFlags::NOFOLLOW)?
+        };
+        let new = Arc::new(new);
+        self.handles.moved(fh, new.clone());
+        Ok(new)
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let fd = self.handle_fd(fh)?;
+        let fd = self.current_fd(fh)?;
         let mut buf = vec![0u8; size];
         let mut done = 0;
         while done < size {
@@ -233,7 +292,7 @@ impl Union {
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
-        let fd = self.handle_fd(fh)?;
+        let fd = self.current_fd(fh)?;
         let pos = match whence {
             libc::SEEK_SET => SeekFrom::Start(offset as u64),
             libc::SEEK_CUR => SeekFrom::Current(offset),
@@ -253,7 +312,7 @@ impl Union {
         off_out: u64,
         len: usize,
     ) -> Result<usize> {
-        let src = self.handle_fd(fh_in)?;
+        let src = self.current_fd(fh_in)?;
         let dst = self.handle_fd(fh_out)?;
         let (mut i, mut o) = (off_in, off_out);
         rustix::fs::copy_file_range(&*src, Some(&mut i), &*dst, Some(&mut o), len)
@@ -261,7 +320,7 @@ impl Union {
 
     /// stat through an open handle (works for unlinked files: nlink 0).
     pub fn getattr_open(&self, node: &Node, fh: Option<u64>) -> Result<Stat> {
-        let fd = match fh.and_then(|f| self.handles.fd(f)) {
+        let fd = match fh.and_then(|f| self.current_fd(f).ok()) {
             Some(fd) => Some(fd),
             None if node.snapshot().names.is_empty() => self.handles.any_fd_of(node.id),
             None => None,
