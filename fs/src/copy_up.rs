@@ -94,6 +94,9 @@ impl Union {
             let updir = self.upper().dir(pp)?;
             let name = name.ok_or(Errno::INVAL)?;
             let parent_times = rustix::fs::fstat(&updir)?;
+            // The directory is marked before the entry with an origin lands in
+            // it, so that no crash leaves one in an unmarked directory.
+            self.mark_impure(updir.as_fd());
             let work_tmp = (!indexed).then_some(tmp.as_os_str());
             let published = group
                 && self.publish_group_member(
@@ -111,7 +114,6 @@ impl Union {
             // A copy-up is no change to the directory: keep its times, as the
             // kernel does. A moved directory's own mtime changes with its ".."
             // entry on some filesystems, so it gets its lower times back too.
-            self.mark_impure(updir.as_fd());
             restore_times(&updir, &parent_times)?;
             if st.is_dir {
                 let lst = self.layers[li].stat(&lpath)?;

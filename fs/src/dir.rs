@@ -228,6 +228,11 @@ impl Union {
         let sdir = self.layer(li)?.dir(sp)?;
         let ddir = self.layers[pli].dir(&ppath)?;
         let sn = sn.ok_or(Errno::INVAL)?;
+        if self.has_upper() {
+            // The new name may carry an origin: announce it as the kernel does,
+            // before it is there.
+            self.mark_impure(ddir.as_fd());
+        }
         match stat_at(ddir.as_fd(), new_name) {
             Ok(st)
                 if self.has_upper() && self.is_upper_whiteout(ddir.as_fd(), new_name, &st)? =>
@@ -243,10 +248,6 @@ impl Union {
             Ok(_) => return Err(Errno::EXIST),
             Err(Errno::NOENT) => rustix::fs::linkat(&sdir, sn, &ddir, new_name, AtFlags::empty())?,
             Err(e) => return Err(e),
-        }
-        if self.has_upper() {
-            // The new name may carry an origin: announce it as the kernel does.
-            self.mark_impure(ddir.as_fd());
         }
         self.inodes.remember(
             node.st_ino,

@@ -130,6 +130,7 @@ impl Union {
         };
         let index = self.layer(crate::INDEX)?;
         let updir = self.upper().dir(&path)?;
+        self.mark_impure(updir.as_fd());
         rustix::fs::linkat(
             index.root_fd(),
             &key,
@@ -137,7 +138,6 @@ impl Union {
             name,
             rustix::fs::AtFlags::empty(),
         )?;
-        self.mark_impure(updir.as_fd());
         let fd = layer::open_path_at(index.root_fd(), &key)?;
         self.adjust_nlink(fd.as_fd(), -1)?;
         self.changed();

@@ -31,9 +31,9 @@ pub(crate) fn rename_locked(
         let dst = dst.ok_or(Errno::NOENT)?;
         mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
         mark_moved_dir(u, &dst, ddir.as_fd(), new_name, parent, name)?;
-        rustix::fs::renameat_with(&sdir, name, &ddir, new_name, RenameFlags::EXCHANGE)?;
         u.mark_impure(sdir.as_fd());
         u.mark_impure(ddir.as_fd());
+        rustix::fs::renameat_with(&sdir, name, &ddir, new_name, RenameFlags::EXCHANGE)?;
         let a = u.inodes.by_name(parent.id, name);
         let b = u.inodes.by_name(new_parent.id, new_name);
         u.inodes.drop_name(parent.id, name);
@@ -57,6 +57,10 @@ pub(crate) fn rename_locked(
     let src_needs_whiteout = u.lowers_have(parent, name)?;
     mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
     clear_destination(u, ddir.as_fd(), new_name, src.state.is_dir)?;
+    // Marked before the entry moves in (a crash must not leave it unmarked).
+    if !std::ptr::eq(parent, new_parent) {
+        u.mark_impure(ddir.as_fd());
+    }
     move_entry(
         u,
         sdir.as_fd(),
@@ -68,9 +72,6 @@ pub(crate) fn rename_locked(
     )?;
     u.inodes
         .rename_name(parent.id, name, new_parent.id, new_name);
-    if !std::ptr::eq(parent, new_parent) {
-        u.mark_impure(ddir.as_fd());
-    }
     Ok(())
 }
 
