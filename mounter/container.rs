@@ -237,15 +237,25 @@ pub fn read_state(dir: &Path) -> State {
         })
 }
 
-/// `/proc/PID/stat`'s start time: with the pid, it names one process for good.
-pub fn start_time(pid: i32) -> Option<u64> {
+/// `/proc/PID/stat`'s state letter and start time.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
+/// `/proc/PID/stat`'s start time: with the pid, it names one process for good.
+pub fn start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, t)| t)
+}
+
+/// The process still runs: same pid and start time, and not a zombie (a
+/// runner killed -9 stays one until its parent reaps it).
 fn alive(p: Option<(i32, u64)>) -> bool {
-    p.is_some_and(|(pid, t)| start_time(pid) == Some(t))
+    p.is_some_and(|(pid, t)| {
+        proc_stat(pid).is_some_and(|(state, start)| start == t && !matches!(state, 'Z' | 'X'))
+    })
 }
 
 /// A container is running while its runner is.
@@ -788,19 +798,41 @@ fn rm_one(root: &Path, key: &str, force: bool) -> anyhow::Result<String> {
         if !force {
             bail!("container {}: running (stop it first, or rm -f)", c.name);
         }
-        if let Some((pid, _)) = st.runner
+        kill_running(&c, &st);
+    }
+    cleanup_stale(&c, &st);
+    remove_dir(&c)?;
+    Ok(c.name)
+}
+
+/// End a running container the way its runner cleans up after: SIGKILL to
+/// its pid 1; the runner reaps it, unmounts the union, reaps the union's
+/// daemon and removes the cgroups. Killing the runner instead would leave
+/// both processes to the host's init (zombies until it reaps them) and the
+/// cleanup to `cleanup_stale`; that is only the last resort, for a runner
+/// that does not finish.
+fn kill_running(c: &Container, st: &State) {
+    let signal = |p: Option<(i32, u64)>, sig: rustix::process::Signal| {
+        if alive(p)
+            && let Some((pid, _)) = p
             && let Some(p) = rustix::process::Pid::from_raw(pid)
         {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            let _ = rustix::process::kill_process(p, sig);
         }
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alive(st.runner) && Instant::now() < deadline {
+        // Read again: a runner still setting up records its pid 1 soon.
+        signal(read_state(&c.dir).pid1, rustix::process::Signal::KILL);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive(st.runner) {
+        signal(st.runner, rustix::process::Signal::KILL);
         let deadline = Instant::now() + Duration::from_secs(5);
         while alive(st.runner) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    cleanup_stale(&c, &st);
-    remove_dir(&c)?;
-    Ok(c.name)
 }
 
 /// After a runner that did not finish its work: end the container's processes

@@ -6,6 +6,7 @@ mod bench;
 mod bundle;
 mod cgroup;
 mod cli;
+mod confine;
 mod container;
 mod image_cmd;
 mod logger;

@@ -34,12 +34,13 @@ use rustix::mount::{
     MountFlags, MountPropagationFlags, UnmountFlags, mount, mount_bind, mount_bind_recursive,
     mount_change, mount_remount, unmount,
 };
-use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process, waitpid};
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process, wait};
 use rustix::thread::UnshareFlags;
 use signal_hook::consts::signal as sig;
 use signal_hook::iterator::Signals;
 
 use crate::cgroup;
+use crate::confine;
 use crate::container::{Container, Network, State, start_time, write_state};
 use crate::sys::{self, Forked};
 
@@ -168,6 +169,8 @@ pub fn mount_union_at(c: &Container, target: &Path) -> anyhow::Result<()> {
 }
 
 /// Unmount the union (its daemon then exits) and reap every child left.
+/// Any child, not only those of our process group (`waitpid(None)`): the
+/// daemon runs in a session of its own.
 fn unmount_union(c: &Container) {
     let merged = c.merged();
     if unmount(&merged, UnmountFlags::empty()).is_err() {
@@ -175,7 +178,7 @@ fn unmount_union(c: &Container) {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match waitpid(None, WaitOptions::NOHANG) {
+        match wait(WaitOptions::NOHANG) {
             Ok(Some(_)) => continue,
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             _ => break,
@@ -229,11 +232,12 @@ fn run_mounted(
     Ok(status.map_or(125, exit_code))
 }
 
-/// Wait for `child`, passing signals on to it.
+/// Wait for `child`, passing signals on to it, and reap every other child
+/// that ends meanwhile (as the container's init: orphans of any session).
 fn wait_forwarding(child: Pid, signals: &mut Signals) -> Option<WaitStatus> {
     loop {
         loop {
-            match waitpid(None, WaitOptions::NOHANG) {
+            match wait(WaitOptions::NOHANG) {
                 Ok(Some((p, s))) if p == child => return Some(s),
                 Ok(Some(_)) => continue,
                 Ok(None) => break,
@@ -301,7 +305,9 @@ fn container_init(
     ))
     .or_fail(125, || "making mounts private".into())?;
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
-    let old = pivot(c)?;
+    let last_cap = confine::last_capability();
+    let (old, switch) =
+        confine::enter_root(&c.merged()).or_fail(125, || "entering the root".into())?;
     setup_mounts(c, &old)?;
     io(unmount(&old, UnmountFlags::DETACH)).or_fail(125, || "detaching the host root".into())?;
     mount_fs(
@@ -311,6 +317,7 @@ fn container_init(
         MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
         None,
     )?;
+    confine::protect_proc_and_sys().or_fail(125, || "protecting /proc and /sys".into())?;
     if c.spec.read_only {
         io(mount_remount(
             "/",
@@ -325,8 +332,17 @@ fn container_init(
     if !workdir.is_dir() && !c.spec.read_only {
         let _ = fs::create_dir_all(workdir);
     }
+    let keep = confine::kept_capabilities(switch);
+    confine::limit_bounding_set(keep, last_cap).or_fail(125, || "capabilities".into())?;
     io(rustix::thread::set_no_new_privs(true)).or_fail(125, || "no_new_privs".into())?;
     switch_user(&user)?;
+    // A change of user clears the parent death signal: set it again, so that
+    // the container still ends with a runner that was killed.
+    io(rustix::process::set_parent_process_death_signal(Some(
+        Signal::KILL,
+    )))
+    .or_fail(125, || "parent death signal".into())?;
+    confine::limit_own_capabilities(keep).or_fail(125, || "capabilities".into())?;
     std::env::set_current_dir(workdir)
         .or_fail(125, || format!("working directory {}", c.spec.workdir))?;
     let path = env
@@ -361,18 +377,6 @@ fn container_init(
             sys::exit_now(status.map_or(125, exit_code))
         }
     }
-}
-
-/// `pivot_root` into the union. The host's root goes on the container's
-/// /proc (a directory every container has) until the mounts that need it are
-/// made; then the real /proc takes its place. No directory is made for it.
-fn pivot(c: &Container) -> Result<PathBuf, Failure> {
-    let merged = c.merged();
-    std::env::set_current_dir(&merged).or_fail(125, || merged.display().to_string())?;
-    mkdirs(Path::new("proc"))?;
-    io(rustix::process::pivot_root(".", "proc")).or_fail(125, || "pivot_root".into())?;
-    std::env::set_current_dir("/").or_fail(125, || "chdir /".into())?;
-    Ok(PathBuf::from("/proc"))
 }
 
 fn mkdirs(p: &Path) -> Result<(), Failure> {
@@ -605,6 +609,14 @@ fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, F
     let (argv0, args) = argv
         .split_first()
         .map_or(("", &[][..]), |(a, r)| (a.as_str(), r));
+    // Nothing the runner had open (or was given by whoever started it)
+    // reaches the command: only 0, 1 and 2 stay open across the exec.
+    if let Err(e) = sys::cloexec_from(3) {
+        return Err(Failure {
+            code: 125,
+            msg: format!("run: closing descriptors: {e}"),
+        });
+    }
     let e = Command::new(program)
         .arg0(argv0)
         .args(args)

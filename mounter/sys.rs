@@ -1,6 +1,6 @@
-//! The runner's only `unsafe`: `fork`, `unshare`, `_exit`, the signal mask and
-//! the ioctl that brings up a loopback device, wrapped so that callers stay
-//! safe Rust.
+//! The runner's only `unsafe`: `fork`, `unshare`, `_exit`, the signal mask,
+//! `close_range` and the ioctl that brings up a loopback device, wrapped so
+//! that callers stay safe Rust.
 
 use std::io;
 
@@ -122,5 +122,20 @@ pub fn restore_signals(mask: &SignalMask) -> io::Result<()> {
     match unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) } {
         0 => Ok(()),
         e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// Mark every descriptor from `first` up close-on-exec (`close_range` with
+/// `CLOSE_RANGE_CLOEXEC`, Linux 5.11+), so that an exec keeps only those
+/// below it.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: `close_range` takes no pointers; with CLOSE_RANGE_CLOEXEC it
+    // closes nothing, so no descriptor owned elsewhere in this process is
+    // invalidated.
+    let r = unsafe { libc::close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
