@@ -9,6 +9,7 @@
 mod chart;
 mod layers;
 mod report;
+mod store;
 mod target;
 mod tmp;
 mod workload;
@@ -24,6 +25,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use report::{Cell, Sample};
+use store::{STORE_WORKLOADS, StoreWorkload};
 use target::Target;
 use workload::{Ctx, WORKLOADS, Workload};
 
@@ -83,7 +85,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !(args.scale > 0.0 && args.scale.is_finite()) {
         bail!("--scale must be a positive number");
     }
-    let workloads = pick_workloads(&args.workloads)?;
+    let (workloads, store_workloads) = pick_workloads(&args.workloads)?;
     if args.compare {
         target::install_peers();
     }
@@ -122,7 +124,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             cells.push(Cell::new(w.name, &t.name, args.runs));
         }
     }
-    let total = (workloads.len() * targets.len() * args.runs) as u64;
+    // The store rows are about unionmount's own store: they run with it.
+    let store_workloads = if targets.iter().any(|t| t.name == "unionmount") {
+        store_workloads
+    } else {
+        Vec::new()
+    };
+    let total = ((workloads.len() * targets.len() + store_workloads.len()) * args.runs) as u64;
     let bar = progress_bar(total);
     let started = Instant::now();
     'all: for (wi, w) in workloads.iter().enumerate() {
@@ -141,6 +149,23 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let (store_rows, store_inputs) = if store_workloads.is_empty() || stop.load(Ordering::Relaxed) {
+        (Vec::new(), String::new())
+    } else {
+        bar.set_message("preparing the layer store rows");
+        let bottom = layers.lowers.last().context("no lower layer")?;
+        let inputs = store::Inputs::prepare(bottom, base.path())?;
+        let rows: Vec<store::StoreRow> = store_workloads
+            .iter()
+            .map(|w| {
+                bar.set_message(format!("{} ({} runs)", w.name, args.runs));
+                let row = store::measure(w, &inputs, args.runs);
+                bar.inc(args.runs as u64);
+                row
+            })
+            .collect();
+        (rows, inputs.describe)
+    };
     bar.finish_and_clear();
     let interrupted = stop.load(Ordering::Relaxed);
 
@@ -154,9 +179,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let rows = report::summarize(&cells, &meta.targets);
     print!("{}", report::markdown(&meta, &workloads, &rows));
+    if !store_rows.is_empty() {
+        print!("{}", store::markdown(&store_rows, &store_inputs));
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, report::json(&meta, &workloads, &rows))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let store_json = (!store_rows.is_empty()).then(|| store::json(&store_rows));
+        std::fs::write(
+            path,
+            report::json(&meta, &workloads, &rows, store_json.as_deref()),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.csv {
         std::fs::write(path, report::csv(&rows))
@@ -174,19 +206,29 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn pick_workloads(names: &[String]) -> anyhow::Result<Vec<&'static Workload>> {
+/// The filesystem and store workloads named (all of them when none is).
+fn pick_workloads(
+    names: &[String],
+) -> anyhow::Result<(Vec<&'static Workload>, Vec<&'static StoreWorkload>)> {
     if names.is_empty() {
-        return Ok(WORKLOADS.iter().collect());
+        return Ok((WORKLOADS.iter().collect(), STORE_WORKLOADS.iter().collect()));
     }
-    names
-        .iter()
-        .map(|n| {
-            WORKLOADS.iter().find(|w| w.name == n).with_context(|| {
-                let all: Vec<&str> = WORKLOADS.iter().map(|w| w.name).collect();
-                format!("unknown workload {n:?} (known: {})", all.join(", "))
-            })
-        })
-        .collect()
+    let (mut fs, mut st) = (Vec::new(), Vec::new());
+    for n in names {
+        if let Some(w) = WORKLOADS.iter().find(|w| w.name == n) {
+            fs.push(w);
+        } else if let Some(w) = STORE_WORKLOADS.iter().find(|w| w.name == n) {
+            st.push(w);
+        } else {
+            let all: Vec<&str> = WORKLOADS
+                .iter()
+                .map(|w| w.name)
+                .chain(STORE_WORKLOADS.iter().map(|w| w.name))
+                .collect();
+            bail!("unknown workload {n:?} (known: {})", all.join(", "));
+        }
+    }
+    Ok((fs, st))
 }
 
 /// One timed run of one workload on a fresh instance of one target.

@@ -123,6 +123,28 @@ fn quick_bench_reports_every_workload_on_every_target() {
             }
         }
     }
+    // The layer-store rows: imports against tar -x, and a commit.
+    let store: Vec<&str> = text.lines().filter(|l| l.contains("\"name\": ")).collect();
+    let names: Vec<&str> = store.iter().map(|l| l.split('"').nth(3).unwrap()).collect();
+    assert_eq!(
+        names,
+        ["import-tar", "import-zstd", "commit-1file"],
+        "{text}"
+    );
+    for line in &store {
+        assert!(line.contains("\"ok\": true"), "store row failed: {line}");
+        assert!(
+            number(line, "unionmount_median_s").unwrap_or(0.0) > 0.0,
+            "{line}"
+        );
+        if line.contains("import") {
+            assert!(number(line, "ratio").unwrap_or(0.0) > 0.0, "{line}");
+        }
+    }
+    assert!(
+        stdout.contains("| image import of a layer tar | tar -x + syncfs |"),
+        "{stdout}"
+    );
     let csv = std::fs::read_to_string(&csv).unwrap();
     assert_eq!(csv.lines().count(), 1 + lines.len(), "{csv}");
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));

@@ -120,7 +120,7 @@ pub fn skipped_line(skipped: &[(String, String)]) -> String {
 }
 
 /// Seconds: three decimals below 0.1 s, two above.
-fn f2(v: Option<f64>) -> String {
+pub fn f2(v: Option<f64>) -> String {
     v.map_or("–".into(), |x| {
         if x < 0.1 {
             format!("{x:.3}")
@@ -237,7 +237,7 @@ fn cell_secs(r: &Row) -> String {
     }
 }
 
-fn jstr(s: &str) -> String {
+pub fn jstr(s: &str) -> String {
     let mut o = String::from("\"");
     for ch in s.chars() {
         match ch {
@@ -253,13 +253,14 @@ fn jstr(s: &str) -> String {
     o
 }
 
-fn jnum(v: Option<f64>) -> String {
+pub fn jnum(v: Option<f64>) -> String {
     v.filter(|x| x.is_finite())
         .map_or("null".into(), |x| format!("{x}"))
 }
 
-/// JSON, one result object per line.
-pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
+/// JSON, one result object per line; `store` is the layer-store rows'
+/// array, if they ran.
+pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row], store: Option<&str>) -> String {
     let mut s = String::from("{\n");
     let _ = writeln!(s, "  \"date\": {},", jstr(&meta.date));
     let _ = writeln!(s, "  \"runs\": {},", meta.runs);
@@ -293,7 +294,11 @@ pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
             if i + 1 < rows.len() { "," } else { "" }
         );
     }
-    s.push_str("  ]\n}\n");
+    s.push_str("  ]");
+    if let Some(store) = store {
+        let _ = write!(s, ",\n  \"store\": {store}");
+    }
+    s.push_str("\n}\n");
     s
 }
 
