@@ -154,7 +154,13 @@ impl Env {
 
     /// Run `unionmount ARGS…` (with this store) to the end; 120 s at most.
     pub fn um(&self, args: &[&str]) -> Out {
+        self.um_env(&[], args)
+    }
+
+    /// `um` with extra environment variables for unionmount itself.
+    pub fn um_env(&self, vars: &[(&str, &str)], args: &[&str]) -> Out {
         let mut cmd = self.command(args);
+        cmd.envs(vars.iter().copied());
         let child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
