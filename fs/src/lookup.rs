@@ -219,16 +219,32 @@ impl Union {
                 layer_idx += 1;
                 continue;
             };
+            // An absolute redirect names a path from the root of each branch
+            // below: its directories there may hide the branches further down.
+            let mut last_layer = false;
+            if matches!(below, Below::Absolute { .. }) {
+                match self.redirect_ancestors(layer_idx, &path, cache)? {
+                    Ancestors::Missing => {
+                        layer_idx += 1;
+                        continue;
+                    }
+                    Ancestors::Hidden => break,
+                    Ancestors::Open { opaque } => last_layer = opaque,
+                }
+            }
             let (parent, lname) = split(&path);
             let Some(lname) = lname else { break };
             let Some(ldir) = cache.dir(self, layer_idx, parent)? else {
+                if last_layer {
+                    break;
+                }
                 layer_idx += 1;
                 continue;
             };
             let st = match stat_at(ldir.as_fd(), lname) {
                 Ok(st) => st,
                 Err(Errno::NOENT) => {
-                    if oci_whiteout_present(ldir.as_fd(), lname)? {
+                    if last_layer || oci_whiteout_present(ldir.as_fd(), lname)? {
                         break;
                     }
                     layer_idx += 1;
@@ -274,12 +290,50 @@ impl Union {
             {
                 break;
             }
+            if last_layer {
+                break;
+            }
             if let Some(r) = marks.redirect {
                 below = redirect_target(&r, layer_idx);
             }
             layer_idx += 1;
         }
         Ok(())
+    }
+
+    /// The directories above `path` in branch `layer`, walked as kernel
+    /// overlayfs walks an absolute redirect there: a missing one means the
+    /// branch holds nothing for it; a whiteout or a non-directory hides this
+    /// and every branch below; an opaque one hides the branches below.
+    fn redirect_ancestors(&self, layer: usize, path: &Path, cache: &DirCache) -> Result<Ancestors> {
+        let mut opaque = false;
+        let mut at = PathBuf::new();
+        let parent = path.parent().unwrap_or(Path::new(""));
+        for comp in parent.components() {
+            let name = comp.as_os_str();
+            let Some(dir) = cache.dir(self, layer, &at)? else {
+                return Ok(Ancestors::Missing);
+            };
+            let st = match stat_at(dir.as_fd(), name) {
+                Ok(st) => st,
+                Err(Errno::NOENT) if oci_whiteout_present(dir.as_fd(), name)? => {
+                    return Ok(Ancestors::Hidden);
+                }
+                Err(Errno::NOENT) => return Ok(Ancestors::Missing),
+                Err(e) => return Err(e),
+            };
+            if names::is_meta_name(name) || is_whiteout(dir.as_fd(), name, &st)? || !is_dir(&st) {
+                return Ok(Ancestors::Hidden);
+            }
+            let fd = open_dir_at(dir.as_fd(), name)?;
+            if names::dir_marks(fd.as_fd())?.opaque
+                || stat_at(fd.as_fd(), OsStr::new(names::WH_OPAQUE)).is_ok()
+            {
+                opaque = true;
+            }
+            at.push(name);
+        }
+        Ok(Ancestors::Open { opaque })
     }
 
     /// Is `name` hidden by a whiteout in a lower branch of `dir`?
@@ -371,6 +425,16 @@ impl Union {
         let handle = sys::name_to_handle(dir.as_fd(), name?).ok()?;
         Some(build_origin(&layer.uuid, &handle))
     }
+}
+
+/// What a branch's directories above an absolute redirect's target allow.
+enum Ancestors {
+    /// One is missing: nothing there in this branch, look further down.
+    Missing,
+    /// A whiteout or a non-directory: nothing there nor further down.
+    Hidden,
+    /// All there; an opaque one among them ends the lookup with this branch.
+    Open { opaque: bool },
 }
 
 /// Where the lookup continues after a redirect found in branch `layer`.
