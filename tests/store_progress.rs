@@ -144,7 +144,7 @@ fn a_terminal_gets_a_progress_bar() {
     let seen = String::from_utf8_lossy(&fs::read(&typescript).expect("typescript")).into_owned();
     assert!(seen.contains("Imported big"), "{seen}");
     assert!(
-        seen.contains(&format!("reading {}", tar.display())) && seen.contains("MiB"),
+        seen.contains(&format!("importing {}", tar.display())) && seen.contains("MiB"),
         "a bar with the task and byte counts:\n{seen}"
     );
 }
