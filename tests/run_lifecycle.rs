@@ -332,3 +332,94 @@ fn init_reaps_orphans() {
         "{out:?}"
     );
 }
+
+/// The container's pid 1 as its state file records it.
+fn pid1_of(dir: &std::path::Path) -> Option<i32> {
+    let text = fs::read_to_string(dir.join("state.json")).ok()?;
+    let v: layerstore::serde_json::Value = layerstore::serde_json::from_str(&text).ok()?;
+    i32::try_from(v["pid"][0].as_i64()?).ok()
+}
+
+/// `/proc/PID/stat`'s state letter; None once the process is gone (reaped).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Start a container that sleeps; its directory, pid 1 and union daemon.
+fn sleeping(env: &Env, name: &str, extra: &[&str]) -> (u32, std::path::PathBuf, i32, i32) {
+    let mut args = vec!["run", "--name", name];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["t", "--", "sleep", "100"]);
+    let runner = env.spawn(&args);
+    let daemons = |d: &std::path::Path| {
+        run_common::processes_naming(&format!("upperdir={}", d.join("upper").display()))
+    };
+    assert!(wait_until(30, || env.container_dir(name).is_some_and(
+        |d| pid1_of(&d).is_some() && daemons(&d).len() == 1
+    )));
+    let dir = env.container_dir(name).unwrap();
+    let daemon = daemons(&dir)[0];
+    (runner, dir.clone(), pid1_of(&dir).unwrap(), daemon)
+}
+
+#[test]
+fn stop_and_rm_f_leave_no_zombie() {
+    let Some(env) = Env::new() else { return };
+    // The runner reaps both its pid 1 and the union's daemon (which runs in
+    // a session of its own) before it ends: neither is left, not even as a
+    // zombie for the host's init to find.
+    let (runner, dir, pid1, daemon) = sleeping(&env, "s", &[]);
+    assert_eq!(env.um(&["stop", "-t", "1", "s"]).code, 0);
+    assert_eq!(env.wait(runner, 30), 137);
+    assert_eq!(proc_state(pid1), None, "pid 1 {pid1} left");
+    assert_eq!(proc_state(daemon), None, "daemon {daemon} left");
+    // rm -f of a running container ends it through its pid 1; the runner
+    // does the cleanup, so again nothing is left to the host's init.
+    let (runner, dir_r, pid1, daemon) = sleeping(&env, "r", &["--init"]);
+    let out = env.um(&["rm", "-f", "r"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(env.wait(runner, 30), 137);
+    assert_eq!(proc_state(pid1), None, "pid 1 {pid1} left");
+    assert_eq!(proc_state(daemon), None, "daemon {daemon} left");
+    assert!(!dir_r.exists());
+    for d in [&dir, &dir_r] {
+        let id = d.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(run_common::processes_naming(&id), Vec::<i32>::new());
+        assert!(cgroup_dirs(&id).is_empty());
+    }
+    assert_eq!(env.um(&["rm", "s"]).code, 0);
+    assert_eq!(env.host_mounts(), Vec::<String>::new());
+}
+
+#[test]
+fn killed_runner_ends_a_container_of_another_user() {
+    let Some(env) = Env::new() else { return };
+    // A change of user clears the parent death signal; the runner sets it
+    // again, so the container does not outlive a runner killed with -9.
+    let (runner, dir, pid1, _) = sleeping(&env, "u", &["-u", "app"]);
+    assert!(
+        wait_until(10, || fs::read_to_string(format!("/proc/{pid1}/status"))
+            .is_ok_and(|s| s.contains("Uid:\t1001\t"))),
+        "pid 1 {pid1} does not run as 1001"
+    );
+    kill(runner as i32, libc::SIGKILL);
+    assert_eq!(env.wait(runner, 30), 137);
+    assert!(
+        wait_until(10, || !matches!(proc_state(pid1), Some(s) if s != 'Z')),
+        "pid 1 {pid1} still runs after its runner was killed"
+    );
+    // A killed runner (even one not reaped yet) is not running: plain rm
+    // cleans up after it.
+    assert!(env.um(&["ps", "-a"]).stdout.contains("dead"));
+    let out = env.um(&["rm", "u"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let id = dir.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        wait_until(10, || run_common::processes_naming(&id).is_empty()),
+        "{:?}",
+        run_common::processes_naming(&id)
+    );
+    assert!(!dir.exists());
+    assert_eq!(env.host_mounts(), Vec::<String>::new());
+}
