@@ -344,6 +344,9 @@ impl Source {
                 )
                 .map_err(|e| match e {
                     rustix::io::Errno::NOENT => Error::not_found(what()),
+                    rustix::io::Errno::XDEV => {
+                        Error::invalid(what(), "a symlink that leads out of the layout")
+                    }
                     e => Error::Io {
                         what: what(),
                         error: e.into(),
