@@ -297,6 +297,9 @@ impl Union {
             self.check_remove(&parent, name, want_dir)?;
         }
         self.prepare_dir(&parent)?;
+        if self.has_upper() && !want_dir {
+            self.link_up_before_removal(&parent, name)?;
+        }
         let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
         let (li, ppath) = self.write_location(&parent)?;
         let found = self.check_remove(&parent, name, want_dir)?;
@@ -400,6 +403,9 @@ impl Union {
             self.link_group_name(&parent, name)?;
         }
         let dst = self.lookup_node(&new_parent, new_name)?;
+        if dst.is_some() && !flags.contains(RenameFlags::EXCHANGE) {
+            self.link_up_before_removal(&new_parent, new_name)?;
+        }
         if let Some(dst) = &dst
             && flags.contains(RenameFlags::EXCHANGE)
         {

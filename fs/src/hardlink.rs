@@ -2,7 +2,10 @@
 //! up puts the upper copy in the index (`index/<origin as hex>`, the kernel's
 //! index=on layout), later names link to it, and names still only in a lower
 //! read the index entry. The link count the mount shows is kept as the
-//! kernel keeps it: `overlay.nlink` = "U<signed offset>" against the upper's.
+//! kernel keeps it: `overlay.nlink` = "U<signed offset>" against the upper's,
+//! or "L<signed offset>" against the lower's while a change of the upper's
+//! links that leaves the shown count alone (a name linked to the index entry)
+//! is under way, so that the count is right wherever the daemon stops.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -44,21 +47,52 @@ impl Union {
     /// The link count the mount shows for a hard-linked upper file.
     pub(crate) fn shown_nlink(&self, fd: BorrowedFd<'_>, raw_nlink: u64) -> u64 {
         let key = self.cfg.xattr_ns.name("nlink");
-        match layer::get_xattr(fd, &key) {
-            Ok(Some(v)) => {
-                parse_nlink(&v).map_or(raw_nlink, |d| raw_nlink.saturating_add_signed(d))
-            }
-            _ => raw_nlink,
+        let stored = layer::get_xattr(fd, &key).ok().flatten();
+        match stored.as_deref().and_then(parse_nlink) {
+            Some(Nlink::Upper(d)) => raw_nlink.saturating_add_signed(d),
+            Some(Nlink::Lower(d)) => self
+                .origin_nlink(fd)
+                .map_or(raw_nlink, |l| l.saturating_add_signed(d)),
+            None => raw_nlink,
         }
     }
 
-    /// Add `delta` to the offset between the shown and the upper link count.
+    /// Add `delta` to the shown link count, the upper's staying as it is.
     pub(crate) fn adjust_nlink(&self, fd: BorrowedFd<'_>, delta: i64) -> Result<()> {
         let key = self.cfg.xattr_ns.name("nlink");
-        let old = layer::get_xattr(fd, &key)?
-            .and_then(|v| parse_nlink(&v))
-            .unwrap_or(0);
-        set_nlink(self, fd, old + delta)
+        match layer::get_xattr(fd, &key)?.as_deref().and_then(parse_nlink) {
+            Some(Nlink::Lower(d)) => set_nlink(self, fd, Nlink::Lower(d + delta)),
+            Some(Nlink::Upper(d)) => set_nlink(self, fd, Nlink::Upper(d + delta)),
+            None => set_nlink(self, fd, Nlink::Upper(delta)),
+        }
+    }
+
+    /// Link another upper name to the index entry `key`: one more upper link,
+    /// the same shown count. Around the link the count is kept against the
+    /// lower's (which the link does not move), then against the upper's again.
+    fn link_up(&self, key: &OsStr, updir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let index = self.layer(crate::INDEX)?;
+        let fd = layer::open_path_at(index.root_fd(), key)?;
+        let raw = rustix::fs::fstat(&fd)?.st_nlink;
+        let shown = self.shown_nlink(fd.as_fd(), raw);
+        let lower = self.origin_nlink(fd.as_fd());
+        if let Some(lower) = lower {
+            set_nlink(self, fd.as_fd(), Nlink::Lower(shown as i64 - lower as i64))?;
+        }
+        rustix::fs::linkat(
+            index.root_fd(),
+            key,
+            updir,
+            name,
+            rustix::fs::AtFlags::empty(),
+        )?;
+        match lower {
+            Some(_) => {
+                let raw = rustix::fs::fstat(&fd)?.st_nlink;
+                set_nlink(self, fd.as_fd(), Nlink::Upper(shown as i64 - raw as i64))
+            }
+            None => self.adjust_nlink(fd.as_fd(), -1),
+        }
     }
 
     /// Publish the copy-up of a group member: the first one enters the index,
@@ -78,8 +112,18 @@ impl Union {
         if let Some(tmp) = work_tmp {
             let work = self.work_fd()?;
             let fd = layer::open_path_at(work, tmp)?;
-            // Upper links: the index entry and this name; shown: the lower group's.
-            set_nlink(self, fd.as_fd(), lower_nlink as i64 - 2)?;
+            // Shown: the lower group's count. Until this name is in place too
+            // that is said against the lower's count (the upper's is 1 after a
+            // crash, 2 or 3 on the way); then against the upper's: the index
+            // entry and this name.
+            let against_lower = self.origin_nlink(fd.as_fd()).is_some();
+            let upper_form = Nlink::Upper(lower_nlink as i64 - 2);
+            let first = if against_lower {
+                Nlink::Lower(0)
+            } else {
+                upper_form
+            };
+            set_nlink(self, fd.as_fd(), first)?;
             match rustix::fs::linkat(
                 work,
                 tmp,
@@ -95,6 +139,9 @@ impl Union {
                         name,
                         rustix::fs::RenameFlags::NOREPLACE,
                     )?;
+                    if against_lower {
+                        set_nlink(self, fd.as_fd(), upper_form)?;
+                    }
                     return Ok(true);
                 }
                 // Another name of the group got there first: link to its copy.
@@ -102,16 +149,7 @@ impl Union {
                 Err(e) => return Err(e),
             }
         }
-        rustix::fs::linkat(
-            index.root_fd(),
-            &key,
-            updir,
-            name,
-            rustix::fs::AtFlags::empty(),
-        )?;
-        // One more upper link, the same shown count.
-        let fd = layer::open_path_at(index.root_fd(), &key)?;
-        self.adjust_nlink(fd.as_fd(), -1)?;
+        self.link_up(&key, updir, name)?;
         Ok(true)
     }
 
@@ -128,19 +166,38 @@ impl Union {
         else {
             return Ok(());
         };
-        let index = self.layer(crate::INDEX)?;
         let updir = self.upper().dir(&path)?;
         self.mark_impure(updir.as_fd());
-        rustix::fs::linkat(
-            index.root_fd(),
-            &key,
-            &updir,
-            name,
-            rustix::fs::AtFlags::empty(),
-        )?;
-        let fd = layer::open_path_at(index.root_fd(), &key)?;
-        self.adjust_nlink(fd.as_fd(), -1)?;
+        self.link_up(&key, updir.as_fd(), name)?;
         self.changed();
+        Ok(())
+    }
+
+    /// Before a name of a lower hard-link group is removed (unlink, or a rename
+    /// over it), link it to the group's copy in the upper (copying the group up
+    /// if it is not yet), as the kernel does: its removal is then one rename
+    /// that leaves a whiteout and drops the upper's link count with the shown
+    /// one, so the others' count is right wherever the daemon stops.
+    pub(crate) fn link_up_before_removal(&self, parent: &Node, name: &OsStr) -> Result<()> {
+        if self.index.is_none() {
+            return Ok(());
+        }
+        let node = {
+            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let Some(found) = self.resolve_now(parent, name)? else {
+                return Ok(());
+            };
+            let st = &found.state;
+            if st.is_dir || st.upper || (st.index.is_none() && found.stat.st_nlink < 2) {
+                return Ok(());
+            }
+            self.inodes
+                .remember(found.st_ino, false, parent.id, name, found.state, false)
+        };
+        self.copy_up(&node)?;
+        if node.snapshot().index.is_some() {
+            self.link_group_name(parent, name)?;
+        }
         Ok(())
     }
 
@@ -190,7 +247,11 @@ impl Union {
         let made = self.copy_into_work(li, &lpath, &tmp, true).and_then(|()| {
             let fd = layer::open_path_at(work, &tmp)?;
             // Upper links: the index entry alone; shown: the group less this name.
-            set_nlink(self, fd.as_fd(), found.stat.st_nlink as i64 - 2)?;
+            set_nlink(
+                self,
+                fd.as_fd(),
+                Nlink::Upper(found.stat.st_nlink as i64 - 2),
+            )?;
             match rustix::fs::linkat(
                 work,
                 &tmp,
@@ -221,32 +282,51 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn set_nlink(u: &Union, fd: BorrowedFd<'_>, offset: i64) -> Result<()> {
-    let key = u.cfg.xattr_ns.name("nlink");
-    layer::set_xattr(
-        fd,
-        &key,
-        format!("U{offset:+}").as_bytes(),
-        XattrFlags::empty(),
-    )
+/// `overlay.nlink`: the shown link count as an offset against the upper
+/// file's count ("U+1") or against its lower origin's ("L-1").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Nlink {
+    Upper(i64),
+    Lower(i64),
 }
 
-/// "U+1" / "U-2" → the offset against the upper's link count.
-fn parse_nlink(v: &[u8]) -> Option<i64> {
+fn set_nlink(u: &Union, fd: BorrowedFd<'_>, value: Nlink) -> Result<()> {
+    let key = u.cfg.xattr_ns.name("nlink");
+    let text = match value {
+        Nlink::Upper(d) => format!("U{d:+}"),
+        Nlink::Lower(d) => format!("L{d:+}"),
+    };
+    layer::set_xattr(fd, &key, text.as_bytes(), XattrFlags::empty())
+}
+
+/// "U+1" / "L-2" as the kernel writes them.
+fn parse_nlink(v: &[u8]) -> Option<Nlink> {
     let s = std::str::from_utf8(v).ok()?;
-    s.strip_prefix('U')?.parse().ok()
+    let (base, num) = s.split_at_checked(1)?;
+    if !num.starts_with(['+', '-']) {
+        return None;
+    }
+    let d = num.parse().ok()?;
+    match base {
+        "U" => Some(Nlink::Upper(d)),
+        "L" => Some(Nlink::Lower(d)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_nlink;
+    use super::{Nlink, parse_nlink};
 
     #[test]
     fn nlink_offsets_parse_as_the_kernel_writes_them() {
-        assert_eq!(parse_nlink(b"U+1"), Some(1));
-        assert_eq!(parse_nlink(b"U-2"), Some(-2));
-        assert_eq!(parse_nlink(b"U+0"), Some(0));
-        assert_eq!(parse_nlink(b"L+1"), None);
+        assert_eq!(parse_nlink(b"U+1"), Some(Nlink::Upper(1)));
+        assert_eq!(parse_nlink(b"U-2"), Some(Nlink::Upper(-2)));
+        assert_eq!(parse_nlink(b"U+0"), Some(Nlink::Upper(0)));
+        assert_eq!(parse_nlink(b"L+1"), Some(Nlink::Lower(1)));
+        assert_eq!(parse_nlink(b"L-3"), Some(Nlink::Lower(-3)));
+        assert_eq!(parse_nlink(b"U1"), None);
+        assert_eq!(parse_nlink(b"X+1"), None);
         assert_eq!(parse_nlink(b"garbage"), None);
     }
 }

@@ -417,6 +417,19 @@ impl Union {
         None
     }
 
+    /// The link count of the lower object an upper one (`fd`) was copied from.
+    pub(crate) fn origin_nlink(&self, fd: BorrowedFd<'_>) -> Option<u64> {
+        let origin = get_xattr(fd, &self.cfg.xattr_ns.name("origin")).ok()??;
+        let (uuid, handle) = parse_origin(&origin)?;
+        let first_lower = usize::from(self.has_upper());
+        self.layers[first_lower..]
+            .iter()
+            .filter(|l| l.uuid == uuid)
+            .find_map(|l| sys::open_by_handle(l.handle_fd.as_fd(), &handle).ok())
+            .and_then(|f| rustix::fs::fstat(&f).ok())
+            .map(|st| st.st_nlink)
+    }
+
     /// The origin xattr value (kernel `struct ovl_fb`) for a lower object.
     pub(crate) fn encode_origin(&self, layer: usize, path: &Path) -> Option<Vec<u8>> {
         let layer = self.layers.get(layer)?;

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{AtFlags, RenameFlags, XattrFlags};
+use rustix::fs::{AtFlags, Mode, RenameFlags, Stat, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use crate::inode::Node;
@@ -56,20 +56,18 @@ pub(crate) fn rename_locked(
     }
     let src_needs_whiteout = u.lowers_have(parent, name)?;
     mark_moved_dir(u, &src, sdir.as_fd(), name, new_parent, new_name)?;
-    clear_destination(u, ddir.as_fd(), new_name, src.state.is_dir)?;
+    let over_whiteout = clear_destination(u, ddir.as_fd(), new_name)?;
     // Marked before the entry moves in (a crash must not leave it unmarked).
     if !std::ptr::eq(parent, new_parent) {
         u.mark_impure(ddir.as_fd());
     }
-    move_entry(
-        u,
-        sdir.as_fd(),
-        name,
-        ddir.as_fd(),
-        new_name,
-        src_needs_whiteout,
-        src.state.is_dir,
-    )?;
+    let from = (sdir.as_fd(), name);
+    let to = (ddir.as_fd(), new_name);
+    if over_whiteout && src.state.is_dir {
+        move_dir_over_whiteout(from, to, src_needs_whiteout)?;
+    } else {
+        move_entry(u, from, to, src_needs_whiteout)?;
+    }
     u.inodes
         .rename_name(parent.id, name, new_parent.id, new_name);
     Ok(())
@@ -150,44 +148,76 @@ fn mark_moved_dir(
     Ok(())
 }
 
-/// Make room at the destination: a whiteout cannot be replaced by a directory,
-/// and an upper directory that only holds whiteouts is not empty to the kernel.
-fn clear_destination(
-    u: &Union,
-    ddir: BorrowedFd<'_>,
-    new_name: &OsStr,
-    src_is_dir: bool,
-) -> Result<()> {
+/// Make the destination something one rename can replace, without ever
+/// showing it other than as it was: an upper directory that only holds
+/// whiteouts (not empty to the upper's filesystem) is first exchanged with an
+/// empty opaque one, as the kernel does. Returns whether the destination is a
+/// whiteout (which a directory cannot replace).
+fn clear_destination(u: &Union, ddir: BorrowedFd<'_>, new_name: &OsStr) -> Result<bool> {
     let st = match stat_at(ddir, new_name) {
         Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::NOENT) => return Ok(false),
         Err(e) => return Err(e),
     };
     if u.is_upper_whiteout(ddir, new_name, &st)? {
-        if src_is_dir {
-            rustix::fs::unlinkat(ddir, new_name, AtFlags::empty())?;
-        }
-        return Ok(());
+        return Ok(true);
     }
     if crate::lookup::is_dir(&st) {
+        let old = layer::open_path_at(ddir, new_name)?;
+        if crate::list_names(old.as_fd())?.is_empty() {
+            return Ok(false);
+        }
         let work = u.work_fd()?;
         let tmp = u.temp_name();
-        rustix::fs::renameat(ddir, new_name, work, &tmp)?;
+        let swapped = empty_opaque_like(u, work, &tmp, &st).and_then(|()| {
+            rustix::fs::renameat_with(work, &tmp, ddir, new_name, RenameFlags::EXCHANGE)
+        });
+        if let Err(e) = swapped {
+            u.remove_temp(&tmp);
+            return Err(e);
+        }
         crate::remove_tree_at(work, &tmp)?;
     }
-    Ok(())
+    Ok(false)
 }
 
+/// An empty opaque directory `tmp` in the workdir with the owner, mode and
+/// times of `st`.
+fn empty_opaque_like(u: &Union, work: BorrowedFd<'_>, tmp: &OsStr, st: &Stat) -> Result<()> {
+    rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
+    let fd = layer::open_path_at(work, tmp)?;
+    let key = u.cfg.xattr_ns.name("opaque");
+    layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
+    u.chown_or_record(
+        work,
+        tmp,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+    )?;
+    u.chmod_or_record(work, tmp, st.st_mode & 0o7777)?;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    };
+    rustix::fs::utimensat(work, tmp, &times, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// Move an entry (a directory too) to a name that is free or that it may
+/// replace, leaving a whiteout behind when the lowers have the old name: one
+/// rename with RENAME_WHITEOUT where the upper's filesystem has it.
 fn move_entry(
     u: &Union,
-    sdir: BorrowedFd<'_>,
-    name: &OsStr,
-    ddir: BorrowedFd<'_>,
-    new_name: &OsStr,
+    (sdir, name): (BorrowedFd<'_>, &OsStr),
+    (ddir, new_name): (BorrowedFd<'_>, &OsStr),
     needs_whiteout: bool,
-    is_dir: bool,
 ) -> Result<()> {
-    if needs_whiteout && !is_dir {
+    if needs_whiteout {
         match rustix::fs::renameat_with(sdir, name, ddir, new_name, RenameFlags::WHITEOUT) {
             Ok(()) => return Ok(()),
             Err(Errno::INVAL) | Err(Errno::PERM) => {}
@@ -197,6 +227,21 @@ fn move_entry(
     rustix::fs::renameat(sdir, name, ddir, new_name)?;
     if needs_whiteout {
         u.make_whiteout(sdir, name)?;
+    }
+    Ok(())
+}
+
+/// A directory onto an upper whiteout: exchanged with it, as the kernel does,
+/// so the whiteout lands on the old name in the same step (and is dropped there
+/// when nothing below needs hiding).
+fn move_dir_over_whiteout(
+    (sdir, name): (BorrowedFd<'_>, &OsStr),
+    (ddir, new_name): (BorrowedFd<'_>, &OsStr),
+    needs_whiteout: bool,
+) -> Result<()> {
+    rustix::fs::renameat_with(sdir, name, ddir, new_name, RenameFlags::EXCHANGE)?;
+    if !needs_whiteout {
+        rustix::fs::unlinkat(sdir, name, AtFlags::empty())?;
     }
     Ok(())
 }
