@@ -385,9 +385,27 @@ impl Mount {
     /// `unionmount -f ARGS… MNT`, waiting until the mount is live. The daemon's
     /// stderr goes to `MNT.stderr` beside the mountpoint.
     pub fn union_foreground(mnt: &Path, args: &[OsString]) -> Result<Mount, String> {
+        Mount::union_foreground_wrapped(mnt, &[], args)
+    }
+
+    /// `WRAPPER… unionmount -f ARGS… MNT` (e.g. `prlimit --nofile=256:256`), as
+    /// `union_foreground`. The wrapper must exec the daemon (keep its pid), so
+    /// that `kill_daemon` and the guard reach the daemon itself.
+    pub fn union_foreground_wrapped(
+        mnt: &Path,
+        wrapper: &[&str],
+        args: &[OsString],
+    ) -> Result<Mount, String> {
         let errf = mnt.with_extension("stderr");
         let file = fs::File::create(&errf).unwrap();
-        let mut cmd = Command::new(bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("-f").args(args).arg(mnt);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -422,6 +440,16 @@ impl Mount {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(Mount::union_guard(mnt, Some(child), Some(errf)))
+    }
+
+    /// A tmpfs at `mnt` with `opts` (e.g. "size=8m"), unmounted on Drop.
+    pub fn tmpfs(mnt: &Path, opts: &str) -> std::io::Result<Mount> {
+        sys::mount_tmpfs(mnt, opts)?;
+        Ok(Mount {
+            mnt: mnt.to_path_buf(),
+            kind: Kind::Kernel,
+            unmounted: false,
+        })
     }
 
     /// `unionmount ARGS… MNT` (daemonizing); fails unless it exits 0 with the mount live.

@@ -266,6 +266,15 @@ pub fn mount_overlay(mnt: &Path, data: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Mount a tmpfs at `mnt` with `data` (e.g. "size=8m,mode=0755").
+pub fn mount_tmpfs(mnt: &Path, data: &str) -> io::Result<()> {
+    let c = cstr(mnt);
+    let src = cname("tmpfs");
+    let d = cname(data);
+    check(unsafe { libc::mount(src.as_ptr(), c.as_ptr(), src.as_ptr(), 0, d.as_ptr().cast()) })?;
+    Ok(())
+}
+
 pub fn lseek(fd: libc::c_int, off: i64, whence: libc::c_int) -> io::Result<i64> {
     let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
     if r < 0 {
