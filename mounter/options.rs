@@ -87,6 +87,38 @@ pub fn parse_mount_args(args: &[OsString]) -> Result<MountRequest, String> {
 /// `parse_mount_args` with an explicit working directory, so tests need not
 /// change the process-wide one.
 fn parse_with_cwd(args: &[OsString], cwd: Option<&Path>) -> Result<MountRequest, String> {
+    parse_line(args, cwd).map_err(one_line)
+}
+
+/// Longest error message, in characters: a huge option value is cut short.
+const MAX_ERROR: usize = 2000;
+
+/// An error fit for one line of stderr: the values and paths it quotes come
+/// from the user and may hold newlines or escape sequences, which are shown
+/// escaped; a huge value is cut.
+fn one_line(msg: String) -> String {
+    if !msg.chars().any(char::is_control) && msg.chars().count() <= MAX_ERROR {
+        return msg;
+    }
+    let mut out = String::with_capacity(msg.len().min(MAX_ERROR));
+    let mut n = 0;
+    for c in msg.chars() {
+        let shown: Vec<char> = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            vec![c]
+        };
+        if n + shown.len() > MAX_ERROR {
+            out.push('…');
+            break;
+        }
+        n += shown.len();
+        out.extend(shown);
+    }
+    out
+}
+
+fn parse_line(args: &[OsString], cwd: Option<&Path>) -> Result<MountRequest, String> {
     let line = scan_args(args)?;
     let mut opts = Options::default();
     opts.req.foreground = line.foreground || line.debug;
@@ -636,6 +668,10 @@ fn error_text(err: &std::io::Error) -> String {
 /// a directory not nested with any branch or the workdir, and nothing is mounted
 /// on it yet. The first failure comes back as one line naming the object.
 pub fn validate(req: &MountRequest) -> Result<(), String> {
+    validate_request(req).map_err(one_line)
+}
+
+fn validate_request(req: &MountRequest) -> Result<(), String> {
     if req.branches.is_empty() {
         return Err("no branches given".into());
     }
@@ -689,7 +725,35 @@ fn check_workdir(work: &Path, branches: &[Branch]) -> Result<(), String> {
             "workdir {w}: not on the same filesystem as upper {u}"
         ));
     }
+    // Two bind mounts of one filesystem: rename(2) between them fails (EXDEV).
+    if let (Some(a), Some(b)) = (mount_id(work), mount_id(upper))
+        && a != b
+    {
+        return Err(format!(
+            "workdir {w}: not on the same mount as upper {u} (a bind mount?)"
+        ));
+    }
     Ok(())
+}
+
+/// The id of the mount a path is on, where the kernel tells it (statx, 5.8+).
+fn mount_id(p: &Path) -> Option<u64> {
+    use rustix::fs::{AtFlags, CWD, StatxFlags, statx};
+    let st = statx(CWD, p, AtFlags::empty(), StatxFlags::MNT_ID).ok()?;
+    (st.stx_mask & StatxFlags::MNT_ID.bits() != 0).then_some(st.stx_mnt_id)
+}
+
+/// Device and inode of a directory and of each of its ancestors: a
+/// directory reached by two paths (a bind mount) is still the same one.
+fn lineage(p: &Path) -> Vec<(u64, u64)> {
+    p.ancestors()
+        .filter_map(|a| std::fs::metadata(a).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+fn identity(p: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// A mountpoint inside a branch, or a branch under the mountpoint, makes the
@@ -706,15 +770,20 @@ fn check_mountpoint(req: &MountRequest) -> Result<(), String> {
         (what, &b.path)
     });
     let work = req.workdir.iter().map(|w| ("workdir", w));
+    let mnt_lineage = lineage(mnt);
+    let mnt_id = identity(mnt);
     for (what, path) in branches.chain(work) {
-        if mnt.starts_with(path) {
+        // By path, and by identity: a branch bind-mounted elsewhere is the
+        // same directory under another name.
+        let id = identity(path);
+        if mnt.starts_with(path) || id.is_some_and(|id| mnt_lineage.contains(&id)) {
             return Err(format!(
                 "mountpoint {}: inside {what} {}",
                 mnt.display(),
                 path.display()
             ));
         }
-        if path.starts_with(mnt) {
+        if path.starts_with(mnt) || mnt_id.is_some_and(|m| lineage(path).contains(&m)) {
             return Err(format!(
                 "{what} {}: inside mountpoint {}",
                 path.display(),
@@ -1425,5 +1494,299 @@ mod tests {
         let points: Vec<Vec<u8>> = mount_points(table).collect();
         assert_eq!(points, vec![b"/a b\tc\\d".to_vec(), b"/plain".to_vec()]);
         assert_eq!(decode_mount_field(b"\\04x\\"), b"\\04x\\".to_vec());
+    }
+}
+
+/// Hostile command lines, generated: escapes, separators, quotes, `=`, `:`,
+/// empty components, huge values, NUL and non-UTF-8 bytes. Errors are one
+/// line; what parses names exactly the directories that were meant, never a
+/// neighbour whose name is a prefix of theirs. `UNIONMOUNT_FUZZ_CASES` sets
+/// the number of cases (CI: a few hundred per property, well under a second).
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use std::fs;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn config(ci_cases: u32) -> ProptestConfig {
+        let cases = std::env::var("UNIONMOUNT_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(ci_cases);
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    /// Bytes that mean something to one of the parsers.
+    const SPECIAL: &[u8] = b":,=\\\" \t\n'$*";
+
+    /// A directory name: ordinary letters mixed with every special byte,
+    /// non-UTF-8 bytes and control characters; never `/`, NUL, `.` or `..`.
+    fn dir_name() -> impl Strategy<Value = Vec<u8>> {
+        vec(
+            prop_oneof![
+                4 => prop::sample::select(b"abc".to_vec()),
+                3 => prop::sample::select(SPECIAL.to_vec()),
+                1 => 0x80u8..=0xff,
+                1 => 1u8..0x20,
+            ],
+            1..12,
+        )
+        .prop_filter("a real name", |n| {
+            n != b"." && n != b".." && !n.contains(&b'/')
+        })
+    }
+
+    /// Escape a path for a `-o` value: the option splitter's `,` and quote,
+    /// the list separator `:`, and the escape itself.
+    fn escape_o(p: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in p {
+            if matches!(b, b':' | b',' | b'\\' | b'"') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out
+    }
+
+    /// Escape a path for a unionfs-fuse branch spec (a positional word).
+    fn escape_spec(p: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &b in p {
+            if matches!(b, b':' | b'=' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out
+    }
+
+    fn os(b: Vec<u8>) -> OsString {
+        OsString::from_vec(b)
+    }
+
+    /// A tree holding each named directory and, as decoys, every prefix of
+    /// its name that ends just before a special byte (what a wrong split
+    /// would find).
+    fn tree_with(names: &[Vec<u8>]) -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::TempDir::new().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap();
+        for n in names {
+            let _ = fs::create_dir(root.join(os_path(n)));
+            for (i, b) in n.iter().enumerate() {
+                if i > 0 && SPECIAL.contains(b) && &n[..i] != b"." && &n[..i] != b".." {
+                    let _ = fs::create_dir(root.join(os_path(&n[..i])));
+                }
+            }
+        }
+        fs::create_dir_all(root.join("mnt")).unwrap();
+        (t, root)
+    }
+
+    fn abs(root: &Path, name: &[u8]) -> Vec<u8> {
+        root.join(os_path(name)).into_os_string().into_vec()
+    }
+
+    fn check_error(e: &str) -> Result<(), TestCaseError> {
+        prop_assert!(!e.is_empty());
+        prop_assert!(
+            !e.chars().any(char::is_control),
+            "error not on one line: {e:?}"
+        );
+        prop_assert!(e.chars().count() <= MAX_ERROR + 1, "error too long");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// lowerdir (and upperdir/workdir) values escaped as documented name
+        /// exactly the directories given, in order.
+        #[test]
+        fn escaped_overlay_paths_round_trip(
+            names in vec(dir_name(), 3..7),
+            with_upper in any::<bool>(),
+            relative in any::<bool>(),
+        ) {
+            let (_t, root) = tree_with(&names);
+            let (lowers, rest) = if with_upper {
+                names.split_at(names.len() - 2)
+            } else {
+                (&names[..], &names[..0])
+            };
+            let path = |n: &[u8]| if relative { n.to_vec() } else { abs(&root, n) };
+            let mut opt = b"lowerdir=".to_vec();
+            let list: Vec<Vec<u8>> = lowers.iter().map(|n| escape_o(&path(n))).collect();
+            opt.extend(list.join(&b':'));
+            if let [u, w] = rest {
+                opt.extend(b",upperdir=");
+                opt.extend(escape_o(&path(u)));
+                opt.extend(b",workdir=");
+                opt.extend(escape_o(&path(w)));
+            }
+            opt.extend(b",,ro,");
+            let args = vec![os(b"-o".to_vec()), os(opt), os(b"mnt".to_vec())];
+            let req = parse_with_cwd(&args, Some(&root));
+            // Names that collide (the same name twice) are fine; a wrong
+            // split or escape shows up as a different directory.
+            let req = req.map_err(|e| TestCaseError::fail(format!("{args:?}: {e}")))?;
+            let mut want: Vec<Branch> = Vec::new();
+            if let [u, _] = rest {
+                want.push(Branch { path: root.join(os_path(u)), writable: true });
+            }
+            want.extend(lowers.iter().map(|n| Branch { path: root.join(os_path(n)), writable: false }));
+            prop_assert_eq!(&req.branches, &want);
+            if let [_, w] = rest {
+                prop_assert_eq!(req.workdir, Some(root.join(os_path(w))));
+            }
+            prop_assert_eq!(&req.mountpoint, &root.join("mnt"));
+        }
+
+        /// The unionfs-fuse spec, escaped as documented, with modes.
+        #[test]
+        fn escaped_branch_specs_round_trip(
+            names in vec((dir_name(), prop::option::of(prop::sample::select(vec!["RW", "ro", "Rw", "RO"]))), 1..5),
+        ) {
+            let (_t, root) = tree_with(&names.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+            let spec: Vec<Vec<u8>> = names
+                .iter()
+                .map(|(n, mode)| {
+                    let mut e = escape_spec(&abs(&root, n));
+                    if let Some(m) = mode {
+                        e.push(b'=');
+                        e.extend(m.as_bytes());
+                    }
+                    e
+                })
+                .collect();
+            let args = vec![os(b"-o".to_vec()), os(b"cow".to_vec()), os(spec.join(&b':')), os(b"mnt".to_vec())];
+            let req = parse_with_cwd(&args, Some(&root))
+                .map_err(|e| TestCaseError::fail(format!("{args:?}: {e}")))?;
+            let want: Vec<Branch> = names
+                .iter()
+                .map(|(n, m)| Branch {
+                    path: root.join(os_path(n)),
+                    writable: m.is_some_and(|m| m.eq_ignore_ascii_case("rw")),
+                })
+                .collect();
+            prop_assert_eq!(req.branches, want);
+        }
+
+        /// Anything at all: never a panic, errors on one line, and whatever
+        /// parses names directories of the tree (the only ones its words can
+        /// reach) and passes or fails validation with one line too.
+        #[test]
+        fn hostile_command_lines_fail_cleanly(
+            names in vec(dir_name(), 1..4),
+            words in vec(
+                vec(
+                    prop_oneof![
+                        6 => prop::sample::select(vec![
+                            "lowerdir=", "upperdir=", "workdir=", "chroot=", "-o", "-o", ",", ":",
+                            "=", "\\", "\\:", "\\,", "\"", "=RW", "=RO", "cow", "ro", "uidmapping=",
+                            "gidmapping=0:", "squash_to_uid=", "timeout=", "max_write=", "fsync=",
+                            "xattr_permissions=", "fsname=", "--", "-f", "-x", "mnt", "",
+                            "4294967295", "-1", "1e400", "NaN",
+                        ])
+                        .prop_map(|s| s.as_bytes().to_vec()),
+                        3 => (0usize..4).prop_map(|i| vec![b'@', b'0' + i as u8]),
+                        1 => vec(any::<u8>(), 0..6),
+                        1 => (1usize..5).prop_map(|k| vec![b'x'; k * 20000]),
+                        1 => Just(vec![0u8]),
+                    ],
+                    0..8,
+                ),
+                0..6,
+            ),
+        ) {
+            let (_t, root) = tree_with(&names);
+            // @N stands for the Nth directory's name (escaped or not).
+            let args: Vec<OsString> = words
+                .iter()
+                .map(|w| {
+                    let mut out = Vec::new();
+                    for part in w {
+                        if let [b'@', d] = part[..] {
+                            let n = &names[usize::from(d - b'0') % names.len()];
+                            out.extend(if d % 2 == 0 { escape_o(n) } else { n.clone() });
+                        } else {
+                            out.extend(part);
+                        }
+                    }
+                    os(out)
+                })
+                .collect();
+            match parse_with_cwd(&args, Some(&root)) {
+                Err(e) => check_error(&e)?,
+                Ok(req) => {
+                    let inside = |p: &Path| p.starts_with(&root);
+                    for b in &req.branches {
+                        prop_assert!(inside(&b.path), "{args:?}: branch {:?}", b.path);
+                        prop_assert!(b.path.is_dir());
+                    }
+                    if let Some(w) = &req.workdir {
+                        prop_assert!(inside(w), "{args:?}: workdir {w:?}");
+                    }
+                    prop_assert!(inside(&req.mountpoint), "{args:?}: mountpoint {:?}", req.mountpoint);
+                    if let Err(e) = validate(&req) {
+                        check_error(&e)?;
+                    }
+                }
+            }
+        }
+
+        /// Id mappings: accepted ones are non-empty, in range and disjoint on
+        /// both sides; everything else is refused on one line.
+        #[test]
+        fn id_mappings_are_checked(nums in vec(prop_oneof![0u64..10, 0u64..70000, Just(u64::from(u32::MAX)), Just(1u64 << 33)], 0..10), junk in prop::option::of("[-+: a]")) {
+            let mut text: Vec<String> = nums.iter().map(u64::to_string).collect();
+            if let Some(j) = junk {
+                text.push(j);
+            }
+            let value = text.join(":");
+            match parse_id_mappings("uidmapping", value.as_bytes()) {
+                Err(e) => check_error(&e)?,
+                Ok(maps) => {
+                    prop_assert!(!maps.is_empty());
+                    for (i, m) in maps.iter().enumerate() {
+                        prop_assert!(m.count > 0);
+                        prop_assert!(range_end(m.inside, m.count) <= MAX_ID_END);
+                        prop_assert!(range_end(m.outside, m.count) <= MAX_ID_END);
+                        for o in &maps[..i] {
+                            prop_assert!(!overlap((m.inside, m.count), (o.inside, o.count)));
+                            prop_assert!(!overlap((m.outside, m.count), (o.outside, o.count)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errors_quote_hostile_values_on_one_line() {
+        let t = tempfile::TempDir::new().unwrap();
+        let args: Vec<OsString> = vec![
+            "-o".into(),
+            "lowerdir=/no\nsuch\u{1b}[2J".into(),
+            t.path().into(),
+        ];
+        let e = parse_with_cwd(&args, Some(t.path())).unwrap_err();
+        assert_eq!(
+            e,
+            "lowerdir /no\\nsuch\\u{1b}[2J: No such file or directory"
+        );
+        let huge = format!("lowerdir={}", "y".repeat(100_000));
+        let e = parse_with_cwd(&["-o".into(), huge.into(), t.path().into()], Some(t.path()))
+            .unwrap_err();
+        assert!(
+            e.chars().count() <= MAX_ERROR + 1 && e.ends_with('…'),
+            "{e}"
+        );
     }
 }
