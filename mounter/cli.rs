@@ -17,6 +17,8 @@ const SUBCOMMANDS: &[&str] = &[
     "stop",
     "ps",
     "rm",
+    "export",
+    "import",
     "bench",
     "bundle",
     "help",
@@ -95,6 +97,10 @@ enum Command {
         #[command(flatten)]
         store: crate::image_cmd::StoreArg,
     },
+    /// Write a container (its image, its changes, its settings) to an OCI archive.
+    Export(crate::transfer::ExportArgs),
+    /// Make a container from an archive written by `export` (into this store).
+    Import(crate::transfer::ImportArgs),
     /// Make an OCI runtime bundle (config.json + rootfs mounted by unionmount) for runc.
     Bundle(crate::bundle::BundleArgs),
     /// Time the same workloads on unionmount, kernel overlayfs, FUSE peers and a plain directory.
@@ -121,6 +127,8 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             force,
             store,
         } => crate::container::rm(&store, &containers, force),
+        Command::Export(args) => crate::transfer::export(args),
+        Command::Import(args) => crate::transfer::import(args),
         Command::Bench(args) => crate::bench::run(args),
         Command::Bundle(args) => crate::bundle::run(args),
     }

@@ -40,7 +40,7 @@ impl StoreArg {
         }
     }
 
-    fn open(&self) -> anyhow::Result<Store> {
+    pub fn open(&self) -> anyhow::Result<Store> {
         let mut s = Store::open(&self.root()?)?;
         s.set_progress(terminal_progress());
         Ok(s)

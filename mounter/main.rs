@@ -14,6 +14,7 @@ mod mount;
 mod options;
 mod runner;
 mod sys;
+mod transfer;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

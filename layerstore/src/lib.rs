@@ -23,6 +23,7 @@
 
 pub mod blobs;
 mod check;
+pub mod container_archive;
 pub mod diff;
 pub mod digest;
 pub mod image;

@@ -109,6 +109,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub store: PathBuf,
     children: Mutex<Vec<Child>>,
+    /// Other stores a test made (`other_store`): cleaned like the first.
+    others: Mutex<Vec<PathBuf>>,
 }
 
 impl Env {
@@ -126,6 +128,7 @@ impl Env {
             store: root.join("store"),
             dir,
             children: Mutex::new(Vec::new()),
+            others: Mutex::new(Vec::new()),
         };
         let rootfs = root.join("rootfs");
         build_rootfs(&rootfs);
@@ -139,17 +142,44 @@ impl Env {
     }
 
     fn command(&self, args: &[&str]) -> Command {
+        self.command_in(&self.store, args)
+    }
+
+    fn command_in(&self, store: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
         cmd.arg(args[0]);
         if args[0] != "image" {
-            cmd.arg("--store").arg(&self.store);
+            cmd.arg("--store").arg(store);
             cmd.args(&args[1..]);
         } else {
-            cmd.arg(args[1]).arg("--store").arg(&self.store);
+            cmd.arg(args[1]).arg("--store").arg(store);
             cmd.args(&args[2..]);
         }
         cmd.stdin(Stdio::null());
         cmd
+    }
+
+    /// Another (empty) store under the scratch directory, cleaned on drop
+    /// like the first.
+    pub fn other_store(&self, name: &str) -> PathBuf {
+        let p = self.root().join(name);
+        self.others.lock().unwrap().push(p.clone());
+        p
+    }
+
+    /// `um` on another store.
+    pub fn um_in(&self, store: &Path, args: &[&str]) -> Out {
+        finish(self.command_in(store, args), args)
+    }
+
+    /// `unionmount ARGS…` without `--store`, with extra environment
+    /// variables (`UNIONMOUNT_STORE`, say).
+    pub fn um_bare(&self, vars: &[(&str, &str)], args: &[&str]) -> Out {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .envs(vars.iter().copied())
+            .stdin(Stdio::null());
+        finish(cmd, args)
     }
 
     /// Run `unionmount ARGS…` (with this store) to the end; 120 s at most.
@@ -161,23 +191,7 @@ impl Env {
     pub fn um_env(&self, vars: &[(&str, &str)], args: &[&str]) -> Out {
         let mut cmd = self.command(args);
         cmd.envs(vars.iter().copied());
-        let child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting unionmount");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(o)) => o.into(),
-            _ => {
-                kill(pid as i32, libc::SIGKILL);
-                panic!("unionmount {args:?}: timed out or failed to run");
-            }
-        }
+        finish(cmd, args)
     }
 
     /// Start `unionmount ARGS…` in the background; its pid. The Env kills and
@@ -254,6 +268,27 @@ impl Env {
     /// Live processes (not zombies) whose command line names the scratch directory.
     pub fn processes(&self) -> Vec<i32> {
         processes_naming(&self.root().to_string_lossy())
+    }
+}
+
+/// Run a prepared command to the end; 120 s at most.
+fn finish(mut cmd: Command, args: &[&str]) -> Out {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting unionmount");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(o)) => o.into(),
+        _ => {
+            kill(pid as i32, libc::SIGKILL);
+            panic!("unionmount {args:?}: timed out or failed to run");
+        }
     }
 }
 
@@ -354,11 +389,27 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for dir in self.containers() {
+        let mut stores = vec![self.store.clone()];
+        stores.extend(std::mem::take(
+            &mut *self.others.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
+        let in_stores: Vec<(PathBuf, PathBuf)> = stores
+            .iter()
+            .flat_map(|st| {
+                fs::read_dir(st.join("containers"))
+                    .map(|rd| {
+                        rd.flatten()
+                            .map(|e| (st.clone(), e.path()))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        for (store, dir) in in_stores {
             let id = dir.file_name().unwrap().to_string_lossy().into_owned();
             let _ = Command::new(bin())
                 .args(["rm", "-f", "--store"])
-                .arg(&self.store)
+                .arg(&store)
                 .arg(&id)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

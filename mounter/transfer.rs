@@ -1,0 +1,161 @@
+//! `unionmount export NAME OUT.tar` and `unionmount import IN.tar`: a
+//! container (its image, its changes, its settings) moved to another store
+//! as one OCI archive (see `layerstore::container_archive` for the format).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use layerstore::container_archive;
+
+use crate::container::{self, ImportPlan};
+use crate::image_cmd::StoreArg;
+
+/// Print a line; a closed stdout (`| head`) is not an error.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
+/// `unionmount export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Container name or id (a running one is exported as it is now)
+    pub container: String,
+    /// The archive to write (an OCI archive; must not exist)
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `unionmount import`.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// An archive written by `unionmount export`
+    pub archive: PathBuf,
+    /// Name of the new container (default: the exported container's name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Leave out the exported container's volumes (host paths of the other machine)
+    #[arg(long = "no-volumes")]
+    pub no_volumes: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+fn human(n: u64) -> String {
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let (mut v, mut unit) = (n as f64 / 1000.0, "kB");
+    for u in ["MB", "GB"] {
+        if v < 1000.0 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open()?;
+    let c = container::find(store.root(), &args.container)?;
+    let base = fs::read_to_string(c.dir.join("image"))
+        .with_context(|| format!("container {}: its image record", c.name))?;
+    let running = container::is_running(&container::read_state(&c.dir));
+    let e = container_archive::export(
+        &store,
+        base.trim(),
+        &c.upper(),
+        &container::settings(&c),
+        &c.name,
+        &args.out,
+    )
+    .with_context(|| format!("export {}", c.name))?;
+    say!(
+        "Exported {} to {}: image {} + {} of changes{} ({} in all)",
+        c.name,
+        args.out.display(),
+        c.image,
+        human(e.changes_size),
+        if running {
+            " (a snapshot: it is running)"
+        } else {
+            ""
+        },
+        human(e.archive_size)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+    if let Some(n) = &args.name {
+        container::check_name(n)?;
+    }
+    let store = args.store.open()?;
+    let root = store.root().to_path_buf();
+    if let Some(n) = &args.name
+        && !container::name_is_free(&root, n)?
+    {
+        bail!("import: container name {n:?} is already in use");
+    }
+    // Everything is made under the store's tmp/ and renamed into
+    // containers/ at the end: a failed import leaves no container behind.
+    let id = container::fresh_id()?;
+    let staging = root.join("tmp").join(format!("import-{id}"));
+    fs::create_dir_all(staging.join("upper"))
+        .with_context(|| format!("import: {}", staging.display()))?;
+    let res = make(&store, &args, &staging, id);
+    if res.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    // (Errors about the archive name it themselves.)
+    let (c, imported) = res.context("import")?;
+    say!(
+        "Imported {} ({}) from {}: image {}, {} changed paths",
+        c.name,
+        c.id,
+        args.archive.display(),
+        c.image,
+        imported.changes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn make(
+    store: &layerstore::Store,
+    args: &ImportArgs,
+    staging: &Path,
+    id: String,
+) -> anyhow::Result<(container::Container, container_archive::Imported)> {
+    let imported = container_archive::import(store, &args.archive, &staging.join("upper"), true)?;
+    let base = imported.base.to_string();
+    let info = store.resolve(&base)?;
+    let lowers = store.layer_dirs(&info)?;
+    let image = match (&imported.base_name, imported.tagged) {
+        (Some(n), true) => n.clone(),
+        _ => base.clone(),
+    };
+    if !imported.tagged
+        && let Some(n) = &imported.base_name
+    {
+        eprintln!(
+            "unionmount: import: image {n} names another image in this store; the container's image stays untagged ({base})"
+        );
+    }
+    let plan = ImportPlan {
+        id,
+        name: args.name.as_deref(),
+        image,
+        manifest: base,
+        lowers,
+        no_volumes: args.no_volumes,
+    };
+    let c = container::create_imported(store.root(), staging, &imported.settings, plan)?;
+    Ok((c, imported))
+}
