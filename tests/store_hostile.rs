@@ -1345,3 +1345,102 @@ fn zstd_frames_asking_for_huge_windows_are_refused() {
         "window larger than 128 MiB",
     );
 }
+
+#[test]
+fn slashes_in_odd_places_stay_in_the_layer() {
+    let h = Hostile::new();
+    // Repeated, leading and trailing slashes and `.` components are only
+    // spellings of paths inside the layer.
+    let res = h.import(
+        "slashes",
+        RawTar::default()
+            .dir("///d//")
+            .file("d//./f/", b"1")
+            .file("/./d/./g", b"2")
+            .symlink("d///s//", "f")
+            .hardlink("d/h", "//d/./f")
+            .finish(),
+    );
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    h.untouched("slashes");
+    let l = &h.env.layer_dirs("slashes")[0];
+    assert_eq!(fs::read_to_string(l.join("d/f")).unwrap(), "1");
+    assert_eq!(fs::read_to_string(l.join("d/g")).unwrap(), "2");
+    assert_eq!(fs::read_link(l.join("d/s")).unwrap(), Path::new("f"));
+    assert_eq!(
+        fs::metadata(l.join("d/h")).unwrap().ino(),
+        fs::metadata(l.join("d/f")).unwrap().ino()
+    );
+    // A path through a file, and a hard link put where a directory holding
+    // its own target was.
+    h.refused(
+        "through-a-file",
+        RawTar::default().file("f", b"x").file("f/g", b"y").finish(),
+        "not a directory",
+    );
+    h.refused(
+        "hl-over-its-dir",
+        RawTar::default()
+            .dir("d")
+            .file("d/f", b"x")
+            .hardlink("d", "d/f")
+            .finish(),
+        "holding its target",
+    );
+}
+
+#[test]
+fn layout_blobs_that_are_symlinks_out_are_refused() {
+    // An OCI layout directory whose config blob is a symlink to a host file
+    // with the same content: the loader does not read through it.
+    let h = Hostile::new();
+    let layout = h.env.path().join("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let layer = RawTar::default().file("f", b"x").finish();
+    let ld = layerstore::Digest::of_bytes(&layer);
+    let config = format!(
+        r#"{{"architecture":"{}","os":"linux","rootfs":{{"type":"layers","diff_ids":["{ld}"]}}}}"#,
+        layerstore::image::host_arch()
+    );
+    let cd = layerstore::Digest::of_bytes(config.as_bytes());
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{}}}]}}"#,
+        config.len(),
+        layer.len()
+    );
+    let md = layerstore::Digest::of_bytes(manifest.as_bytes());
+    let blobs = layout.join("blobs/sha256");
+    fs::write(blobs.join(ld.hex()), &layer).unwrap();
+    fs::write(blobs.join(md.hex()), &manifest).unwrap();
+    // The host file, outside the layout.
+    let host = h.outside.join("target");
+    fs::write(&host, &config).unwrap();
+    std::os::unix::fs::symlink(&host, blobs.join(cd.hex())).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    fs::write(
+        layout.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{md}","size":{}}}]}}"#,
+            manifest.len()
+        ),
+    )
+    .unwrap();
+    let before = h.env.contents();
+    let err = h.env.um_fail(&["image", "load", layout.to_str().unwrap()]);
+    assert!(err.contains("leads out of the layout"), "{err}");
+    assert!(err.contains(cd.hex()), "{err}");
+    assert_eq!(h.env.contents(), before);
+    // A symlink inside the layout is fine.
+    fs::remove_file(blobs.join(cd.hex())).unwrap();
+    fs::write(layout.join("cfg"), &config).unwrap();
+    std::os::unix::fs::symlink("../../cfg", blobs.join(cd.hex())).unwrap();
+    h.env.um(&["image", "load", layout.to_str().unwrap()]);
+}

@@ -581,6 +581,12 @@ impl Unpacker {
         if tcomps == comps {
             return Err(Error::entry(entry, "hard link to itself"));
         }
+        if tcomps.starts_with(comps) {
+            return Err(Error::entry(
+                entry,
+                "hard link in place of a directory holding its target",
+            ));
+        }
         let tparent_fd = match self.walk_existing(tparent) {
             Some(fd) => fd,
             None => {
