@@ -70,6 +70,8 @@ pub(crate) fn rename_locked(
     }
     u.inodes
         .rename_name(parent.id, name, new_parent.id, new_name);
+    // A listing read before this must not hand out the old name (readdirplus).
+    u.changed();
     Ok(())
 }
 
