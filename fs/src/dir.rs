@@ -331,6 +331,9 @@ impl Union {
             )?;
         }
         self.inodes.drop_name(parent_id, name);
+        if found.is_last_link() {
+            self.inodes.deleted(found.st_ino);
+        }
         self.changed();
         Ok(())
     }

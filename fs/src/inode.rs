@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rustix::io::Errno;
@@ -46,6 +46,12 @@ pub struct Node {
     pub id: u64,
     pub st_ino: u64,
     lookups: AtomicU64,
+    /// FUSE generation: bumped when the id comes back for another object.
+    generation: AtomicU64,
+    /// The object was deleted; the kernel may still hold its inode. The upper's
+    /// filesystem may give its inode number to a new object, which must reach
+    /// the kernel as a new inode (another generation), not as the dead one.
+    gone: AtomicBool,
     state: Mutex<NodeState>,
     /// Serialises copy-up of this node only; other nodes go on meanwhile.
     pub copy_up_lock: Mutex<()>,
@@ -60,6 +66,11 @@ impl Node {
 
     pub fn snapshot(&self) -> NodeState {
         self.state().clone()
+    }
+
+    /// The FUSE generation to send with this node's id.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -107,6 +118,8 @@ impl InodeTable {
                     id,
                     st_ino,
                     lookups: AtomicU64::new(0),
+                    generation: AtomicU64::new(0),
+                    gone: AtomicBool::new(false),
                     state: Mutex::new(NodeState::default()),
                     copy_up_lock: Mutex::new(()),
                 })
@@ -117,10 +130,23 @@ impl InodeTable {
             // node between finding it and counting this lookup.
             node.lookups.fetch_add(1, Ordering::Relaxed);
         }
+        // Another object on a deleted one's inode number: a new generation, so
+        // the kernel drops the inode it still holds for the old one instead of
+        // taking it for this one. Its lookups stay counted with the new ones:
+        // the kernel forgets them with the old inode.
+        let reborn = node.gone.swap(false, Ordering::AcqRel);
+        if reborn {
+            node.generation.fetch_add(1, Ordering::AcqRel);
+        }
         drop(map);
         {
             let mut st = node.state();
             let mut names = std::mem::take(&mut st.names);
+            if reborn {
+                for old in names.drain(..) {
+                    self.unindex(&old, id);
+                }
+            }
             if !is_root {
                 if fresh.is_dir {
                     // A directory has exactly one name.
@@ -214,6 +240,14 @@ impl InodeTable {
             node.state()
                 .names
                 .retain(|(p, n)| !(*p == parent && n == name));
+        }
+    }
+
+    /// The object of `st_ino` was deleted (its last name removed): its inode
+    /// number may come back for another object.
+    pub fn deleted(&self, st_ino: u64) {
+        if let Ok(node) = self.get(node_id_for(st_ino, false)) {
+            node.gone.store(true, Ordering::Release);
         }
     }
 

@@ -26,6 +26,14 @@ pub struct Resolved {
     pub st_ino: u64,
 }
 
+impl Resolved {
+    /// Removing this name deletes the object: a directory, or a file with no
+    /// other link (a lower hard-link group keeps its other names).
+    pub(crate) fn is_last_link(&self) -> bool {
+        self.state.is_dir || (self.stat.st_nlink <= 1 && self.state.index.is_none())
+    }
+}
+
 pub fn is_dir(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }

@@ -70,6 +70,9 @@ pub(crate) fn rename_locked(
     }
     u.inodes
         .rename_name(parent.id, name, new_parent.id, new_name);
+    if let Some(d) = dst.filter(|d| d.is_last_link()) {
+        u.inodes.deleted(d.st_ino);
+    }
     // A listing read before this must not hand out the old name (readdirplus).
     u.changed();
     Ok(())

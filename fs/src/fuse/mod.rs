@@ -113,7 +113,7 @@ impl UnionFuse {
     }
 
     fn reply_entry(&self, node: &Node, st: &Stat, reply: ReplyEntry) {
-        reply.entry(&TTL, &attr(node.id, st), Generation(0));
+        reply.entry(&TTL, &attr(node.id, st), Generation(node.generation()));
     }
 
     /// Open the existing file (parent, name) for a create without O_EXCL:
@@ -531,7 +531,7 @@ impl Filesystem for UnionFuse {
                 &e.name,
                 &TTL,
                 &attr(node.id, &st),
-                Generation(0),
+                Generation(node.generation()),
             ) {
                 // Not sent: give back the lookup just counted.
                 self.union.inodes.forget(node.id, 1);
@@ -683,7 +683,7 @@ impl Filesystem for UnionFuse {
             Err(e) => return reply.error(err(e)),
         };
         let a = attr(node.id, &stat);
-        let g = Generation(0);
+        let g = Generation(node.generation());
         let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
             self.passthrough
                 .mode(node.id, fh, &fd, stays_put, |fd| reply.open_backing(fd))
