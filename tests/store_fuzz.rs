@@ -21,16 +21,20 @@
 //! docker `manifest.json`, and whole OCI layouts and docker archives built
 //! from all of these.
 //!
-//! CI runs a fixed, short number of cases per property (see `ci_cases` in
-//! each; the whole file takes seconds). A long run:
+//! CI runs a fixed, short number of cases per property (the argument of
+//! `config` in each `proptest!` block: 160, 160, 512 and 48; the file takes
+//! about ten seconds in a debug build). A long run:
 //!
 //! ```text
-//! UNIONMOUNT_FUZZ_CASES=20000 cargo test --release --test store_fuzz
+//! UNIONMOUNT_FUZZ_CASES=3000 cargo test --test store_fuzz
 //! ```
 //!
-//! sets every property to that many cases (PROPTEST_* variables such as
-//! PROPTEST_MAX_SHRINK_ITERS still apply). A failure prints the smallest
-//! input proptest could shrink it to.
+//! sets every property to that many cases (3000: about five minutes in a
+//! debug build on two shared cores; `--release` is faster). The same
+//! variable sets the mount-option properties (`cargo test --bin unionmount
+//! options::fuzz`). PROPTEST_* variables such as PROPTEST_MAX_SHRINK_ITERS
+//! still apply. A failure prints the smallest input proptest could shrink
+//! it to.
 
 mod store_common;
 
