@@ -124,12 +124,7 @@ pub fn protect_proc_and_sys() -> io::Result<()> {
             continue;
         }
         io(mount_bind_recursive(p, p)).map_err(context(&format!("binding {p}")))?;
-        io(rustix::mount::mount_remount(
-            p,
-            MountFlags::BIND | MountFlags::RDONLY | hard,
-            "",
-        ))
-        .map_err(context(&format!("making {p} read-only")))?;
+        remount_read_only(Path::new(p), hard).map_err(context(&format!("making {p} read-only")))?;
     }
     Ok(())
 }
@@ -197,4 +192,48 @@ pub fn limit_own_capabilities(keep: CapabilitySet) -> io::Result<()> {
     };
     io(rustix::thread::set_capabilities(None, sets)).map_err(context("capset"))?;
     io(rustix::thread::clear_ambient_capability_set()).map_err(context("ambient capabilities"))
+}
+
+/// Make the bind mount at `path` read-only, keeping its other flags. In a
+/// user namespace the flags of a mount that came from the host (nosuid,
+/// nodev, noexec, its atime mode) are locked: a remount that drops any of
+/// them is refused.
+pub fn remount_read_only(path: &Path, extra: MountFlags) -> io::Result<()> {
+    use rustix::fs::StatVfsMountFlags as F;
+    let now = io(rustix::fs::statvfs(path))?.f_flag;
+    let mut flags = MountFlags::BIND | MountFlags::RDONLY | extra;
+    for (have, keep) in [
+        (F::NOSUID, MountFlags::NOSUID),
+        (F::NODEV, MountFlags::NODEV),
+        (F::NOEXEC, MountFlags::NOEXEC),
+        (F::NOATIME, MountFlags::NOATIME),
+        (F::NODIRATIME, MountFlags::NODIRATIME),
+        (F::RELATIME, MountFlags::RELATIME),
+    ] {
+        if now.contains(have) {
+            flags |= keep;
+        }
+    }
+    io(rustix::mount::mount_remount(path, flags, ""))
+}
+
+/// Rootless: a new user namespace in which this process's user and group
+/// are root, the only ids mapped (setgroups is denied, as the kernel
+/// requires for a mapping written without privilege). Capabilities then
+/// hold over the namespaces made after it, not over the host.
+pub fn enter_user_namespace() -> io::Result<()> {
+    let uid = rustix::process::getuid().as_raw();
+    let gid = rustix::process::getgid().as_raw();
+    crate::sys::unshare(rustix::thread::UnshareFlags::NEWUSER)
+        .map_err(context("creating a user namespace"))?;
+    fs::write("/proc/self/setgroups", "deny").map_err(context("/proc/self/setgroups"))?;
+    fs::write("/proc/self/uid_map", format!("0 {uid} 1\n")).map_err(context("uid_map"))?;
+    fs::write("/proc/self/gid_map", format!("0 {gid} 1\n")).map_err(context("gid_map"))
+}
+
+/// Is this process in a user namespace other than the host's (a rootless
+/// runner and its children)?
+pub fn in_user_namespace() -> bool {
+    fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
 }

@@ -758,9 +758,9 @@ pub fn find(root: &Path, key: &str) -> anyhow::Result<Container> {
     }
 }
 
-/// Containers need CAP_SYS_ADMIN (namespaces, mounts): say so before
-/// anything is created.
-fn check_privilege() -> anyhow::Result<()> {
+/// Containers need CAP_SYS_ADMIN (namespaces, mounts), or, rootless, a user
+/// namespace of their own and /dev/fuse: say so before anything is created.
+fn check_privilege(limits: Limits) -> anyhow::Result<()> {
     const CAP_SYS_ADMIN: u32 = 21;
     let caps = fs::read_to_string("/proc/self/status")
         .ok()
@@ -773,15 +773,43 @@ fn check_privilege() -> anyhow::Result<()> {
             u64::from_str_radix(&hex, 16).ok()
         })
         .unwrap_or(0);
-    if caps & (1 << CAP_SYS_ADMIN) == 0 {
+    if caps & (1 << CAP_SYS_ADMIN) != 0 {
+        return Ok(());
+    }
+    if rustix::process::geteuid().is_root() {
         bail!("run: no permission to create namespaces and mounts (needs root or CAP_SYS_ADMIN)");
+    }
+    // Rootless.
+    if limits.memory.is_some() || limits.pids.is_some() {
+        bail!("run: --memory and --pids-limit need root (cgroups are not delegated to this user)");
+    }
+    let userns = fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    if userns == Some(0) {
+        bail!(
+            "run: no permission to create namespaces (user namespaces are disabled; run as root)"
+        );
+    }
+    if rustix::fs::access(
+        "/dev/fuse",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_err()
+    {
+        bail!(
+            "run: /dev/fuse: permission denied (a rootless container needs to open it; or run as root)"
+        );
     }
     Ok(())
 }
 
 /// `unionmount run`.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    check_privilege()?;
+    check_privilege(Limits {
+        memory: args.memory,
+        pids: args.pids_limit,
+    })?;
     let c = create(&args)?;
     start_created(&c)
 }
@@ -795,9 +823,9 @@ pub fn create_cmd(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `unionmount start NAME`: run a created (or ended) container in the foreground.
 pub fn start_cmd(store: &StoreArg, key: &str) -> anyhow::Result<ExitCode> {
-    check_privilege()?;
     let root = store_root(store)?;
     let c = find(&root, key)?;
+    check_privilege(c.spec.limits)?;
     let lock = ContainersLock::take(&root)?;
     let st = read_state(&c.dir);
     if is_running(&st) {

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use rustix::mount::{
     MountFlags, MountPropagationFlags, UnmountFlags, mount, mount_bind, mount_bind_recursive,
-    mount_change, mount_remount, unmount,
+    mount_change, unmount,
 };
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process, wait};
 use rustix::thread::UnshareFlags;
@@ -99,6 +99,10 @@ fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(std::io::Error::from)
         .context("run: becoming a child subreaper")?;
+    if !rustix::process::geteuid().is_root() {
+        // Rootless: root in a user namespace of our own, for the namespaces below.
+        confine::enter_user_namespace().map_err(|e| anyhow!("run: {e}"))?;
+    }
     let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
     if c.spec.network == Network::None {
         flags |= UnshareFlags::NEWNET;
@@ -148,12 +152,17 @@ pub fn mount_union_at(c: &Container, target: &Path) -> anyhow::Result<()> {
         .chain(c.spec.lowers.iter().rev())
         .map(|d| option_path(d))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let opts = format!(
+    let mut opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lowers.join(":"),
         option_path(&c.upper())?,
         option_path(&c.work())?
     );
+    if confine::in_user_namespace() {
+        // trusted.* xattrs need the host's CAP_SYS_ADMIN: overlay markers go
+        // in user.overlay.*, as kernel overlayfs writes them with userxattr.
+        opts.push_str(",userxattr");
+    }
     let exe = std::env::current_exe().context("finding the unionmount binary")?;
     let status = Command::new(exe)
         .arg("-o")
@@ -306,25 +315,33 @@ fn container_init(
     .or_fail(125, || "making mounts private".into())?;
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let last_cap = confine::last_capability();
+    let rootless = confine::in_user_namespace();
     let (old, switch) =
         confine::enter_root(&c.merged()).or_fail(125, || "entering the root".into())?;
     setup_mounts(c, &old)?;
-    io(unmount(&old, UnmountFlags::DETACH)).or_fail(125, || "detaching the host root".into())?;
-    mount_fs(
-        "proc",
-        "/proc",
-        "proc",
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        None,
-    )?;
+    let proc_flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    if rootless {
+        // In a user namespace proc may be mounted only while a full proc is
+        // visible in the mount namespace: the host's, below the old root. So
+        // the old root moves aside (into the container's /dev tmpfs) while
+        // the new proc is mounted, and goes after.
+        let aside = Path::new("/dev/.host-root");
+        mkdirs(aside)?;
+        io(rustix::mount::mount_move(&old, aside))
+            .or_fail(125, || "moving the host root aside".into())?;
+        mount_fs("proc", "/proc", "proc", proc_flags, None)?;
+        io(unmount(aside, UnmountFlags::DETACH))
+            .or_fail(125, || "detaching the host root".into())?;
+        fs::remove_dir(aside).or_fail(125, || aside.display().to_string())?;
+    } else {
+        io(unmount(&old, UnmountFlags::DETACH))
+            .or_fail(125, || "detaching the host root".into())?;
+        mount_fs("proc", "/proc", "proc", proc_flags, None)?;
+    }
     confine::protect_proc_and_sys().or_fail(125, || "protecting /proc and /sys".into())?;
     if c.spec.read_only {
-        io(mount_remount(
-            "/",
-            MountFlags::BIND | MountFlags::RDONLY,
-            "",
-        ))
-        .or_fail(125, || "making / read-only".into())?;
+        confine::remount_read_only(Path::new("/"), MountFlags::empty())
+            .or_fail(125, || "making / read-only".into())?;
     }
     let user = resolve_user(&c.spec.user)?;
     let env = environment(c, &user);
@@ -335,7 +352,7 @@ fn container_init(
     let keep = confine::kept_capabilities(switch);
     confine::limit_bounding_set(keep, last_cap).or_fail(125, || "capabilities".into())?;
     io(rustix::thread::set_no_new_privs(true)).or_fail(125, || "no_new_privs".into())?;
-    switch_user(&user)?;
+    switch_user(&user, rootless)?;
     // A change of user clears the parent death signal: set it again, so that
     // the container still ends with a runner that was killed.
     io(rustix::process::set_parent_process_death_signal(Some(
@@ -453,12 +470,8 @@ fn setup_mounts(c: &Container, old: &Path) -> Result<(), Failure> {
     if mount_fs("sysfs", "/sys", "sysfs", hard | MountFlags::RDONLY, None).is_err() {
         io(mount_bind_recursive(host(old, Path::new("/sys")), "/sys"))
             .or_fail(125, || "binding /sys".into())?;
-        io(mount_remount(
-            "/sys",
-            MountFlags::BIND | MountFlags::RDONLY,
-            "",
-        ))
-        .or_fail(125, || "making /sys read-only".into())?;
+        confine::remount_read_only(Path::new("/sys"), hard)
+            .or_fail(125, || "making /sys read-only".into())?;
     }
     for name in ["hostname", "hosts", "resolv.conf"] {
         let target = Path::new("/etc").join(name);
@@ -479,12 +492,7 @@ fn setup_mounts(c: &Container, old: &Path) -> Result<(), Failure> {
         let what = || format!("volume {}:{}", v.host.display(), v.ctr.display());
         io(mount_bind_recursive(&src, &v.ctr)).or_fail(125, what)?;
         if v.read_only {
-            io(mount_remount(
-                &v.ctr,
-                MountFlags::BIND | MountFlags::RDONLY,
-                "",
-            ))
-            .or_fail(125, what)?;
+            confine::remount_read_only(&v.ctr, MountFlags::empty()).or_fail(125, what)?;
         }
     }
     Ok(())
@@ -560,9 +568,23 @@ fn resolve_user(spec: &str) -> Result<User, Failure> {
     })
 }
 
-fn switch_user(u: &User) -> Result<(), Failure> {
+/// Become the container's user. Rootless, only root is mapped (and
+/// setgroups is denied): any other user is refused.
+fn switch_user(u: &User, rootless: bool) -> Result<(), Failure> {
     let gid = rustix::process::Gid::from_raw(u.gid);
     let uid = rustix::process::Uid::from_raw(u.uid);
+    if rootless {
+        if u.uid != 0 || u.gid != 0 {
+            return Err(Failure {
+                code: 125,
+                msg: format!(
+                    "run: user {}:{}: a rootless container runs as root (the only id mapped)",
+                    u.uid, u.gid
+                ),
+            });
+        }
+        return Ok(());
+    }
     io(rustix::thread::set_thread_groups(&[gid])).or_fail(125, || "setgroups".into())?;
     io(rustix::thread::set_thread_res_gid(gid, gid, gid))
         .or_fail(125, || format!("setgid {}", u.gid))?;
