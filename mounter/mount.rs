@@ -75,7 +75,7 @@ fn spawn_daemon(args: &[OsString]) -> anyhow::Result<ExitCode> {
 /// Mount and serve until unmounted or told to stop.
 fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()> {
     let result = start_session(req);
-    let (mut session, mountpoint) = match result {
+    let (mut session, mountpoint, union) = match result {
         Ok(s) => s,
         Err(e) => {
             if let Some(fd) = ready {
@@ -102,21 +102,25 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
     if let Some(fd) = ready {
         let _ = { fd }.write_all(b"ready\n");
     }
-    session.run().context("serving the filesystem")
+    session.run().context("serving the filesystem")?;
+    // Unmounted with every request answered: a volatile mount drops its marker.
+    union
+        .unmounted_cleanly()
+        .context("making the volatile mount's upper durable")
 }
 
 type Session = fuser::Session<unionfs::fuse::UnionFuse>;
 
-fn start_session(req: &MountRequest) -> anyhow::Result<(Session, std::path::PathBuf)> {
+fn start_session(req: &MountRequest) -> anyhow::Result<(Session, std::path::PathBuf, Arc<Union>)> {
     // Created objects get exactly the mode the kernel passes (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
     raise_fd_limit();
-    let union = Union::new(union_config(req)).context("opening branches")?;
-    let fs = unionfs::fuse::UnionFuse::new(Arc::new(union));
+    let union = Arc::new(Union::new(union_config(req)).context("opening branches")?);
+    let fs = unionfs::fuse::UnionFuse::new(union.clone());
     let config = session_config(req);
     let session = fuser::Session::new(fs, &req.mountpoint, &config)
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
-    Ok((session, req.mountpoint.clone()))
+    Ok((session, req.mountpoint.clone(), union))
 }
 
 /// Open handles are descriptors: allow as many as the hard limit.

@@ -242,7 +242,13 @@ impl Union {
         let fd = self.handle_fd(fh)?;
         let mut done = 0;
         while done < data.len() {
-            done += rustix::io::pwrite(&*fd, &data[done..], offset + done as u64)?;
+            match rustix::io::pwrite(&*fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                // What was written stays written: a short count, as write(2)
+                // gives it (ENOSPC comes with the next write).
+                Err(_) if done > 0 => break,
+                Err(e) => return Err(e),
+            }
         }
         Ok(done)
     }

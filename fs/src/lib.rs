@@ -54,7 +54,10 @@ pub struct Config {
     pub xattr_ns: XattrNs,
     pub uids: IdMap,
     pub gids: IdMap,
-    /// Skip fsync (containers' `volatile`).
+    /// Skip fsync (containers' `volatile`). The workdir is marked as kernel
+    /// overlayfs marks it (`work/incompat/volatile`) until a clean unmount
+    /// ([`Union::unmounted_cleanly`]); a workdir a crashed volatile mount left
+    /// marked is refused, by this mount and by the kernel.
     pub volatile: bool,
 }
 
@@ -92,7 +95,7 @@ impl Union {
         }
         assign_ino_prefixes(&mut layers);
         let (work, index) = if cfg.cow && layers[0].writable {
-            let (work, index) = prepare_workdir(&layers[0], cfg.workdir.as_deref())?;
+            let (work, index) = prepare_workdir(&layers[0], cfg.workdir.as_deref(), cfg.volatile)?;
             (Some(work), Some(index))
         } else {
             (None, None)
@@ -180,6 +183,23 @@ impl Union {
         }
     }
 
+    /// The mount ended cleanly (unmounted, every request answered). A volatile
+    /// mount makes its upper durable now (syncfs) and drops the workdir's
+    /// volatile marker, so the next mount may use it; kernel overlayfs keeps
+    /// its marker instead, since it cannot tell a clean end from a crash.
+    pub fn unmounted_cleanly(&self) -> std::io::Result<()> {
+        if !self.cfg.volatile {
+            return Ok(());
+        }
+        let Some(work) = &self.work else {
+            return Ok(());
+        };
+        rustix::fs::syncfs(&self.upper().handle_fd)?;
+        remove_tree_at(work.as_fd(), OsStr::new(INCOMPAT_DIR))?;
+        rustix::fs::fsync(work)?;
+        Ok(())
+    }
+
     /// Number of nodes the kernel currently knows (for tests and the memory bound).
     pub fn node_count(&self) -> usize {
         self.inodes.len()
@@ -201,10 +221,21 @@ fn assign_ino_prefixes(layers: &mut [Layer]) {
     }
 }
 
+/// `work/incompat/<feature>`: a directory the kernel refuses to mount with.
+const INCOMPAT_DIR: &str = "incompat";
+const VOLATILE_DIR: &str = "volatile";
+const VOLATILE_DIRTY: &str = "dirty";
+
 /// Open (creating) the workdir's `work/` for temporary objects and `index/` for
 /// hard-link groups. `work/` is emptied: whatever a crash left there was never
-/// visible. Without a workdir both live in a hidden directory of the upper.
-fn prepare_workdir(upper: &Layer, workdir: Option<&Path>) -> std::io::Result<(OwnedFd, Layer)> {
+/// visible. But first, like the kernel, refuse a workdir marked by a volatile
+/// mount that never ended cleanly (its upper may have lost writes); a volatile
+/// mount marks it. Without a workdir both live in a hidden directory of the upper.
+fn prepare_workdir(
+    upper: &Layer,
+    workdir: Option<&Path>,
+    volatile: bool,
+) -> std::io::Result<(OwnedFd, Layer)> {
     let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let base = match workdir {
         Some(w) => rustix::fs::open(w, dir_flags, Mode::empty())?,
@@ -226,8 +257,13 @@ fn prepare_workdir(upper: &Layer, workdir: Option<&Path>) -> std::io::Result<(Ow
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
+    let shown = workdir.map_or_else(|| upper.path.join(names::COW_WORKDIR), Path::to_path_buf);
+    check_incompat(work.as_fd(), &shown.join("work"))?;
     for name in list_names(work.as_fd())? {
         remove_tree_at(work.as_fd(), &name)?;
+    }
+    if volatile {
+        mark_volatile(work.as_fd())?;
     }
     let index_path = std::path::PathBuf::from("/proc/self/fd")
         .join(base.as_raw_fd().to_string())
@@ -238,6 +274,71 @@ fn prepare_workdir(upper: &Layer, workdir: Option<&Path>) -> std::io::Result<(Ow
         .join("index");
     index.ino_prefix = upper.ino_prefix;
     Ok((work, index))
+}
+
+/// Refuse `work/` (shown to the user as `shown`) if it holds an incompatible
+/// feature's marker: any directory in `work/incompat/`, as the kernel reads it.
+fn check_incompat(work: std::os::fd::BorrowedFd<'_>, shown: &Path) -> std::io::Result<()> {
+    let incompat = match rustix::fs::openat(
+        work,
+        INCOMPAT_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for name in list_names(incompat.as_fd())? {
+        let st = layer::stat_at(incompat.as_fd(), &name)?;
+        if !lookup::is_dir(&st) {
+            continue;
+        }
+        let marker = shown.join(INCOMPAT_DIR).join(&name);
+        let msg = if name == VOLATILE_DIR {
+            format!(
+                "{} exists: a volatile mount of this upper and workdir did not end cleanly, so the \
+                 upper may have lost writes; remove {} to mount it anyway",
+                marker.display(),
+                marker.display()
+            )
+        } else {
+            format!(
+                "{} marks a feature this mount does not know; remove it to mount anyway",
+                marker.display()
+            )
+        };
+        return Err(std::io::Error::other(msg));
+    }
+    Ok(())
+}
+
+/// `work/incompat/volatile/dirty`, as kernel overlayfs writes it, made durable.
+fn mark_volatile(work: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    mkdir_if_missing(work, INCOMPAT_DIR)?;
+    let incompat = rustix::fs::openat(
+        work,
+        INCOMPAT_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    mkdir_if_missing(incompat.as_fd(), VOLATILE_DIR)?;
+    let volatile = rustix::fs::openat(
+        &incompat,
+        VOLATILE_DIR,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::openat(
+        &volatile,
+        VOLATILE_DIRTY,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    rustix::fs::fsync(&volatile)?;
+    rustix::fs::fsync(&incompat)?;
+    rustix::fs::fsync(work)?;
+    Ok(())
 }
 
 fn mkdir_if_missing(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<()> {
