@@ -6,7 +6,7 @@ use std::fs;
 use super::{Store, Txn, layer_pairs};
 use crate::digest::Digest;
 use crate::image::{self, ConfigView, Descriptor, Index};
-use crate::util::remove_all;
+use crate::util::{remove_all, unique_name};
 use crate::{Context, Result};
 
 /// What `prune` removed.
@@ -76,7 +76,7 @@ impl Store {
         }
         for d in self.layer_list()? {
             if !keep_layers.contains(&d) {
-                remove_all(&self.layer_dir(&d))?;
+                self.discard_layer(&d)?;
                 report.layers += 1;
             }
         }
@@ -89,6 +89,19 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Take a layer directory out of `layers/` in one rename, then delete
+    /// it: a kill half-way never leaves a partial tree under the layer's
+    /// name, which the next import would take for the unpacked layer.
+    fn discard_layer(&self, d: &Digest) -> Result<()> {
+        let dir = self.layer_dir(d);
+        let doomed = self.tmp.join(unique_name("discard"));
+        match fs::rename(&dir, &doomed) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).at(&dir),
+            Ok(()) => remove_all(&doomed),
+        }
     }
 
     fn layer_list(&self) -> Result<Vec<Digest>> {
@@ -181,7 +194,7 @@ impl Store {
         }
         if repair && !relayer.is_empty() {
             for (_, d) in &relayer {
-                remove_all(&self.layer_dir(d))?;
+                self.discard_layer(d)?;
             }
             let mut txn = Txn::new(self)?;
             txn.unpack_layers(&relayer)?;
