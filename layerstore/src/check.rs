@@ -27,7 +27,8 @@ enum Expect {
 /// differences (empty when the tree is intact).
 pub fn check_layer(blob: impl Read, dir: &Path, opts: UnpackOptions) -> Result<Vec<String>> {
     let (_, plain) = unpack::decompress(blob).at(dir)?;
-    let mut ar = tar::Archive::new(plain);
+    // Guarded like an unpack: fsck must not be the way round the metadata bounds.
+    let mut ar = tar::Archive::new(unpack::HeaderGuard::new(plain));
     let mut want: BTreeMap<Vec<u8>, Expect> = BTreeMap::new();
     let mut opaque: BTreeSet<Vec<u8>> = BTreeSet::new();
     // Owner, group and mode of files and directories (the last entry wins).
