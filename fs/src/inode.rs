@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rustix::io::Errno;
@@ -84,12 +84,19 @@ pub fn node_id_for(st_ino: u64, is_root: bool) -> u64 {
     }
 }
 
+/// Nodes the kernel forgets between two returns of free memory to the system.
+const RELEASE_EVERY: usize = 4096;
+
+/// Nodes live while the kernel holds their inodes: the table is as large as
+/// the kernel's inode cache for this mount, and shrinks with it (FORGET).
 #[derive(Default)]
 pub struct InodeTable {
     map: RwLock<HashMap<u64, Arc<Node>>>,
     /// Which node each known (parent, name) belongs to, so a name is dropped from
     /// the node the kernel knows even when the object's identity changed since.
     by_name: Mutex<HashMap<(u64, OsString), u64>>,
+    /// Nodes dropped since free memory was last given back.
+    dropped: AtomicUsize,
 }
 
 impl InodeTable {
@@ -175,6 +182,7 @@ impl InodeTable {
             return;
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut dropped = false;
         if let Some(node) = map.get(&id) {
             let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
             node.lookups.store(left, Ordering::Relaxed);
@@ -184,8 +192,35 @@ impl InodeTable {
                 for name in node.state().names.iter() {
                     self.unindex(name, id);
                 }
+                dropped = true;
             }
         }
+        drop(map);
+        if dropped && self.dropped.fetch_add(1, Ordering::Relaxed) + 1 >= RELEASE_EVERY {
+            self.dropped.store(0, Ordering::Relaxed);
+            self.release_memory();
+        }
+    }
+
+    /// After many forgets (the kernel shrank its inode cache): shrink the
+    /// tables and give freed memory back, so the daemon's memory follows the
+    /// kernel's cache down instead of staying at its peak.
+    fn release_memory(&self) {
+        {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            if map.capacity() > 4 * map.len().max(1024) {
+                let keep = 2 * map.len();
+                map.shrink_to(keep);
+            }
+        }
+        {
+            let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+            if idx.capacity() > 4 * idx.len().max(1024) {
+                let keep = 2 * idx.len();
+                idx.shrink_to(keep);
+            }
+        }
+        crate::sys::release_free_memory();
     }
 
     pub fn len(&self) -> usize {
