@@ -2,7 +2,7 @@
 //! overlayfs, the FUSE peers and a plain directory, reported as ratios to
 //! kernel overlayfs measured in the same run.
 //!
-//! Layout: `layers` makes the identical lower layers, `target` mounts and
+//! Layout: `layers` makes (or finds) the identical lower layers, `target` mounts and
 //! unmounts one fresh instance of a target (guards), `workload` holds the
 //! timed operations, `report` and `chart` write the results.
 
@@ -50,9 +50,15 @@ pub struct BenchArgs {
     #[arg(long)]
     compare: bool,
     /// Use this directory (a root filesystem, say) as the only lower layer instead of a generated tree
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
     lower: Option<PathBuf>,
-    /// Multiply the generated tree's file count and the big file sizes
+    /// Use the unpacked layers of this store image (top first, as `image mount` stacks them) instead of a generated tree
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
+    /// The store holding --image [default: $UNIONMOUNT_STORE, /var/lib/unionmount as root]
+    #[arg(long, value_name = "DIR", requires = "image")]
+    store: Option<PathBuf>,
+    /// Multiply the generated tree's file count and the sizes read, written and appended to (2 GiB, 1 GiB, 1 GiB at 1)
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Tiny sizes: a smoke run of a few seconds
@@ -89,6 +95,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.compare {
         target::install_peers();
     }
+    let (workloads, skipped_workloads) = runnable(workloads);
     let (targets, skipped) = target::resolve(&args.targets, &args.custom, BUILTIN)?;
     if targets.is_empty() {
         bail!(
@@ -107,9 +114,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "unionmount bench: preparing layers in {}",
         base.path().display()
     );
-    let layers = match &args.lower {
-        Some(dir) => layers::Layers::from_dir(dir, base.path())?,
-        None => layers::Layers::generate(&sizes, base.path())?,
+    let layers = match (&args.lower, &args.image) {
+        (Some(dir), _) => layers::Layers::from_dir(dir, base.path())?,
+        (None, Some(name)) => {
+            let store = match &args.store {
+                Some(s) => s.clone(),
+                None => layerstore::Store::default_root()?,
+            };
+            layers::Layers::from_image(&store, name, base.path())?
+        }
+        (None, None) => layers::Layers::generate(&sizes, base.path())?,
     };
     let need_dir = targets.iter().any(|t| matches!(t.kind, target::Kind::Dir));
     let merged = if need_dir {
@@ -172,9 +186,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let meta = report::Meta {
         date: report::utc_now(),
         runs: args.runs,
-        layers: layers.describe(),
+        layers: layers.describe(&sizes),
         targets: targets.iter().map(|t| t.name.clone()).collect(),
         skipped,
+        skipped_workloads,
         seconds: started.elapsed().as_secs_f64(),
     };
     let rows = report::summarize(&cells, &meta.targets);
@@ -231,6 +246,25 @@ fn pick_workloads(
     Ok((fs, st))
 }
 
+/// The workloads whose programs are installed, and the others with the reason.
+fn runnable(workloads: Vec<&'static Workload>) -> (Vec<&'static Workload>, Vec<target::Skipped>) {
+    let mut skipped = Vec::new();
+    let run = workloads
+        .into_iter()
+        .filter(|w| match w.needs {
+            Some(prog) if target::which(prog).is_none() => {
+                skipped.push((
+                    w.name.to_string(),
+                    format!("{prog} is not installed (--compare installs it)"),
+                ));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (run, skipped)
+}
+
 /// One timed run of one workload on a fresh instance of one target.
 fn measure(
     w: &Workload,
@@ -246,14 +280,20 @@ fn measure(
         tree: &layers.tree,
         big: &layers.big,
         big_size: layers.big_size,
+        append: &layers.append,
+        write_size: sizes.write,
         tarball: &layers.tarball,
         rand_reads: sizes.rand_reads,
     };
     if let Some(warm) = w.warmup {
         warm(&ctx).context("warm-up")?;
     }
+    // No run pays for the writeback of what an earlier one (or the dir
+    // target's copy) left dirty.
     if w.cold {
         workload::drop_caches()?;
+    } else {
+        rustix::fs::sync();
     }
     let cpu0 = inst.daemon_cpu();
     let t0 = Instant::now();

@@ -1,5 +1,6 @@
 //! The lower layers every target gets: a generated tree over three layers
-//! (whiteouts, an opaque directory, a few big files) or one given directory.
+//! (whiteouts, an opaque directory, a few big files), one given directory or
+//! the unpacked layers of a store image.
 
 use std::fs;
 use std::io::Write;
@@ -13,29 +14,50 @@ use super::workload::run_cmd;
 
 const MIB: u64 = 1 << 20;
 
-/// How big the generated tree is.
+/// How big the generated tree and the big-file workloads are.
 pub struct Sizes {
     pub dirs: usize,
     pub files_per_dir: usize,
+    /// The file the sequential and random reads read.
     pub big: u64,
+    /// The lower file the append copy-up appends to.
+    pub append: u64,
+    /// What the sequential write writes.
+    pub write: u64,
     pub medium: u64,
     pub rand_reads: usize,
 }
 
+/// Default sizes at `--scale 1` (`--quick` divides them).
+pub const DEFAULT_DIRS: f64 = 1000.0;
+pub const DEFAULT_BIG: u64 = 2048 * MIB;
+pub const DEFAULT_APPEND: u64 = 1024 * MIB;
+pub const DEFAULT_WRITE: u64 = 1024 * MIB;
+
 impl Sizes {
     pub fn new(quick: bool, scale: f64) -> Sizes {
-        let (dirs, big, medium, rand_reads) = if quick {
-            (20.0, 8.0 * MIB as f64, MIB as f64, 2000.0)
+        let (dirs, big, append, write, medium, rand_reads) = if quick {
+            (20.0, 8 * MIB, 4 * MIB, 8 * MIB, MIB, 2000)
         } else {
-            (1000.0, 256.0 * MIB as f64, 16.0 * MIB as f64, 20000.0)
+            (
+                DEFAULT_DIRS,
+                DEFAULT_BIG,
+                DEFAULT_APPEND,
+                DEFAULT_WRITE,
+                16 * MIB,
+                20000,
+            )
         };
         let n = |x: f64| ((x * scale).round() as u64).max(1);
+        let bytes = |x: u64| n(x as f64);
         Sizes {
             dirs: n(dirs) as usize,
             files_per_dir: 20,
-            big: n(big),
-            medium: n(medium),
-            rand_reads: rand_reads as usize,
+            big: bytes(big),
+            append: bytes(append),
+            write: bytes(write),
+            medium: bytes(medium),
+            rand_reads,
         }
     }
 }
@@ -44,15 +66,22 @@ impl Sizes {
 pub struct Layers {
     /// Lower directories, top first.
     pub lowers: Vec<PathBuf>,
-    /// A populated directory the tree workloads (chown, rm, rename) act on.
+    /// A populated directory the tree workloads (chown, rm, rename, git) act on.
     pub tree: PathBuf,
-    /// A big file in a lower layer.
+    /// A big file in a lower layer (the reads).
     pub big: PathBuf,
     pub big_size: u64,
+    /// A big file in a lower layer (the append copy-up).
+    pub append: PathBuf,
+    pub append_size: u64,
     /// A tar of many small files, for the untar workload.
     pub tarball: PathBuf,
     files: usize,
-    generated: bool,
+    /// Where the layers come from, for the report (None: generated).
+    source: Option<String>,
+    /// An image's store, opened (shared) while the run uses its layers, so
+    /// a prune waits rather than removing them.
+    _store: Option<layerstore::Store>,
 }
 
 impl Layers {
@@ -98,8 +127,8 @@ impl Layers {
             whiteout(&top.join("src/d0002"))?;
         }
         write_big(&bottom.join("big.bin"), s.big)?;
-        write_big(&mid.join("medium1.bin"), s.medium)?;
-        write_big(&top.join("medium2.bin"), s.medium)?;
+        write_big(&mid.join("append.bin"), s.append)?;
+        write_big(&top.join("medium.bin"), s.medium)?;
         let tarball = base.join("untar.tar");
         tar_of(bottom, "src", &tarball)?;
         Ok(Layers {
@@ -107,58 +136,111 @@ impl Layers {
             tree: PathBuf::from("src"),
             big: PathBuf::from("big.bin"),
             big_size: s.big,
+            append: PathBuf::from("append.bin"),
+            append_size: s.append,
             tarball,
             files,
-            generated: true,
+            source: None,
+            _store: None,
         })
     }
 
-    /// One given directory as the only lower; the tree is its top-level
-    /// directory holding the most files, the big file its largest file.
+    /// One given directory as the only lower.
     pub fn from_dir(dir: &Path, base: &Path) -> anyhow::Result<Layers> {
         let dir = dir
             .canonicalize()
             .with_context(|| format!("--lower {}", dir.display()))?;
+        Layers::from_lowers(
+            vec![dir.clone()],
+            format!("--lower {}", dir.display()),
+            base,
+        )
+    }
+
+    /// The unpacked layers of a store image, top first, as `unionmount image
+    /// mount` stacks them.
+    pub fn from_image(store: &Path, name: &str, base: &Path) -> anyhow::Result<Layers> {
+        // Store::open would make a new empty store where none is.
+        if !store.join("index.json").is_file() {
+            bail!(
+                "--store {}: no layer store there (no index.json)",
+                store.display()
+            );
+        }
+        let s = layerstore::Store::open(store)?;
+        let info = s.resolve(name)?;
+        let mut dirs = s.layer_dirs(&info)?;
+        if dirs.is_empty() {
+            bail!("image {name}: has no layers");
+        }
+        dirs.reverse();
+        let mut l = Layers::from_lowers(dirs, format!("image {name}"), base)?;
+        l._store = Some(s);
+        Ok(l)
+    }
+
+    /// Given lowers (top first): the tree is the top-level directory of the
+    /// merged view holding the most entries, the big file its largest file
+    /// (for the reads and the append alike).
+    fn from_lowers(lowers: Vec<PathBuf>, source: String, base: &Path) -> anyhow::Result<Layers> {
+        let view = MergedView::mount(&lowers, base)?;
+        let dir = view.path();
         let mut best_tree: Option<(usize, PathBuf)> = None;
         let mut big: Option<(u64, PathBuf)> = None;
         let mut files = 0;
-        for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let e = e?;
             let rel = PathBuf::from(e.file_name());
             let mut n = 0;
-            walk(&dir, &rel, &mut n, &mut big)?;
+            walk(dir, &rel, &mut n, &mut big)?;
             files += n;
             if e.file_type()?.is_dir() && best_tree.as_ref().is_none_or(|(m, _)| n > *m) {
                 best_tree = Some((n, rel));
             }
         }
         let Some((_, tree)) = best_tree else {
-            bail!("--lower {}: no directory in it to work on", dir.display());
+            bail!("{source}: no directory in it to work on");
         };
         let Some((big_size, big)) = big else {
-            bail!("--lower {}: no regular file in it", dir.display());
+            bail!("{source}: no regular file in it");
         };
         let tarball = base.join("untar.tar");
-        tar_of(&dir, &tree.to_string_lossy(), &tarball)?;
+        tar_of(dir, &tree.to_string_lossy(), &tarball)?;
+        drop(view);
         Ok(Layers {
-            lowers: vec![dir],
+            lowers,
             tree,
+            append: big.clone(),
+            append_size: big_size,
             big,
             big_size,
             tarball,
             files,
-            generated: false,
+            source: Some(source),
+            _store: None,
         })
     }
 
-    pub fn describe(&self) -> String {
-        format!(
-            "{} {} over {} layer(s); big file {} MiB",
-            self.files,
-            if self.generated { "files" } else { "entries" },
-            self.lowers.len(),
-            self.big_size / MIB
-        )
+    /// One line for the report, with the sizes the big-file workloads use.
+    pub fn describe(&self, s: &Sizes) -> String {
+        let layers = self.lowers.len();
+        match &self.source {
+            None => format!(
+                "{} files over {layers} layer(s); big file {}, append to {}, write {}",
+                self.files,
+                size(self.big_size),
+                size(self.append_size),
+                size(s.write),
+            ),
+            Some(src) => format!(
+                "{src}: {} entries over {layers} layer(s); tree {}; big file {} ({}, also appended to); write {}",
+                self.files,
+                self.tree.display(),
+                self.big.display(),
+                size(self.big_size),
+                size(s.write),
+            ),
+        }
     }
 
     /// A plain directory holding the merged view (for the `dir` target):
@@ -166,26 +248,71 @@ impl Layers {
     pub fn merged_copy(&self, base: &Path) -> anyhow::Result<PathBuf> {
         let out = base.join("merged");
         fs::create_dir(&out)?;
-        if let [only] = self.lowers.as_slice() {
-            run_cmd(Command::new("cp").arg("-a").arg(only.join(".")).arg(&out))?;
-            return Ok(out);
+        let view = MergedView::mount(&self.lowers, base)
+            .context("mounting the layers to copy the merged view for the dir target")?;
+        run_cmd(
+            Command::new("cp")
+                .arg("-a")
+                .arg(view.path().join("."))
+                .arg(&out),
+        )?;
+        Ok(out)
+    }
+}
+
+/// A size in MiB below 1 GiB (3 MiB), else in GiB (2 GiB, 1.5 GiB).
+pub fn size(bytes: u64) -> String {
+    if bytes >= 1024 * MIB {
+        format!(
+            "{} GiB",
+            (bytes as f64 / (1024 * MIB) as f64 * 10.0).round() / 10.0
+        )
+    } else {
+        format!("{} MiB", (bytes as f64 / MIB as f64 * 10.0).round() / 10.0)
+    }
+}
+
+/// The merged view of lowers, read-only: the only lower itself, or a kernel
+/// overlayfs of them unmounted (and removed) on Drop.
+struct MergedView {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl MergedView {
+    fn mount(lowers: &[PathBuf], base: &Path) -> anyhow::Result<MergedView> {
+        if let [only] = lowers {
+            return Ok(MergedView {
+                path: only.clone(),
+                mounted: false,
+            });
         }
-        let mnt = base.join("merged-src");
+        let mnt = base.join("merged-view");
         fs::create_dir(&mnt)?;
+        let view = MergedView {
+            path: mnt,
+            mounted: true,
+        };
         run_cmd(
             Command::new("mount")
                 .args(["-t", "overlay", "overlay", "-o"])
-                .arg(format!(
-                    "lowerdir={}",
-                    super::target::join_lowers(&self.lowers)?
-                ))
-                .arg(&mnt),
+                .arg(format!("lowerdir={}", super::target::join_lowers(lowers)?))
+                .arg(&view.path),
         )
-        .context("mounting the layers to copy the merged view for the dir target")?;
-        let copied = run_cmd(Command::new("cp").arg("-a").arg(mnt.join(".")).arg(&out));
-        super::tmp::remove_tree(&mnt);
-        copied?;
-        Ok(out)
+        .context("mounting the layers read-only with kernel overlayfs")?;
+        Ok(view)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for MergedView {
+    fn drop(&mut self) {
+        if self.mounted {
+            super::tmp::remove_tree(&self.path);
+        }
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Meta {
     pub layers: String,
     pub targets: Vec<String>,
     pub skipped: Vec<(String, String)>,
+    /// Workloads not run (a program they need is missing), and why.
+    pub skipped_workloads: Vec<(String, String)>,
     pub seconds: f64,
 }
 
@@ -148,6 +150,13 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
     );
     if !meta.skipped.is_empty() {
         let _ = writeln!(s, "\nSkipped: {}.", skipped_line(&meta.skipped));
+    }
+    if !meta.skipped_workloads.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nSkipped workloads: {}.",
+            skipped_line(&meta.skipped_workloads)
+        );
     }
     if meta.targets.iter().any(|t| t == "unionfs-fuse") {
         let _ = writeln!(
@@ -273,6 +282,12 @@ pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row], store: Option<&s
         .map(|(n, w)| format!("{{\"target\": {}, \"reason\": {}}}", jstr(n), jstr(w)))
         .collect();
     let _ = writeln!(s, "  \"skipped\": [{}],", sk.join(", "));
+    let skw: Vec<String> = meta
+        .skipped_workloads
+        .iter()
+        .map(|(n, w)| format!("{{\"workload\": {}, \"reason\": {}}}", jstr(n), jstr(w)))
+        .collect();
+    let _ = writeln!(s, "  \"skipped_workloads\": [{}],", skw.join(", "));
     let _ = writeln!(s, "  \"results\": [");
     for (i, r) in rows.iter().enumerate() {
         let times: Vec<String> = r.times.iter().map(|x| format!("{x}")).collect();

@@ -25,19 +25,33 @@ pub struct Target {
     pub kind: Kind,
 }
 
-/// Install the FUSE peers from the distribution when one is missing.
+/// What `--compare` installs when missing: the FUSE peers, and git for the
+/// git workload (program, Debian package).
+const PEERS: &[(&str, &str)] = &[
+    ("fuse-overlayfs", "fuse-overlayfs"),
+    ("unionfs-fuse", "unionfs-fuse"),
+    ("git", "git"),
+];
+
+/// Install the FUSE peers (and git) from the distribution when missing.
 pub fn install_peers() {
-    if which("fuse-overlayfs").is_some() && which("unionfs-fuse").is_some() {
+    let missing: Vec<&str> = PEERS
+        .iter()
+        .filter(|(prog, _)| which(prog).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
         return;
     }
-    eprintln!("unionmount bench: installing fuse-overlayfs and unionfs-fuse (apt-get)");
-    let res = run_cmd(Command::new("apt-get").args([
-        "install",
-        "-y",
-        "--no-install-recommends",
-        "fuse-overlayfs",
-        "unionfs-fuse",
-    ]));
+    eprintln!(
+        "unionmount bench: installing {} (apt-get)",
+        missing.join(", ")
+    );
+    let res = run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    );
     if let Err(e) = res {
         eprintln!("unionmount bench: apt-get install failed, peers may be skipped: {e:#}");
     }
@@ -98,7 +112,7 @@ pub fn resolve(
     Ok((targets, skipped))
 }
 
-fn which(prog: &str) -> Option<PathBuf> {
+pub fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(prog))

@@ -12,8 +12,13 @@ use anyhow::{Context, bail};
 pub struct Ctx<'a> {
     pub root: &'a Path,
     pub tree: &'a Path,
+    /// The big lower file the sequential and random reads read.
     pub big: &'a Path,
     pub big_size: u64,
+    /// The lower file one byte is appended to (copy-up).
+    pub append: &'a Path,
+    /// Bytes the sequential write writes.
+    pub write_size: u64,
     pub tarball: &'a Path,
     pub rand_reads: usize,
 }
@@ -30,6 +35,8 @@ pub struct Workload {
     /// run untimed first, on the same instance
     pub warmup: Option<Op>,
     pub run: Op,
+    /// a program the workload runs that may be missing (then it is skipped)
+    pub needs: Option<&'static str>,
 }
 
 const fn w(name: &'static str, about: &'static str, cold: bool, run: Op) -> Workload {
@@ -40,6 +47,7 @@ const fn w(name: &'static str, about: &'static str, cold: bool, run: Op) -> Work
         writes: false,
         warmup: None,
         run,
+        needs: None,
     }
 }
 
@@ -106,6 +114,12 @@ pub static WORKLOADS: &[Workload] = &[
             false,
             rename,
         )
+    },
+    Workload {
+        writes: true,
+        warmup: Some(git_init),
+        needs: Some("git"),
+        ..w("git", "git add -A && git status", false, git_add_status)
     },
     Workload {
         warmup: Some(stat_walk),
@@ -239,7 +253,7 @@ fn seq_write(c: &Ctx) -> anyhow::Result<()> {
     let path = c.root.join("bench-write.bin");
     let mut f = File::create(&path).with_context(|| format!("{}", path.display()))?;
     let block = vec![0x5au8; 1 << 20];
-    let mut left = c.big_size;
+    let mut left = c.write_size;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
         f.write_all(&block[..n])?;
@@ -262,7 +276,7 @@ fn untar(c: &Ctx) -> anyhow::Result<()> {
 }
 
 fn append(c: &Ctx) -> anyhow::Result<()> {
-    let path = c.root.join(c.big);
+    let path = c.root.join(c.append);
     let mut f = OpenOptions::new()
         .append(true)
         .open(&path)
@@ -288,4 +302,27 @@ fn rename(c: &Ctx) -> anyhow::Result<()> {
     let mut to = from.clone().into_os_string();
     to.push(".renamed");
     run_cmd(Command::new("mv").arg("-T").arg(&from).arg(&to))
+}
+
+/// git, alone: no system or user configuration, any owner accepted.
+fn git(dir: &Path) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args(["-c", "safe.directory=*", "-c", "gc.auto=0", "-C"])
+        .arg(dir);
+    cmd
+}
+
+/// Untimed: an empty repository in the tree (its .git goes to the upper).
+fn git_init(c: &Ctx) -> anyhow::Result<()> {
+    run_cmd(git(&c.root.join(c.tree)).args(["-c", "init.defaultBranch=main", "init", "-q"]))
+}
+
+/// Hash every file of the tree into the index (objects written under .git),
+/// then compare the index with the tree.
+fn git_add_status(c: &Ctx) -> anyhow::Result<()> {
+    let dir = c.root.join(c.tree);
+    run_cmd(git(&dir).args(["add", "-A"])).context("git add -A")?;
+    run_cmd(git(&dir).arg("status")).context("git status")
 }
