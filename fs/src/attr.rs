@@ -76,18 +76,22 @@ impl Union {
     /// stat as the mount shows it: merged identity, mapped owners.
     pub fn getattr(&self, node: &Node) -> Result<Stat> {
         let st = node.snapshot();
-        let raw = {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
-            let (li, path) = self.top_entry(node, &st)?;
-            let layer = self.layer(li)?;
-            let mut raw = layer.stat(&path)?;
-            if (raw.st_nlink > 1 || st.index.is_some()) && layer.writable && !st.is_dir {
-                let fd = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
-                raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
-            }
-            raw
-        };
+        let raw = self.raw_stat(node, &st)?;
         Ok(self.present_stat(node, &st, raw))
+    }
+
+    /// The stat of the object a node shows, as its branch has it now (with
+    /// the link count of a hard-link group); `present_stat` makes it merged.
+    pub(crate) fn raw_stat(&self, node: &Node, st: &NodeState) -> Result<Stat> {
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let (li, path) = self.top_entry(node, st)?;
+        let layer = self.layer(li)?;
+        let mut raw = layer.stat(&path)?;
+        if (raw.st_nlink > 1 || st.index.is_some()) && layer.writable && !st.is_dir {
+            let fd = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
+            raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
+        }
+        Ok(raw)
     }
 
     /// Turn a branch's stat into the merged one.

@@ -84,11 +84,22 @@ impl Union {
         match &e.found {
             // Names may have moved since the listing was read: then look again,
             // or a stale name would be given back to a node.
-            Some((state, stat, seen)) if *seen == self.change_count() => {
+            Some((state, _, seen)) if *seen == self.change_count() => {
                 let node = self
                     .inodes
                     .remember(e.ino, false, parent, &e.name, state.clone(), true);
-                Ok((node, *stat))
+                drop(ns);
+                // Attributes as they are now, not as when the listing was read:
+                // a write or a truncate since changes no name, and the kernel
+                // would take the old size from this reply (attributes it asked
+                // for after the change).
+                match self.raw_stat(&node, &node.snapshot()) {
+                    Ok(stat) => Ok((node, stat)),
+                    Err(err) => {
+                        self.inodes.forget(node.id, 1);
+                        Err(err)
+                    }
+                }
             }
             _ => {
                 drop(ns);
