@@ -481,16 +481,34 @@ impl Union {
             Err(Errno::PERM) => {}
             other => return other,
         }
-        let f = rustix::fs::openat(
-            dir,
-            name,
+        // Made whole in the workdir and moved in by one rename, its directory
+        // marked first: no crash shows an empty file instead of a whiteout.
+        self.mark_xattr_whiteout_dir(dir)?;
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let made = rustix::fs::openat(
+            work,
+            &tmp,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
-        let ns = self.cfg.xattr_ns;
-        layer::set_xattr(f.as_fd(), &ns.name("whiteout"), b"", XattrFlags::empty())?;
-        if layer::get_xattr(dir, &ns.name("opaque"))?.is_none() {
-            layer::set_xattr(dir, &ns.name("opaque"), b"x", XattrFlags::empty())?;
+        )
+        .and_then(|f| {
+            let key = self.cfg.xattr_ns.name("whiteout");
+            layer::set_xattr(f.as_fd(), &key, b"", XattrFlags::empty())
+        })
+        .and_then(|()| rustix::fs::renameat_with(work, &tmp, dir, name, RenameFlags::NOREPLACE));
+        if made.is_err() {
+            self.remove_temp(&tmp);
+        }
+        made
+    }
+
+    /// Mark `dir` as holding xattr whiteouts (`overlay.opaque=x`), which kernel
+    /// overlayfs looks for only in directories so marked.
+    pub(crate) fn mark_xattr_whiteout_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {
+        let key = self.cfg.xattr_ns.name("opaque");
+        if layer::get_xattr(dir, &key)?.is_none() {
+            layer::set_xattr(dir, &key, b"x", XattrFlags::empty())?;
         }
         Ok(())
     }

@@ -64,6 +64,10 @@ pub(crate) fn rename_locked(
     let from = (sdir.as_fd(), name);
     let to = (ddir.as_fd(), new_name);
     if over_whiteout && src.state.is_dir {
+        if src_needs_whiteout && !is_char_whiteout(ddir.as_fd(), new_name)? {
+            // An xattr whiteout is about to land in the source's directory.
+            u.mark_xattr_whiteout_dir(sdir.as_fd())?;
+        }
         move_dir_over_whiteout(from, to, src_needs_whiteout)?;
     } else {
         move_entry(u, from, to, src_needs_whiteout)?;
@@ -234,6 +238,11 @@ fn move_entry(
         u.make_whiteout(sdir, name)?;
     }
     Ok(())
+}
+
+fn is_char_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    let st = stat_at(dir, name)?;
+    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice)
 }
 
 /// A directory onto an upper whiteout: exchanged with it, as the kernel does,
