@@ -20,6 +20,7 @@
 
 pub mod layer;
 pub mod mount;
+pub mod ops;
 pub mod snapshot;
 pub mod sys;
 
