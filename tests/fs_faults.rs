@@ -4,8 +4,12 @@
 //!   redirect (populated lower directories), hard-link copy-ups (index
 //!   entries), metadata changes of big lower files (each copies the file up
 //!   first) and whiteout creation (unlink, rmdir, rm -r of lower names). Each
-//!   round runs a loop of such operations, kills the daemon after a different
-//!   number of them (plus a different short delay), mounts again and checks:
+//!   round runs a loop of such operations and kills the daemon at another
+//!   point: from outside after a number of them plus a short spin, or (with
+//!   strace's fault injection) with SIGKILL on entering its Nth call of a
+//!   syscall that changes the upper (rename, link, mknod, setxattr, …), so
+//!   that crashes land between any two changes an operation makes. After
+//!   each kill it mounts again and checks:
 //!   every operation that returned is there (and what was written and
 //!   fsync'ed), every operation not begun is not, the one in flight is
 //!   wholly done or not at all (never a partial file, never a name missing or
@@ -28,7 +32,9 @@
 //! - `UNIONMOUNT_FAULT_FILES`: files the EMFILE test stats, reads and creates
 //!   (a quarter of them it copies up; default 20000, 100000 is the long form).
 //!
-//! No test here asserts anything about time.
+//! The tests need root, /dev/fuse and overlayfs, and `strace` and `prlimit`
+//! (./test installs them); under `CI=true` a missing one is a failure. No test
+//! here asserts anything about time.
 
 mod common;
 
@@ -355,6 +361,10 @@ fn crash_loop<S: Step>(
             if o.interrupted { ", one in flight" } else { "" }
         );
         history.push((steps, o));
+        let left_by_crash = rig.work_entries().len();
+        if left_by_crash > 0 {
+            eprintln!("{what}: round {r}: the crash left {left_by_crash} entries in work/");
+        }
         rig.plant_leftover();
         let mut m = rig.mount();
         let left = rig.work_entries();
