@@ -27,7 +27,7 @@
 //!   the marker lets it mount; a clean unmount removes the marker.
 //!
 //! Environment (for the long forms):
-//! - `UNIONMOUNT_FAULT_ROUNDS`: kill -9 rounds per crash test (default 6; each
+//! - `UNIONMOUNT_FAULT_ROUNDS`: kill -9 rounds per crash test (default 12; each
 //!   round kills at another point of its operation loop).
 //! - `UNIONMOUNT_FAULT_FILES`: files the EMFILE test stats, reads and creates
 //!   (a quarter of them it copies up; default 20000, 100000 is the long form).
@@ -62,7 +62,7 @@ fn env_num(name: &str, default: usize) -> usize {
 }
 
 fn rounds() -> usize {
-    env_num("UNIONMOUNT_FAULT_ROUNDS", 6).max(1)
+    env_num("UNIONMOUNT_FAULT_ROUNDS", 12).max(1)
 }
 
 /// Whether this test can run here (root, /dev/fuse, overlayfs; a daemon to kill).
