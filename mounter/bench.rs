@@ -2,9 +2,10 @@
 //! overlayfs, the FUSE peers and a plain directory, reported as ratios to
 //! kernel overlayfs measured in the same run.
 //!
-//! Layout: `layers` makes (or finds) the identical lower layers, `target` mounts and
-//! unmounts one fresh instance of a target (guards), `workload` holds the
-//! timed operations, `report` and `chart` write the results.
+//! Layout: `layers` makes (or finds, in a directory or a store image) the
+//! identical lower layers, `target` mounts and unmounts one fresh instance of
+//! a target (guards), `workload` holds the timed operations, `store` the
+//! layer-store rows, `report` and `chart` write the results.
 
 mod chart;
 mod layers;
