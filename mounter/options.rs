@@ -1712,7 +1712,9 @@ mod fuzz {
                 .map(|w| {
                     let mut out = Vec::new();
                     for part in w {
-                        if let [b'@', d] = part[..] {
+                        // Random bytes may spell "@" and another byte too;
+                        // only @0..@3 are placeholders.
+                        if let [b'@', d @ b'0'..=b'3'] = part[..] {
                             let n = &names[usize::from(d - b'0') % names.len()];
                             out.extend(if d % 2 == 0 { escape_o(n) } else { n.clone() });
                         } else {
