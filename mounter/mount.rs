@@ -116,7 +116,14 @@ fn start_session(req: &MountRequest) -> anyhow::Result<(Session, std::path::Path
     rustix::process::umask(rustix::fs::Mode::empty());
     raise_fd_limit();
     let union = Arc::new(Union::new(union_config(req)).context("opening branches")?);
-    let fs = unionfs::fuse::UnionFuse::new(union.clone());
+    let ids_as_stored = req.uid_mapping.is_empty()
+        && req.gid_mapping.is_empty()
+        && !req.squash_to_root
+        && req.squash_to_uid.is_none()
+        && req.squash_to_gid.is_none();
+    let kernel_checks = rustix::process::geteuid().is_root() || req.default_permissions;
+    let fs = unionfs::fuse::UnionFuse::new(union.clone())
+        .with_kernel_acls(kernel_checks && ids_as_stored);
     let config = session_config(req);
     let session = fuser::Session::new(fs, &req.mountpoint, &config)
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;

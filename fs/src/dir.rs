@@ -11,12 +11,14 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
+use crate::acl;
 use crate::inode::{Node, NodeState};
 use crate::layer::{self, stat_at};
 use crate::lookup::{Resolved, is_dir};
 use crate::{Result, Union};
 
 /// What kind of object to create.
+/// What to create; modes as the caller asked, before its umask.
 pub enum NewObject<'a> {
     File { mode: u32, flags: OFlags },
     Dir { mode: u32 },
@@ -24,11 +26,23 @@ pub enum NewObject<'a> {
     Symlink { target: &'a Path },
 }
 
-/// The caller's identity, for the owner of what they create.
+impl NewObject<'_> {
+    fn mode_mut(&mut self) -> Option<&mut u32> {
+        match self {
+            NewObject::File { mode, .. }
+            | NewObject::Dir { mode }
+            | NewObject::Node { mode, .. } => Some(mode),
+            NewObject::Symlink { .. } => None,
+        }
+    }
+}
+
+/// The caller's identity, for the owner of what they create, and its umask.
 #[derive(Debug, Clone, Copy)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
+    pub umask: u32,
 }
 
 /// A created object: its node, stat and (for files) the open descriptor.
@@ -70,7 +84,7 @@ impl Union {
         &self,
         parent_id: u64,
         name: &OsStr,
-        obj: NewObject<'_>,
+        mut obj: NewObject<'_>,
         who: Caller,
     ) -> Result<Created> {
         check_name(name)?;
@@ -86,15 +100,20 @@ impl Union {
             }
         }
         self.prepare_dir(&parent)?;
+        let who = self.inherit_setgid(&parent, &mut obj, who)?;
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
         let (li, ppath) = self.write_location(&parent)?;
         if self.resolve_now(&parent, name)?.is_some() {
             return Err(Errno::EXIST);
         }
         if li != 0 || !self.has_upper() {
+            let dir = self.layers[li].dir(&ppath)?;
+            // The branch's filesystem applies a default ACL itself.
+            apply_umask(&mut obj, who.umask, default_acl(dir.as_fd()).is_some());
             return self.create_in_place(&parent, li, &ppath, name, obj, who);
         }
         let dir = self.upper().dir(&ppath)?;
+        let inherited = inherit_acl(dir.as_fd(), &mut obj, who.umask);
         let over_whiteout = match stat_at(dir.as_fd(), name) {
             Ok(st) if self.is_upper_whiteout(dir.as_fd(), name, &st)? => true,
             Ok(_) => return Err(Errno::EXIST),
@@ -103,7 +122,10 @@ impl Union {
         };
         let work = self.work_fd()?;
         let tmp = self.temp_name();
-        let made = make_object(work, &tmp, &obj, who, self);
+        let made = make_object(work, &tmp, &obj, who, self).and_then(|fd| {
+            set_inherited_acl(work, &tmp, inherited.as_ref())?;
+            Ok(fd)
+        });
         let fd = match made {
             Ok(fd) => fd,
             Err(e) => {
@@ -167,6 +189,28 @@ impl Union {
     }
 
     /// Without copy-on-write: create directly in a writable branch.
+    /// In a setgid directory a new object takes the directory's group, and a
+    /// new directory is setgid too (as `inode_init_owner` does in the kernel:
+    /// our objects are made in the workdir, where nothing is inherited).
+    fn inherit_setgid(
+        &self,
+        parent: &Node,
+        obj: &mut NewObject<'_>,
+        who: Caller,
+    ) -> Result<Caller> {
+        let st = self.getattr_open(parent, None)?;
+        if st.st_mode & libc::S_ISGID == 0 {
+            return Ok(who);
+        }
+        if let NewObject::Dir { mode } = obj {
+            *mode |= libc::S_ISGID;
+        }
+        Ok(Caller {
+            gid: st.st_gid,
+            ..who
+        })
+    }
+
     fn create_in_place(
         &self,
         parent: &Node,
@@ -533,6 +577,48 @@ pub(crate) fn check_name(name: &OsStr) -> Result<()> {
 }
 
 /// Make the object `name` in `dir` with the caller's owner; files come back open.
+/// The default ACL of a directory, if it has a valid one.
+fn default_acl(dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    crate::layer::get_xattr(dir, acl::DEFAULT).ok().flatten()
+}
+
+/// The caller's umask applies unless a default ACL is inherited (POSIX).
+fn apply_umask(obj: &mut NewObject<'_>, umask: u32, inherits: bool) {
+    if let Some(mode) = obj.mode_mut()
+        && !inherits
+    {
+        *mode &= !(umask & 0o777);
+    }
+}
+
+/// An object made in the workdir gets its parent's default ACL by hand (see
+/// `acl`): its mode is set here, its ACLs by `set_inherited_acl`.
+fn inherit_acl(dir: BorrowedFd<'_>, obj: &mut NewObject<'_>, umask: u32) -> Option<acl::Inherited> {
+    let is_dir = matches!(obj, NewObject::Dir { .. });
+    let inherited = obj.mode_mut().and_then(|mode| {
+        let got = acl::inherit(&default_acl(dir)?, *mode, is_dir)?;
+        *mode = got.mode;
+        Some(got)
+    });
+    apply_umask(obj, umask, inherited.is_some());
+    inherited
+}
+
+fn set_inherited_acl(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    acl: Option<&acl::Inherited>,
+) -> Result<()> {
+    let Some(acl) = acl else { return Ok(()) };
+    let f = layer::open_path_at(dir, name)?;
+    for (key, value) in [(acl::ACCESS, &acl.access), (acl::DEFAULT, &acl.default)] {
+        if let Some(v) = value {
+            layer::set_xattr(f.as_fd(), key, v, rustix::fs::XattrFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
 fn make_object(
     dir: BorrowedFd<'_>,
     name: &OsStr,

@@ -23,7 +23,10 @@ pub enum Handle {
         lower: Option<OFlags>,
     },
     Dir {
-        entries: Arc<Vec<DirEntry>>,
+        node: u64,
+        /// Read at the first readdir, not at opendir: while the kernel's
+        /// listing cache is valid it never asks, and the listing costs nothing.
+        entries: Option<Arc<Vec<DirEntry>>>,
     },
 }
 
@@ -86,10 +89,22 @@ impl Handles {
         }
     }
 
-    fn entries(&self, fh: u64) -> Option<Arc<Vec<DirEntry>>> {
+    /// A directory handle's node and the listing it holds, if read yet.
+    fn dir(&self, fh: u64) -> Option<(u64, Option<Arc<Vec<DirEntry>>>)> {
         match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
-            Some(Handle::Dir { entries }) => Some(entries.clone()),
+            Some(Handle::Dir { node, entries }) => Some((*node, entries.clone())),
             _ => None,
+        }
+    }
+
+    fn set_entries(&self, fh: u64, new: Arc<Vec<DirEntry>>) {
+        if let Some(Handle::Dir { entries, .. }) = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&fh)
+        {
+            *entries = Some(new);
         }
     }
 
@@ -348,12 +363,27 @@ impl Union {
     }
 
     pub fn opendir(&self, node: &Node) -> Result<u64> {
-        let entries = Arc::new(self.list_dir(node)?);
-        Ok(self.handles.insert(Handle::Dir { entries }))
+        if !node.snapshot().is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        Ok(self.handles.insert(Handle::Dir {
+            node: node.id,
+            entries: None,
+        }))
     }
 
-    /// The listing kept with a directory handle.
-    pub fn dir_entries(&self, fh: u64) -> Result<Arc<Vec<DirEntry>>> {
-        self.handles.entries(fh).ok_or(Errno::BADF)
+    /// The listing of a directory handle for a read at `offset`: read afresh
+    /// at offset 0 (a new pass, as after rewinddir), else the one the handle
+    /// holds, so offsets stay stable through a pass.
+    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let (id, held) = self.handles.dir(fh).ok_or(Errno::BADF)?;
+        match held {
+            Some(entries) if offset != 0 => Ok(entries),
+            _ => {
+                let entries = Arc::new(self.list_dir(&*self.node(id)?)?);
+                self.handles.set_entries(fh, entries.clone());
+                Ok(entries)
+            }
+        }
     }
 }

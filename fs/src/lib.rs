@@ -3,6 +3,7 @@
 //! The union logic (`Union` and its operations, one module per kind of operation)
 //! does not depend on `fuser`; only `fuse` translates FUSE requests into it.
 
+pub mod acl;
 pub mod attr;
 pub mod copy_up;
 pub mod dir;

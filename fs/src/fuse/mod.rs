@@ -30,6 +30,7 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 pub struct UnionFuse {
     union: Arc<Union>,
     passthrough: Passthrough,
+    kernel_acls: bool,
 }
 
 impl UnionFuse {
@@ -37,7 +38,18 @@ impl UnionFuse {
         UnionFuse {
             union,
             passthrough: Passthrough::default(),
+            kernel_acls: false,
         }
+    }
+
+    /// Let the kernel check and cache POSIX ACLs (FUSE_POSIX_ACL), as kernel
+    /// overlayfs does: for mounts whose permissions the kernel checks anyway
+    /// (default_permissions) and whose owners are shown as stored (the ids in
+    /// an ACL's xattr are not translated). Besides honouring ACLs, it saves
+    /// `ls -l` a round trip per file: the kernel remembers that a file has none.
+    pub fn with_kernel_acls(mut self, on: bool) -> UnionFuse {
+        self.kernel_acls = on;
+        self
     }
 }
 
@@ -100,10 +112,11 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn caller(req: &Request) -> Caller {
+fn caller(req: &Request, umask: u32) -> Caller {
     Caller {
         uid: req.uid(),
         gid: req.gid(),
+        umask,
     }
 }
 
@@ -145,9 +158,10 @@ impl UnionFuse {
         parent: INodeNo,
         name: &OsStr,
         obj: NewObject<'_>,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.union.create(parent.0, name, obj, caller(req)) {
+        match self.union.create(parent.0, name, obj, caller(req, umask)) {
             Ok(c) => self.reply_entry(&c.node, &c.stat, reply),
             Err(e) => reply.error(err(e)),
         }
@@ -167,7 +181,14 @@ impl Filesystem for UnionFuse {
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // With ACLs the umask is ours to apply: not where a default ACL is
+            // inherited (FUSE_DONT_MASK passes it to us instead of applying it).
+            | if self.kernel_acls {
+                InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK
+            } else {
+                InitFlags::empty()
+            };
         let _ = config.add_capabilities(wanted & config.capabilities());
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
@@ -260,10 +281,10 @@ impl Filesystem for UnionFuse {
         reply: ReplyEntry,
     ) {
         let obj = NewObject::Node {
-            mode: mode & !umask | (mode & libc::S_IFMT),
+            mode,
             rdev: u64::from(rdev),
         };
-        self.make(req, parent, name, obj, reply);
+        self.make(req, parent, name, obj, umask, reply);
     }
 
     fn mkdir(
@@ -275,15 +296,7 @@ impl Filesystem for UnionFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.make(
-            req,
-            parent,
-            name,
-            NewObject::Dir {
-                mode: mode & !umask,
-            },
-            reply,
-        );
+        self.make(req, parent, name, NewObject::Dir { mode }, umask, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -308,7 +321,14 @@ impl Filesystem for UnionFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.make(req, parent, link_name, NewObject::Symlink { target }, reply);
+        self.make(
+            req,
+            parent,
+            link_name,
+            NewObject::Symlink { target },
+            0,
+            reply,
+        );
     }
 
     fn rename(
@@ -459,10 +479,14 @@ impl Filesystem for UnionFuse {
             .node(ino)
             .and_then(|n| self.union.opendir(&n).map_err(err))
         {
-            // No FOPEN_CACHE_DIR: a merged listing also changes with operations
-            // on other directories (a redirect, a whiteout, an opaque marker), which
-            // the kernel's listing cache would not see.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep the listing: a merged directory's names change
+            // only by operations on that directory through this mount (layers are
+            // immutable, the upper is ours), and each of those makes the kernel
+            // drop its cached listing (a new iversion of the directory).
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -475,7 +499,7 @@ impl Filesystem for UnionFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.union.dir_entries(fh.0) {
+        let entries = match self.union.dir_entries(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
@@ -501,7 +525,7 @@ impl Filesystem for UnionFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.dir_entries(fh.0) {
+        let entries = match self.union.dir_entries(fh.0, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(err(e)),
         };
@@ -660,28 +684,25 @@ impl Filesystem for UnionFuse {
         reply: ReplyCreate,
     ) {
         let flags = OFlags::from_bits_retain(flags as u32);
-        let obj = NewObject::File {
-            mode: mode & !umask,
-            flags,
-        };
-        let (node, stat, fh, stays_put) = match self.union.create(parent.0, name, obj, caller(req))
-        {
-            Ok(c) => {
-                let Some(fd) = c.fd else {
-                    return reply.error(FuseErrno::EIO);
-                };
-                // A new file lives in the upper (or a writable branch): it stays put.
-                (c.node.clone(), c.stat, self.union.adopt(&c.node, fd), true)
-            }
-            // Created meanwhile by someone else: without O_EXCL, open(2) opens it.
-            Err(Errno::EXIST) if !flags.contains(OFlags::EXCL) => {
-                match self.open_existing(parent, name, flags) {
-                    Ok(found) => found,
-                    Err(e) => return reply.error(e),
+        let obj = NewObject::File { mode, flags };
+        let (node, stat, fh, stays_put) =
+            match self.union.create(parent.0, name, obj, caller(req, umask)) {
+                Ok(c) => {
+                    let Some(fd) = c.fd else {
+                        return reply.error(FuseErrno::EIO);
+                    };
+                    // A new file lives in the upper (or a writable branch): it stays put.
+                    (c.node.clone(), c.stat, self.union.adopt(&c.node, fd), true)
                 }
-            }
-            Err(e) => return reply.error(err(e)),
-        };
+                // Created meanwhile by someone else: without O_EXCL, open(2) opens it.
+                Err(Errno::EXIST) if !flags.contains(OFlags::EXCL) => {
+                    match self.open_existing(parent, name, flags) {
+                        Ok(found) => found,
+                        Err(e) => return reply.error(e),
+                    }
+                }
+                Err(e) => return reply.error(err(e)),
+            };
         let a = attr(node.id, &stat);
         let g = Generation(node.generation());
         let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
