@@ -534,6 +534,102 @@ fn readdir_of_an_open_directory_survives_changes() {
     b.check_trees("after changes during readdir");
 }
 
+/// 3,000 names in one merged directory: several getdents calls and many
+/// FUSE pages per pass.
+fn huge_dir() -> Setup {
+    let (mut l0, mut l1, mut up) = (Layer::new(), Layer::new(), Layer::new());
+    for i in 0..3000 {
+        let n = format!("huge/name_{i:05}");
+        match i % 3 {
+            0 => l0 = l0.file(&n, "l0"),
+            1 => l1 = l1.file(&n, "l1"),
+            _ => up = up.file(&n, "up"),
+        }
+    }
+    Setup::new(vec![l0, l1]).upper(up)
+}
+
+#[test]
+fn many_readers_of_a_changing_directory_see_each_lasting_name_once() {
+    // Readers have no handle in the daemon (no opendir: the kernel caches
+    // listings) and resume by position alone: 80 streams stopped at different
+    // places, names made and removed, then every stream reads on.
+    let Some(b) = Both::setup(huge_dir()) else {
+        return;
+    };
+    let removed: BTreeSet<String> = (0..3000)
+        .step_by(7)
+        .map(|i| format!("name_{i:05}"))
+        .collect();
+    for side in b.sides() {
+        let dir = side.p("huge");
+        let mut streams = Vec::new();
+        for s in 0..80 {
+            let mut d = DirStream::open(&dir).unwrap();
+            let mut seen = Vec::new();
+            for _ in 0..(s * 37) % 2900 {
+                let e = d.next_entry().unwrap().expect("an entry");
+                seen.push(e.name.to_string_lossy().into_owned());
+            }
+            streams.push((d, seen));
+        }
+        // A position to come back to, taken before the changes.
+        let (pos, want) = {
+            let (d, _) = &mut streams[5];
+            let pos = d.tell();
+            let e = d.next_entry().unwrap().expect("an entry");
+            let name = e.name.to_string_lossy().into_owned();
+            d.seek(pos);
+            (pos, name)
+        };
+        for i in 0..200 {
+            fs::write(dir.join(format!("new_{i}")), "n").unwrap();
+        }
+        for n in &removed {
+            fs::remove_file(dir.join(n)).unwrap();
+        }
+        for (i, (d, seen)) in streams.iter_mut().enumerate() {
+            while let Some(e) = d.next_entry().unwrap() {
+                seen.push(e.name.to_string_lossy().into_owned());
+            }
+            let mut counts = std::collections::BTreeMap::new();
+            for n in seen.iter() {
+                *counts.entry(n.as_str()).or_insert(0) += 1;
+            }
+            let twice: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).collect();
+            assert!(
+                twice.is_empty(),
+                "{}: stream {i} listed twice: {twice:?}",
+                side.name
+            );
+            let missing: Vec<String> = (0..3000)
+                .map(|i| format!("name_{i:05}"))
+                .filter(|n| !removed.contains(n) && !counts.contains_key(n.as_str()))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{}: stream {i} missed {missing:?}",
+                side.name
+            );
+        }
+        if !removed.contains(&want) {
+            let (d, _) = &mut streams[5];
+            d.seek(pos);
+            let again = d
+                .next_entry()
+                .unwrap()
+                .map(|e| e.name.to_string_lossy().into_owned());
+            assert_eq!(
+                again.as_ref(),
+                Some(&want),
+                "{}: seekdir after changes",
+                side.name
+            );
+        }
+    }
+    b.check_trees("after readers and changes");
+}
+
 #[test]
 fn read_only_merged_view_without_upper() {
     let setup = Setup::new(vec![

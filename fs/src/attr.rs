@@ -3,6 +3,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
@@ -255,6 +256,15 @@ impl Union {
     }
 
     pub fn getxattr(&self, node: &Node, name: &str) -> Result<Vec<u8>> {
+        // `ls -l` asks every file for security.selinux and ACLs it rarely has.
+        // (Only names filesystems list: some virtual xattrs go unlisted.)
+        let listed_kind = name.starts_with("security.") || name.starts_with("system.posix_acl_");
+        if listed_kind
+            && let Some(names) = self.read_only_xattr_names(node)?
+            && !names.split(|b| *b == 0).any(|n| n == name.as_bytes())
+        {
+            return Err(Errno::NODATA);
+        }
         let fd = self.open_top(node)?;
         let stored = escape_xattr(self.cfg.xattr_ns, name);
         layer::get_xattr(fd.as_fd(), &stored)?.ok_or(Errno::NODATA)
@@ -262,7 +272,13 @@ impl Union {
 
     /// The xattr names a user sees, NUL-separated as listxattr returns them.
     pub fn listxattr(&self, node: &Node) -> Result<Vec<u8>> {
-        let fd = self.open_top(node)?;
+        if let Some(names) = self.read_only_xattr_names(node)? {
+            return Ok(names.to_vec());
+        }
+        self.shown_xattr_names(&self.open_top(node)?)
+    }
+
+    fn shown_xattr_names(&self, fd: &OwnedFd) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for stored in layer::list_xattrs(fd.as_fd())? {
             let Ok(stored) = std::str::from_utf8(&stored) else {
@@ -274,6 +290,36 @@ impl Union {
             }
         }
         Ok(out)
+    }
+
+    /// For an object in a read-only layer, the xattr names it shows, read
+    /// once and kept with its state; None for objects that may change.
+    fn read_only_xattr_names(&self, node: &Node) -> Result<Option<Arc<[u8]>>> {
+        let place = {
+            let st = node.state();
+            if st.upper || st.index.is_some() {
+                return Ok(None);
+            }
+            if let Some(names) = &st.xattr_names {
+                return Ok(Some(names.clone()));
+            }
+            match st.top_lower() {
+                Some(place) => place.clone(),
+                None => return Ok(None),
+            }
+        };
+        let layer = self.layer(place.0)?;
+        if layer.writable {
+            return Ok(None);
+        }
+        let fd = layer.open_beneath(&place.1, OFlags::PATH | OFlags::NOFOLLOW)?;
+        let names: Arc<[u8]> = self.shown_xattr_names(&fd)?.into();
+        let mut st = node.state();
+        // Kept only if the node still shows that object.
+        if !st.upper && st.index.is_none() && st.top_lower() == Some(&place) {
+            st.xattr_names = Some(names.clone());
+        }
+        Ok(Some(names))
     }
 
     pub fn setxattr(&self, node: &Node, name: &str, value: &[u8], flags: i32) -> Result<()> {

@@ -148,6 +148,7 @@ impl Union {
             lowers: Vec::new(),
             opaque,
             index: None,
+            xattr_names: None,
         };
         let st_ino = self.upper().ino_prefix | stat.st_ino;
         let node = self
@@ -231,6 +232,7 @@ impl Union {
             lowers: vec![(li, ppath.join(name))],
             opaque: false,
             index: None,
+            xattr_names: None,
         };
         let st_ino = layer.ino_prefix | stat.st_ino;
         let node = self

@@ -9,10 +9,9 @@ use rustix::fs::{FallocateFlags, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 
 use crate::inode::Node;
-use crate::readdir::DirEntry;
 use crate::{Result, Union};
 
-/// An open file or directory.
+/// An open file. Directories have no handles: see `readdir::Listings`.
 pub enum Handle {
     File {
         node: u64,
@@ -21,12 +20,6 @@ pub enum Handle {
         /// Opened read-only on a lower file of a copy-on-write union, with
         /// these flags: once the node is copied up, the handle moves to the copy.
         lower: Option<OFlags>,
-    },
-    Dir {
-        node: u64,
-        /// Read at the first readdir, not at opendir: while the kernel's
-        /// listing cache is valid it never asks, and the listing costs nothing.
-        entries: Option<Arc<Vec<DirEntry>>>,
     },
 }
 
@@ -86,25 +79,6 @@ impl Handles {
         {
             *fd = new;
             *lower = None;
-        }
-    }
-
-    /// A directory handle's node and the listing it holds, if read yet.
-    fn dir(&self, fh: u64) -> Option<(u64, Option<Arc<Vec<DirEntry>>>)> {
-        match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
-            Some(Handle::Dir { node, entries }) => Some((*node, entries.clone())),
-            _ => None,
-        }
-    }
-
-    fn set_entries(&self, fh: u64, new: Arc<Vec<DirEntry>>) {
-        if let Some(Handle::Dir { entries, .. }) = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&fh)
-        {
-            *entries = Some(new);
         }
     }
 
@@ -359,31 +333,6 @@ impl Union {
                 Ok(self.present_stat(node, &st, raw))
             }
             None => self.getattr(node),
-        }
-    }
-
-    pub fn opendir(&self, node: &Node) -> Result<u64> {
-        if !node.snapshot().is_dir {
-            return Err(Errno::NOTDIR);
-        }
-        Ok(self.handles.insert(Handle::Dir {
-            node: node.id,
-            entries: None,
-        }))
-    }
-
-    /// The listing of a directory handle for a read at `offset`: read afresh
-    /// at offset 0 (a new pass, as after rewinddir), else the one the handle
-    /// holds, so offsets stay stable through a pass.
-    pub fn dir_entries(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
-        let (id, held) = self.handles.dir(fh).ok_or(Errno::BADF)?;
-        match held {
-            Some(entries) if offset != 0 => Ok(entries),
-            _ => {
-                let entries = Arc::new(self.list_dir(&*self.node(id)?)?);
-                self.handles.set_entries(fh, entries.clone());
-                Ok(entries)
-            }
         }
     }
 }

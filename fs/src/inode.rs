@@ -33,6 +33,10 @@ pub struct NodeState {
     /// A lower hard-link group member whose group was copied up through another
     /// name: its data is the index entry of this name.
     pub index: Option<std::ffi::OsString>,
+    /// The xattr names an object of a read-only layer shows (as listxattr
+    /// returns them), read once: such a layer never changes, and a copy-up
+    /// or a new lookup makes a new state without them.
+    pub xattr_names: Option<std::sync::Arc<[u8]>>,
 }
 
 impl NodeState {

@@ -81,6 +81,8 @@ pub struct Union {
     /// Counts changes to names and to where objects live (create, link, unlink,
     /// rename, copy-up): a listing read before a change is not trusted after it.
     pub(crate) changes: AtomicU64,
+    /// Directory listings being read.
+    listings: readdir::Listings,
 }
 
 impl Union {
@@ -108,6 +110,7 @@ impl Union {
             index,
             inodes: InodeTable::default(),
             handles: file::Handles::default(),
+            listings: readdir::Listings::default(),
             namespace: RwLock::new(()),
             rootless: !rustix::process::geteuid().is_root(),
             tmp_counter: AtomicU64::new(0),

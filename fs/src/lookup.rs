@@ -102,6 +102,7 @@ impl Union {
             lowers,
             opaque,
             index: None,
+            xattr_names: None,
         };
         self.inodes
             .remember(st_ino, true, ROOT_ID, OsStr::new(""), state, true);

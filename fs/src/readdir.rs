@@ -1,12 +1,23 @@
-//! Merged directory listings. A listing is read once when the directory is
-//! opened and kept with the handle, so offsets stay stable for seekdir/telldir
-//! while it is open.
+//! Merged directory listings.
+//!
+//! The kernel is told we have no opendir: it sends no OPENDIR/RELEASEDIR
+//! round trips and caches listings itself (see `fuse`), so a reader has no
+//! handle here. Positions are therefore hashes of names, and a listing is
+//! sorted by them (as ext4's htree positions are): a reader resumes after the
+//! last name it got whatever changed meanwhile, and no name that stays is
+//! listed twice or skipped; telldir/seekdir positions stay valid. A listing is
+//! kept from one page of a pass to the next (`Listings`).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
+use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
@@ -19,6 +30,8 @@ use crate::{Result, Union};
 /// One merged entry, as readdir shows it.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
+    /// Where it is in the listing: readdir offsets are these.
+    pub pos: u64,
     pub name: OsString,
     pub kind: FileType,
     pub ino: u64,
@@ -28,7 +41,88 @@ pub struct DirEntry {
     pub found: Option<(NodeState, rustix::fs::Stat, u64)>,
 }
 
+/// Listings in the middle of a pass, by directory node: dropped when a
+/// pass reaches the end, when a name in the directory changes, and the least
+/// recently read first beyond a bound (then the next page reads it again).
+pub struct Listings {
+    held: Mutex<LruCache<u64, Arc<Vec<DirEntry>>>>,
+    /// Bumped by every change of names: a listing read while one happened is
+    /// not kept.
+    epoch: AtomicU64,
+}
+
+const LISTINGS_KEPT: usize = 64;
+
+impl Default for Listings {
+    fn default() -> Listings {
+        Listings {
+            held: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(LISTINGS_KEPT).expect("nonzero"),
+            )),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Listings {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<Vec<DirEntry>>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Part of a listing to send: entries from `start` on.
+pub struct Page {
+    pub entries: Arc<Vec<DirEntry>>,
+    pub start: usize,
+}
+
+/// Positions of "." and ".."; names hash above them.
+const DOT: u64 = 1;
+const DOTDOT: u64 = 2;
+
+/// A name's position: a hash that fits a positive offset. (Two names of one
+/// directory hashing alike is a 1 in 2^63 chance per pair; `list_dir` then
+/// moves the second one place on.)
+fn position(name: &OsString) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    name.hash(&mut h);
+    (h.finish() >> 1).max(DOTDOT + 1)
+}
+
 impl Union {
+    /// The listing of directory `node_id` after position `offset` (0 for the
+    /// start).
+    pub fn listing_page(&self, node_id: u64, offset: u64) -> Result<Page> {
+        let held = if offset == 0 {
+            None
+        } else {
+            self.listings.lock().get(&node_id).cloned()
+        };
+        let entries = match held {
+            Some(entries) => entries,
+            None => {
+                let epoch = self.listings.epoch.load(Ordering::Acquire);
+                let entries = Arc::new(self.list_dir(&*self.node(node_id)?)?);
+                if self.listings.epoch.load(Ordering::Acquire) == epoch {
+                    self.listings.lock().put(node_id, entries.clone());
+                }
+                entries
+            }
+        };
+        let start = entries.partition_point(|e| e.pos <= offset);
+        if start >= entries.len() {
+            self.listings.lock().pop(&node_id);
+        }
+        Ok(Page { entries, start })
+    }
+
+    /// A name in directory `node_id` was made, removed or renamed (as the
+    /// kernel drops its cached listing then, so do we).
+    pub fn dir_changed(&self, node_id: u64) {
+        self.listings.epoch.fetch_add(1, Ordering::AcqRel);
+        self.listings.lock().pop(&node_id);
+    }
+
     /// The merged listing of a directory node, with "." and "..".
     pub fn list_dir(&self, node: &Node) -> Result<Vec<DirEntry>> {
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
@@ -44,12 +138,14 @@ impl Union {
         };
         let mut out = vec![
             DirEntry {
+                pos: DOT,
                 name: ".".into(),
                 kind: FileType::Directory,
                 ino: node.st_ino,
                 found: None,
             },
             DirEntry {
+                pos: DOTDOT,
                 name: "..".into(),
                 kind: FileType::Directory,
                 ino: parent_ino,
@@ -62,11 +158,18 @@ impl Union {
             if let Some(found) = self.resolve_child_in(&st, &path, &name, &cache)? {
                 let kind = FileType::from_raw_mode(found.stat.st_mode);
                 out.push(DirEntry {
+                    pos: position(&name),
                     name,
                     kind,
                     ino: found.st_ino,
                     found: Some((found.state, found.stat, seen_changes)),
                 });
+            }
+        }
+        out[2..].sort_by_key(|e| e.pos);
+        for i in 3..out.len() {
+            if out[i].pos <= out[i - 1].pos {
+                out[i].pos = out[i - 1].pos + 1;
             }
         }
         Ok(out)

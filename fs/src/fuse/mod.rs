@@ -161,7 +161,9 @@ impl UnionFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.union.create(parent.0, name, obj, caller(req, umask)) {
+        let made = self.union.create(parent.0, name, obj, caller(req, umask));
+        self.union.dir_changed(parent.0);
+        match made {
             Ok(c) => self.reply_entry(&c.node, &c.stat, reply),
             Err(e) => reply.error(err(e)),
         }
@@ -300,14 +302,18 @@ impl Filesystem for UnionFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.union.unlink(parent.0, name) {
+        let done = self.union.unlink(parent.0, name);
+        self.union.dir_changed(parent.0);
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.union.rmdir(parent.0, name) {
+        let done = self.union.rmdir(parent.0, name);
+        self.union.dir_changed(parent.0);
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -345,10 +351,12 @@ impl Filesystem for UnionFuse {
             return reply.error(FuseErrno::EINVAL);
         }
         let flags = rustix::fs::RenameFlags::from_bits_truncate(flags.bits());
-        match self
+        let done = self
             .union
-            .rename(parent.0, name, newparent.0, newname, flags)
-        {
+            .rename(parent.0, name, newparent.0, newname, flags);
+        self.union.dir_changed(parent.0);
+        self.union.dir_changed(newparent.0);
+        match done {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -362,7 +370,9 @@ impl Filesystem for UnionFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.union.link(ino.0, newparent.0, newname) {
+        let made = self.union.link(ino.0, newparent.0, newname);
+        self.union.dir_changed(newparent.0);
+        match made {
             Ok((node, st)) => self.reply_entry(&node, &st, reply),
             Err(e) => reply.error(err(e)),
         }
@@ -474,43 +484,31 @@ impl Filesystem for UnionFuse {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self
-            .node(ino)
-            .and_then(|n| self.union.opendir(&n).map_err(err))
-        {
-            // The kernel may keep the listing: a merged directory's names change
-            // only by operations on that directory through this mount (layers are
-            // immutable, the upper is ours), and each of those makes the kernel
-            // drop its cached listing (a new iversion of the directory).
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Err(e) => reply.error(e),
-        }
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // ENOSYS: the kernel sends no more OPENDIR or RELEASEDIR (two round
+        // trips a directory saved) and keeps each directory's listing in its
+        // cache (as if FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE). That is safe: a
+        // merged directory's names change only by operations on that
+        // directory through this mount (layers are immutable, the upper is
+        // ours), and each of them makes the kernel drop its cached listing.
+        reply.error(FuseErrno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.union.dir_entries(fh.0, offset) {
-            Ok(e) => e,
+        let page = match self.union.listing_page(ino.0, offset) {
+            Ok(p) => p,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        for e in &page.entries[page.start..] {
             let id = crate::inode::node_id_for(e.ino, false);
-            if reply.add(
-                INodeNo(id),
-                (i + 1) as u64,
-                kind(e.kind.as_raw_mode()),
-                &e.name,
-            ) {
+            if reply.add(INodeNo(id), e.pos, kind(e.kind.as_raw_mode()), &e.name) {
                 break;
             }
         }
@@ -521,21 +519,21 @@ impl Filesystem for UnionFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.dir_entries(fh.0, offset) {
-            Ok(e) => e,
+        let page = match self.union.listing_page(ino.0, offset) {
+            Ok(p) => p,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+        for e in &page.entries[page.start..] {
             if e.name == "." || e.name == ".." {
                 // The kernel does not take a lookup reference for these.
                 let a = dot_attr(e.ino, kind(e.kind.as_raw_mode()));
                 if reply.add(
                     INodeNo(0),
-                    (i + 1) as u64,
+                    e.pos,
                     &e.name,
                     &Duration::ZERO,
                     &a,
@@ -551,7 +549,7 @@ impl Filesystem for UnionFuse {
             let st = self.union.present_stat(&node, &node.snapshot(), st);
             if reply.add(
                 INodeNo(node.id),
-                (i + 1) as u64,
+                e.pos,
                 &e.name,
                 &TTL,
                 &attr(node.id, &st),
@@ -562,18 +560,6 @@ impl Filesystem for UnionFuse {
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.union.release(fh.0);
         reply.ok();
     }
 
@@ -685,24 +671,25 @@ impl Filesystem for UnionFuse {
     ) {
         let flags = OFlags::from_bits_retain(flags as u32);
         let obj = NewObject::File { mode, flags };
-        let (node, stat, fh, stays_put) =
-            match self.union.create(parent.0, name, obj, caller(req, umask)) {
-                Ok(c) => {
-                    let Some(fd) = c.fd else {
-                        return reply.error(FuseErrno::EIO);
-                    };
-                    // A new file lives in the upper (or a writable branch): it stays put.
-                    (c.node.clone(), c.stat, self.union.adopt(&c.node, fd), true)
+        let made = self.union.create(parent.0, name, obj, caller(req, umask));
+        self.union.dir_changed(parent.0);
+        let (node, stat, fh, stays_put) = match made {
+            Ok(c) => {
+                let Some(fd) = c.fd else {
+                    return reply.error(FuseErrno::EIO);
+                };
+                // A new file lives in the upper (or a writable branch): it stays put.
+                (c.node.clone(), c.stat, self.union.adopt(&c.node, fd), true)
+            }
+            // Created meanwhile by someone else: without O_EXCL, open(2) opens it.
+            Err(Errno::EXIST) if !flags.contains(OFlags::EXCL) => {
+                match self.open_existing(parent, name, flags) {
+                    Ok(found) => found,
+                    Err(e) => return reply.error(e),
                 }
-                // Created meanwhile by someone else: without O_EXCL, open(2) opens it.
-                Err(Errno::EXIST) if !flags.contains(OFlags::EXCL) => {
-                    match self.open_existing(parent, name, flags) {
-                        Ok(found) => found,
-                        Err(e) => return reply.error(e),
-                    }
-                }
-                Err(e) => return reply.error(err(e)),
-            };
+            }
+            Err(e) => return reply.error(err(e)),
+        };
         let a = attr(node.id, &stat);
         let g = Generation(node.generation());
         let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
