@@ -542,8 +542,21 @@ fn concurrent_processes_agree_with_the_kernel_then_rm_rf() {
         view.len() > 1,
         "after rm -rf the upper holds no whiteouts over the lowers"
     );
-    let left = files_under(&b.u.work.join("work"));
+    // Nothing half-made is left in work/; the shared whiteout every whiteout
+    // links to stays there while mounted (kernel overlayfs keeps one too).
+    let shared = b.u.work.join("work").join(unionfs::dir::SHARED_WHITEOUT);
+    let left: Vec<_> = files_under(&b.u.work.join("work"))
+        .into_iter()
+        .filter(|p| *p != shared)
+        .collect();
     assert!(left.is_empty(), "workdir leftovers: {left:?}");
+    if let Ok(md) = fs::symlink_metadata(&shared) {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        assert!(
+            md.file_type().is_char_device() && md.rdev() == 0,
+            "{shared:?} is no whiteout"
+        );
+    }
     b.check_trees_after_kernel_remount("after rm -rf");
 }
 

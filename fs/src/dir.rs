@@ -338,17 +338,24 @@ impl Union {
 
     fn remove(&self, parent_id: u64, name: &OsStr, want_dir: bool) -> Result<()> {
         let parent = self.node(parent_id)?;
-        {
+        let (first, seen) = {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
-            self.check_remove(&parent, name, want_dir)?;
-        }
+            let found = self.check_remove(&parent, name, want_dir)?;
+            (found, self.change_count())
+        };
         self.prepare_dir(&parent)?;
-        if self.has_upper() && !want_dir {
+        if self.has_upper() && !want_dir && first.may_be_lower_link() {
             self.link_up_before_removal(&parent, name)?;
         }
         let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
         let (li, ppath) = self.write_location(&parent)?;
-        let found = self.check_remove(&parent, name, want_dir)?;
+        // Looked at again only if names changed since (a copy-up, another
+        // request): what was checked then still holds otherwise.
+        let found = if self.change_count() == seen {
+            first
+        } else {
+            self.check_remove(&parent, name, want_dir)?
+        };
         if self.has_upper() {
             self.removing_lower_name(&found, parent_id, name)?;
         }
@@ -366,7 +373,9 @@ impl Union {
             };
             rustix::fs::unlinkat(&dir, fname.ok_or(Errno::INVAL)?, flags)?;
         } else {
-            let needs_whiteout = self.lowers_have(&parent, name)?;
+            // A name shown from a lower needs a whiteout; one from the upper
+            // only if a lower has it too.
+            let needs_whiteout = !found.state.upper || self.lowers_have(&parent, name)?;
             let dir = self.upper().dir(&ppath)?;
             self.remove_upper_entry(
                 dir.as_fd(),
@@ -403,6 +412,19 @@ impl Union {
         }
         let work = self.work_fd()?;
         let tmp = self.temp_name();
+        if needs_whiteout && self.link_shared_whiteout(work, &tmp)? {
+            // A link of the shared whiteout takes the entry's place in one
+            // exchange (a new inode for RENAME_WHITEOUT costs more).
+            match rustix::fs::renameat_with(work, &tmp, dir, name, RenameFlags::EXCHANGE) {
+                Ok(()) => return crate::remove_tree_at(work, &tmp),
+                Err(e) => {
+                    let _ = rustix::fs::unlinkat(work, &tmp, AtFlags::empty());
+                    if e != Errno::INVAL {
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let flags = if needs_whiteout {
             RenameFlags::WHITEOUT
         } else {
@@ -523,6 +545,9 @@ impl Union {
     /// `overlay.whiteout`, its directory marked `overlay.opaque=x` (the kernel's
     /// xattr whiteouts, readable by kernel overlayfs 6.7+ with the same namespace).
     pub(crate) fn make_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        if self.link_shared_whiteout(dir, name)? {
+            return Ok(());
+        }
         match rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0) {
             Err(Errno::PERM) => {}
             other => return other,
@@ -549,6 +574,52 @@ impl Union {
         made
     }
 
+    /// Link the mount's shared whiteout at `name` (false when there is none:
+    /// no workdir, or whiteouts cannot be made or linked here). As kernel
+    /// overlayfs does, one whiteout inode serves every whiteout: a link costs
+    /// far less than a new inode (`rm -rf` of a lower tree makes one each).
+    fn link_shared_whiteout(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+        let Ok(work) = self.work_fd() else {
+            return Ok(false);
+        };
+        let mut shared = self
+            .shared_whiteout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for _ in 0..2 {
+            if !shared.made {
+                let made = rustix::fs::mknodat(
+                    work,
+                    SHARED_WHITEOUT,
+                    FileType::CharacterDevice,
+                    Mode::empty(),
+                    0,
+                );
+                match made {
+                    Ok(()) => shared.made = true,
+                    Err(Errno::EXIST) => {
+                        // Left by an earlier failure to link it: start afresh.
+                        rustix::fs::unlinkat(work, SHARED_WHITEOUT, AtFlags::empty())?;
+                        continue;
+                    }
+                    // Not privileged for mknod: the caller makes xattr whiteouts.
+                    Err(_) => return Ok(false),
+                }
+            }
+            match rustix::fs::linkat(work, SHARED_WHITEOUT, dir, name, AtFlags::empty()) {
+                Ok(()) => return Ok(true),
+                // Its links are used up: the next one gets a new inode.
+                Err(Errno::MLINK) => {
+                    rustix::fs::unlinkat(work, SHARED_WHITEOUT, AtFlags::empty())?;
+                    shared.made = false;
+                }
+                Err(Errno::EXIST) => return Err(Errno::EXIST),
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
     /// Mark `dir` as holding xattr whiteouts (`overlay.opaque=x`), which kernel
     /// overlayfs looks for only in directories so marked.
     pub(crate) fn mark_xattr_whiteout_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {
@@ -568,6 +639,15 @@ impl Union {
     ) -> Result<bool> {
         crate::names::is_whiteout(dir, name, st)
     }
+}
+
+/// The shared whiteout's name in the workdir's `work/` (emptied at mount).
+pub const SHARED_WHITEOUT: &str = "#whiteout";
+
+/// Whether the shared whiteout exists in `work/`.
+#[derive(Default)]
+pub(crate) struct SharedWhiteout {
+    made: bool,
 }
 
 pub(crate) fn check_name(name: &OsStr) -> Result<()> {

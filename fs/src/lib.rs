@@ -83,6 +83,8 @@ pub struct Union {
     pub(crate) changes: AtomicU64,
     /// Directory listings being read.
     listings: readdir::Listings,
+    /// The whiteout inode every new whiteout is a link of.
+    shared_whiteout: std::sync::Mutex<dir::SharedWhiteout>,
 }
 
 impl Union {
@@ -111,6 +113,7 @@ impl Union {
             inodes: InodeTable::default(),
             handles: file::Handles::default(),
             listings: readdir::Listings::default(),
+            shared_whiteout: Default::default(),
             namespace: RwLock::new(()),
             rootless: !rustix::process::geteuid().is_root(),
             tmp_counter: AtomicU64::new(0),

@@ -32,6 +32,13 @@ impl Resolved {
     pub(crate) fn is_last_link(&self) -> bool {
         self.state.is_dir || (self.stat.st_nlink <= 1 && self.state.index.is_none())
     }
+
+    /// A lower file that may have other names (a hard-link group).
+    pub(crate) fn may_be_lower_link(&self) -> bool {
+        !self.state.is_dir
+            && !self.state.upper
+            && (self.state.index.is_some() || self.stat.st_nlink > 1)
+    }
 }
 
 pub fn is_dir(st: &Stat) -> bool {
