@@ -857,7 +857,9 @@ fn posix_acls_are_enforced_and_inherited_like_the_kernel() {
             .dir_with("shared", Meta::mode(0o755))
             .file_with("shared/f", "secret", Meta::mode(0o600)),
     ]);
-    let Some(mut b) = Both::setup(setup) else { return };
+    let Some(mut b) = Both::setup(setup) else {
+        return;
+    };
     assert_eq!(
         user_reads(&b, "shared/f"),
         [Err(libc::EACCES); 2],
