@@ -7,6 +7,9 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
@@ -27,6 +30,20 @@ pub struct Layer {
     /// layers live on different filesystems (zero for the upper's filesystem).
     pub ino_prefix: u64,
     pub uuid: [u8; 16],
+    /// Directories of a read-only layer opened before, by path: such a layer
+    /// never changes, so a path names the same directory for the mount's
+    /// life, and resolving a name costs no path walk from the root.
+    dirs: Option<Mutex<LruCache<PathBuf, Arc<OwnedFd>>>>,
+}
+
+/// Directory descriptors a read-only layer keeps: a share of the descriptor
+/// limit, so open files never run short for them.
+fn dirs_kept() -> std::num::NonZeroUsize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1024);
+    let n = (limit / 64).clamp(4, 256) as usize;
+    std::num::NonZeroUsize::new(n).expect("at least 4")
 }
 
 const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
@@ -66,6 +83,7 @@ impl Layer {
             dev: st.st_dev,
             ino_prefix: 0,
             uuid,
+            dirs: (!writable).then(|| Mutex::new(LruCache::new(dirs_kept()))),
         })
     }
 
@@ -83,8 +101,17 @@ impl Layer {
     }
 
     /// An O_PATH descriptor of the directory `rel`, usable as a dirfd.
-    pub fn dir(&self, rel: &Path) -> Result<OwnedFd> {
-        self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)
+    pub fn dir(&self, rel: &Path) -> Result<Arc<OwnedFd>> {
+        let Some(dirs) = &self.dirs else {
+            return Ok(Arc::new(self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?));
+        };
+        let lock = || dirs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = lock().get(rel) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?);
+        lock().put(rel.to_path_buf(), fd.clone());
+        Ok(fd)
     }
 
     /// lstat of `rel`.

@@ -7,7 +7,6 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 
 use rustix::fs::{FileType, Stat};
@@ -53,7 +52,7 @@ pub(crate) struct DirCache {
 }
 
 /// A branch directory opened once, or None where the path is no directory.
-type OpenedDir = Option<Rc<OwnedFd>>;
+type OpenedDir = Option<Arc<OwnedFd>>;
 
 impl DirCache {
     /// The directory `path` of branch `layer`, or None where it is not one.
@@ -63,7 +62,7 @@ impl DirCache {
             return Ok(fd.clone());
         }
         let fd = match u.layers[layer].dir(path) {
-            Ok(fd) => Some(Rc::new(fd)),
+            Ok(fd) => Some(fd),
             Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => None,
             Err(e) => return Err(e),
         };
