@@ -103,7 +103,9 @@ impl Layer {
     /// An O_PATH descriptor of the directory `rel`, usable as a dirfd.
     pub fn dir(&self, rel: &Path) -> Result<Arc<OwnedFd>> {
         let Some(dirs) = &self.dirs else {
-            return Ok(Arc::new(self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?));
+            return Ok(Arc::new(
+                self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?,
+            ));
         };
         let lock = || dirs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(fd) = lock().get(rel) {
