@@ -257,6 +257,17 @@ fn listing(dir: &Path) -> Vec<String> {
     v
 }
 
+/// `unionmount`, which must succeed.
+fn unionmount_ok(args: &[&str], paths: &[&Path]) -> std::process::Output {
+    let out = unionmount(args, paths);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn unionmount(args: &[&str], paths: &[&Path]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_unionmount"));
     cmd.args(args);
@@ -277,14 +288,9 @@ fn image_layers_are_stacked_top_first_and_left_untouched() {
     // The base layer: a tree, a 2 MiB data/big.bin and a 5 MiB data/gone.bin.
     let rootfs = tmp.path().join("rootfs");
     write_tree(&rootfs, 60, &[("big.bin", 2 * MIB), ("gone.bin", 5 * MIB)]);
-    let out = unionmount(
+    unionmount_ok(
         &["image", "import", "--tag", "base", "--store"],
         &[&store, &rootfs],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // The top layer: big.bin grown to 3 MiB, gone.bin whited out, a file more.
     let upper = tmp.path().join("upper");
@@ -298,14 +304,9 @@ fn image_layers_are_stacked_top_first_and_left_untouched() {
         0,
     )
     .unwrap();
-    let out = unionmount(
+    unionmount_ok(
         &["commit", "--tag", "two", "--from", "base", "--store"],
         &[&store, &upper],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let layers_before = listing(&store.join("layers"));
     assert!(
@@ -317,7 +318,7 @@ fn image_layers_are_stacked_top_first_and_left_untouched() {
     std::fs::create_dir(&work).unwrap();
     let json = tmp.path().join("out.json");
     let workloads = "stat-warm,seqread-cold,append-copyup,rm-rf,rename-dir,git,commit-1file";
-    let out = unionmount(
+    let out = unionmount_ok(
         &[
             "bench",
             "--quick",
@@ -402,14 +403,9 @@ fn a_missing_image_or_store_fails_in_one_line() {
     let store = tmp.path().join("store");
     let rootfs = tmp.path().join("rootfs");
     write_tree(&rootfs, 3, &[("big.bin", 1000)]);
-    let out = unionmount(
+    unionmount_ok(
         &["image", "import", "--tag", "base", "--store"],
         &[&store, &rootfs],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();

@@ -1316,13 +1316,7 @@ fn many_files_under_a_low_fd_limit() {
     let n = env_num("UNIONMOUNT_FAULT_FILES", 20_000).max(FD_LIMIT * 4);
     let per_dir = 500;
     let s = Scratch::new();
-    let (l0, l1, up, work, mnt) = (
-        s.dir("l0"),
-        s.dir("l1"),
-        s.dir("up"),
-        s.dir("work"),
-        s.dir("mnt"),
-    );
+    let [l0, l1, up, work, mnt] = s.dirs(["l0", "l1", "up", "work", "mnt"]);
     let rel = |i: usize| format!("d{}/f{i}", i / per_dir);
     for i in 0..n {
         // Half the files in each lower: every directory is merged.

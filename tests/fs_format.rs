@@ -297,7 +297,7 @@ fn user_names_starting_with_wh_in_oci_mode() {
 
 /// A unionmount mount (no kernel counterpart) over one lower with extra options.
 fn mapped_mount(s: &common::Scratch, extra: &str) -> (Mount, std::path::PathBuf) {
-    let (l, u, w, m) = (s.dir("l"), s.dir("u"), s.dir("w"), s.dir("m"));
+    let [l, u, w, m] = s.dirs(["l", "u", "w", "m"]);
     if !l.join("mapped").exists() {
         Layer::new()
             .file_with("mapped", "m", Meta::mode(0o644).owner(100_005, 100_006))
@@ -426,7 +426,7 @@ fn userxattr_mode_writes_user_overlay_xattrs_the_kernel_reads() {
         return;
     }
     let s = common::Scratch::new();
-    let (l0, l1, u, w, m) = (s.dir("l0"), s.dir("l1"), s.dir("u"), s.dir("w"), s.dir("m"));
+    let [l0, l1, u, w, m] = s.dirs(["l0", "l1", "u", "w", "m"]);
     Layer::new()
         .opaque("opq")
         .file("opq/top", "t")

@@ -45,12 +45,7 @@ impl Rig {
         fs::write(host.join("f"), SECRET).unwrap();
         fs::write(host.join("g"), SECRET).unwrap();
         sys::lsetxattr(&host.join("secret"), "user.mark", b"host").unwrap();
-        let (lower, upper, work, mnt) = (
-            s.dir("lower"),
-            s.dir("upper"),
-            s.dir("work"),
-            s.dir("m/mnt"),
-        );
+        let [lower, upper, work, mnt] = s.dirs(["lower", "upper", "work", "m/mnt"]);
         Some(Rig {
             s,
             host,

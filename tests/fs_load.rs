@@ -451,23 +451,6 @@ fn compare_logs(phase: usize, p: usize, k: &[String], u: &[String], u_name: &str
     );
 }
 
-/// Regular files anywhere under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if e.file_type().unwrap().is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// `rm -rf` of everything in a mount's root, with the real tool.
 fn rm_rf_contents(side: &Side) {
     let mut cmd = std::process::Command::new("rm");
@@ -545,7 +528,7 @@ fn concurrent_processes_agree_with_the_kernel_then_rm_rf() {
     // Nothing half-made is left in work/; the shared whiteout every whiteout
     // links to stays there while mounted (kernel overlayfs keeps one too).
     let shared = b.u.work.join("work").join(unionfs::dir::SHARED_WHITEOUT);
-    let left: Vec<_> = files_under(&b.u.work.join("work"))
+    let left: Vec<_> = sys::files_under(&b.u.work.join("work"))
         .into_iter()
         .filter(|p| *p != shared)
         .collect();
@@ -1081,13 +1064,7 @@ fn memory_and_descriptors_stay_flat() {
         (30_000, 200_000, 100_000)
     };
     let s = Scratch::new();
-    let (l0, l1, up, work, mnt) = (
-        s.dir("l0"),
-        s.dir("l1"),
-        s.dir("up"),
-        s.dir("work"),
-        s.dir("mnt"),
-    );
+    let [l0, l1, up, work, mnt] = s.dirs(["l0", "l1", "up", "work", "mnt"]);
     let t = Instant::now();
     let paths = make_tree(&l1, &up, files);
     eprintln!("tree of {files} files made in {:?}", t.elapsed());

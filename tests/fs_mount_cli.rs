@@ -31,13 +31,7 @@ fn dirs() -> Option<Dirs> {
         return None;
     }
     let s = Scratch::new();
-    let (l0, l1, up, work, mnt) = (
-        s.dir("l0"),
-        s.dir("l1"),
-        s.dir("up"),
-        s.dir("work"),
-        s.dir("mnt"),
-    );
+    let [l0, l1, up, work, mnt] = s.dirs(["l0", "l1", "up", "work", "mnt"]);
     Layer::new()
         .file("a", "l0 a")
         .file("d/x", "x")

@@ -7,12 +7,12 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::mount::run_with_timeout;
-use common::{Both, Layer, Mount, Scratch, Side, subject_is_kernel, union_opts};
+use common::{Both, Layer, Mount, Scratch, Side, subject_is_kernel, sys, union_opts};
 
 fn lowers() -> Vec<Layer> {
     let mut l0 = Layer::new();
@@ -194,13 +194,7 @@ fn daemon_does_not_keep_an_fd_per_inode() {
         return;
     }
     let s = Scratch::new();
-    let (l0, l1, up, work, mnt) = (
-        s.dir("l0"),
-        s.dir("l1"),
-        s.dir("up"),
-        s.dir("work"),
-        s.dir("mnt"),
-    );
+    let [l0, l1, up, work, mnt] = s.dirs(["l0", "l1", "up", "work", "mnt"]);
     for d in 0..50 {
         let dir = l1.join(format!("d{d}"));
         fs::create_dir(&dir).unwrap();
@@ -301,24 +295,6 @@ fn classify(path: &Path) -> Result<&'static str, String> {
     Ok(if marked { "new" } else { "old" })
 }
 
-/// Regular files anywhere under `dir` (leftovers of an interrupted copy-up).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = fs::read_dir(dir) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        let ft = e.file_type().unwrap();
-        if ft.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn kill_9_during_a_large_copy_up() {
     if !common::require_mounts() {
@@ -329,13 +305,7 @@ fn kill_9_during_a_large_copy_up() {
         return;
     }
     let s = Scratch::new();
-    let (l0, l1, up, work, mnt) = (
-        s.dir("l0"),
-        s.dir("l1"),
-        s.dir("up"),
-        s.dir("work"),
-        s.dir("mnt"),
-    );
+    let [l0, l1, up, work, mnt] = s.dirs(["l0", "l1", "up", "work", "mnt"]);
     write_big(&l1.join("big"));
     fs::write(l0.join("small"), "s").unwrap();
     let lowers = vec![l0, l1.clone()];
@@ -353,9 +323,9 @@ fn kill_9_during_a_large_copy_up() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen_in_progress = false;
     while Instant::now() < deadline && !writer.is_finished() {
-        let partial = files_under(&work)
+        let partial = sys::files_under(&work)
             .into_iter()
-            .chain(files_under(&up))
+            .chain(sys::files_under(&up))
             .any(|p| fs::metadata(&p).is_ok_and(|md| md.len() > 0 || md.blocks() > 0));
         if partial {
             seen_in_progress = true;
@@ -381,7 +351,7 @@ fn kill_9_during_a_large_copy_up() {
         );
     }
     // An index of hard-linked copies (as the kernel's work/index) may stay.
-    let left: Vec<_> = files_under(&work)
+    let left: Vec<_> = sys::files_under(&work)
         .into_iter()
         .filter(|p| !p.components().any(|c| c.as_os_str() == "index"))
         .collect();
@@ -414,13 +384,7 @@ fn other_operations_proceed_during_a_large_copy_up() {
         return;
     }
     let s = Scratch::new();
-    let (l0, l1, up, work, mnt) = (
-        s.dir("l0"),
-        s.dir("l1"),
-        s.dir("up"),
-        s.dir("work"),
-        s.dir("mnt"),
-    );
+    let [l0, l1, up, work, mnt] = s.dirs(["l0", "l1", "up", "work", "mnt"]);
     fs::write(l0.join("small"), "small").unwrap();
     fs::create_dir(l0.join("dir")).unwrap();
     let lowers = vec![l0, l1.clone()];
@@ -439,10 +403,10 @@ fn other_operations_proceed_during_a_large_copy_up() {
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut in_progress = false;
         while Instant::now() < deadline && !writer.is_finished() {
-            in_progress = files_under(&work)
+            in_progress = sys::files_under(&work)
                 .into_iter()
                 .chain(
-                    files_under(&up)
+                    sys::files_under(&up)
                         .into_iter()
                         .filter(|p| p.ends_with(format!("big{k}"))),
                 )

@@ -435,18 +435,7 @@ fn gnu_long(t: &mut RawTar, kind: u8, name: &[u8]) {
 }
 
 fn pax_header(t: &mut RawTar, records: &[(String, Vec<u8>)]) {
-    let mut data = Vec::new();
-    for (k, v) in records {
-        let mut rec = format!(" {k}=").into_bytes();
-        rec.extend_from_slice(v);
-        rec.push(b'\n');
-        let mut len = rec.len() + 1;
-        while len.to_string().len() + rec.len() != len {
-            len += 1;
-        }
-        data.extend_from_slice(len.to_string().as_bytes());
-        data.extend_from_slice(&rec);
-    }
+    let data = store_common::rawtar::pax_records(records);
     t.header(b"PaxHeader", b'x', b"", data.len() as u64, 0o644);
     t.data(&data);
 }

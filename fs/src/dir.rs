@@ -84,6 +84,18 @@ impl Union {
         &self,
         parent_id: u64,
         name: &OsStr,
+        obj: NewObject<'_>,
+        who: Caller,
+    ) -> Result<Created> {
+        let made = self.create_entry(parent_id, name, obj, who);
+        self.dir_changed(parent_id);
+        made
+    }
+
+    fn create_entry(
+        &self,
+        parent_id: u64,
+        name: &OsStr,
         mut obj: NewObject<'_>,
         who: Caller,
     ) -> Result<Created> {
@@ -252,6 +264,17 @@ impl Union {
         new_parent: u64,
         new_name: &OsStr,
     ) -> Result<(Arc<Node>, Stat)> {
+        let made = self.link_entry(node_id, new_parent, new_name);
+        self.dir_changed(new_parent);
+        made
+    }
+
+    fn link_entry(
+        &self,
+        node_id: u64,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<(Arc<Node>, Stat)> {
         check_name(new_name)?;
         let node = self.node(node_id)?;
         if node.snapshot().is_dir {
@@ -314,11 +337,15 @@ impl Union {
     }
 
     pub fn unlink(&self, parent_id: u64, name: &OsStr) -> Result<()> {
-        self.remove(parent_id, name, false)
+        let done = self.remove(parent_id, name, false);
+        self.dir_changed(parent_id);
+        done
     }
 
     pub fn rmdir(&self, parent_id: u64, name: &OsStr) -> Result<()> {
-        self.remove(parent_id, name, true)
+        let done = self.remove(parent_id, name, true);
+        self.dir_changed(parent_id);
+        done
     }
 
     /// Every error unlink/rmdir can give, found before anything is copied up.
@@ -449,6 +476,20 @@ impl Union {
     }
 
     pub fn rename(
+        &self,
+        parent_id: u64,
+        name: &OsStr,
+        new_parent_id: u64,
+        new_name: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let done = self.rename_entry(parent_id, name, new_parent_id, new_name, flags);
+        self.dir_changed(parent_id);
+        self.dir_changed(new_parent_id);
+        done
+    }
+
+    fn rename_entry(
         &self,
         parent_id: u64,
         name: &OsStr,

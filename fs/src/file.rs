@@ -12,15 +12,12 @@ use crate::inode::Node;
 use crate::{Result, Union};
 
 /// An open file. Directories have no handles: see `readdir::Listings`.
-pub enum Handle {
-    File {
-        node: u64,
-        fd: Arc<OwnedFd>,
-        writable: bool,
-        /// Opened read-only on a lower file of a copy-on-write union, with
-        /// these flags: once the node is copied up, the handle moves to the copy.
-        lower: Option<OFlags>,
-    },
+pub struct Handle {
+    node: u64,
+    fd: Arc<OwnedFd>,
+    /// Opened read-only on a lower file of a copy-on-write union, with
+    /// these flags: once the node is copied up, the handle moves to the copy.
+    lower: Option<OFlags>,
 }
 
 /// An open file handle and how the kernel may cache it.
@@ -52,33 +49,23 @@ impl Handles {
     }
 
     pub fn fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
-        match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
-            Some(Handle::File { fd, .. }) => Some(fd.clone()),
-            _ => None,
-        }
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&fh).map(|h| h.fd.clone())
     }
 
     /// A file handle's descriptor, its node, and its open flags if it was
     /// opened on a lower file that may have been copied up since.
     fn file(&self, fh: u64) -> Option<(Arc<OwnedFd>, u64, Option<OFlags>)> {
-        match self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&fh) {
-            Some(Handle::File {
-                fd, node, lower, ..
-            }) => Some((fd.clone(), *node, *lower)),
-            _ => None,
-        }
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&fh).map(|h| (h.fd.clone(), h.node, h.lower))
     }
 
     /// The handle now reads `fd` (the copy-up of the file it was opened on).
     fn moved(&self, fh: u64, new: Arc<OwnedFd>) {
-        if let Some(Handle::File { fd, lower, .. }) = self
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&fh)
-        {
-            *fd = new;
-            *lower = None;
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = map.get_mut(&fh) {
+            h.fd = new;
+            h.lower = None;
         }
     }
 
@@ -92,10 +79,7 @@ impl Handles {
     /// Any open descriptor of a node (an unlinked file is reached through it).
     fn any_fd_of(&self, node: u64) -> Option<Arc<OwnedFd>> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.values().find_map(|h| match h {
-            Handle::File { node: n, fd, .. } if *n == node => Some(fd.clone()),
-            _ => None,
-        })
+        map.values().find(|h| h.node == node).map(|h| h.fd.clone())
     }
 }
 
@@ -156,10 +140,9 @@ impl Union {
         // A lower file of a copy-on-write union becomes another file when it is
         // copied up; upper files (and every file without an upper) stay put.
         let stays_put = li == 0 || li == crate::INDEX || !self.has_upper();
-        let fh = self.handles.insert(Handle::File {
+        let fh = self.handles.insert(Handle {
             node: node.id,
             fd: Arc::new(fd),
-            writable: write,
             lower: (!stays_put).then_some(flags),
         });
         Ok(Opened {
@@ -171,10 +154,9 @@ impl Union {
 
     /// Register a descriptor made by create().
     pub fn adopt(&self, node: &Node, fd: OwnedFd) -> u64 {
-        self.handles.insert(Handle::File {
+        self.handles.insert(Handle {
             node: node.id,
             fd: Arc::new(fd),
-            writable: true,
             lower: None,
         })
     }

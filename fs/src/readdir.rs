@@ -37,8 +37,9 @@ pub struct DirEntry {
     pub ino: u64,
     /// What the name resolved to when the listing was read, and the union's
     /// change count then (None for "." and ".."), so readdirplus needs no second
-    /// lookup while nothing changed.
-    pub found: Option<(NodeState, rustix::fs::Stat, u64)>,
+    /// lookup while nothing changed (attributes are read again: they change
+    /// without a name changing).
+    pub found: Option<(NodeState, u64)>,
 }
 
 /// Listings in the middle of a pass, by directory node: dropped when a
@@ -117,8 +118,9 @@ impl Union {
     }
 
     /// A name in directory `node_id` was made, removed or renamed (as the
-    /// kernel drops its cached listing then, so do we).
-    pub fn dir_changed(&self, node_id: u64) {
+    /// kernel drops its cached listing then, so do we). Called by every
+    /// operation on names once it is done, whether it succeeded or not.
+    pub(crate) fn dir_changed(&self, node_id: u64) {
         self.listings.epoch.fetch_add(1, Ordering::AcqRel);
         self.listings.lock().pop(&node_id);
     }
@@ -162,7 +164,7 @@ impl Union {
                     name,
                     kind,
                     ino: found.st_ino,
-                    found: Some((found.state, found.stat, seen_changes)),
+                    found: Some((found.state, seen_changes)),
                 });
             }
         }
@@ -187,7 +189,7 @@ impl Union {
         match &e.found {
             // Names may have moved since the listing was read: then look again,
             // or a stale name would be given back to a node.
-            Some((state, _, seen)) if *seen == self.change_count() => {
+            Some((state, seen)) if *seen == self.change_count() => {
                 let node = self
                     .inodes
                     .remember(e.ino, false, parent, &e.name, state.clone(), true);

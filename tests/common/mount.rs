@@ -106,6 +106,11 @@ impl Scratch {
         fs::create_dir_all(&p).unwrap();
         p
     }
+
+    /// Several directories at once, as `dir` makes them.
+    pub fn dirs<const N: usize>(&self, rels: [&str; N]) -> [PathBuf; N] {
+        rels.map(|r| self.dir(r))
+    }
 }
 
 const OWNER_FILE: &str = ".owner-pid";

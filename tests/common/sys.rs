@@ -402,3 +402,20 @@ pub fn d_type_of_mode(mode: u32) -> u8 {
 pub fn path_from_bytes(b: Vec<u8>) -> PathBuf {
     PathBuf::from(OsString::from_vec(b))
 }
+
+/// Everything but directories anywhere under `dir` (nothing if it is missing).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -91,18 +91,7 @@ impl RawTar {
     /// A PAX extended header with these records (raw bytes); the next entry
     /// is the one it describes.
     pub fn pax(mut self, records: &[(&str, &[u8])]) -> Self {
-        let mut data = Vec::new();
-        for (k, v) in records {
-            let mut rec = format!(" {k}=").into_bytes();
-            rec.extend_from_slice(v);
-            rec.push(b'\n');
-            let mut len = rec.len() + 1;
-            while len.to_string().len() + rec.len() != len {
-                len += 1;
-            }
-            data.extend_from_slice(len.to_string().as_bytes());
-            data.extend_from_slice(&rec);
-        }
+        let data = pax_records(records);
         self.header(b"PaxHeader", b'x', b"", data.len() as u64, 0o644);
         self.data(&data);
         self
@@ -179,4 +168,21 @@ impl RawTar {
 fn octal(field: &mut [u8], v: u64) {
     let s = format!("{v:0width$o}\0", width = field.len() - 1);
     field.copy_from_slice(s.as_bytes());
+}
+
+/// PAX extended-header records ("LEN KEY=VALUE\n", LEN counting itself).
+pub fn pax_records<K: AsRef<str>, V: AsRef<[u8]>>(records: &[(K, V)]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for (k, v) in records {
+        let mut rec = format!(" {}=", k.as_ref()).into_bytes();
+        rec.extend_from_slice(v.as_ref());
+        rec.push(b'\n');
+        let mut len = rec.len() + 1;
+        while len.to_string().len() + rec.len() != len {
+            len += 1;
+        }
+        data.extend_from_slice(len.to_string().as_bytes());
+        data.extend_from_slice(&rec);
+    }
+    data
 }

@@ -161,9 +161,7 @@ impl UnionFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let made = self.union.create(parent.0, name, obj, caller(req, umask));
-        self.union.dir_changed(parent.0);
-        match made {
+        match self.union.create(parent.0, name, obj, caller(req, umask)) {
             Ok(c) => self.reply_entry(&c.node, &c.stat, reply),
             Err(e) => reply.error(err(e)),
         }
@@ -302,18 +300,14 @@ impl Filesystem for UnionFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let done = self.union.unlink(parent.0, name);
-        self.union.dir_changed(parent.0);
-        match done {
+        match self.union.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let done = self.union.rmdir(parent.0, name);
-        self.union.dir_changed(parent.0);
-        match done {
+        match self.union.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -351,12 +345,10 @@ impl Filesystem for UnionFuse {
             return reply.error(FuseErrno::EINVAL);
         }
         let flags = rustix::fs::RenameFlags::from_bits_truncate(flags.bits());
-        let done = self
+        match self
             .union
-            .rename(parent.0, name, newparent.0, newname, flags);
-        self.union.dir_changed(parent.0);
-        self.union.dir_changed(newparent.0);
-        match done {
+            .rename(parent.0, name, newparent.0, newname, flags)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -370,9 +362,7 @@ impl Filesystem for UnionFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let made = self.union.link(ino.0, newparent.0, newname);
-        self.union.dir_changed(newparent.0);
-        match made {
+        match self.union.link(ino.0, newparent.0, newname) {
             Ok((node, st)) => self.reply_entry(&node, &st, reply),
             Err(e) => reply.error(err(e)),
         }
@@ -675,7 +665,6 @@ impl Filesystem for UnionFuse {
         let flags = OFlags::from_bits_retain(flags as u32);
         let obj = NewObject::File { mode, flags };
         let made = self.union.create(parent.0, name, obj, caller(req, umask));
-        self.union.dir_changed(parent.0);
         let (node, stat, fh, stays_put) = match made {
             Ok(c) => {
                 let Some(fd) = c.fd else {
