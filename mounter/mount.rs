@@ -177,6 +177,7 @@ pub fn union_config(req: &MountRequest) -> Config {
         uids: id_map(&req.uid_mapping, req.squash_to_uid.or(root_squash)),
         gids: id_map(&req.gid_mapping, req.squash_to_gid.or(root_squash)),
         volatile: req.volatile,
+        metacopy: req.metacopy,
     }
 }
 

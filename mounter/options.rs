@@ -52,6 +52,8 @@ pub struct MountRequest {
     pub squash_to_uid: Option<u32>,
     pub squash_to_gid: Option<u32>,
     pub volatile: bool,
+    /// `metacopy=on`: chown, chmod and xattr changes copy up metadata only.
+    pub metacopy: bool,
     /// True with `-o ro` and whenever no branch is writable.
     pub read_only: bool,
     /// Overlay xattrs in `user.overlay.*` instead of `trusted.overlay.*`.
@@ -312,6 +314,7 @@ fn apply_valued(name: &str, value: &[u8], opts: &mut Options) -> Result<(), Stri
         "xattr_permissions" => req.xattr_permissions = parse_xattr_permissions(value)?,
         "timeout" => req.timeout = Some(parse_timeout(value)?),
         "fsync" => apply_fsync(value, req)?,
+        "metacopy" => req.metacopy = parse_on_off(name, value)?,
         "max_files" => {
             parse_number::<u64>(name, value)?;
         }
@@ -319,7 +322,7 @@ fn apply_valued(name: &str, value: &[u8], opts: &mut Options) -> Result<(), Stri
         "subtype" => req.subtype = Some(String::from_utf8_lossy(value).into_owned()),
         // Kernel overlay and SELinux knobs: accepted so command lines written for
         // the kernel or fuse-overlayfs keep working; the union has one behaviour.
-        "context" | "redirect_dir" | "index" | "metacopy" | "xino" => {}
+        "context" | "redirect_dir" | "index" | "xino" => {}
         // A flag given a value: applying it to a scratch set tells whether it exists.
         _ if apply_flag(name, &mut Options::default()).is_ok() => {
             return Err(format!("option '{name}' takes no value"));
@@ -327,6 +330,15 @@ fn apply_valued(name: &str, value: &[u8], opts: &mut Options) -> Result<(), Stri
         _ => return Err(unknown_option(name)),
     }
     Ok(())
+}
+
+/// `on` or `off`, as kernel overlayfs spells its switches.
+fn parse_on_off(name: &str, value: &[u8]) -> Result<bool, String> {
+    match value {
+        b"on" => Ok(true),
+        b"off" => Ok(false),
+        _ => Err(bad_value(name, value, "on or off")),
+    }
 }
 
 /// `fsync=0` means the same as `volatile` in fuse-overlayfs.
@@ -1153,6 +1165,20 @@ mod tests {
         assert_eq!(req.fsname.as_deref(), Some("myfs"));
         assert_eq!(req.subtype.as_deref(), Some("um"));
         assert_eq!(req.max_write, Some(131072));
+    }
+
+    #[test]
+    fn metacopy_is_off_unless_asked_for() {
+        let t = Tree::new();
+        let with = |v: &str| parse(&["-o", &format!("{},{v}", t.overlay_opts()), &t.s("mnt")]);
+        assert!(!with("index=on").unwrap().metacopy);
+        assert!(with("metacopy=on").unwrap().metacopy);
+        assert!(!with("metacopy=on,metacopy=off").unwrap().metacopy);
+        let err = with("metacopy=1").unwrap_err().to_string();
+        assert!(
+            err.contains("metacopy") && err.contains("on or off"),
+            "{err}"
+        );
     }
 
     #[test]

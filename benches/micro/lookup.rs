@@ -89,6 +89,7 @@ fn make() -> Fixture {
         uids: IdMap::default(),
         gids: IdMap::default(),
         volatile: false,
+        metacopy: false,
     })
     .expect("a union over the layers");
     let (dir, _) = union

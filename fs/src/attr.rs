@@ -65,6 +65,15 @@ impl Union {
         st.top_lower().cloned().ok_or(Errno::STALE)
     }
 
+    /// The branch and path of a node's data: the top entry's, but the lower's
+    /// for an upper holding metadata only (EIO when no lower has it).
+    pub(crate) fn data_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
+        if st.metacopy && st.index.is_none() {
+            return st.top_lower().cloned().ok_or(Errno::IO);
+        }
+        self.top_entry(node, st)
+    }
+
     /// An O_PATH descriptor of the object a node shows (symlinks not followed).
     pub(crate) fn open_top(&self, node: &Node) -> Result<OwnedFd> {
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
@@ -91,6 +100,12 @@ impl Union {
         if (raw.st_nlink > 1 || st.index.is_some()) && layer.writable && !st.is_dir {
             let fd = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
             raw.st_nlink = self.shown_nlink(fd.as_fd(), raw.st_nlink);
+        }
+        if st.metacopy {
+            // The blocks its data takes, as kernel overlayfs shows them (du).
+            if let Some((li, lpath)) = st.top_lower() {
+                raw.st_blocks = self.layers[*li].stat(lpath)?.st_blocks;
+            }
         }
         Ok(raw)
     }
@@ -203,7 +218,11 @@ impl Union {
     }
 
     pub fn setattr(&self, node: &Node, req: &SetAttr) -> Result<Stat> {
-        self.prepare_write(node)?;
+        if req.size.is_some() {
+            self.prepare_write(node)?;
+        } else {
+            self.prepare_meta_write(node)?;
+        }
         {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
             self.change_attrs(node, req)?;
@@ -336,9 +355,10 @@ impl Union {
         layer::remove_xattr(fd.as_fd(), &escape_xattr(self.cfg.xattr_ns, name))
     }
 
-    /// An O_PATH descriptor of the writable copy of `node` (copied up first).
+    /// An O_PATH descriptor of the writable copy of `node` (copied up first,
+    /// its data too unless the mount copies up metadata only).
     fn open_for_change(&self, node: &Node) -> Result<OwnedFd> {
-        self.prepare_write(node)?;
+        self.prepare_meta_write(node)?;
         let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
         let (li, path) = self.write_location(node)?;
         self.layer(li)?

@@ -2,6 +2,12 @@
 //! xattrs, times and origin. Everything is built under a temporary name in the
 //! workdir and published by one rename, so a crash never leaves a half-copied
 //! object in the upper.
+//!
+//! With `metacopy`, a change of metadata only (chown, chmod, utimes, xattrs)
+//! copies up a sparse file marked `overlay.metacopy` whose data stays the
+//! lower's, as kernel overlayfs does with `metacopy=on`. The data follows at
+//! the first open for writing, into that same file, and the mark goes last:
+//! a crash midway leaves the mark, so the lower's data is still what is shown.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -21,11 +27,21 @@ impl Union {
     /// Make `node` ready for a change: copied up (with copy-on-write), or checked
     /// to live in a writable branch (without).
     pub(crate) fn prepare_write(&self, node: &Node) -> Result<()> {
+        self.prepare(node, CopyUp::Data)
+    }
+
+    /// `prepare_write` for a change of metadata only: a metadata-only copy-up
+    /// where the mount allows it.
+    pub(crate) fn prepare_meta_write(&self, node: &Node) -> Result<()> {
+        self.prepare(node, CopyUp::Meta)
+    }
+
+    fn prepare(&self, node: &Node, how: CopyUp) -> Result<()> {
         if node.snapshot().index.is_some() {
             return Ok(());
         }
         if self.has_upper() {
-            return self.copy_up(node);
+            return self.copy_up_with(node, how);
         }
         self.write_location(node).map(|_| ())
     }
@@ -53,14 +69,19 @@ impl Union {
         }
     }
 
-    /// Copy `node` (and its parents) up unless it is there already.
+    /// Copy `node` (and its parents) up unless it is there already, with its
+    /// data.
     pub(crate) fn copy_up(&self, node: &Node) -> Result<()> {
-        self.copy_up_with(node, true)
+        self.copy_up_with(node, CopyUp::Data)
     }
 
-    /// Copy up; `with_data = false` for an open that truncates anyway.
-    pub(crate) fn copy_up_with(&self, node: &Node, with_data: bool) -> Result<()> {
+    /// Copy up as `how` says; the data of an upper holding metadata only
+    /// follows unless `how` is `Meta`.
+    pub(crate) fn copy_up_with(&self, node: &Node, how: CopyUp) -> Result<()> {
         let st = node.snapshot();
+        if st.upper && st.metacopy && how != CopyUp::Meta {
+            return self.copy_up_data(node, how);
+        }
         if st.upper || st.index.is_some() {
             return Ok(());
         }
@@ -76,16 +97,26 @@ impl Union {
             return Ok(());
         }
         let (li, lpath) = st.top_lower().cloned().ok_or(Errno::STALE)?;
-        let lower_nlink = self.layers[li].stat(&lpath)?.st_nlink;
+        let lower_st = self.layers[li].stat(&lpath)?;
+        let lower_nlink = lower_st.st_nlink;
         // A member of a lower hard-link group whose group is copied up already
         // only needs a link to that copy.
         let group = !st.is_dir && lower_nlink > 1 && self.index.is_some();
         let indexed = group && self.index_entry(li, &lpath)?.is_some();
+        // Metadata only for a lone regular file: a hard-link group's shared
+        // copy has its data at once, so that every name can reach it.
+        let lone_file = FileType::from_raw_mode(lower_st.st_mode) == FileType::RegularFile
+            && lower_nlink == 1
+            && lower_st.st_size > 0;
+        let how = match how {
+            CopyUp::Meta if !(self.cfg.metacopy && lone_file) => CopyUp::Data,
+            how => how,
+        };
         let tmp = self.temp_name();
         let built = if indexed {
             Ok(())
         } else {
-            self.copy_into_work(li, &lpath, &tmp, with_data)
+            self.copy_into_work(li, &lpath, &tmp, how)
         };
         let result = built.and_then(|()| {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
@@ -121,6 +152,7 @@ impl Union {
             }
             let mut state = node.state();
             state.upper = true;
+            state.metacopy = how == CopyUp::Meta;
             self.changed();
             if group {
                 state.index = self.index_key(li, &lpath);
@@ -139,7 +171,7 @@ impl Union {
         li: usize,
         lpath: &Path,
         tmp: &OsStr,
-        with_data: bool,
+        how: CopyUp,
     ) -> Result<()> {
         let lower = &self.layers[li];
         let work = self.work_fd()?;
@@ -147,7 +179,7 @@ impl Union {
         let st = rustix::fs::fstat(&src)?;
         let kind = FileType::from_raw_mode(st.st_mode);
         match kind {
-            FileType::RegularFile => self.copy_regular(lower, lpath, &st, work, tmp, with_data)?,
+            FileType::RegularFile => self.copy_regular(lower, lpath, &st, work, tmp, how)?,
             FileType::Directory => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(&src, "", Vec::new())?;
@@ -165,6 +197,12 @@ impl Union {
                 let _ = layer::set_xattr(fd.as_fd(), &name, &origin, XattrFlags::empty());
             }
         }
+        if how == CopyUp::Meta && kind == FileType::RegularFile {
+            // Without the mark the sparse copy would be taken for the data.
+            let fd = layer::open_path_at(work, tmp)?;
+            let name = self.cfg.xattr_ns.name("metacopy");
+            layer::set_xattr(fd.as_fd(), &name, b"", XattrFlags::empty())?;
+        }
         Ok(())
     }
 
@@ -175,7 +213,7 @@ impl Union {
         st: &Stat,
         work: BorrowedFd<'_>,
         tmp: &OsStr,
-        with_data: bool,
+        how: CopyUp,
     ) -> Result<()> {
         let dst = rustix::fs::openat(
             work,
@@ -183,15 +221,68 @@ impl Union {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )?;
-        if with_data && st.st_size > 0 {
-            let src = lower.open_beneath(lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
-            copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+        match how {
+            CopyUp::Data if st.st_size > 0 => {
+                let src = lower.open_beneath(lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
+                copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+            }
+            // The size without the data: a sparse file costs no blocks.
+            CopyUp::Meta => rustix::fs::ftruncate(&dst, st.st_size as u64)?,
+            CopyUp::Data | CopyUp::Truncated => {}
         }
-        if !self.cfg.volatile {
+        // No data, nothing to make durable before the rename: the journal
+        // keeps the inode's size and xattrs in order with it.
+        if !self.cfg.volatile && how == CopyUp::Data {
             rustix::fs::fsync(&dst)?;
         }
         Ok(())
     }
+
+    /// The data of an upper file holding metadata only, copied from its lower
+    /// into that file (none for an open that truncates), then the mark removed.
+    /// Its times stay: a copy-up is no change to the file.
+    fn copy_up_data(&self, node: &Node, how: CopyUp) -> Result<()> {
+        let _guard = node.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let st = node.snapshot();
+        if !st.metacopy {
+            return Ok(());
+        }
+        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let path = self.path_of(node)?;
+        let upper = self.upper();
+        let dst = upper.open_beneath(&path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
+        let before = rustix::fs::fstat(&dst)?;
+        if how == CopyUp::Data && before.st_size > 0 {
+            let (li, lpath) = st.top_lower().cloned().ok_or(Errno::IO)?;
+            let src = self.layers[li].open_beneath(&lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
+            copy_data(src.as_fd(), dst.as_fd(), before.st_size as u64)?;
+        } else {
+            rustix::fs::ftruncate(&dst, 0)?;
+        }
+        rustix::fs::futimens(&dst, &times_of(&before))?;
+        if !self.cfg.volatile {
+            rustix::fs::fsync(&dst)?;
+        }
+        let mark = self.cfg.xattr_ns.name("metacopy");
+        match layer::remove_xattr(dst.as_fd(), &mark) {
+            Ok(()) | Err(Errno::NODATA) => {}
+            Err(e) => return Err(e),
+        }
+        node.state().metacopy = false;
+        Ok(())
+    }
+}
+
+/// What a copy-up brings up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CopyUp {
+    /// Everything, data included.
+    Data,
+    /// Everything but data: for an open that truncates the file anyway.
+    Truncated,
+    /// Metadata for a change of metadata (data left below where the mount
+    /// has `metacopy`; otherwise as `Data`).
+    Meta,
 }
 
 impl Union {

@@ -160,6 +160,7 @@ impl Union {
             lowers: Vec::new(),
             opaque,
             index: None,
+            metacopy: false,
             xattr_names: None,
         };
         let st_ino = self.upper().ino_prefix | stat.st_ino;
@@ -244,6 +245,7 @@ impl Union {
             lowers: vec![(li, ppath.join(name))],
             opaque: false,
             index: None,
+            metacopy: false,
             xattr_names: None,
         };
         let st_ino = layer.ino_prefix | stat.st_ino;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{FallocateFlags, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 
+use crate::copy_up::CopyUp;
 use crate::inode::Node;
 use crate::{Result, Union};
 
@@ -107,7 +108,12 @@ impl Union {
         let flags = flags & OPEN_FLAGS_PASSED;
         let write = wants_write(flags);
         if write && self.has_upper() {
-            self.copy_up_with(node, !flags.contains(OFlags::TRUNC))?;
+            let how = if flags.contains(OFlags::TRUNC) {
+                CopyUp::Truncated
+            } else {
+                CopyUp::Data
+            };
+            self.copy_up_with(node, how)?;
         } else if write {
             self.prepare_write(node)?;
         }
@@ -117,7 +123,7 @@ impl Union {
             let (li, path) = if write {
                 self.write_location(node)?
             } else {
-                self.top_entry(node, &node.snapshot())?
+                self.data_entry(node, &node.snapshot())?
             };
             let fd = match self
                 .layer(li)?
@@ -179,13 +185,14 @@ impl Union {
         };
         {
             let st = node.state();
-            if !st.upper && st.index.is_none() {
+            // Not copied up, or the upper has no data yet: the lower is right.
+            if (!st.upper && st.index.is_none()) || st.metacopy {
                 return Ok(fd);
             }
         }
         let new = {
             let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
-            let (li, path) = self.top_entry(&node, &node.snapshot())?;
+            let (li, path) = self.data_entry(&node, &node.snapshot())?;
             self.layer(li)?
                 .open_beneath(&path, flags | OFlags::NOFOLLOW)?
         };
@@ -303,6 +310,11 @@ impl Union {
             None => None,
         };
         match fd {
+            // A descriptor of the data of an upper holding metadata only
+            // tells the lower's metadata, not the upper's.
+            Some(_) if node.snapshot().metacopy && !node.snapshot().names.is_empty() => {
+                self.getattr(node)
+            }
             Some(fd) => {
                 let st = node.snapshot();
                 let mut raw = rustix::fs::fstat(fd.as_fd())?;

@@ -244,25 +244,27 @@ impl Union {
         };
         let work = self.work_fd()?;
         let tmp = self.temp_name();
-        let made = self.copy_into_work(li, &lpath, &tmp, true).and_then(|()| {
-            let fd = layer::open_path_at(work, &tmp)?;
-            // Upper links: the index entry alone; shown: the group less this name.
-            set_nlink(
-                self,
-                fd.as_fd(),
-                Nlink::Upper(found.stat.st_nlink as i64 - 2),
-            )?;
-            match rustix::fs::linkat(
-                work,
-                &tmp,
-                index.root_fd(),
-                &key,
-                rustix::fs::AtFlags::empty(),
-            ) {
-                Ok(()) | Err(Errno::EXIST) => Ok(()),
-                Err(e) => Err(e),
-            }
-        });
+        let made = self
+            .copy_into_work(li, &lpath, &tmp, crate::copy_up::CopyUp::Data)
+            .and_then(|()| {
+                let fd = layer::open_path_at(work, &tmp)?;
+                // Upper links: the index entry alone; shown: the group less this name.
+                set_nlink(
+                    self,
+                    fd.as_fd(),
+                    Nlink::Upper(found.stat.st_nlink as i64 - 2),
+                )?;
+                match rustix::fs::linkat(
+                    work,
+                    &tmp,
+                    index.root_fd(),
+                    &key,
+                    rustix::fs::AtFlags::empty(),
+                ) {
+                    Ok(()) | Err(Errno::EXIST) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            });
         self.remove_temp(&tmp);
         made.map(|()| Some(key))
     }

@@ -33,6 +33,9 @@ pub struct NodeState {
     /// A lower hard-link group member whose group was copied up through another
     /// name: its data is the index entry of this name.
     pub index: Option<std::ffi::OsString>,
+    /// An upper file holding metadata only (kernel overlayfs `metacopy`): its
+    /// data is still the top lower's, copied up at the first open for writing.
+    pub metacopy: bool,
     /// The xattr names an object of a read-only layer shows (as listxattr
     /// returns them), read once: such a layer never changes, and a copy-up
     /// or a new lookup makes a new state without them.
@@ -88,6 +91,17 @@ pub fn node_id_for(st_ino: u64, is_root: bool) -> u64 {
     }
 }
 
+/// (parent id, hash of the name): where a name is in the name index.
+type NameKey = (u64, u64);
+
+/// Does `node` hold the name (parent, name)?
+fn has_name(node: &Node, parent: u64, name: &OsStr) -> bool {
+    node.state()
+        .names
+        .iter()
+        .any(|(p, n)| *p == parent && n == name)
+}
+
 /// Nodes the kernel forgets between two returns of free memory to the system.
 const RELEASE_EVERY: usize = 4096;
 
@@ -98,7 +112,11 @@ pub struct InodeTable {
     map: RwLock<HashMap<u64, Arc<Node>>>,
     /// Which node each known (parent, name) belongs to, so a name is dropped from
     /// the node the kernel knows even when the object's identity changed since.
-    by_name: Mutex<HashMap<(u64, OsString), u64>>,
+    /// Keyed by a hash of the name (the node holds the name itself: a second
+    /// copy here cost a sixth of a node); every hit is checked against the
+    /// node's names, so two names hashing alike only make the index miss.
+    by_name: Mutex<HashMap<NameKey, u64>>,
+    name_hasher: std::hash::RandomState,
     /// Nodes dropped since free memory was last given back.
     dropped: AtomicUsize,
 }
@@ -172,6 +190,15 @@ impl InodeTable {
                 names.retain(|(p, n)| !(*p == parent && n == name));
                 names.insert(0, (parent, name.to_os_string()));
             }
+            // Exact capacities: a pushed-to Vec holds room for four entries,
+            // and paths built by join keep spare bytes; with 100k nodes the
+            // spare room was a third of the daemon's memory.
+            names.shrink_to_fit();
+            let mut fresh = fresh;
+            fresh.lowers.shrink_to_fit();
+            for (_, path) in fresh.lowers.iter_mut() {
+                path.shrink_to_fit();
+            }
             *st = NodeState { names, ..fresh };
         }
         if !is_root {
@@ -235,9 +262,15 @@ impl InodeTable {
         self.len() == 0
     }
 
+    fn key(&self, parent: u64, name: &OsStr) -> NameKey {
+        use std::hash::BuildHasher;
+        (parent, self.name_hasher.hash_one(name))
+    }
+
     fn index(&self, parent: u64, name: &OsStr, id: u64) {
+        let key = self.key(parent, name);
         let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        let old = idx.insert((parent, name.to_os_string()), id);
+        let old = idx.insert(key, id);
         drop(idx);
         if let Some(old) = old.filter(|old| *old != id) {
             // The name now means another object: the old node loses it.
@@ -249,33 +282,46 @@ impl InodeTable {
         }
     }
 
-    fn unindex(&self, key: &(u64, OsString), id: u64) {
+    fn unindex(&self, (parent, name): &(u64, OsString), id: u64) {
+        let key = self.key(*parent, name);
         let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
-        if idx.get(key) == Some(&id) {
-            idx.remove(key);
+        if idx.get(&key) == Some(&id) {
+            idx.remove(&key);
         }
     }
 
     /// The node currently known by (parent, name), if any.
     pub fn by_name(&self, parent: u64, name: &OsStr) -> Option<Arc<Node>> {
-        let key = (parent, name.to_os_string());
+        let key = self.key(parent, name);
         let id = *self
             .by_name
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)?;
-        self.get(id).ok()
+        self.get(id).ok().filter(|n| has_name(n, parent, name))
+    }
+
+    /// Take (parent, name) out of the index: the node that held it, if any.
+    fn take_name(&self, parent: u64, name: &OsStr) -> Option<Arc<Node>> {
+        let key = self.key(parent, name);
+        // The index lock is not held while the table or a node is locked:
+        // forget takes them in the other order.
+        let id = *self
+            .by_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)?;
+        let node = self.get(id).ok().filter(|n| has_name(n, parent, name))?;
+        let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        if idx.get(&key) == Some(&id) {
+            idx.remove(&key);
+        }
+        Some(node)
     }
 
     /// The name (parent, name) is gone: drop it from whichever node holds it.
     pub fn drop_name(&self, parent: u64, name: &OsStr) {
-        let key = (parent, name.to_os_string());
-        let id = self
-            .by_name
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        if let Some(node) = id.and_then(|id| self.get(id).ok()) {
+        if let Some(node) = self.take_name(parent, name) {
             node.state()
                 .names
                 .retain(|(p, n)| !(*p == parent && n == name));
@@ -294,13 +340,7 @@ impl InodeTable {
     /// whatever had the new name loses it.
     pub fn rename_name(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr) {
         self.drop_name(new_parent, new_name);
-        let key = (parent, name.to_os_string());
-        let id = self
-            .by_name
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        let Some(node) = id.and_then(|id| self.get(id).ok()) else {
+        let Some(node) = self.take_name(parent, name) else {
             return;
         };
         for entry in node.state().names.iter_mut() {

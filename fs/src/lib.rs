@@ -60,6 +60,12 @@ pub struct Config {
     /// ([`Union::unmounted_cleanly`]); a workdir a crashed volatile mount left
     /// marked is refused, by this mount and by the kernel.
     pub volatile: bool,
+    /// Copy up only metadata for chown, chmod, utimes and xattr changes of a
+    /// lower file (kernel overlayfs `metacopy=on`): the upper gets a sparse
+    /// file marked `overlay.metacopy`, its data is copied at the first open
+    /// for writing. Kernel overlayfs reads such an upper with `metacopy=on`
+    /// only, so it is off unless asked for. Uppers made so are read either way.
+    pub metacopy: bool,
 }
 
 /// The merged filesystem: branches, the inode table and open handles.

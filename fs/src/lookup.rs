@@ -108,6 +108,7 @@ impl Union {
             lowers,
             opaque,
             index: None,
+            metacopy: false,
             xattr_names: None,
         };
         self.inodes
@@ -175,8 +176,12 @@ impl Union {
                             let mut st = st;
                             // One descriptor for the origin and the link count.
                             let fd = open_path_at(updir.as_fd(), name)?;
-                            let (st_ino, index) = self.upper_file_ino(fd.as_fd(), &st)?;
+                            let (st_ino, index, origin) = self.upper_file_ino(fd.as_fd(), &st)?;
                             state.index = index;
+                            if state.index.is_none() && self.is_metacopy(fd.as_fd(), &st, origin)? {
+                                state.metacopy = true;
+                                state.lowers = self.metacopy_data(dir, name, fd.as_fd(), cache)?;
+                            }
                             if st.st_nlink > 1 {
                                 st.st_nlink = self.shown_nlink(fd.as_fd(), st.st_nlink);
                             }
@@ -398,18 +403,60 @@ impl Union {
     /// `st_ino` of an upper non-directory: the inode it was copied up from when its
     /// origin still resolves (so copy-up keeps `st_ino`), else its own.
     /// and the index entry it shares with its lower hard-link group, if any.
+    /// Also its index key (a copied-up hard-link group) and whether it has
+    /// an origin at all.
     fn upper_file_ino(
         &self,
         fd: BorrowedFd<'_>,
         st: &Stat,
-    ) -> Result<(u64, Option<std::ffi::OsString>)> {
+    ) -> Result<(u64, Option<std::ffi::OsString>, bool)> {
         let own = self.upper().ino_prefix | st.st_ino;
         let Some(origin) = get_xattr(fd, &self.cfg.xattr_ns.name("origin"))? else {
-            return Ok((own, None));
+            return Ok((own, None, false));
         };
         let index = (st.st_nlink > 1 && self.is_indexed_copy(&origin, st))
             .then(|| crate::hardlink::hex(&origin).into());
-        Ok((self.decode_origin(&origin, st).unwrap_or(own), index))
+        Ok((self.decode_origin(&origin, st).unwrap_or(own), index, true))
+    }
+
+    /// Is the upper regular file `fd` marked as holding metadata only? Only
+    /// copies of lower files (with an origin) or sparse ones may be, so most
+    /// upper files cost no extra syscall.
+    fn is_metacopy(&self, fd: BorrowedFd<'_>, st: &Stat, origin: bool) -> Result<bool> {
+        let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
+        let sparse = st.st_size > 0 && (st.st_blocks as i64) * 512 < st.st_size as i64;
+        if !regular || !(origin || sparse) {
+            return Ok(false);
+        }
+        Ok(get_xattr(fd, &self.cfg.xattr_ns.name("metacopy"))?.is_some())
+    }
+
+    /// Where the data of an upper file holding metadata only lives: the lower
+    /// file its redirect names, or the one of its name below, as kernel
+    /// overlayfs finds it. None when no lower has it (reads then fail: EIO).
+    fn metacopy_data(
+        &self,
+        dir: &NodeState,
+        name: &OsStr,
+        fd: BorrowedFd<'_>,
+        cache: &DirCache,
+    ) -> Result<Vec<(usize, PathBuf)>> {
+        let below = match get_xattr(fd, &self.cfg.xattr_ns.name("redirect"))? {
+            Some(r) => redirect_target(&r, 0),
+            None => Below::Parent,
+        };
+        let mut top = None;
+        let mut found = NodeState::default();
+        self.resolve_in_lowers(dir, name, below, &mut top, &mut found, cache)?;
+        match top {
+            Some((_, st))
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && found.index.is_none() =>
+            {
+                Ok(found.lowers)
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn decode_origin(&self, origin: &[u8], upper: &Stat) -> Option<u64> {

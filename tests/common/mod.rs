@@ -55,6 +55,8 @@ pub struct Side {
     pub work: PathBuf,
     pub mnt: PathBuf,
     pub readonly: bool,
+    /// appended to unionmount's options when this side is mounted by unionmount
+    pub union_extra: String,
     /// appended to kernel overlayfs options when this side is mounted by the kernel
     pub kernel_extra: String,
     pub mount: Option<Mount>,
@@ -72,6 +74,7 @@ impl Side {
             base,
             lowers,
             readonly,
+            union_extra: String::new(),
             kernel_extra: String::new(),
             mount: None,
         };
@@ -122,7 +125,7 @@ impl Side {
             Impl::Union => {
                 let args: Vec<OsString> = vec![
                     "-o".into(),
-                    union_opts(&self.lowers, self.upper_pair()).into(),
+                    (union_opts(&self.lowers, self.upper_pair()) + &self.union_extra).into(),
                 ];
                 Mount::union_foreground(&self.mnt, &args)
                     .unwrap_or_else(|e| panic!("{}: {e}", self.name))
@@ -175,6 +178,9 @@ pub struct Setup {
     /// extra kernel overlayfs options for every kernel mount of the fixture,
     /// e.g. ",index=on" where hard-link groups must survive copy-up
     pub kernel_extra: String,
+    /// extra unionmount options for every unionmount mount of the fixture,
+    /// e.g. ",metacopy=on"
+    pub union_extra: String,
 }
 
 impl Setup {
@@ -185,10 +191,15 @@ impl Setup {
             dialect: Dialect::Kernel,
             readonly: false,
             kernel_extra: String::new(),
+            union_extra: String::new(),
         }
     }
     pub fn kernel_extra(mut self, opts: &str) -> Setup {
         self.kernel_extra = opts.to_string();
+        self
+    }
+    pub fn union_extra(mut self, opts: &str) -> Setup {
+        self.union_extra = opts.to_string();
         self
     }
     pub fn upper(mut self, upper: Layer) -> Setup {
@@ -253,6 +264,7 @@ impl Both {
         );
         k.kernel_extra = setup.kernel_extra.clone();
         u.kernel_extra = setup.kernel_extra.clone();
+        u.union_extra = setup.union_extra.clone();
         let sub_dialect = if sub_imp == Impl::Kernel && !mount::subject_keeps_dialect() {
             Dialect::Kernel
         } else {
