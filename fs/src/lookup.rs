@@ -424,7 +424,7 @@ impl Union {
     /// upper files cost no extra syscall.
     fn is_metacopy(&self, fd: BorrowedFd<'_>, st: &Stat, origin: bool) -> Result<bool> {
         let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
-        let sparse = st.st_size > 0 && (st.st_blocks as i64) * 512 < st.st_size as i64;
+        let sparse = st.st_size > 0 && st.st_blocks * 512 < st.st_size;
         if !regular || !(origin || sparse) {
             return Ok(false);
         }
