@@ -305,8 +305,14 @@ fn measure(
         _ => None,
     };
     let rss_kib = inst.daemon_peak_rss();
+    let upper_kib = if w.writes { inst.upper_kib() } else { None };
     inst.finish()?;
-    Ok(Sample { secs, cpu, rss_kib })
+    Ok(Sample {
+        secs,
+        cpu,
+        rss_kib,
+        upper_kib,
+    })
 }
 
 fn progress_bar(total: u64) -> ProgressBar {

@@ -105,7 +105,7 @@ fn quick_bench_reports_every_workload_on_every_target() {
 
     assert!(
         stdout.contains(
-            "| workload | target | median s | min–max s | × overlay | daemon CPU s | peak RSS MiB |"
+            "| workload | target | median s | min–max s | × overlay | daemon CPU s | peak RSS MiB | upper MiB |"
         ),
         "no table header in:\n{stdout}"
     );
@@ -156,6 +156,29 @@ fn quick_bench_reports_every_workload_on_every_target() {
             }
         }
     }
+    // The upper's growth is measured where a workload writes: chown -R on
+    // unionmount (metadata-only copy-up) leaves the data below, the kernel
+    // (metacopy off by default) copies it.
+    let upper_of = |w: &str, t: &str| {
+        let line = lines
+            .iter()
+            .find(|l| {
+                l.contains(&format!("\"workload\": \"{w}\","))
+                    && l.contains(&format!("\"target\": \"{t}\","))
+            })
+            .unwrap();
+        number(line, "upper_kib")
+    };
+    assert_eq!(upper_of("find-cold", "unionmount"), None, "{text}");
+    assert_eq!(upper_of("chown-R", "dir"), None, "{text}");
+    let (ours, kernel) = (
+        upper_of("chown-R", "unionmount").expect("unionmount's upper after chown -R"),
+        upper_of("chown-R", "overlay").expect("overlay's upper after chown -R"),
+    );
+    assert!(
+        ours < kernel,
+        "chown -R: unionmount's upper ({ours} KiB) is not smaller than the kernel's ({kernel} KiB)"
+    );
     // The layer-store rows: imports against tar -x, and a commit.
     let store: Vec<&str> = text.lines().filter(|l| l.contains("\"name\": ")).collect();
     let names: Vec<&str> = store.iter().map(|l| l.split('"').nth(3).unwrap()).collect();

@@ -10,7 +10,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::Path;
 
 use common::sys;
@@ -343,4 +343,43 @@ fn odd_option_values_are_refused() {
         "stderr: {err}"
     );
     assert!(!common::is_mounted(&m));
+}
+
+/// A file keeps its inode number through the metadata-only copy-up, a
+/// remount by either implementation, and the data's copy-up, as it does
+/// through an ordinary copy-up.
+#[test]
+fn st_ino_stays_through_copy_ups_and_remounts() {
+    let Some(mut b) = fixture() else { return };
+    let inos =
+        |b: &Both| [b.k.p("d/big"), b.u.p("d/big")].map(|p| fs::symlink_metadata(p).unwrap().ino());
+    let before = inos(&b);
+    b.ok("chown", |m| sys::lchown(&m.join("d/big"), 9, 9));
+    assert_eq!(inos(&b), before, "after the metadata-only copy-up");
+    b.u.remount();
+    assert_eq!(inos(&b), before, "after a remount");
+    b.ok("readdir d_ino", |m| {
+        fs::read_dir(m.join("d")).map(|rd| {
+            let mut v: Vec<(String, u64)> = rd
+                .map(|e| {
+                    let e = e.unwrap();
+                    (e.file_name().to_string_lossy().into_owned(), e.ino())
+                })
+                .collect();
+            v.sort();
+            // d_ino of each entry equals its st_ino.
+            v.iter()
+                .all(|(n, ino)| fs::symlink_metadata(m.join("d").join(n)).unwrap().ino() == *ino)
+        })
+    });
+    b.u.unmount();
+    b.u.mount_as(Impl::Kernel);
+    assert_eq!(inos(&b), before, "under the kernel");
+    b.u.unmount();
+    b.u.mount();
+    b.ok("append", |m| common::append(&m.join("d/big"), b"!"));
+    assert_data_copied(&b, "d/big", 2 * MIB as u64);
+    assert_eq!(inos(&b), before, "after the data's copy-up");
+    b.u.remount();
+    assert_eq!(inos(&b), before, "after the data's copy-up and a remount");
 }

@@ -188,22 +188,28 @@ impl Union {
             _ => rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)?,
         }
         copy_metadata(src.as_fd(), &st, work, tmp, self)?;
-        {
-            if let Some(origin) = self.encode_origin(li, lpath) {
-                let fd = layer::open_path_at(work, tmp)?;
-                let name = self.cfg.xattr_ns.name("origin");
-                // Origin only keeps st_ino across remounts; a filesystem without
-                // trusted xattrs still gets a correct copy.
-                let _ = layer::set_xattr(fd.as_fd(), &name, &origin, XattrFlags::empty());
-            }
-        }
+        let fd = layer::open_path_at(work, tmp)?;
         if how == CopyUp::Meta && kind == FileType::RegularFile {
             // Without the mark the sparse copy would be taken for the data.
-            let fd = layer::open_path_at(work, tmp)?;
+            // No origin: the data found below by name gives st_ino (as the
+            // kernel takes it too), and the two xattrs together overflow an
+            // ext4 inode into a 4 KiB block, as much as the data of a small
+            // file. The origin comes with the data (`copy_up_data`).
             let name = self.cfg.xattr_ns.name("metacopy");
-            layer::set_xattr(fd.as_fd(), &name, b"", XattrFlags::empty())?;
+            return layer::set_xattr(fd.as_fd(), &name, b"", XattrFlags::empty());
         }
+        self.set_origin(fd.as_fd(), li, lpath);
         Ok(())
+    }
+
+    /// Record where an upper object came from. Origin only keeps st_ino
+    /// across remounts; a filesystem without trusted xattrs still gets a
+    /// correct copy.
+    fn set_origin(&self, fd: BorrowedFd<'_>, li: usize, lpath: &Path) {
+        if let Some(origin) = self.encode_origin(li, lpath) {
+            let name = self.cfg.xattr_ns.name("origin");
+            let _ = layer::set_xattr(fd, &name, &origin, XattrFlags::empty());
+        }
     }
 
     fn copy_regular(
@@ -267,6 +273,16 @@ impl Union {
         match layer::remove_xattr(dst.as_fd(), &mark) {
             Ok(()) | Err(Errno::NODATA) => {}
             Err(e) => return Err(e),
+        }
+        // After the mark, so that it fits in the inode (a crash in between
+        // costs only the st_ino kept across remounts).
+        let (li, lpath) = st.top_lower().cloned().ok_or(Errno::IO)?;
+        let has_origin = matches!(
+            layer::get_xattr(dst.as_fd(), &self.cfg.xattr_ns.name("origin")),
+            Ok(Some(_))
+        );
+        if !has_origin {
+            self.set_origin(dst.as_fd(), li, &lpath);
         }
         node.state().metacopy = false;
         Ok(())

@@ -173,23 +173,9 @@ impl Union {
                         }
                         state.upper = true;
                         if !is_dir(&st) {
-                            let mut st = st;
-                            // One descriptor for the origin and the link count.
-                            let fd = open_path_at(updir.as_fd(), name)?;
-                            let (st_ino, index, origin) = self.upper_file_ino(fd.as_fd(), &st)?;
-                            state.index = index;
-                            if state.index.is_none() && self.is_metacopy(fd.as_fd(), &st, origin)? {
-                                state.metacopy = true;
-                                state.lowers = self.metacopy_data(dir, name, fd.as_fd(), cache)?;
-                            }
-                            if st.st_nlink > 1 {
-                                st.st_nlink = self.shown_nlink(fd.as_fd(), st.st_nlink);
-                            }
-                            return Ok(Some(Resolved {
-                                state,
-                                stat: st,
-                                st_ino,
-                            }));
+                            let found =
+                                self.resolve_upper_file(dir, updir.as_fd(), name, st, cache)?;
+                            return Ok(Some(found));
                         }
                         state.is_dir = true;
                         let fd = open_dir_at(updir.as_fd(), name)?;
@@ -403,6 +389,43 @@ impl Union {
     /// `st_ino` of an upper non-directory: the inode it was copied up from when its
     /// origin still resolves (so copy-up keeps `st_ino`), else its own.
     /// and the index entry it shares with its lower hard-link group, if any.
+    /// An upper non-directory: its identity, hard-link group and link count,
+    /// and for a copy holding metadata only, where its data is below.
+    fn resolve_upper_file(
+        &self,
+        dir: &NodeState,
+        updir: BorrowedFd<'_>,
+        name: &OsStr,
+        mut st: Stat,
+        cache: &DirCache,
+    ) -> Result<Resolved> {
+        let mut state = NodeState {
+            upper: true,
+            ..NodeState::default()
+        };
+        // One descriptor for the origin and the link count.
+        let fd = open_path_at(updir, name)?;
+        let (mut st_ino, index, origin) = self.upper_file_ino(fd.as_fd(), &st)?;
+        state.index = index;
+        if state.index.is_none() && self.is_metacopy(fd.as_fd(), &st, origin)? {
+            state.metacopy = true;
+            let (lowers, data_ino) = self.metacopy_data(dir, name, fd.as_fd(), cache)?;
+            state.lowers = lowers;
+            // Made without an origin: the data's inode is the object's.
+            if !origin {
+                st_ino = data_ino.unwrap_or(st_ino);
+            }
+        }
+        if st.st_nlink > 1 {
+            st.st_nlink = self.shown_nlink(fd.as_fd(), st.st_nlink);
+        }
+        Ok(Resolved {
+            state,
+            stat: st,
+            st_ino,
+        })
+    }
+
     /// Also its index key (a copied-up hard-link group) and whether it has
     /// an origin at all.
     fn upper_file_ino(
@@ -433,14 +456,15 @@ impl Union {
 
     /// Where the data of an upper file holding metadata only lives: the lower
     /// file its redirect names, or the one of its name below, as kernel
-    /// overlayfs finds it. None when no lower has it (reads then fail: EIO).
+    /// overlayfs finds it, with its `st_ino`. Nothing when no lower has it
+    /// (reads then fail: EIO).
     fn metacopy_data(
         &self,
         dir: &NodeState,
         name: &OsStr,
         fd: BorrowedFd<'_>,
         cache: &DirCache,
-    ) -> Result<Vec<(usize, PathBuf)>> {
+    ) -> Result<(Vec<(usize, PathBuf)>, Option<u64>)> {
         let below = match get_xattr(fd, &self.cfg.xattr_ns.name("redirect"))? {
             Some(r) => redirect_target(&r, 0),
             None => Below::Parent,
@@ -449,13 +473,13 @@ impl Union {
         let mut found = NodeState::default();
         self.resolve_in_lowers(dir, name, below, &mut top, &mut found, cache)?;
         match top {
-            Some((_, st))
+            Some((li, st))
                 if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                     && found.index.is_none() =>
             {
-                Ok(found.lowers)
+                Ok((found.lowers, Some(self.layers[li].ino_prefix | st.st_ino)))
             }
-            _ => Ok(Vec::new()),
+            _ => Ok((Vec::new(), None)),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Results: per workload and target, the median and range of wall times, the
 //! ratio to kernel overlayfs computed run by run, the daemon's CPU and peak
-//! RSS; written as Markdown, JSON and CSV.
+//! RSS, and how much the upper grew; written as Markdown, JSON and CSV.
 
 use std::fmt::Write;
 
@@ -10,6 +10,8 @@ pub struct Sample {
     pub secs: f64,
     pub cpu: Option<f64>,
     pub rss_kib: Option<u64>,
+    /// Disk space the upper took after the workload (targets with an upper).
+    pub upper_kib: Option<u64>,
 }
 
 /// The runs of one workload on one target (None: not run).
@@ -57,6 +59,7 @@ pub struct Row {
     pub ratio: Option<f64>,
     pub cpu: Option<f64>,
     pub rss_kib: Option<u64>,
+    pub upper_kib: Option<u64>,
     pub error: Option<String>,
 }
 
@@ -106,6 +109,7 @@ pub fn summarize(cells: &[Cell], _targets: &[String]) -> Vec<Row> {
                 ratio: median(&ratios),
                 cpu: median(&cpus),
                 rss_kib: ok.iter().filter_map(|s| s.rss_kib).max(),
+                upper_kib: ok.iter().filter_map(|s| s.upper_kib).max(),
                 error,
                 times,
             }
@@ -198,7 +202,7 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| workload | target | median s | min–max s | × overlay | daemon CPU s | peak RSS MiB |\n|---|---|---:|---:|---:|---:|---:|"
+        "\n| workload | target | median s | min–max s | × overlay | daemon CPU s | peak RSS MiB | upper MiB |\n|---|---|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let range = match (r.min, r.max) {
@@ -208,9 +212,12 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
         let rss = r
             .rss_kib
             .map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let upper = r
+            .upper_kib
+            .map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {range} | {} | {} | {rss} |",
+            "| {} | {} | {} | {range} | {} | {} | {rss} | {upper} |",
             about(workloads, r.workload),
             r.target,
             if r.times.is_empty() {
@@ -293,7 +300,7 @@ pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row], store: Option<&s
         let times: Vec<String> = r.times.iter().map(|x| format!("{x}")).collect();
         let _ = writeln!(
             s,
-            "    {{\"workload\": {}, \"about\": {}, \"target\": {}, \"ok\": {}, \"times_s\": [{}], \"median_s\": {}, \"min_s\": {}, \"max_s\": {}, \"ratio\": {}, \"cpu_s\": {}, \"peak_rss_kib\": {}, \"error\": {}}}{}",
+            "    {{\"workload\": {}, \"about\": {}, \"target\": {}, \"ok\": {}, \"times_s\": [{}], \"median_s\": {}, \"min_s\": {}, \"max_s\": {}, \"ratio\": {}, \"cpu_s\": {}, \"peak_rss_kib\": {}, \"upper_kib\": {}, \"error\": {}}}{}",
             jstr(r.workload),
             jstr(about(workloads, r.workload)),
             jstr(&r.target),
@@ -305,6 +312,7 @@ pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row], store: Option<&s
             jnum(r.ratio),
             jnum(r.cpu),
             r.rss_kib.map_or("null".into(), |k| k.to_string()),
+            r.upper_kib.map_or("null".into(), |k| k.to_string()),
             r.error.as_deref().map_or("null".into(), jstr),
             if i + 1 < rows.len() { "," } else { "" }
         );
@@ -323,13 +331,13 @@ fn cnum(v: Option<f64>) -> String {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "workload,target,runs_ok,median_s,min_s,max_s,ratio_to_overlay,daemon_cpu_s,peak_rss_kib,error\n",
+        "workload,target,runs_ok,median_s,min_s,max_s,ratio_to_overlay,daemon_cpu_s,peak_rss_kib,upper_kib,error\n",
     );
     for r in rows {
         let err = r.error.as_deref().unwrap_or("").replace('"', "\"\"");
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},\"{err}\"",
+            "{},{},{},{},{},{},{},{},{},{},\"{err}\"",
             r.workload,
             r.target,
             r.times.len(),
@@ -339,6 +347,7 @@ pub fn csv(rows: &[Row]) -> String {
             cnum(r.ratio),
             cnum(r.cpu),
             r.rss_kib.map_or(String::new(), |k| k.to_string()),
+            r.upper_kib.map_or(String::new(), |k| k.to_string()),
         );
     }
     s
@@ -390,6 +399,7 @@ mod tests {
                         secs,
                         cpu: None,
                         rss_kib: None,
+                        upper_kib: None,
                     }))
                 })
                 .collect(),

@@ -2,6 +2,7 @@
 //! timed run, mounted by the target's own command and unmounted (and
 //! removed) by a guard whatever happens.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -187,7 +188,15 @@ impl Instance {
                 c.args(["-t", "overlay", "overlay", "-o", &ovl_opts]);
                 c
             }
-            Kind::Unionmount(p) | Kind::FuseOverlayfs(p) => {
+            // Metadata-only copy-up: what makes chown -R cheap. The kernel
+            // target keeps its default (metacopy off: data copied), the one
+            // a container engine gets.
+            Kind::Unionmount(p) => {
+                let mut c = Command::new(p);
+                c.args(["-o", &format!("{ovl_opts},metacopy=on")]);
+                c
+            }
+            Kind::FuseOverlayfs(p) => {
                 let mut c = Command::new(p);
                 c.args(["-o", &ovl_opts]);
                 c
@@ -243,6 +252,29 @@ impl Instance {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon?)).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Disk space under the upper (blocks, as du counts them, each inode
+    /// once), when the target has one.
+    pub fn upper_kib(&self) -> Option<u64> {
+        if !self.mounted {
+            return None;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0u64;
+        let mut stack = vec![self.dir.join("upper")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+                let Ok(md) = entry.metadata() else { continue };
+                if md.is_dir() {
+                    stack.push(entry.path());
+                }
+                if seen.insert(md.ino()) {
+                    bytes += md.blocks() * 512;
+                }
+            }
+        }
+        Some(bytes / 1024)
     }
 
     /// Unmount and remove, reporting an unmount failure.
