@@ -17,6 +17,9 @@ use crate::layer::{get_xattr, open_path_at, split, stat_at};
 use crate::names::{self, has_opaque_xattr, is_whiteout};
 use crate::{Result, Union, sys};
 
+/// Lower (branch, path) entries of an object, top first.
+type Lowers = Vec<(usize, PathBuf)>;
+
 /// What a name resolves to.
 pub struct Resolved {
     pub state: NodeState,
@@ -464,7 +467,7 @@ impl Union {
         name: &OsStr,
         fd: BorrowedFd<'_>,
         cache: &DirCache,
-    ) -> Result<(Vec<(usize, PathBuf)>, Option<u64>)> {
+    ) -> Result<(Lowers, Option<u64>)> {
         let below = match get_xattr(fd, &self.cfg.xattr_ns.name("redirect"))? {
             Some(r) => redirect_target(&r, 0),
             None => Below::Parent,
