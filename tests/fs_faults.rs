@@ -3,7 +3,8 @@
 //! - kill -9 of the daemon in the middle of: directory renames that need a
 //!   redirect (populated lower directories), hard-link copy-ups (index
 //!   entries), metadata changes of big lower files (each copies the file up
-//!   first) and whiteout creation (unlink, rmdir, rm -r of lower names). Each
+//!   first), metadata-only copy-ups (`metacopy=on`) followed by the data's
+//!   copy-up at an append, and whiteout creation (unlink, rmdir, rm -r of lower names). Each
 //!   round runs a loop of such operations and kills the daemon at another
 //!   point: from outside after a number of them plus a short spin, or (with
 //!   strace's fault injection) with SIGKILL on entering its Nth call of a
@@ -88,6 +89,8 @@ struct Rig {
     kmnt: PathBuf,
     /// appended to the kernel's mount options (",index=on" for hard links)
     kernel_extra: &'static str,
+    /// appended to unionmount's mount options
+    union_extra: &'static str,
     lower_sums: Vec<std::collections::BTreeMap<PathBuf, String>>,
 }
 
@@ -106,6 +109,7 @@ impl Rig {
             kmnt: s.dir("kmnt"),
             lowers,
             kernel_extra,
+            union_extra: "",
             lower_sums,
             _s: s,
         }
@@ -114,7 +118,7 @@ impl Rig {
     fn args(&self) -> Vec<OsString> {
         vec![
             "-o".into(),
-            union_opts(&self.lowers, Some((&self.up, &self.work))).into(),
+            (union_opts(&self.lowers, Some((&self.up, &self.work))) + self.union_extra).into(),
         ]
     }
 
@@ -918,6 +922,110 @@ fn kill_9_during_metadata_copy_ups() {
         ],
         meta_plan,
         meta_check,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// kill -9 during metadata-only copy-ups and the data's copy-up after them
+
+const APPENDED: &[u8] = b"appended and synced";
+
+enum McStep {
+    Chown(PathBuf, usize),
+    Append(PathBuf),
+}
+
+impl Step for McStep {
+    fn run(&self, mnt: &Path) -> io::Result<()> {
+        match self {
+            McStep::Chown(p, k) => sys::lchown(&mnt.join(p), 1000 + *k as u32, 7),
+            McStep::Append(p) => {
+                let mut f = fs::OpenOptions::new().append(true).open(mnt.join(p))?;
+                f.write_all(APPENDED)?;
+                f.sync_all()
+            }
+        }
+    }
+}
+
+/// Each big file is chowned (its metadata copied up, its data left below),
+/// then appended to (its data copied into the upper file, the mark dropped).
+fn mc_plan(r: usize) -> Vec<McStep> {
+    let mut steps = Vec::new();
+    for k in 0..BIG_FILES {
+        steps.push(McStep::Chown(big_path(r, k), k));
+        steps.push(McStep::Append(big_path(r, k)));
+    }
+    steps
+}
+
+fn mc_check(mnt: &Path, r: usize, steps: &[McStep], o: Outcome) {
+    for (i, s) in steps.iter().enumerate() {
+        let state = o.state(i);
+        match s {
+            McStep::Chown(p, k) => {
+                let st = sys::lstat(&mnt.join(p)).unwrap();
+                let new = st.st_uid == 1000 + *k as u32;
+                let ok = match state {
+                    State::Done => new,
+                    State::NotBegun => st.st_uid == 0,
+                    State::InFlight => new || st.st_uid == 0,
+                };
+                assert!(
+                    ok,
+                    "round {r}: {} chown {state:?}, uid {}",
+                    p.display(),
+                    st.st_uid
+                );
+            }
+            McStep::Append(p) => {
+                let k = steps[..i]
+                    .iter()
+                    .filter(|s| matches!(s, McStep::Append(_)))
+                    .count();
+                let data = fs::read(mnt.join(p)).unwrap();
+                let old = big_data(r, k);
+                let whole = data.len() == old.len() + APPENDED.len()
+                    && data[..old.len()] == old[..]
+                    && &data[old.len()..] == APPENDED;
+                let ok = match state {
+                    State::Done => whole,
+                    State::NotBegun => data == old,
+                    State::InFlight => whole || data == old,
+                };
+                assert!(
+                    ok,
+                    "round {r}: {} append {state:?}: {} bytes that are neither the lower's \
+                     data nor it with the append (a half-copied upper shown?)",
+                    p.display(),
+                    data.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn kill_9_during_metacopy_and_data_copy_ups() {
+    if !can_run() {
+        return;
+    }
+    let mut rig = Rig::new(&meta_layers(rounds()), ",metacopy=on,redirect_dir=on");
+    rig.union_extra = ",metacopy=on";
+    crash_loop(
+        "metacopy copy-ups",
+        &rig,
+        2,
+        &[
+            "renameat2",
+            "setxattr",
+            "copy_file_range",
+            "fsync",
+            "removexattr",
+            "utimensat",
+        ],
+        mc_plan,
+        mc_check,
     );
 }
 
