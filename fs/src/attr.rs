@@ -15,6 +15,17 @@ use crate::names::{OVERRIDE_STAT, OverrideStat};
 use crate::names::{escape_xattr, unescape_xattr};
 use crate::{Result, Union, sys};
 
+/// No xattr names: most objects of a layer, all sharing one allocation.
+static NO_XATTRS: std::sync::LazyLock<Arc<[u8]>> = std::sync::LazyLock::new(|| Arc::from(&[][..]));
+
+fn shared_if_empty(names: Vec<u8>) -> Arc<[u8]> {
+    if names.is_empty() {
+        NO_XATTRS.clone()
+    } else {
+        names.into()
+    }
+}
+
 /// A time to set: a value or "now".
 #[derive(Debug, Clone, Copy)]
 pub enum SetTime {
@@ -62,14 +73,14 @@ impl Union {
         if st.upper {
             return Ok((0, self.path_of(node)?));
         }
-        st.top_lower().cloned().ok_or(Errno::STALE)
+        self.inodes.top_lower(st).ok_or(Errno::STALE)
     }
 
     /// The branch and path of a node's data: the top entry's, but the lower's
     /// for an upper holding metadata only (EIO when no lower has it).
     pub(crate) fn data_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
         if st.metacopy && st.index.is_none() {
-            return st.top_lower().cloned().ok_or(Errno::IO);
+            return self.inodes.top_lower(st).ok_or(Errno::IO);
         }
         self.top_entry(node, st)
     }
@@ -103,8 +114,8 @@ impl Union {
         }
         if st.metacopy {
             // The blocks its data takes, as kernel overlayfs shows them (du).
-            if let Some((li, lpath)) = st.top_lower() {
-                raw.st_blocks = self.layers[*li].stat(lpath)?.st_blocks;
+            if let Some((li, lpath)) = self.inodes.top_lower(st) {
+                raw.st_blocks = self.layers[li].stat(&lpath)?.st_blocks;
             }
         }
         Ok(raw)
@@ -315,15 +326,15 @@ impl Union {
     /// once and kept with its state; None for objects that may change.
     fn read_only_xattr_names(&self, node: &Node) -> Result<Option<Arc<[u8]>>> {
         let place = {
-            let st = node.state();
+            let st = node.snapshot();
             if st.upper || st.index.is_some() {
                 return Ok(None);
             }
             if let Some(names) = &st.xattr_names {
                 return Ok(Some(names.clone()));
             }
-            match st.top_lower() {
-                Some(place) => place.clone(),
+            match self.inodes.top_lower(&st) {
+                Some(place) => place,
                 None => return Ok(None),
             }
         };
@@ -332,11 +343,11 @@ impl Union {
             return Ok(None);
         }
         let fd = layer.open_beneath(&place.1, OFlags::PATH | OFlags::NOFOLLOW)?;
-        let names: Arc<[u8]> = self.shown_xattr_names(&fd)?.into();
-        let mut st = node.state();
+        let names = shared_if_empty(self.shown_xattr_names(&fd)?);
         // Kept only if the node still shows that object.
-        if !st.upper && st.index.is_none() && st.top_lower() == Some(&place) {
-            st.xattr_names = Some(names.clone());
+        let now = node.snapshot();
+        if !now.upper && now.index.is_none() && self.inodes.top_lower(&now) == Some(place) {
+            node.state().xattr_names = Some(names.clone());
         }
         Ok(Some(names))
     }

@@ -63,8 +63,8 @@ impl Union {
                 Err(Errno::STALE)
             };
         }
-        match st.top_lower() {
-            Some((li, path)) if self.layers[*li].writable => Ok((*li, path.clone())),
+        match self.inodes.top_lower(&st) {
+            Some((li, path)) if self.layers[li].writable => Ok((li, path)),
             _ => Err(Errno::ROFS),
         }
     }
@@ -96,7 +96,7 @@ impl Union {
         if st.upper || st.index.is_some() {
             return Ok(());
         }
-        let (li, lpath) = st.top_lower().cloned().ok_or(Errno::STALE)?;
+        let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::STALE)?;
         let lower_st = self.layers[li].stat(&lpath)?;
         let lower_nlink = lower_st.st_nlink;
         // A member of a lower hard-link group whose group is copied up already
@@ -259,7 +259,7 @@ impl Union {
         let dst = upper.open_beneath(&path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
         let before = rustix::fs::fstat(&dst)?;
         if how == CopyUp::Data && before.st_size > 0 {
-            let (li, lpath) = st.top_lower().cloned().ok_or(Errno::IO)?;
+            let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::IO)?;
             let src = self.layers[li].open_beneath(&lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
             copy_data(src.as_fd(), dst.as_fd(), before.st_size as u64)?;
         } else {
@@ -276,7 +276,7 @@ impl Union {
         }
         // After the mark, so that it fits in the inode (a crash in between
         // costs only the st_ino kept across remounts).
-        let (li, lpath) = st.top_lower().cloned().ok_or(Errno::IO)?;
+        let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::IO)?;
         let has_origin = matches!(
             layer::get_xattr(dst.as_fd(), &self.cfg.xattr_ns.name("origin")),
             Ok(Some(_))

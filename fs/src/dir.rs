@@ -12,7 +12,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags}
 use rustix::io::Errno;
 
 use crate::acl;
-use crate::inode::{Node, NodeState};
+use crate::inode::{Lowers, Names, Node, NodeState};
 use crate::layer::{self, stat_at};
 use crate::lookup::{Resolved, is_dir};
 use crate::{Result, Union};
@@ -154,10 +154,10 @@ impl Union {
         }
         let stat = stat_at(dir.as_fd(), name)?;
         let state = NodeState {
-            names: Vec::new(),
+            names: Names::new(),
             is_dir: is_dir(&stat),
             upper: true,
-            lowers: Vec::new(),
+            lowers: Lowers::new(),
             opaque,
             index: None,
             metacopy: false,
@@ -239,10 +239,10 @@ impl Union {
         let fd = make_object(dir.as_fd(), name, &obj, who, self)?;
         let stat = stat_at(dir.as_fd(), name)?;
         let state = NodeState {
-            names: Vec::new(),
+            names: Names::new(),
             is_dir: is_dir(&stat),
             upper: false,
-            lowers: vec![(li, ppath.join(name))],
+            lowers: smallvec::smallvec![(li, ppath.join(name))],
             opaque: false,
             index: None,
             metacopy: false,
@@ -389,7 +389,11 @@ impl Union {
             self.removing_lower_name(&found, parent_id, name)?;
         }
         if !self.has_upper() {
-            let (fli, fpath) = found.state.top_lower().cloned().ok_or(Errno::STALE)?;
+            let (fli, fpath) = found
+                .state
+                .resolved_top_lower()
+                .cloned()
+                .ok_or(Errno::STALE)?;
             if fli != li || !self.layers[fli].writable {
                 return Err(Errno::ROFS);
             }
@@ -561,7 +565,7 @@ impl Union {
         let new_parent = self.node(new_parent_id)?;
         let src = self.lookup_node(&parent, name)?.ok_or(Errno::NOENT)?;
         let st = src.snapshot();
-        let (li, spath) = st.top_lower().cloned().ok_or(Errno::STALE)?;
+        let (li, spath) = self.inodes.top_lower(&st).ok_or(Errno::STALE)?;
         self.prepare_dir(&new_parent)?;
         let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
         let (dli, dpath) = self.write_location(&new_parent)?;
@@ -577,7 +581,7 @@ impl Union {
         self.inodes
             .rename_name(parent_id, name, new_parent_id, new_name);
         self.changed();
-        src.state().lowers = vec![(li, dpath.join(new_name))];
+        src.state().lowers = smallvec::smallvec![(li, dpath.join(new_name))];
         Ok(())
     }
 }

@@ -233,7 +233,7 @@ impl Union {
         &self,
         found: &crate::lookup::Resolved,
     ) -> Result<Option<OsString>> {
-        let Some((li, lpath)) = found.state.top_lower().cloned() else {
+        let Some((li, lpath)) = found.state.resolved_top_lower().cloned() else {
             return Ok(None);
         };
         if found.stat.st_nlink < 2 {

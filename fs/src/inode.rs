@@ -11,8 +11,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rustix::io::Errno;
+use smallvec::SmallVec;
 
 use crate::Result;
+
+/// The (parent id, name) pairs of an object: almost always one.
+pub type Names = SmallVec<[(u64, OsString); 1]>;
+
+/// Lower (branch, path) entries of an object, top first: one but for merged
+/// directories.
+pub type Lowers = SmallVec<[(usize, PathBuf); 1]>;
 
 /// FUSE's id for the root directory.
 pub const ROOT_ID: u64 = 1;
@@ -21,13 +29,16 @@ pub const ROOT_ID: u64 = 1;
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
     /// Every (parent id, name) this object is known by; the first is used to reach it.
-    pub names: Vec<(u64, OsString)>,
+    pub names: Names,
     pub is_dir: bool,
     /// Exists in the upper at its merged path.
     pub upper: bool,
     /// Lower branches holding it, top first, with its path in each. A non-directory
-    /// uses only the first; a directory merges them all.
-    pub lowers: Vec<(usize, PathBuf)>,
+    /// uses only the first; a directory merges them all. A node keeps an empty
+    /// path for a non-directory found under its first name in its parent's
+    /// lower directory of that branch, the usual case: [`InodeTable::top_lower`]
+    /// rebuilds it, and a node costs no copy of its parent's path.
+    pub lowers: Lowers,
     /// The directory hides everything below its own layer.
     pub opaque: bool,
     /// A lower hard-link group member whose group was copied up through another
@@ -43,8 +54,10 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    /// The topmost lower (branch, path), for data and attributes of lower objects.
-    pub fn top_lower(&self) -> Option<&(usize, PathBuf)> {
+    /// The topmost lower (branch, path) of a state fresh from resolving a
+    /// name, whose paths are whole; a node's own state goes through
+    /// [`InodeTable::top_lower`].
+    pub fn resolved_top_lower(&self) -> Option<&(usize, PathBuf)> {
         self.lowers.first()
     }
 }
@@ -168,6 +181,24 @@ impl InodeTable {
             node.generation.fetch_add(1, Ordering::AcqRel);
         }
         drop(map);
+        let mut fresh = fresh;
+        // Before the node's lock is taken: finding the parent takes the
+        // table's lock, which forget holds while it locks nodes.
+        if !fresh.is_dir
+            && fresh
+                .lowers
+                .first()
+                .is_some_and(|(_, p)| p.as_os_str().is_empty())
+        {
+            // A node's own state passed back under another name (a rename):
+            // its path is rebuilt from the names it had.
+            if let Some(whole) = self.top_lower(&node.snapshot()) {
+                fresh.lowers[0] = whole;
+            }
+        }
+        if !is_root && self.lower_path_derives(&fresh, parent, name) {
+            fresh.lowers[0].1 = PathBuf::new();
+        }
         {
             let mut st = node.state();
             let mut names = std::mem::take(&mut st.names);
@@ -190,11 +221,9 @@ impl InodeTable {
                 names.retain(|(p, n)| !(*p == parent && n == name));
                 names.insert(0, (parent, name.to_os_string()));
             }
-            // Exact capacities: a pushed-to Vec holds room for four entries,
-            // and paths built by join keep spare bytes; with 100k nodes the
-            // spare room was a third of the daemon's memory.
+            // Exact capacities: a merged directory's lowers spill to the heap
+            // with room for more, and paths built by join keep spare bytes.
             names.shrink_to_fit();
-            let mut fresh = fresh;
             fresh.lowers.shrink_to_fit();
             for (_, path) in fresh.lowers.iter_mut() {
                 path.shrink_to_fit();
@@ -205,6 +234,39 @@ impl InodeTable {
             self.index(parent, name, id);
         }
         node
+    }
+
+    /// Is a fresh non-directory state's lower path its parent's lower
+    /// directory in that branch joined with `name`?
+    fn lower_path_derives(&self, fresh: &NodeState, parent: u64, name: &OsStr) -> bool {
+        match fresh.lowers.as_slice() {
+            [(li, path)] if !fresh.is_dir => self
+                .lower_dir_of(parent, *li)
+                .is_some_and(|d| *path == d.join(name)),
+            _ => false,
+        }
+    }
+
+    /// The path of directory `dir` in lower branch `li`.
+    fn lower_dir_of(&self, dir: u64, li: usize) -> Option<PathBuf> {
+        let dir = self.get(dir).ok()?;
+        let st = dir.state();
+        st.lowers
+            .iter()
+            .find(|(l, _)| *l == li)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// The topmost lower (branch, path) of a node's state `st` (a snapshot:
+    /// no node's lock may be held), for data and attributes of lower
+    /// objects; a path the node did not keep is rebuilt from its parent's.
+    pub fn top_lower(&self, st: &NodeState) -> Option<(usize, PathBuf)> {
+        let (li, path) = st.lowers.first()?;
+        if !path.as_os_str().is_empty() || st.is_dir {
+            return Some((*li, path.clone()));
+        }
+        let (parent, name) = st.names.first()?;
+        Some((*li, self.lower_dir_of(*parent, *li)?.join(name)))
     }
 
     /// The kernel dropped `n` lookups of `id`; the node goes when none are left.
@@ -275,9 +337,9 @@ impl InodeTable {
         if let Some(old) = old.filter(|old| *old != id) {
             // The name now means another object: the old node loses it.
             if let Ok(n) = self.get(old) {
-                n.state()
-                    .names
-                    .retain(|(p, nm)| !(*p == parent && nm == name));
+                self.change_names(&n, |names| {
+                    names.retain(|(p, nm)| !(*p == parent && nm == name))
+                });
             }
         }
     }
@@ -322,9 +384,9 @@ impl InodeTable {
     /// The name (parent, name) is gone: drop it from whichever node holds it.
     pub fn drop_name(&self, parent: u64, name: &OsStr) {
         if let Some(node) = self.take_name(parent, name) {
-            node.state()
-                .names
-                .retain(|(p, n)| !(*p == parent && n == name));
+            self.change_names(&node, |names| {
+                names.retain(|(p, n)| !(*p == parent && n == name))
+            });
         }
     }
 
@@ -343,11 +405,106 @@ impl InodeTable {
         let Some(node) = self.take_name(parent, name) else {
             return;
         };
-        for entry in node.state().names.iter_mut() {
-            if entry.0 == parent && entry.1 == name {
-                *entry = (new_parent, new_name.to_os_string());
+        self.change_names(&node, |names| {
+            for entry in names.iter_mut() {
+                if entry.0 == parent && entry.1 == name {
+                    *entry = (new_parent, new_name.to_os_string());
+                }
             }
-        }
+        });
         self.index(new_parent, new_name, node.id);
+    }
+
+    /// Change a node's names. A lower path the node rebuilds from its first
+    /// name is made whole first, since that name may go or move.
+    fn change_names(&self, node: &Node, change: impl FnOnce(&mut Names)) {
+        let derived = {
+            let st = node.state();
+            !st.is_dir
+                && st
+                    .lowers
+                    .first()
+                    .is_some_and(|(_, p)| p.as_os_str().is_empty())
+        };
+        // Rebuilt with no node locked (it locks the table and the parent).
+        let whole = derived.then(|| self.top_lower(&node.snapshot())).flatten();
+        let mut st = node.state();
+        if let Some(whole) = whole
+            && st
+                .lowers
+                .first()
+                .is_some_and(|(_, p)| p.as_os_str().is_empty())
+        {
+            st.lowers[0] = whole;
+        }
+        change(&mut st.names);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(lowers: &[(usize, &str)]) -> NodeState {
+        NodeState {
+            is_dir: true,
+            lowers: lowers.iter().map(|(l, p)| (*l, PathBuf::from(p))).collect(),
+            ..NodeState::default()
+        }
+    }
+
+    fn file(li: usize, path: &str) -> NodeState {
+        NodeState {
+            lowers: smallvec::smallvec![(li, PathBuf::from(path))],
+            ..NodeState::default()
+        }
+    }
+
+    fn stored_path(t: &InodeTable, id: u64) -> PathBuf {
+        t.get(id).unwrap().snapshot().lowers[0].1.clone()
+    }
+
+    fn top(t: &InodeTable, id: u64) -> Option<(usize, PathBuf)> {
+        t.top_lower(&t.get(id).unwrap().snapshot())
+    }
+
+    #[test]
+    fn a_lower_path_under_the_parents_is_rebuilt_not_kept() {
+        let t = InodeTable::default();
+        t.remember(1, true, ROOT_ID, OsStr::new(""), dir(&[(1, "")]), true);
+        t.remember(
+            10,
+            false,
+            ROOT_ID,
+            OsStr::new("d"),
+            dir(&[(1, "d"), (2, "d")]),
+            true,
+        );
+        let f = t.remember(20, false, 10, OsStr::new("f"), file(2, "d/f"), true);
+        assert_eq!(stored_path(&t, f.id), PathBuf::new());
+        assert_eq!(top(&t, f.id), Some((2, PathBuf::from("d/f"))));
+        // Found elsewhere (a redirect): kept whole.
+        let g = t.remember(21, false, 10, OsStr::new("g"), file(1, "old/g"), true);
+        assert_eq!(stored_path(&t, g.id), PathBuf::from("old/g"));
+        assert_eq!(top(&t, g.id), Some((1, PathBuf::from("old/g"))));
+    }
+
+    #[test]
+    fn names_changing_keep_the_lower_path() {
+        let t = InodeTable::default();
+        t.remember(1, true, ROOT_ID, OsStr::new(""), dir(&[(1, "")]), true);
+        t.remember(10, false, ROOT_ID, OsStr::new("a"), dir(&[(1, "a")]), true);
+        t.remember(11, false, ROOT_ID, OsStr::new("b"), dir(&[(1, "b")]), true);
+        // Two names of one lower file (a hard-link group).
+        t.remember(30, false, 10, OsStr::new("x"), file(1, "a/x"), true);
+        let n = t.remember(30, false, 11, OsStr::new("y"), file(1, "b/y"), true);
+        assert_eq!(top(&t, n.id), Some((1, PathBuf::from("b/y"))));
+        t.drop_name(11, OsStr::new("y"));
+        assert_eq!(top(&t, n.id), Some((1, PathBuf::from("b/y"))));
+        t.rename_name(10, OsStr::new("x"), 11, OsStr::new("z"));
+        assert_eq!(top(&t, n.id), Some((1, PathBuf::from("b/y"))));
+        // Its own state passed back under another name keeps its path too.
+        let again = t.remember(30, false, 10, OsStr::new("w"), n.snapshot(), false);
+        assert_eq!(top(&t, again.id), Some((1, PathBuf::from("b/y"))));
     }
 }

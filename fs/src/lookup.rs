@@ -12,13 +12,10 @@ use std::sync::Arc;
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
-use crate::inode::{Node, NodeState, ROOT_ID};
+use crate::inode::{Lowers, Names, Node, NodeState, ROOT_ID};
 use crate::layer::{get_xattr, open_path_at, split, stat_at};
 use crate::names::{self, has_opaque_xattr, is_whiteout};
 use crate::{Result, Union, sys};
-
-/// Lower (branch, path) entries of an object, top first.
-type Lowers = Vec<(usize, PathBuf)>;
 
 /// What a name resolves to.
 pub struct Resolved {
@@ -87,7 +84,7 @@ enum Below {
 impl Union {
     /// Build the root node: the upper's root over every lower root down to an opaque one.
     pub(crate) fn init_root(&self) -> Result<()> {
-        let mut lowers = Vec::new();
+        let mut lowers = Lowers::new();
         let first_lower = usize::from(self.has_upper());
         let mut opaque = false;
         if self.has_upper() {
@@ -105,7 +102,7 @@ impl Union {
         let stat = rustix::fs::fstat(&top.root)?;
         let st_ino = self.dir_ino(self.has_upper(), &lowers, &stat)?;
         let state = NodeState {
-            names: Vec::new(),
+            names: Names::new(),
             is_dir: true,
             upper: self.has_upper(),
             lowers,
@@ -482,7 +479,7 @@ impl Union {
             {
                 Ok((found.lowers, Some(self.layers[li].ino_prefix | st.st_ino)))
             }
-            _ => Ok((Vec::new(), None)),
+            _ => Ok((Lowers::new(), None)),
         }
     }
 
