@@ -62,6 +62,9 @@ pub struct BenchArgs {
     /// Multiply the generated tree's file count and the sizes read, written and appended to (2 GiB, 1 GiB, 1 GiB at 1)
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
+    /// Multiply the generated tree's file count only (e.g. 5 for a 100k-file walk)
+    #[arg(long, default_value_t = 1.0)]
+    tree_scale: f64,
     /// Tiny sizes: a smoke run of a few seconds
     #[arg(long)]
     quick: bool,
@@ -92,6 +95,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !(args.scale > 0.0 && args.scale.is_finite()) {
         bail!("--scale must be a positive number");
     }
+    if !(args.tree_scale > 0.0 && args.tree_scale.is_finite()) {
+        bail!("--tree-scale must be a positive number");
+    }
     let (workloads, store_workloads) = pick_workloads(&args.workloads)?;
     if args.compare {
         target::install_peers();
@@ -110,7 +116,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     let base = tmp::TempDir::new(args.tmpdir.as_deref())?;
-    let sizes = layers::Sizes::new(args.quick, args.scale);
+    let sizes = layers::Sizes::new(args.quick, args.scale, args.tree_scale);
     eprintln!(
         "unionmount bench: preparing layers in {}",
         base.path().display()

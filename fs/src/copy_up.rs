@@ -54,7 +54,7 @@ impl Union {
         let st = node.snapshot();
         if let Some(key) = st.index {
             // A hard-link group's shared copy: changed once for every name.
-            return Ok((crate::INDEX, PathBuf::from(key)));
+            return Ok((crate::INDEX, PathBuf::from(&*key)));
         }
         if self.has_upper() {
             return if st.upper {
@@ -155,7 +155,9 @@ impl Union {
             state.metacopy = how == CopyUp::Meta;
             self.changed();
             if group {
-                state.index = self.index_key(li, &lpath);
+                state.index = self
+                    .index_key(li, &lpath)
+                    .map(std::ffi::OsString::into_boxed_os_str);
             }
             Ok(())
         });

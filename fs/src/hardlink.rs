@@ -220,7 +220,7 @@ impl Union {
         if let Some(key) = self.index_lower_group(found)?
             && let Some(node) = self.inodes.by_name(parent, name)
         {
-            node.state().index = Some(key);
+            node.state().index = Some(key.into_boxed_os_str());
         }
         self.changed();
         Ok(())

@@ -5,7 +5,8 @@
 //! node and readdir's `d_ino` equals stat's `st_ino` by construction.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -15,8 +16,29 @@ use smallvec::SmallVec;
 
 use crate::Result;
 
+/// A name in a directory, kept inline up to 24 bytes (most names are
+/// shorter): a node's name costs no allocation of its own.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Name(SmallVec<[u8; 24]>);
+
+impl Name {
+    pub fn new(name: &OsStr) -> Name {
+        Name(SmallVec::from_slice(name.as_bytes()))
+    }
+
+    pub fn as_os_str(&self) -> &OsStr {
+        OsStr::from_bytes(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_os_str().fmt(f)
+    }
+}
+
 /// The (parent id, name) pairs of an object: almost always one.
-pub type Names = SmallVec<[(u64, OsString); 1]>;
+pub type Names = SmallVec<[(u64, Name); 1]>;
 
 /// Lower (branch, path) entries of an object, top first: one but for merged
 /// directories.
@@ -43,7 +65,7 @@ pub struct NodeState {
     pub opaque: bool,
     /// A lower hard-link group member whose group was copied up through another
     /// name: its data is the index entry of this name.
-    pub index: Option<std::ffi::OsString>,
+    pub index: Option<Box<OsStr>>,
     /// An upper file holding metadata only (kernel overlayfs `metacopy`): its
     /// data is still the top lower's, copied up at the first open for writing.
     pub metacopy: bool,
@@ -112,7 +134,7 @@ fn has_name(node: &Node, parent: u64, name: &OsStr) -> bool {
     node.state()
         .names
         .iter()
-        .any(|(p, n)| *p == parent && n == name)
+        .any(|(p, n)| *p == parent && n.as_os_str() == name)
 }
 
 /// Nodes the kernel forgets between two returns of free memory to the system.
@@ -211,15 +233,15 @@ impl InodeTable {
                 if fresh.is_dir {
                     // A directory has exactly one name.
                     for old in names.drain(..) {
-                        if old.0 != parent || old.1 != name {
+                        if old.0 != parent || old.1.as_os_str() != name {
                             self.unindex(&old, id);
                         }
                     }
                 }
                 // The name just confirmed goes first: it is the one used to reach
                 // the object, and is known good now.
-                names.retain(|(p, n)| !(*p == parent && n == name));
-                names.insert(0, (parent, name.to_os_string()));
+                names.retain(|(p, n)| !(*p == parent && n.as_os_str() == name));
+                names.insert(0, (parent, Name::new(name)));
             }
             // Exact capacities: a merged directory's lowers spill to the heap
             // with room for more, and paths built by join keep spare bytes.
@@ -266,7 +288,7 @@ impl InodeTable {
             return Some((*li, path.clone()));
         }
         let (parent, name) = st.names.first()?;
-        Some((*li, self.lower_dir_of(*parent, *li)?.join(name)))
+        Some((*li, self.lower_dir_of(*parent, *li)?.join(name.as_os_str())))
     }
 
     /// The kernel dropped `n` lookups of `id`; the node goes when none are left.
@@ -338,14 +360,14 @@ impl InodeTable {
             // The name now means another object: the old node loses it.
             if let Ok(n) = self.get(old) {
                 self.change_names(&n, |names| {
-                    names.retain(|(p, nm)| !(*p == parent && nm == name))
+                    names.retain(|(p, nm)| !(*p == parent && nm.as_os_str() == name))
                 });
             }
         }
     }
 
-    fn unindex(&self, (parent, name): &(u64, OsString), id: u64) {
-        let key = self.key(*parent, name);
+    fn unindex(&self, (parent, name): &(u64, Name), id: u64) {
+        let key = self.key(*parent, name.as_os_str());
         let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
         if idx.get(&key) == Some(&id) {
             idx.remove(&key);
@@ -385,7 +407,7 @@ impl InodeTable {
     pub fn drop_name(&self, parent: u64, name: &OsStr) {
         if let Some(node) = self.take_name(parent, name) {
             self.change_names(&node, |names| {
-                names.retain(|(p, n)| !(*p == parent && n == name))
+                names.retain(|(p, n)| !(*p == parent && n.as_os_str() == name))
             });
         }
     }
@@ -407,8 +429,8 @@ impl InodeTable {
         };
         self.change_names(&node, |names| {
             for entry in names.iter_mut() {
-                if entry.0 == parent && entry.1 == name {
-                    *entry = (new_parent, new_name.to_os_string());
+                if entry.0 == parent && entry.1.as_os_str() == name {
+                    *entry = (new_parent, Name::new(new_name));
                 }
             }
         });

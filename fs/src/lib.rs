@@ -179,7 +179,7 @@ impl Union {
             // A node without a name was unlinked or renamed over since the kernel
             // looked it up: ESTALE makes the kernel look the path up again.
             let (parent, name) = n.state().names.first().cloned().ok_or(Errno::STALE)?;
-            parts.push(name);
+            parts.push(name.as_os_str().to_os_string());
             cur = parent;
             guard += 1;
             if guard > 4096 {

@@ -272,7 +272,7 @@ impl Union {
                         st = ist;
                         (st.st_ino, st.st_dev) = (ino, dev);
                         st.st_nlink = self.shown_nlink(fd.as_fd(), ist.st_nlink);
-                        state.index = Some(key);
+                        state.index = Some(key.into_boxed_os_str());
                     }
                 }
                 state.lowers.push((layer_idx, path));
@@ -406,7 +406,7 @@ impl Union {
         // One descriptor for the origin and the link count.
         let fd = open_path_at(updir, name)?;
         let (mut st_ino, index, origin) = self.upper_file_ino(fd.as_fd(), &st)?;
-        state.index = index;
+        state.index = index.map(std::ffi::OsString::into_boxed_os_str);
         if state.index.is_none() && self.is_metacopy(fd.as_fd(), &st, origin)? {
             state.metacopy = true;
             let (lowers, data_ino) = self.metacopy_data(dir, name, fd.as_fd(), cache)?;

@@ -35,7 +35,9 @@ pub const DEFAULT_APPEND: u64 = 1024 * MIB;
 pub const DEFAULT_WRITE: u64 = 1024 * MIB;
 
 impl Sizes {
-    pub fn new(quick: bool, scale: f64) -> Sizes {
+    /// `tree_scale` multiplies the file count only (a big tree without
+    /// bigger big files).
+    pub fn new(quick: bool, scale: f64, tree_scale: f64) -> Sizes {
         let (dirs, big, append, write, medium, rand_reads) = if quick {
             (20.0, 8 * MIB, 4 * MIB, 8 * MIB, MIB, 2000)
         } else {
@@ -51,7 +53,7 @@ impl Sizes {
         let n = |x: f64| ((x * scale).round() as u64).max(1);
         let bytes = |x: u64| n(x as f64);
         Sizes {
-            dirs: n(dirs) as usize,
+            dirs: n(dirs * tree_scale) as usize,
             files_per_dir: 20,
             big: bytes(big),
             append: bytes(append),
