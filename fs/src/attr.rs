@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
-use crate::inode::{Node, NodeState};
+use crate::inode::{Node, NodeState, XattrNames};
 use crate::layer::{self, split, stat_at};
 use crate::lookup;
 use crate::names::{OVERRIDE_STAT, OverrideStat};
@@ -16,13 +16,14 @@ use crate::names::{escape_xattr, unescape_xattr};
 use crate::{Result, Union, sys};
 
 /// No xattr names: most objects of a layer, all sharing one allocation.
-static NO_XATTRS: std::sync::LazyLock<Arc<[u8]>> = std::sync::LazyLock::new(|| Arc::from(&[][..]));
+static NO_XATTRS: std::sync::LazyLock<XattrNames> =
+    std::sync::LazyLock::new(|| Arc::new(Vec::new()));
 
-fn shared_if_empty(names: Vec<u8>) -> Arc<[u8]> {
+fn shared_if_empty(names: Vec<u8>) -> XattrNames {
     if names.is_empty() {
         NO_XATTRS.clone()
     } else {
-        names.into()
+        Arc::new(names)
     }
 }
 
@@ -324,7 +325,7 @@ impl Union {
 
     /// For an object in a read-only layer, the xattr names it shows, read
     /// once and kept with its state; None for objects that may change.
-    fn read_only_xattr_names(&self, node: &Node) -> Result<Option<Arc<[u8]>>> {
+    fn read_only_xattr_names(&self, node: &Node) -> Result<Option<XattrNames>> {
         let place = {
             let st = node.snapshot();
             if st.upper || st.index.is_some() {

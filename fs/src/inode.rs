@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use rustix::io::Errno;
@@ -37,12 +37,18 @@ impl std::fmt::Debug for Name {
     }
 }
 
+/// NUL-separated xattr names, shared.
+pub type XattrNames = Arc<Vec<u8>>;
+
 /// The (parent id, name) pairs of an object: almost always one.
 pub type Names = SmallVec<[(u64, Name); 1]>;
 
 /// Lower (branch, path) entries of an object, top first: one but for merged
 /// directories.
 pub type Lowers = SmallVec<[(usize, PathBuf); 1]>;
+
+/// The bit of a node's generation word that marks it deleted.
+const GONE: u64 = 1 << 63;
 
 /// FUSE's id for the root directory.
 pub const ROOT_ID: u64 = 1;
@@ -72,7 +78,8 @@ pub struct NodeState {
     /// The xattr names an object of a read-only layer shows (as listxattr
     /// returns them), read once: such a layer never changes, and a copy-up
     /// or a new lookup makes a new state without them.
-    pub xattr_names: Option<std::sync::Arc<[u8]>>,
+    /// (A thin pointer: a node is a few bytes under an allocator size class.)
+    pub xattr_names: Option<XattrNames>,
 }
 
 impl NodeState {
@@ -89,11 +96,11 @@ pub struct Node {
     pub st_ino: u64,
     lookups: AtomicU64,
     /// FUSE generation: bumped when the id comes back for another object.
+    /// Its top bit ([`GONE`]) says the object was deleted while the kernel
+    /// may still hold its inode: the upper's filesystem may give its inode
+    /// number to a new object, which must reach the kernel as a new inode
+    /// (another generation), not as the dead one.
     generation: AtomicU64,
-    /// The object was deleted; the kernel may still hold its inode. The upper's
-    /// filesystem may give its inode number to a new object, which must reach
-    /// the kernel as a new inode (another generation), not as the dead one.
-    gone: AtomicBool,
     state: Mutex<NodeState>,
     /// Serialises copy-up of this node only; other nodes go on meanwhile.
     pub copy_up_lock: Mutex<()>,
@@ -112,7 +119,7 @@ impl Node {
 
     /// The FUSE generation to send with this node's id.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.generation.load(Ordering::Acquire) & !GONE
     }
 }
 
@@ -183,7 +190,6 @@ impl InodeTable {
                     st_ino,
                     lookups: AtomicU64::new(0),
                     generation: AtomicU64::new(0),
-                    gone: AtomicBool::new(false),
                     state: Mutex::new(NodeState::default()),
                     copy_up_lock: Mutex::new(()),
                 })
@@ -198,7 +204,7 @@ impl InodeTable {
         // the kernel drops the inode it still holds for the old one instead of
         // taking it for this one. Its lookups stay counted with the new ones:
         // the kernel forgets them with the old inode.
-        let reborn = node.gone.swap(false, Ordering::AcqRel);
+        let reborn = node.generation.fetch_and(!GONE, Ordering::AcqRel) & GONE != 0;
         if reborn {
             node.generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -416,7 +422,7 @@ impl InodeTable {
     /// number may come back for another object.
     pub fn deleted(&self, st_ino: u64) {
         if let Ok(node) = self.get(node_id_for(st_ino, false)) {
-            node.gone.store(true, Ordering::Release);
+            node.generation.fetch_or(GONE, Ordering::AcqRel);
         }
     }
 
