@@ -14,6 +14,9 @@ impl log::Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        if is_unwanted_reply(record) && log::max_level() < log::LevelFilter::Debug {
+            return;
+        }
         let line = format!(
             "unionmount: {}: {}\n",
             record.level().as_str().to_lowercase(),
@@ -37,6 +40,20 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// fuser reports a reply the kernel no longer takes as an error. libfuse
+/// stays silent there, as we do unless debugging: ENOENT means the request
+/// was interrupted, or ended with the connection while it was answered (an
+/// unmount racing an answer in flight); ENODEV, that the connection is gone.
+/// Nothing is lost: nobody waits for that answer.
+fn is_unwanted_reply(record: &log::Record<'_>) -> bool {
+    if !record.target().starts_with("fuser") {
+        return false;
+    }
+    let msg = record.args().to_string();
+    msg.starts_with("Failed to send FUSE reply")
+        && (msg.ends_with("(os error 2)") || msg.ends_with("(os error 19)"))
+}
+
 static LOGGER: StderrLogger = StderrLogger;
 
 pub fn init(args: &[OsString]) {
@@ -51,5 +68,31 @@ pub fn init(args: &[OsString]) {
     };
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unwanted(target: &str, msg: &str) -> bool {
+        is_unwanted_reply(
+            &log::Record::builder()
+                .level(log::Level::Error)
+                .target(target)
+                .args(format_args!("{msg}"))
+                .build(),
+        )
+    }
+
+    #[test]
+    fn only_replies_the_kernel_no_longer_takes_are_quiet() {
+        let enoent = "Failed to send FUSE reply: No such file or directory (os error 2)";
+        let enodev = "Failed to send FUSE reply: No such device (os error 19)";
+        let einval = "Failed to send FUSE reply: Invalid argument (os error 22)";
+        assert!(unwanted("fuser::reply", enoent));
+        assert!(unwanted("fuser::reply", enodev));
+        assert!(!unwanted("fuser::reply", einval));
+        assert!(!unwanted("unionmount::mount", enoent));
     }
 }
