@@ -326,18 +326,15 @@ impl Union {
     /// For an object in a read-only layer, the xattr names it shows, read
     /// once and kept with its state; None for objects that may change.
     fn read_only_xattr_names(&self, node: &Node) -> Result<Option<XattrNames>> {
-        let place = {
-            let st = node.snapshot();
-            if st.upper || st.index.is_some() {
-                return Ok(None);
-            }
-            if let Some(names) = &st.xattr_names {
-                return Ok(Some(names.clone()));
-            }
-            match self.inodes.top_lower(&st) {
-                Some(place) => place,
-                None => return Ok(None),
-            }
+        let st = node.snapshot();
+        if st.upper || st.index.is_some() {
+            return Ok(None);
+        }
+        if let Some(names) = &st.xattr_names {
+            return Ok(Some(names.clone()));
+        }
+        let Some(place) = self.inodes.top_lower(&st) else {
+            return Ok(None);
         };
         let layer = self.layer(place.0)?;
         if layer.writable {
@@ -346,9 +343,9 @@ impl Union {
         let fd = layer.open_beneath(&place.1, OFlags::PATH | OFlags::NOFOLLOW)?;
         let names = shared_if_empty(self.shown_xattr_names(&fd)?);
         // Kept only if the node still shows that object.
-        let now = node.snapshot();
-        if !now.upper && now.index.is_none() && self.inodes.top_lower(&now) == Some(place) {
-            node.state().xattr_names = Some(names.clone());
+        let mut now = node.state();
+        if !now.upper && now.index.is_none() && now.lowers.first() == st.lowers.first() {
+            now.xattr_names = Some(names.clone());
         }
         Ok(Some(names))
     }

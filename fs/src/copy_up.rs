@@ -260,8 +260,8 @@ impl Union {
         let upper = self.upper();
         let dst = upper.open_beneath(&path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
         let before = rustix::fs::fstat(&dst)?;
+        let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::IO)?;
         if how == CopyUp::Data && before.st_size > 0 {
-            let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::IO)?;
             let src = self.layers[li].open_beneath(&lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
             copy_data(src.as_fd(), dst.as_fd(), before.st_size as u64)?;
         } else {
@@ -278,7 +278,6 @@ impl Union {
         }
         // After the mark, so that it fits in the inode (a crash in between
         // costs only the st_ino kept across remounts).
-        let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::IO)?;
         let has_origin = matches!(
             layer::get_xattr(dst.as_fd(), &self.cfg.xattr_ns.name("origin")),
             Ok(Some(_))

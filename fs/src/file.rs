@@ -309,14 +309,12 @@ impl Union {
             None if node.snapshot().names.is_empty() => self.handles.any_fd_of(node.id),
             None => None,
         };
+        let st = node.snapshot();
         match fd {
             // A descriptor of the data of an upper holding metadata only
             // tells the lower's metadata, not the upper's.
-            Some(_) if node.snapshot().metacopy && !node.snapshot().names.is_empty() => {
-                self.getattr(node)
-            }
+            Some(_) if st.metacopy && !st.names.is_empty() => self.getattr(node),
             Some(fd) => {
-                let st = node.snapshot();
                 let mut raw = rustix::fs::fstat(fd.as_fd())?;
                 if st.names.is_empty() {
                     // Unlinked: a lower file behind a whiteout still has its link.

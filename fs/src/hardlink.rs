@@ -14,6 +14,7 @@ use std::path::Path;
 use rustix::fs::{Stat, XattrFlags};
 use rustix::io::Errno;
 
+use crate::copy_up::CopyUp;
 use crate::inode::Node;
 use crate::layer::{self, stat_at};
 use crate::{Result, Union};
@@ -245,7 +246,7 @@ impl Union {
         let work = self.work_fd()?;
         let tmp = self.temp_name();
         let made = self
-            .copy_into_work(li, &lpath, &tmp, crate::copy_up::CopyUp::Data)
+            .copy_into_work(li, &lpath, &tmp, CopyUp::Data)
             .and_then(|()| {
                 let fd = layer::open_path_at(work, &tmp)?;
                 // Upper links: the index entry alone; shown: the group less this name.

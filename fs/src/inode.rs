@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -83,6 +83,15 @@ pub struct NodeState {
 }
 
 impl NodeState {
+    /// A non-directory whose lower path is rebuilt from its parent's, not kept.
+    fn keeps_no_lower_path(&self) -> bool {
+        !self.is_dir
+            && self
+                .lowers
+                .first()
+                .is_some_and(|(_, p)| p.as_os_str().is_empty())
+    }
+
     /// The topmost lower (branch, path) of a state fresh from resolving a
     /// name, whose paths are whole; a node's own state goes through
     /// [`InodeTable::top_lower`].
@@ -212,12 +221,7 @@ impl InodeTable {
         let mut fresh = fresh;
         // Before the node's lock is taken: finding the parent takes the
         // table's lock, which forget holds while it locks nodes.
-        if !fresh.is_dir
-            && fresh
-                .lowers
-                .first()
-                .is_some_and(|(_, p)| p.as_os_str().is_empty())
-        {
+        if fresh.keeps_no_lower_path() {
             // A node's own state passed back under another name (a rename):
             // its path is rebuilt from the names it had.
             if let Some(whole) = self.top_lower(&node.snapshot()) {
@@ -269,20 +273,20 @@ impl InodeTable {
     fn lower_path_derives(&self, fresh: &NodeState, parent: u64, name: &OsStr) -> bool {
         match fresh.lowers.as_slice() {
             [(li, path)] if !fresh.is_dir => self
-                .lower_dir_of(parent, *li)
-                .is_some_and(|d| *path == d.join(name)),
+                .with_lower_dir(parent, *li, |d| {
+                    path.strip_prefix(d).ok() == Some(name.as_ref())
+                })
+                .unwrap_or(false),
             _ => false,
         }
     }
 
-    /// The path of directory `dir` in lower branch `li`.
-    fn lower_dir_of(&self, dir: u64, li: usize) -> Option<PathBuf> {
+    /// `f` of the path of directory `dir` in lower branch `li`.
+    fn with_lower_dir<T>(&self, dir: u64, li: usize, f: impl FnOnce(&Path) -> T) -> Option<T> {
         let dir = self.get(dir).ok()?;
         let st = dir.state();
-        st.lowers
-            .iter()
-            .find(|(l, _)| *l == li)
-            .map(|(_, p)| p.clone())
+        let (_, path) = st.lowers.iter().find(|(l, _)| *l == li)?;
+        Some(f(path))
     }
 
     /// The topmost lower (branch, path) of a node's state `st` (a snapshot:
@@ -294,7 +298,8 @@ impl InodeTable {
             return Some((*li, path.clone()));
         }
         let (parent, name) = st.names.first()?;
-        Some((*li, self.lower_dir_of(*parent, *li)?.join(name.as_os_str())))
+        let path = self.with_lower_dir(*parent, *li, |d| d.join(name.as_os_str()))?;
+        Some((*li, path))
     }
 
     /// The kernel dropped `n` lookups of `id`; the node goes when none are left.
@@ -446,22 +451,12 @@ impl InodeTable {
     /// Change a node's names. A lower path the node rebuilds from its first
     /// name is made whole first, since that name may go or move.
     fn change_names(&self, node: &Node, change: impl FnOnce(&mut Names)) {
-        let derived = {
-            let st = node.state();
-            !st.is_dir
-                && st
-                    .lowers
-                    .first()
-                    .is_some_and(|(_, p)| p.as_os_str().is_empty())
-        };
+        let derived = node.state().keeps_no_lower_path();
         // Rebuilt with no node locked (it locks the table and the parent).
         let whole = derived.then(|| self.top_lower(&node.snapshot())).flatten();
         let mut st = node.state();
         if let Some(whole) = whole
-            && st
-                .lowers
-                .first()
-                .is_some_and(|(_, p)| p.as_os_str().is_empty())
+            && st.keeps_no_lower_path()
         {
             st.lowers[0] = whole;
         }

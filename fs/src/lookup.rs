@@ -386,9 +386,6 @@ impl Union {
         }
     }
 
-    /// `st_ino` of an upper non-directory: the inode it was copied up from when its
-    /// origin still resolves (so copy-up keeps `st_ino`), else its own.
-    /// and the index entry it shares with its lower hard-link group, if any.
     /// An upper non-directory: its identity, hard-link group and link count,
     /// and for a copy holding metadata only, where its data is below.
     fn resolve_upper_file(
@@ -426,8 +423,10 @@ impl Union {
         })
     }
 
-    /// Also its index key (a copied-up hard-link group) and whether it has
-    /// an origin at all.
+    /// `st_ino` of an upper non-directory: the inode it was copied up from when its
+    /// origin still resolves (so copy-up keeps `st_ino`), else its own; the
+    /// index entry it shares with its lower hard-link group, if any; and
+    /// whether it has an origin at all.
     fn upper_file_ino(
         &self,
         fd: BorrowedFd<'_>,
@@ -442,13 +441,15 @@ impl Union {
         Ok((self.decode_origin(&origin, st).unwrap_or(own), index, true))
     }
 
-    /// Is the upper regular file `fd` marked as holding metadata only? Only
-    /// copies of lower files (with an origin) or sparse ones may be, so most
-    /// upper files cost no extra syscall.
+    /// Is the upper regular file `fd` marked as holding metadata only? Such a
+    /// copy holds no data: it is sparse, or (the kernel's, with an origin)
+    /// takes at most the one block of its xattrs. Files with data, copied
+    /// up or made in the upper, cost no extra syscall.
     fn is_metacopy(&self, fd: BorrowedFd<'_>, st: &Stat, origin: bool) -> Result<bool> {
         let regular = FileType::from_raw_mode(st.st_mode) == FileType::RegularFile;
         let sparse = st.st_size > 0 && st.st_blocks * 512 < st.st_size;
-        if !regular || !(origin || sparse) {
+        let xattr_block_at_most = st.st_blocks * 512 <= 4096;
+        if !regular || !(sparse || origin && xattr_block_at_most) {
             return Ok(false);
         }
         Ok(get_xattr(fd, &self.cfg.xattr_ns.name("metacopy"))?.is_some())
