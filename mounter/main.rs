@@ -11,6 +11,8 @@ mod container;
 mod image_cmd;
 mod logger;
 mod mount;
+mod mountinfo;
+mod ns_mounts;
 mod options;
 mod runner;
 mod sys;
