@@ -11,7 +11,6 @@ mod container;
 mod image_cmd;
 mod logger;
 mod mount;
-mod mountinfo;
 mod ns_mounts;
 mod options;
 mod runner;

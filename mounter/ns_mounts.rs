@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::mount::{UnmountFlags, unmount};
 
-use crate::mountinfo::{self, MountEntry};
+use unionfs::mountinfo::{self, MountEntry};
 
 /// Detach, in this mount namespace, every FUSE and overlay mount that is not
 /// on the way to one of `needed` (the paths the container and its daemon use).

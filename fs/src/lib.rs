@@ -13,6 +13,7 @@ pub mod hardlink;
 pub mod inode;
 pub mod layer;
 pub mod lookup;
+pub mod mountinfo;
 pub mod names;
 pub mod readdir;
 pub mod rename;
