@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use ondisk::xattr::{self, Key};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
@@ -189,8 +190,8 @@ impl Union {
     ) -> Result<()> {
         if opaque {
             let fd = layer::open_path_at(work, tmp)?;
-            let key = self.cfg.xattr_ns.name("opaque");
-            layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
+            let key = self.cfg.xattr_ns.name(Key::Opaque);
+            layer::set_xattr(fd.as_fd(), key, xattr::OPAQUE, XattrFlags::empty())?;
         }
         match (over_whiteout, opaque) {
             (false, _) => rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::NOREPLACE),
@@ -611,8 +612,8 @@ impl Union {
             Mode::empty(),
         )
         .and_then(|f| {
-            let key = self.cfg.xattr_ns.name("whiteout");
-            layer::set_xattr(f.as_fd(), &key, b"", XattrFlags::empty())
+            let key = self.cfg.xattr_ns.name(Key::Whiteout);
+            layer::set_xattr(f.as_fd(), key, xattr::WHITEOUT, XattrFlags::empty())
         })
         .and_then(|()| rustix::fs::renameat_with(work, &tmp, dir, name, RenameFlags::NOREPLACE));
         if made.is_err() {
@@ -670,9 +671,9 @@ impl Union {
     /// Mark `dir` as holding xattr whiteouts (`overlay.opaque=x`), which kernel
     /// overlayfs looks for only in directories so marked.
     pub(crate) fn mark_xattr_whiteout_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {
-        let key = self.cfg.xattr_ns.name("opaque");
-        if layer::get_xattr(dir, &key)?.is_none() {
-            layer::set_xattr(dir, &key, b"x", XattrFlags::empty())?;
+        let key = self.cfg.xattr_ns.name(Key::Opaque);
+        if layer::get_xattr(dir, key)?.is_none() {
+            layer::set_xattr(dir, key, xattr::OPAQUE_HOLDS_WHITEOUTS, XattrFlags::empty())?;
         }
         Ok(())
     }
