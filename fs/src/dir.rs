@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use ondisk::whiteout;
 use ondisk::xattr::{self, Key};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 use rustix::io::Errno;
@@ -596,7 +597,13 @@ impl Union {
         if self.link_shared_whiteout(dir, name)? {
             return Ok(());
         }
-        match rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0) {
+        match rustix::fs::mknodat(
+            dir,
+            name,
+            whiteout::KERNEL_KIND,
+            Mode::empty(),
+            whiteout::KERNEL_RDEV,
+        ) {
             Err(Errno::PERM) => {}
             other => return other,
         }
@@ -639,9 +646,9 @@ impl Union {
                 let made = rustix::fs::mknodat(
                     work,
                     SHARED_WHITEOUT,
-                    FileType::CharacterDevice,
+                    whiteout::KERNEL_KIND,
                     Mode::empty(),
-                    0,
+                    whiteout::KERNEL_RDEV,
                 );
                 match made {
                     Ok(()) => shared.made = true,

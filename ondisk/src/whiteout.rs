@@ -12,6 +12,11 @@ pub const PREFIX: &[u8] = b".wh.";
 /// OCI opaque marker inside a directory.
 pub const OPAQUE: &[u8] = b".wh..wh..opq";
 
+/// The type of a kernel overlay whiteout ...
+pub const KERNEL_KIND: FileType = FileType::CharacterDevice;
+/// ... and its device number (0/0).
+pub const KERNEL_RDEV: u64 = 0;
+
 /// What a file name means in OCI layer terms.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Marker<'a> {
@@ -64,7 +69,7 @@ pub fn whiteout_name(name: &[u8]) -> Vec<u8> {
 /// Is an object of type `kind` and device number `rdev` a kernel overlay
 /// whiteout (a character device 0/0)?
 pub fn is_kernel_whiteout(kind: FileType, rdev: u64) -> bool {
-    kind == FileType::CharacterDevice && rdev == 0
+    kind == KERNEL_KIND && rdev == KERNEL_RDEV
 }
 
 #[cfg(test)]
@@ -114,6 +119,8 @@ mod tests {
 
     #[test]
     fn kernel_whiteouts_are_char_devices_0_0() {
+        assert_eq!(KERNEL_KIND, FileType::CharacterDevice);
+        assert_eq!(KERNEL_RDEV, rustix::fs::makedev(0, 0));
         assert!(is_kernel_whiteout(FileType::CharacterDevice, 0));
         let null = rustix::fs::makedev(1, 3);
         assert!(!is_kernel_whiteout(FileType::CharacterDevice, null));

@@ -32,7 +32,7 @@ use std::rc::Rc;
 use lru::LruCache;
 
 use ondisk::override_stat;
-use ondisk::whiteout::{Marker, classify};
+use ondisk::whiteout::{self, Marker, classify};
 use ondisk::xattr::{self, Key, XattrNs};
 use rustix::fs::{
     AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags, makedev,
@@ -272,9 +272,9 @@ impl Unpacker {
                 return rustix::fs::mknodat(
                     &parent_fd,
                     os(target),
-                    FileType::CharacterDevice,
+                    whiteout::KERNEL_KIND,
                     Mode::empty(),
-                    makedev(0, 0),
+                    whiteout::KERNEL_RDEV,
                 )
                 .ctx(|| format!("layer entry {name_shown:?}: making whiteout"));
             }
