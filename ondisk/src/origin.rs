@@ -12,12 +12,12 @@ pub struct FileHandle {
 
 /// `OVL_FH_MAGIC`.
 pub const MAGIC: u8 = 0xfb;
-/// Bytes before the handle: version, magic, len, flags, type, uuid[16].
+/// Bytes before the handle: version, magic, len, flags, type, `uuid[16]`.
 pub const HEADER_LEN: usize = 21;
 /// `OVL_FH_FLAG_BIG_ENDIAN`: the handle was made on a big-endian machine.
 const FLAG_BIG_ENDIAN: u8 = 1;
 
-/// `struct ovl_fb`: version, magic, len, flags, type, uuid[16], fid. The
+/// `struct ovl_fb`: version, magic, len, flags, type, `uuid[16]`, fid. The
 /// length fits one byte: a kernel handle is at most 128 bytes
 /// (`MAX_HANDLE_SZ`).
 pub fn encode(uuid: &[u8; 16], handle: &FileHandle) -> Vec<u8> {
