@@ -1,0 +1,60 @@
+//! The containers' part of the store's layout. `containers/<id>/` belongs to
+//! the program that runs containers (its record, upper, workdir…); the store
+//! reads one file of it, `image`: the manifest digest the container was made
+//! from, which keeps that image from `prune` even once untagged.
+//!
+//! The functions taking a directory serve containers that are made elsewhere
+//! (say under `tmp/`) and renamed into `containers/` once complete.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::Store;
+
+/// The directory holding every container, under the store's root.
+pub fn containers_dir(root: &Path) -> PathBuf {
+    root.join("containers")
+}
+
+/// A container's directory, under the store's root.
+pub fn container_dir(root: &Path, id: &str) -> PathBuf {
+    containers_dir(root).join(id)
+}
+
+/// The file of a container's directory that names its image.
+fn image_file(dir: &Path) -> PathBuf {
+    dir.join("image")
+}
+
+/// Record in the container directory `dir` the manifest digest it was made from.
+pub fn write_image_record(dir: &Path, manifest: &str) -> io::Result<()> {
+    fs::write(image_file(dir), format!("{manifest}\n"))
+}
+
+/// The manifest digest recorded in the container directory `dir`.
+pub fn read_image_record(dir: &Path) -> io::Result<String> {
+    Ok(fs::read_to_string(image_file(dir))?.trim().to_string())
+}
+
+impl Store {
+    /// The directory holding every container.
+    pub fn containers_dir(&self) -> PathBuf {
+        containers_dir(self.root())
+    }
+
+    /// The directory of the container `id`.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        container_dir(self.root(), id)
+    }
+
+    /// Record the manifest digest the container `id` was made from.
+    pub fn record_container_image(&self, id: &str, manifest: &str) -> io::Result<()> {
+        write_image_record(&self.container_dir(id), manifest)
+    }
+
+    /// The manifest digest the container `id` was made from.
+    pub fn container_image(&self, id: &str) -> io::Result<String> {
+        read_image_record(&self.container_dir(id))
+    }
+}
