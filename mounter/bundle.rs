@@ -6,59 +6,46 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::Args;
 use layerstore::serde_json::{Value, json};
 
-use crate::container::{self, Container, RunArgs};
-use crate::image_cmd::StoreArg;
+use crate::container::create::{CreateRequest, create};
+use crate::container::lifecycle::remove_dir;
+use crate::container::record::Container;
+use crate::store_dir::StoreDir;
 
-#[derive(Args, Debug)]
-pub struct BundleArgs {
+/// `unionmount bundle`.
+#[derive(Debug)]
+pub struct BundleRequest {
     /// Name of the container that keeps the bundle's changes (default: its id)
-    #[arg(long)]
     pub name: Option<String>,
-    /// Set an environment variable (K=V)
-    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    /// K=V
     pub env: Vec<String>,
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub store: StoreDir,
     /// Image name or id
     pub image: String,
     /// The bundle directory (created; must be empty if it exists)
     pub dir: PathBuf,
     /// Command and arguments (default: the image's Entrypoint and Cmd)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
 }
 
-pub fn run(args: BundleArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: BundleRequest) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("bundle {}", dir.display()))?;
     if std::fs::read_dir(dir)?.next().is_some() {
         bail!("bundle {}: directory is not empty", dir.display());
     }
-    let c = container::create(&RunArgs {
-        rm: false,
+    let c = create(&CreateRequest {
         name: args.name.clone(),
         env: args.env.clone(),
-        workdir: None,
-        user: None,
-        hostname: None,
-        volumes: Vec::new(),
-        network: container::Network::None,
-        memory: None,
-        pids_limit: None,
-        read_only: false,
-        init: false,
-        store: StoreArg {
-            store: args.store.store.clone(),
-        },
+        store: args.store.clone(),
         image: args.image.clone(),
         cmd: args.cmd.clone(),
+        ..CreateRequest::default()
     })?;
     let made = make(&c, dir);
     if made.is_err() {
-        let _ = container::remove_dir(&c);
+        let _ = remove_dir(&c);
     }
     made?;
     println!("{}", c.id);

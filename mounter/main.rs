@@ -2,6 +2,7 @@
 //! fuse-overlayfs and unionfs-fuse syntaxes, and mount.fuse3's `SRC MNT -o …`)
 //! are told apart from subcommands (`umount`, `image`, …) by their first word.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod bundle;
 mod cgroup;
@@ -12,7 +13,9 @@ mod image_cmd;
 mod logger;
 mod mount;
 mod options;
+mod progress;
 mod runner;
+mod store_dir;
 mod sys;
 mod transfer;
 
