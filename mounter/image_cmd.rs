@@ -307,6 +307,7 @@ fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
 fn inspect(s: &Store, name: &str) -> anyhow::Result<()> {
     let info = s.resolve(name)?;
     let cfg_bytes = s.blobs().read_verified(&info.manifest.config.digest)?;
+    // As stored, unknown fields and all: not an image type that would drop them.
     let config: serde_json::Value = serde_json::from_slice(&cfg_bytes)
         .with_context(|| format!("config {}", info.manifest.config.digest))?;
     let layers: Vec<_> = layer_pairs(&info)?

@@ -99,6 +99,8 @@ pub(super) fn new_id() -> anyhow::Result<String> {
 }
 
 /// The image's `config` object: Entrypoint, Cmd, Env, WorkingDir, User.
+/// Read as plain JSON: five fields are wanted, and an image type that drops or
+/// rejects unknown fields would refuse images that carry newer ones.
 fn image_config(s: &Store, info: &layerstore::store::ImageInfo) -> anyhow::Result<Value> {
     let bytes = s.blobs().read_verified(&info.manifest.config.digest)?;
     let v: Value = serde_json::from_slice(&bytes)
