@@ -58,3 +58,26 @@ impl Store {
         read_image_record(&self.container_dir(id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_record_keeps_its_place_and_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let dir = store.container_dir("abc");
+        assert_eq!(dir, tmp.path().join("containers").join("abc"));
+        fs::create_dir_all(&dir).unwrap();
+        store.record_container_image("abc", "sha256:00ff").unwrap();
+        // The layout of every version: `containers/<id>/image`, one line.
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("containers/abc/image")).unwrap(),
+            "sha256:00ff\n"
+        );
+        assert_eq!(store.container_image("abc").unwrap(), "sha256:00ff");
+        assert_eq!(read_image_record(&dir).unwrap(), "sha256:00ff");
+        assert!(store.container_image("none").is_err());
+    }
+}
