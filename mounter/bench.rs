@@ -39,56 +39,42 @@ const BUILTIN: &[&str] = &[
     "dir",
 ];
 
-#[derive(clap::Args, Debug)]
-pub struct BenchArgs {
+/// What `unionmount bench` is asked to do (see the command line for each field).
+#[derive(Debug)]
+pub struct BenchOptions {
     /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target]
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    targets: Vec<String>,
+    pub targets: Vec<String>,
     /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: colon-joined, top first)
-    #[arg(long = "target", value_name = "NAME=COMMAND")]
-    custom: Vec<String>,
+    pub custom: Vec<String>,
     /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them
-    #[arg(long)]
-    compare: bool,
+    pub compare: bool,
     /// Use this directory (a root filesystem, say) as the only lower layer instead of a generated tree
-    #[arg(long, value_name = "DIR", conflicts_with = "image")]
-    lower: Option<PathBuf>,
+    pub lower: Option<PathBuf>,
     /// Use the unpacked layers of this store image (top first, as `image mount` stacks them) instead of a generated tree
-    #[arg(long, value_name = "NAME")]
-    image: Option<String>,
+    pub image: Option<String>,
     /// The store holding --image [default: $UNIONMOUNT_STORE, /var/lib/unionmount as root]
-    #[arg(long, value_name = "DIR", requires = "image")]
-    store: Option<PathBuf>,
+    pub store: Option<PathBuf>,
     /// Multiply the generated tree's file count and the sizes read, written and appended to (2 GiB, 1 GiB, 1 GiB at 1)
-    #[arg(long, default_value_t = 1.0)]
-    scale: f64,
+    pub scale: f64,
     /// Multiply the generated tree's file count only (e.g. 5 for a 100k-file walk)
-    #[arg(long, default_value_t = 1.0)]
-    tree_scale: f64,
+    pub tree_scale: f64,
     /// Tiny sizes: a smoke run of a few seconds
-    #[arg(long)]
-    quick: bool,
+    pub quick: bool,
     /// Runs of every workload on every target
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub runs: usize,
     /// Only these workloads, comma-separated (see the table for names)
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    workloads: Vec<String>,
+    pub workloads: Vec<String>,
     /// Write the results as JSON
-    #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     /// Write the results as CSV
-    #[arg(long, value_name = "FILE")]
-    csv: Option<PathBuf>,
+    pub csv: Option<PathBuf>,
     /// Draw the ratios to kernel overlayfs as an SVG bar chart
-    #[arg(long, value_name = "FILE")]
-    svg: Option<PathBuf>,
+    pub svg: Option<PathBuf>,
     /// Where the layers, uppers and mountpoints go [default: $TMPDIR or /var/tmp]
-    #[arg(long, value_name = "DIR")]
-    tmpdir: Option<PathBuf>,
+    pub tmpdir: Option<PathBuf>,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: BenchOptions) -> anyhow::Result<ExitCode> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }

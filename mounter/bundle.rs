@@ -6,59 +6,49 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::Args;
-use layerstore::serde_json::{Value, json};
+use oci_spec::runtime::{
+    Capabilities, Capability, Linux, LinuxCapabilities, LinuxNamespace, LinuxNamespaceType, Mount,
+    Process, Root, Spec, User,
+};
 
-use crate::container::{self, Container, RunArgs};
-use crate::image_cmd::StoreArg;
+use crate::container::create::{CreateRequest, create};
+use crate::container::lifecycle::remove_dir;
+use crate::container::record::Container;
+use crate::store_dir::StoreDir;
 
-#[derive(Args, Debug)]
-pub struct BundleArgs {
+/// `unionmount bundle`.
+#[derive(Debug)]
+pub struct BundleRequest {
     /// Name of the container that keeps the bundle's changes (default: its id)
-    #[arg(long)]
     pub name: Option<String>,
-    /// Set an environment variable (K=V)
-    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    /// K=V
     pub env: Vec<String>,
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub store: StoreDir,
     /// Image name or id
     pub image: String,
     /// The bundle directory (created; must be empty if it exists)
     pub dir: PathBuf,
     /// Command and arguments (default: the image's Entrypoint and Cmd)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
 }
 
-pub fn run(args: BundleArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: BundleRequest) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("bundle {}", dir.display()))?;
     if std::fs::read_dir(dir)?.next().is_some() {
         bail!("bundle {}: directory is not empty", dir.display());
     }
-    let c = container::create(&RunArgs {
-        rm: false,
+    let c = create(&CreateRequest {
         name: args.name.clone(),
         env: args.env.clone(),
-        workdir: None,
-        user: None,
-        hostname: None,
-        volumes: Vec::new(),
-        network: container::Network::None,
-        memory: None,
-        pids_limit: None,
-        read_only: false,
-        init: false,
-        store: StoreArg {
-            store: args.store.store.clone(),
-        },
+        store: args.store.clone(),
         image: args.image.clone(),
         cmd: args.cmd.clone(),
+        ..CreateRequest::default()
     })?;
     let made = make(&c, dir);
     if made.is_err() {
-        let _ = container::remove_dir(&c);
+        let _ = remove_dir(&c);
     }
     made?;
     println!("{}", c.id);
@@ -93,41 +83,207 @@ fn numeric_user(user: &str) -> anyhow::Result<(u32, u32)> {
 }
 
 /// An OCI runtime-spec config with the isolation `unionmount run` gives.
-fn runtime_config(c: &Container, uid: u32, gid: u32) -> Value {
-    let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": { "uid": uid, "gid": gid },
-            "args": c.spec.argv,
-            "env": c.spec.env,
-            "cwd": c.spec.workdir,
-            "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
-            "noNewPrivileges": true
-        },
-        "root": { "path": "rootfs", "readonly": false },
-        "hostname": c.spec.hostname,
-        "mounts": [
-            { "destination": "/proc", "type": "proc", "source": "proc" },
-            { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-            { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-              "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
-            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
-            { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-              "options": ["nosuid", "noexec", "nodev"] },
-            { "destination": "/sys", "type": "sysfs", "source": "sysfs",
-              "options": ["nosuid", "noexec", "nodev", "ro"] }
-        ],
-        "linux": {
-            "namespaces": [
-                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
-                { "type": "uts" }, { "type": "mount" }
+/// Built from `oci-spec`'s defaults with every field this config sets or
+/// leaves out said explicitly (the defaults add rlimits, resources and more).
+fn runtime_config(c: &Container, uid: u32, gid: u32) -> Spec {
+    let caps: Capabilities = [
+        Capability::AuditWrite,
+        Capability::Kill,
+        Capability::NetBindService,
+    ]
+    .into_iter()
+    .collect();
+    let mut capabilities = LinuxCapabilities::default();
+    capabilities.set_bounding(Some(caps.clone()));
+    capabilities.set_effective(Some(caps.clone()));
+    capabilities.set_inheritable(None);
+    capabilities.set_permitted(Some(caps));
+    capabilities.set_ambient(None);
+
+    let mut user = User::default();
+    user.set_uid(uid);
+    user.set_gid(gid);
+
+    let mut process = Process::default();
+    process.set_terminal(Some(false));
+    process.set_user(user);
+    process.set_args(Some(c.spec.argv.clone()));
+    process.set_env(Some(c.spec.env.clone()));
+    process.set_cwd(PathBuf::from(&c.spec.workdir));
+    process.set_capabilities(Some(capabilities));
+    process.set_rlimits(None);
+    process.set_no_new_privileges(Some(true));
+
+    let mut root = Root::default();
+    root.set_path(PathBuf::from("rootfs"));
+    root.set_readonly(Some(false));
+
+    let mut linux = Linux::default();
+    linux.set_resources(None);
+    linux.set_namespaces(Some(
+        [
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Network,
+            LinuxNamespaceType::Ipc,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Mount,
+        ]
+        .into_iter()
+        .map(|t| {
+            let mut ns = LinuxNamespace::default();
+            ns.set_typ(t);
+            ns
+        })
+        .collect(),
+    ));
+    linux.set_masked_paths(Some(strings(&[
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/sys/firmware",
+    ])));
+    linux.set_readonly_paths(Some(strings(&[
+        "/proc/bus",
+        "/proc/fs",
+        "/proc/irq",
+        "/proc/sys",
+        "/proc/sysrq-trigger",
+    ])));
+
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2".into());
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_hostname(Some(c.spec.hostname.clone()));
+    spec.set_mounts(Some(mounts()));
+    spec.set_annotations(None);
+    spec.set_linux(Some(linux));
+    spec
+}
+
+/// /proc, a /dev of its own (pts, shm, mqueue) and a read-only /sys.
+fn mounts() -> Vec<Mount> {
+    let mount = |dest: &str, typ: &str, source: &str, options: &[&str]| {
+        let mut m = Mount::default();
+        m.set_destination(PathBuf::from(dest));
+        m.set_typ(Some(typ.into()));
+        m.set_source(Some(PathBuf::from(source)));
+        m.set_options((!options.is_empty()).then(|| strings(options)));
+        m
+    };
+    vec![
+        mount("/proc", "proc", "proc", &[]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
             ],
-            "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+    ]
+}
+
+fn strings(s: &[&str]) -> Vec<String> {
+    s.iter().map(|x| x.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use layerstore::serde_json::{self, Value, json};
+
+    use super::*;
+    use crate::container::record::Spec as ContainerSpec;
+
+    /// The config the hand-written JSON of the first version gave, for a
+    /// container; capabilities compared as sets (oci-spec keeps them in one).
+    #[test]
+    fn same_config_as_before() {
+        let c = Container {
+            id: "abc".into(),
+            name: "abc".into(),
+            image: "img".into(),
+            dir: PathBuf::from("/d"),
+            created: 0,
+            spec: serde_json::from_value::<ContainerSpec>(json!({
+                "argv": ["/bin/sh", "-c", "true"],
+                "env": ["PATH=/bin", "A=1"],
+                "workdir": "/w",
+                "hostname": "h",
+            }))
+            .unwrap(),
+        };
+        let caps = json!(["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+        let want = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": { "uid": 7, "gid": 8 },
+                "args": ["/bin/sh", "-c", "true"],
+                "env": ["PATH=/bin", "A=1"],
+                "cwd": "/w",
+                "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
+                "noNewPrivileges": true
+            },
+            "root": { "path": "rootfs", "readonly": false },
+            "hostname": "h",
+            "mounts": [
+                { "destination": "/proc", "type": "proc", "source": "proc" },
+                { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                  "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+                { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                  "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"] },
+                { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                  "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+                { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                  "options": ["nosuid", "noexec", "nodev"] },
+                { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+                  "options": ["nosuid", "noexec", "nodev", "ro"] }
+            ],
+            "linux": {
+                "namespaces": [
+                    { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                    { "type": "uts" }, { "type": "mount" }
+                ],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+                "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+            }
+        });
+        let mut got = serde_json::to_value(runtime_config(&c, 7, 8)).unwrap();
+        for set in ["bounding", "effective", "permitted"] {
+            let v: &mut Value = &mut got["process"]["capabilities"][set];
+            let mut names: Vec<Value> = v.as_array().unwrap().clone();
+            names.sort_by_key(|n| n.as_str().unwrap().to_string());
+            *v = Value::Array(names);
         }
-    })
+        assert_eq!(got, want);
+    }
 }

@@ -13,10 +13,13 @@ use anyhow::{Context, bail};
 
 const ROOT: &str = "/sys/fs/cgroup";
 
-/// Limits asked for with `--memory` and `--pids-limit`.
-#[derive(Clone, Copy, Debug, Default)]
+/// Limits asked for with `--memory` and `--pids-limit`. (The serde names are
+/// the container record's, `memory` and `pidsLimit`.)
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
+    #[serde(default)]
     pub memory: Option<u64>,
+    #[serde(default, rename = "pidsLimit")]
     pub pids: Option<u64>,
 }
 

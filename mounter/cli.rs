@@ -1,10 +1,20 @@
-//! clap definitions for the subcommands. Each command calls one function elsewhere.
+//! The command line: every clap definition of the subcommands, and their
+//! conversion to the plain requests the commands take. Each command calls one
+//! function elsewhere.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use crate::bundle::BundleRequest;
+use crate::cgroup::{self, Limits};
+use crate::container::create::CreateRequest;
+use crate::container::record::Network;
+use crate::image_cmd::{CommitRequest, ImageMount, SaveRequest};
+use crate::store_dir::StoreDir;
+use crate::transfer::{ExportRequest, ImportRequest};
 
 /// Subcommand names; any other first word starts a mount.
 const SUBCOMMANDS: &[&str] = &[
@@ -38,7 +48,8 @@ pub fn is_subcommand(first: Option<&OsString>) -> bool {
     name = "unionmount",
     version,
     about = "Union filesystem in userspace, layer store and container runner",
-    after_help = "Mounting:\n  unionmount -o lowerdir=A:B,upperdir=U,workdir=W MNT\n  unionmount -o cow UPPER=RW:LOWER=RO MNT\n  unionmount SRC MNT -o OPTIONS   (as started by mount -t fuse.unionmount)"
+    after_help = MOUNTING,
+    after_long_help = MOUNTING_LONG
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,19 +65,19 @@ enum Command {
     },
     /// Images in the layer store.
     #[command(subcommand)]
-    Image(crate::image_cmd::ImageCommand),
+    Image(ImageCommand),
     /// Turn a container's changes (an upper directory) into a new image layer.
-    Commit(crate::image_cmd::CommitArgs),
+    Commit(CommitArgs),
     /// Run a command in a new container of an image.
-    Run(crate::container::RunArgs),
+    Run(RunArgs),
     /// Make a container without starting it; prints its id.
-    Create(crate::container::RunArgs),
+    Create(RunArgs),
     /// Run a created (or ended) container in the foreground.
     Start {
         /// Container name or id
         container: String,
         #[command(flatten)]
-        store: crate::image_cmd::StoreArg,
+        store: StoreArg,
     },
     /// Stop a running container: SIGTERM to its pid 1, SIGKILL after a while.
     Stop {
@@ -76,7 +87,7 @@ enum Command {
         #[arg(short = 't', long = "time", default_value_t = 10)]
         time: u64,
         #[command(flatten)]
-        store: crate::image_cmd::StoreArg,
+        store: StoreArg,
     },
     /// List running containers (all with -a).
     Ps {
@@ -84,7 +95,7 @@ enum Command {
         #[arg(short = 'a', long = "all")]
         all: bool,
         #[command(flatten)]
-        store: crate::image_cmd::StoreArg,
+        store: StoreArg,
     },
     /// Remove containers, cleaning after runners that were killed.
     Rm {
@@ -95,41 +106,565 @@ enum Command {
         #[arg(short = 'f', long = "force")]
         force: bool,
         #[command(flatten)]
-        store: crate::image_cmd::StoreArg,
+        store: StoreArg,
     },
     /// Write a container (its image, its changes, its settings) to an OCI archive.
-    Export(crate::transfer::ExportArgs),
+    Export(ExportArgs),
     /// Make a container from an archive written by `export` (into this store).
-    Import(crate::transfer::ImportArgs),
+    Import(ImportArgs),
     /// Make an OCI runtime bundle (config.json + rootfs mounted by unionmount) for runc.
-    Bundle(crate::bundle::BundleArgs),
+    Bundle(BundleArgs),
     /// Time the same workloads on unionmount, kernel overlayfs, FUSE peers and a plain directory.
-    Bench(crate::bench::BenchArgs),
+    #[cfg(feature = "bench")]
+    Bench(BenchArgs),
 }
 
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let cli = Cli::parse_from(std::iter::once(OsString::from("unionmount")).chain(args));
     match cli.command {
         Command::Umount { mountpoint } => crate::mount::unmount(&mountpoint),
-        Command::Image(cmd) => crate::image_cmd::run(cmd),
-        Command::Commit(args) => crate::image_cmd::commit(args),
-        Command::Run(args) => crate::container::run(args),
-        Command::Create(args) => crate::container::create_cmd(args),
-        Command::Start { container, store } => crate::container::start_cmd(&store, &container),
+        Command::Image(cmd) => run_image(cmd),
+        Command::Commit(args) => crate::image_cmd::commit(args.into()),
+        Command::Run(args) => crate::container::lifecycle::run(args.into()),
+        Command::Create(args) => crate::container::lifecycle::create_cmd(args.into()),
+        Command::Start { container, store } => {
+            crate::container::lifecycle::start_cmd(&store.into(), &container)
+        }
         Command::Stop {
             container,
             time,
             store,
-        } => crate::container::stop_cmd(&store, &container, time),
-        Command::Ps { all, store } => crate::container::ps(&store, all),
+        } => crate::container::lifecycle::stop_cmd(&store.into(), &container, time),
+        Command::Ps { all, store } => crate::container::list::ps(&store.into(), all),
         Command::Rm {
             containers,
             force,
             store,
-        } => crate::container::rm(&store, &containers, force),
-        Command::Export(args) => crate::transfer::export(args),
-        Command::Import(args) => crate::transfer::import(args),
-        Command::Bench(args) => crate::bench::run(args),
-        Command::Bundle(args) => crate::bundle::run(args),
+        } => crate::container::lifecycle::rm(&store.into(), &containers, force),
+        Command::Export(args) => crate::transfer::export(args.into()),
+        Command::Import(args) => crate::transfer::import(args.into()),
+        #[cfg(feature = "bench")]
+        Command::Bench(args) => crate::bench::run(args.into()),
+        Command::Bundle(args) => crate::bundle::run(args.into()),
+    }
+}
+
+/// Run an image command.
+fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    use crate::image_cmd as image;
+    match cmd {
+        ImageCommand::Load { path, tag, store } => {
+            image::load(&store.into(), &path, tag.as_deref())?
+        }
+        ImageCommand::Import { path, tag, store } => image::import(&store.into(), &path, &tag)?,
+        ImageCommand::Ls { format, store } => image::list(&store.into(), format.as_deref())?,
+        ImageCommand::Inspect { image, store } => image::inspect_image(&store.into(), &image)?,
+        ImageCommand::Tag { image, new, store } => image::tag(&store.into(), &image, &new)?,
+        ImageCommand::Rm { images, store } => image::remove(&store.into(), &images)?,
+        ImageCommand::Save {
+            image,
+            format,
+            out,
+            ref_name,
+            compress,
+            store,
+        } => {
+            let req = SaveRequest {
+                image,
+                format,
+                out,
+                ref_name,
+                compress,
+            };
+            image::save(&store.into(), &req)?
+        }
+        ImageCommand::Prune { store } => image::prune(&store.into())?,
+        ImageCommand::Fsck { repair, store } => image::fsck(&store.into(), repair)?,
+        ImageCommand::Mount {
+            image,
+            mountpoint,
+            upper,
+            work,
+            store,
+        } => {
+            let m = ImageMount {
+                image,
+                mountpoint,
+                upper,
+                work,
+            };
+            return image::mount_image(&store.into(), &m);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl From<StoreArg> for StoreDir {
+    fn from(a: StoreArg) -> StoreDir {
+        StoreDir { path: a.store }
+    }
+}
+
+impl From<NetworkArg> for Network {
+    fn from(n: NetworkArg) -> Network {
+        match n {
+            NetworkArg::None => Network::None,
+            NetworkArg::Host => Network::Host,
+        }
+    }
+}
+
+impl From<RunArgs> for CreateRequest {
+    fn from(a: RunArgs) -> CreateRequest {
+        CreateRequest {
+            rm: a.rm,
+            name: a.name,
+            env: a.env,
+            workdir: a.workdir,
+            user: a.user,
+            hostname: a.hostname,
+            volumes: a.volumes,
+            network: a.network.into(),
+            limits: Limits {
+                memory: a.memory,
+                pids: a.pids_limit,
+            },
+            read_only: a.read_only,
+            init: a.init,
+            store: a.store.into(),
+            image: a.image,
+            cmd: a.cmd,
+        }
+    }
+}
+
+impl From<CommitArgs> for CommitRequest {
+    fn from(a: CommitArgs) -> CommitRequest {
+        CommitRequest {
+            source: a.source,
+            tag: a.tag,
+            from: a.from,
+            store: a.store.into(),
+        }
+    }
+}
+
+impl From<BundleArgs> for BundleRequest {
+    fn from(a: BundleArgs) -> BundleRequest {
+        BundleRequest {
+            name: a.name,
+            env: a.env,
+            store: a.store.into(),
+            image: a.image,
+            dir: a.dir,
+            cmd: a.cmd,
+        }
+    }
+}
+
+impl From<ExportArgs> for ExportRequest {
+    fn from(a: ExportArgs) -> ExportRequest {
+        ExportRequest {
+            container: a.container,
+            out: a.out,
+            store: a.store.into(),
+        }
+    }
+}
+
+impl From<ImportArgs> for ImportRequest {
+    fn from(a: ImportArgs) -> ImportRequest {
+        ImportRequest {
+            archive: a.archive,
+            name: a.name,
+            no_volumes: a.no_volumes,
+            store: a.store.into(),
+        }
+    }
+}
+
+#[cfg(feature = "bench")]
+impl From<BenchArgs> for crate::bench::BenchOptions {
+    fn from(a: BenchArgs) -> crate::bench::BenchOptions {
+        crate::bench::BenchOptions {
+            targets: a.targets,
+            custom: a.custom,
+            compare: a.compare,
+            lower: a.lower,
+            image: a.image,
+            store: a.store,
+            scale: a.scale,
+            tree_scale: a.tree_scale,
+            quick: a.quick,
+            runs: a.runs,
+            workloads: a.workloads,
+            json: a.json,
+            csv: a.csv,
+            svg: a.svg,
+            tmpdir: a.tmpdir,
+        }
+    }
+}
+
+/// The mount syntaxes (`-h`).
+const MOUNTING: &str = "Mounting:\n  unionmount -o lowerdir=A:B,upperdir=U,workdir=W MNT\n  unionmount -o cow UPPER=RW:LOWER=RO MNT\n  unionmount SRC MNT -o OPTIONS   (as started by mount -t fuse.unionmount)";
+
+/// The mount syntaxes and every option the mount parser accepts (`--help`);
+/// the list follows `options`' parser (its flags and valued options).
+const MOUNTING_LONG: &str = "Mounting:
+  unionmount -o lowerdir=A:B,upperdir=U,workdir=W MNT
+  unionmount -o cow UPPER=RW:LOWER=RO MNT
+  unionmount SRC MNT -o OPTIONS   (as started by mount -t fuse.unionmount)
+
+Mount flags:
+  -o OPTIONS    comma-separated options (below); may be given more than once
+  -f            stay in the foreground
+  -d            debug output (implies -f)
+
+Overlay options (kernel overlayfs, fuse-overlayfs):
+  lowerdir=DIR[:DIR...]        read-only layers, top first (\\: escapes a colon)
+  upperdir=DIR                 the writable layer
+  workdir=DIR                  scratch directory on the upper's filesystem
+  volatile                     no fsync: faster, lost on a crash
+  fsync=0|1                    fsync=0 is volatile
+  userxattr                    overlay xattrs in user.overlay.* (not trusted.*)
+  metacopy=on|off              chown, chmod and xattr changes copy up metadata only
+  uidmapping=C:H:L[:C:H:L...]  owner mapping: container id, host id, length
+  gidmapping=C:H:L[:C:H:L...]  group mapping, the same way
+  squash_to_root               every file shown as owned by root
+  squash_to_uid=N              every file shown as owned by uid N
+  squash_to_gid=N              every file shown as owned by gid N
+  xattr_permissions=0|1|2      fuse-overlayfs xattr permission mode
+  timeout=SECONDS              entry and attribute cache lifetime
+  redirect_dir=, index=, xino=, context=
+                               accepted for compatibility; no effect
+  noacl                        accepted for compatibility; no effect
+
+unionfs-fuse options:
+  cow                          copy up on write (branches as BRANCH=RW:BRANCH=RO)
+  chroot=DIR                   branch paths are taken inside DIR
+  max_files=N                  accepted (checked to be a number); no effect
+  statfs_omit_ro, hide_meta_files
+                               accepted for compatibility; no effect
+
+FUSE and mount flags:
+  ro, rw                       read-only or read-write mount
+  dev, nodev, suid, nosuid, exec, noexec
+                               as mount(8)
+  atime, relatime, noatime     as mount(8)
+  allow_other                  other users may use the mount
+  allow_root                   root may use the mount too
+  default_permissions          the kernel checks permissions
+  auto_unmount                 unmount when the daemon dies
+  debug                        debug output (implies -f)
+  fsname=NAME                  source shown in the mount table
+  subtype=NAME                 shown as fuse.NAME in the mount table
+  max_write=BYTES              largest write request
+  direct_io, kernel_cache, use_ino, nonempty, big_writes
+                               accepted for compatibility; no effect";
+
+/// Where the store is: `--store DIR`, else `UNIONMOUNT_STORE`, else the default.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArg {
+    /// Store directory (default: $UNIONMOUNT_STORE, /var/lib/unionmount as root,
+    /// $XDG_DATA_HOME/unionmount otherwise)
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkArg {
+    /// A network namespace of its own with only a loopback device
+    None,
+    /// The host's network
+    Host,
+}
+
+/// `run` and `create`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container when it ends
+    #[arg(long)]
+    pub rm: bool,
+    /// Name of the container (default: its id)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (K=V, or K to take it from here)
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User to run as: UID[:GID] or a name from the image's /etc/passwd
+    #[arg(short = 'u', long = "user", value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// Host name inside the container (default: the container's id)
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Bind-mount a host directory or file: HOST:CTR or HOST:CTR:ro
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CTR[:ro]")]
+    pub volumes: Vec<String>,
+    /// Network: none (default, loopback only) or host
+    #[arg(long, value_enum, default_value = "none")]
+    pub network: NetworkArg,
+    /// Memory limit in bytes (k, m, g suffixes); over it the container is OOM-killed
+    #[arg(long, value_parser = cgroup::parse_bytes, value_name = "BYTES")]
+    pub memory: Option<u64>,
+    /// Most processes the container may have at once
+    #[arg(long = "pids-limit", value_name = "N")]
+    pub pids_limit: Option<u64>,
+    /// Mount the container's root filesystem read-only
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// Run a small init as pid 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Image name or id
+    pub image: String,
+    /// Command and arguments (default: the image's Entrypoint and Cmd)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Load images from a docker-archive tar, an OCI archive tar or an OCI layout directory.
+    Load {
+        /// The archive or directory (`-`: an archive on standard input)
+        path: PathBuf,
+        /// Name the (single) image instead of using the names in the source
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Make a one-layer image from a root filesystem (tar, tar.gz, tar.zst or directory).
+    Import {
+        /// The root filesystem
+        path: PathBuf,
+        /// Name of the new image
+        #[arg(long)]
+        tag: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// List images.
+    Ls {
+        /// `json` for scripts
+        #[arg(long)]
+        format: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Show an image's manifest, config and layer directories as JSON.
+    Inspect {
+        image: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Give an image another name.
+    Tag {
+        image: String,
+        new: String,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove image names (by id: every name of that image). Content goes with `prune`.
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Write an image out: oci (directory), oci-archive or docker-archive (tar).
+    Save {
+        image: String,
+        /// oci | oci-archive | docker-archive
+        #[arg(long)]
+        format: String,
+        /// Output path (must not exist)
+        out: PathBuf,
+        /// Name recorded in the output (default: the image's name)
+        #[arg(long = "ref")]
+        ref_name: Option<String>,
+        /// Recompress OCI layers: gzip (readable by every tool), zstd or none
+        #[arg(long, value_name = "gzip|zstd|none")]
+        compress: Option<String>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Remove blobs and layers that no image or container uses.
+    Prune {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Re-hash blobs and check unpacked layers.
+    Fsck {
+        /// Remove damaged blobs and re-unpack missing or damaged layers
+        #[arg(long)]
+        repair: bool,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Mount an image's layers (read-only, or with --upper/--work) through unionmount.
+    Mount {
+        image: String,
+        mountpoint: PathBuf,
+        /// Writable upper directory
+        #[arg(long)]
+        upper: Option<PathBuf>,
+        /// Work directory on the same filesystem as the upper (default: a
+        /// hidden sibling of the upper, `.NAME.work`, made if missing)
+        #[arg(long, requires = "upper")]
+        work: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArg,
+    },
+}
+
+#[derive(Args)]
+pub struct CommitArgs {
+    /// Upper directory or container
+    pub source: PathBuf,
+    /// Name of the new image
+    #[arg(long)]
+    pub tag: String,
+    /// The image the upper was mounted on (needed for directory redirects)
+    #[arg(long)]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// Name of the container that keeps the bundle's changes (default: its id)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Set an environment variable (K=V)
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Image name or id
+    pub image: String,
+    /// The bundle directory (created; must be empty if it exists)
+    pub dir: PathBuf,
+    /// Command and arguments (default: the image's Entrypoint and Cmd)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+/// `unionmount export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Container name or id (a running one is exported as it is now)
+    pub container: String,
+    /// The archive to write (an OCI archive; must not exist)
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `unionmount import`.
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// An archive written by `unionmount export`
+    pub archive: PathBuf,
+    /// Name of the new container (default: the exported container's name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Leave out the exported container's volumes (host paths of the other machine)
+    #[arg(long = "no-volumes")]
+    pub no_volumes: bool,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+#[cfg(feature = "bench")]
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target]
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    targets: Vec<String>,
+    /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: colon-joined, top first)
+    #[arg(long = "target", value_name = "NAME=COMMAND")]
+    custom: Vec<String>,
+    /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them
+    #[arg(long)]
+    compare: bool,
+    /// Use this directory (a root filesystem, say) as the only lower layer instead of a generated tree
+    #[arg(long, value_name = "DIR", conflicts_with = "image")]
+    lower: Option<PathBuf>,
+    /// Use the unpacked layers of this store image (top first, as `image mount` stacks them) instead of a generated tree
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
+    /// The store holding --image [default: $UNIONMOUNT_STORE, /var/lib/unionmount as root]
+    #[arg(long, value_name = "DIR", requires = "image")]
+    store: Option<PathBuf>,
+    /// Multiply the generated tree's file count and the sizes read, written and appended to (2 GiB, 1 GiB, 1 GiB at 1)
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Multiply the generated tree's file count only (e.g. 5 for a 100k-file walk)
+    #[arg(long, default_value_t = 1.0)]
+    tree_scale: f64,
+    /// Tiny sizes: a smoke run of a few seconds
+    #[arg(long)]
+    quick: bool,
+    /// Runs of every workload on every target
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Only these workloads, comma-separated (see the table for names)
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    workloads: Vec<String>,
+    /// Write the results as JSON
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the results as CSV
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Draw the ratios to kernel overlayfs as an SVG bar chart
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Where the layers, uppers and mountpoints go [default: $TMPDIR or /var/tmp]
+    #[arg(long, value_name = "DIR")]
+    tmpdir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn long_help_lists_the_mount_options() {
+        let help = Cli::command().render_long_help().to_string();
+        for o in [
+            "lowerdir=",
+            "upperdir=",
+            "workdir=",
+            "uidmapping=",
+            "metacopy=",
+            "cow",
+            "chroot=",
+            "allow_other",
+            "auto_unmount",
+            "fsname=",
+            "max_write=",
+            "-f",
+            "-d",
+        ] {
+            assert!(help.contains(o), "--help lacks {o}:\n{help}");
+        }
+        let short = Cli::command().render_help().to_string();
+        assert!(short.contains("unionmount -o cow UPPER=RW:LOWER=RO MNT"));
+    }
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -1,19 +1,16 @@
 //! `unionmount image …` and `unionmount commit`: thin wrappers over the layerstore crate.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use layerstore::Store;
 use layerstore::image::{self, SaveFormat};
-use layerstore::progress::{Observer, Progress};
 use layerstore::serde_json;
 use layerstore::store::{ImageInfo, layer_pairs};
 use layerstore::unpack::Compression;
+
+use crate::store_dir::StoreDir;
 
 /// Print a line; a closed stdout (`| head`) is not an error.
 macro_rules! say {
@@ -23,366 +20,194 @@ macro_rules! say {
     }};
 }
 
-/// Where the store is: `--store DIR`, else `UNIONMOUNT_STORE`, else the default.
-#[derive(Args, Clone, Debug)]
-pub struct StoreArg {
-    /// Store directory (default: $UNIONMOUNT_STORE, /var/lib/unionmount as root,
-    /// $XDG_DATA_HOME/unionmount otherwise)
-    #[arg(long, value_name = "DIR")]
-    pub store: Option<PathBuf>,
+/// `image save`.
+#[derive(Debug)]
+pub struct SaveRequest {
+    pub image: String,
+    /// oci | oci-archive | docker-archive
+    pub format: String,
+    /// Output path (must not exist)
+    pub out: PathBuf,
+    /// Name recorded in the output (default: the image's name)
+    pub ref_name: Option<String>,
+    /// gzip, zstd or none
+    pub compress: Option<String>,
 }
 
-impl StoreArg {
-    fn root(&self) -> anyhow::Result<PathBuf> {
-        match &self.store {
-            Some(p) => Ok(p.clone()),
-            None => Ok(Store::default_root()?),
-        }
-    }
-
-    pub fn open(&self) -> anyhow::Result<Store> {
-        let mut s = Store::open(&self.root()?)?;
-        s.set_progress(terminal_progress());
-        Ok(s)
-    }
-
-    fn open_exclusive(&self) -> anyhow::Result<Store> {
-        let mut s = Store::open_exclusive(&self.root()?)?;
-        s.set_progress(terminal_progress());
-        Ok(s)
-    }
+/// `image mount`.
+#[derive(Debug)]
+pub struct ImageMount {
+    pub image: String,
+    pub mountpoint: PathBuf,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
 }
 
-/// Progress bars on a terminal (stderr); nothing otherwise.
-fn terminal_progress() -> Progress {
-    if !std::io::stderr().is_terminal() {
-        return Progress::default();
-    }
-    Progress::new(Arc::new(Bars::default()))
-}
-
-/// Draws the store's progress reports with indicatif: one bar per task
-/// (bytes of a known total), or a spinner with the byte count and rate. A
-/// task gets drawn only once it has passed [`SHOW_AFTER`] bytes, so small
-/// blobs do not flicker.
-#[derive(Default)]
-struct Bars(Mutex<Task>);
-
-#[derive(Default)]
-struct Task {
-    what: String,
-    total: Option<u64>,
-    bar: Option<ProgressBar>,
-}
-
-const SHOW_AFTER: u64 = 1 << 20;
-
-impl Bars {
-    fn task(&self) -> std::sync::MutexGuard<'_, Task> {
-        // A poisoned lock only means a panic elsewhere: the state is still usable.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Task {
-    fn bar(&self, done: u64) -> ProgressBar {
-        let target = ProgressDrawTarget::stderr();
-        let bar = match self.total {
-            Some(n) => ProgressBar::with_draw_target(Some(n), target).with_style(
-                ProgressStyle::with_template(
-                    "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            ),
-            None => ProgressBar::with_draw_target(None, target).with_style(
-                ProgressStyle::with_template("{spinner} {msg}: {binary_bytes} {binary_bytes_per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            ),
-        };
-        bar.with_message(self.what.clone()).with_position(done)
-    }
-
-    fn clear(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl Observer for Bars {
-    fn start(&self, what: &str, total: Option<u64>) {
-        let mut t = self.task();
-        t.clear();
-        t.what = what.to_string();
-        t.total = total;
-    }
-
-    fn advance(&self, done: u64) {
-        let mut t = self.task();
-        if t.bar.is_none() && done >= SHOW_AFTER {
-            t.bar = Some(t.bar(done));
-        }
-        if let Some(bar) = &t.bar {
-            bar.set_position(done);
-        }
-    }
-
-    fn finish(&self) {
-        self.task().clear();
-    }
-}
-
-#[derive(Subcommand)]
-pub enum ImageCommand {
-    /// Load images from a docker-archive tar, an OCI archive tar or an OCI layout directory.
-    Load {
-        /// The archive or directory (`-`: an archive on standard input)
-        path: PathBuf,
-        /// Name the (single) image instead of using the names in the source
-        #[arg(long)]
-        tag: Option<String>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Make a one-layer image from a root filesystem (tar, tar.gz, tar.zst or directory).
-    Import {
-        /// The root filesystem
-        path: PathBuf,
-        /// Name of the new image
-        #[arg(long)]
-        tag: String,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// List images.
-    Ls {
-        /// `json` for scripts
-        #[arg(long)]
-        format: Option<String>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Show an image's manifest, config and layer directories as JSON.
-    Inspect {
-        image: String,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Give an image another name.
-    Tag {
-        image: String,
-        new: String,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Remove image names (by id: every name of that image). Content goes with `prune`.
-    Rm {
-        #[arg(required = true)]
-        images: Vec<String>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Write an image out: oci (directory), oci-archive or docker-archive (tar).
-    Save {
-        image: String,
-        /// oci | oci-archive | docker-archive
-        #[arg(long)]
-        format: String,
-        /// Output path (must not exist)
-        out: PathBuf,
-        /// Name recorded in the output (default: the image's name)
-        #[arg(long = "ref")]
-        ref_name: Option<String>,
-        /// Recompress OCI layers: gzip (readable by every tool), zstd or none
-        #[arg(long, value_name = "gzip|zstd|none")]
-        compress: Option<String>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Remove blobs and layers that no image or container uses.
-    Prune {
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Re-hash blobs and check unpacked layers.
-    Fsck {
-        /// Remove damaged blobs and re-unpack missing or damaged layers
-        #[arg(long)]
-        repair: bool,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-    /// Mount an image's layers (read-only, or with --upper/--work) through unionmount.
-    Mount {
-        image: String,
-        mountpoint: PathBuf,
-        /// Writable upper directory
-        #[arg(long)]
-        upper: Option<PathBuf>,
-        /// Work directory on the same filesystem as the upper (default: a
-        /// hidden sibling of the upper, `.NAME.work`, made if missing)
-        #[arg(long, requires = "upper")]
-        work: Option<PathBuf>,
-        #[command(flatten)]
-        store: StoreArg,
-    },
-}
-
-#[derive(Args)]
-pub struct CommitArgs {
+/// `commit`.
+#[derive(Debug)]
+pub struct CommitRequest {
     /// Upper directory or container
     pub source: PathBuf,
     /// Name of the new image
-    #[arg(long)]
     pub tag: String,
-    /// The image the upper was mounted on (needed for directory redirects)
-    #[arg(long)]
+    /// The image the upper was mounted on
     pub from: Option<String>,
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub store: StoreDir,
 }
 
-/// Run an image command. Progress bars end with their task, before any
-/// error is printed.
-pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        ImageCommand::Load { path, tag, store } => {
-            let s = store.open()?;
-            // `-`: an archive on standard input, staged in the store's tmp/
-            // (which nobody cleans while this command holds the store).
-            let stdin_copy = (path.as_os_str() == "-")
-                .then(|| s.tmp().join(format!("stdin-{}.tar", std::process::id())));
-            if let Some(p) = &stdin_copy {
-                let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
-                let mut w = s.progress().writer("reading standard input", None, f);
-                let copied = std::io::copy(&mut std::io::stdin().lock(), &mut w);
-                drop(w);
-                if let Err(e) = copied {
-                    let _ = std::fs::remove_file(p);
-                    bail!("reading standard input: {e}");
-                }
-            }
-            let loaded = image::load(&s, stdin_copy.as_deref().unwrap_or(&path), tag.as_deref());
-            if let Some(p) = &stdin_copy {
-                let _ = std::fs::remove_file(p);
-            }
-            for l in loaded? {
-                say!(
-                    "Loaded image {} ({})",
-                    l.name.as_deref().unwrap_or("<none>"),
-                    l.manifest
-                );
-            }
-        }
-        ImageCommand::Import { path, tag, store } => {
-            let s = store.open()?;
-            let d = image::import(&s, &path, &tag)?;
-            say!("Imported {tag} ({d})");
-        }
-        ImageCommand::Ls { format, store } => ls(&store.open()?, format.as_deref())?,
-        ImageCommand::Inspect { image, store } => inspect(&store.open()?, &image)?,
-        ImageCommand::Tag { image, new, store } => store.open()?.tag(&image, &new)?,
-        ImageCommand::Rm { images, store } => {
-            let s = store.open()?;
-            for i in images {
-                let n = s.remove(&i)?;
-                say!(
-                    "Untagged {i} ({n} entr{})",
-                    if n == 1 { "y" } else { "ies" }
-                );
-            }
-        }
-        ImageCommand::Save {
-            image,
-            format,
-            out,
-            ref_name,
-            compress,
-            store,
-        } => {
-            let fmt: SaveFormat = format.parse()?;
-            let compress = match compress.as_deref() {
-                None => None,
-                Some("gzip") => Some(Compression::Gzip),
-                Some("zstd") => Some(Compression::Zstd),
-                Some("none") => Some(Compression::None),
-                Some(other) => {
-                    bail!("image save: --compress {other:?}: expected gzip, zstd or none")
-                }
-            };
-            image::save(
-                &store.open()?,
-                &image,
-                fmt,
-                &out,
-                ref_name.as_deref(),
-                compress,
-            )?;
-        }
-        ImageCommand::Prune { store } => {
-            let r = store.open_exclusive()?.prune()?;
-            say!(
-                "Removed {} blobs ({}) and {} layers",
-                r.blobs,
-                human(r.bytes),
-                r.layers
-            );
-        }
-        ImageCommand::Fsck { repair, store } => {
-            let s = if repair {
-                store.open_exclusive()?
-            } else {
-                store.open()?
-            };
-            let problems = s.fsck(repair)?;
-            for p in &problems {
-                say!("{p}");
-            }
-            if problems.is_empty() {
-                say!("store {}: clean", s.root().display());
-            } else if repair {
-                let left = s.fsck(false)?;
-                if !left.is_empty() {
-                    bail!(
-                        "store {}: {} problems remain after repair",
-                        s.root().display(),
-                        left.len()
-                    );
-                }
-                say!(
-                    "store {}: repaired {} problems",
-                    s.root().display(),
-                    problems.len()
-                );
-            } else {
-                bail!(
-                    "store {}: {} problems (run with --repair)",
-                    s.root().display(),
-                    problems.len()
-                );
-            }
-        }
-        ImageCommand::Mount {
-            image,
-            mountpoint,
-            upper,
-            work,
-            store,
-        } => {
-            return mount(
-                &store.open()?,
-                &image,
-                &mountpoint,
-                upper.as_deref(),
-                work.as_deref(),
-            );
+// Progress bars end with their task, before any error is printed.
+
+/// `image load`: `-` is an archive on standard input.
+pub fn load(store: &StoreDir, path: &Path, tag: Option<&str>) -> anyhow::Result<()> {
+    let s = store.open()?;
+    // `-`: an archive on standard input, staged in the store's tmp/
+    // (which nobody cleans while this command holds the store).
+    let stdin_copy = (path.as_os_str() == "-")
+        .then(|| s.tmp().join(format!("stdin-{}.tar", std::process::id())));
+    if let Some(p) = &stdin_copy {
+        let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
+        let mut w = s.progress().writer("reading standard input", None, f);
+        let copied = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+        drop(w);
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(p);
+            bail!("reading standard input: {e}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    let loaded = image::load(&s, stdin_copy.as_deref().unwrap_or(path), tag);
+    if let Some(p) = &stdin_copy {
+        let _ = std::fs::remove_file(p);
+    }
+    for l in loaded? {
+        say!(
+            "Loaded image {} ({})",
+            l.name.as_deref().unwrap_or("<none>"),
+            l.manifest
+        );
+    }
+    Ok(())
 }
 
-pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
+/// `image import`.
+pub fn import(store: &StoreDir, path: &Path, tag: &str) -> anyhow::Result<()> {
+    let s = store.open()?;
+    let d = image::import(&s, path, tag)?;
+    say!("Imported {tag} ({d})");
+    Ok(())
+}
+
+/// `image ls`.
+pub fn list(store: &StoreDir, format: Option<&str>) -> anyhow::Result<()> {
+    ls(&store.open()?, format)
+}
+
+/// `image inspect`.
+pub fn inspect_image(store: &StoreDir, image: &str) -> anyhow::Result<()> {
+    inspect(&store.open()?, image)
+}
+
+/// `image tag`.
+pub fn tag(store: &StoreDir, image: &str, new: &str) -> anyhow::Result<()> {
+    Ok(store.open()?.tag(image, new)?)
+}
+
+/// `image rm`.
+pub fn remove(store: &StoreDir, images: &[String]) -> anyhow::Result<()> {
+    let s = store.open()?;
+    for i in images {
+        let n = s.remove(i)?;
+        say!(
+            "Untagged {i} ({n} entr{})",
+            if n == 1 { "y" } else { "ies" }
+        );
+    }
+    Ok(())
+}
+
+/// `image save`.
+pub fn save(store: &StoreDir, req: &SaveRequest) -> anyhow::Result<()> {
+    let fmt: SaveFormat = req.format.parse()?;
+    let compress = match req.compress.as_deref() {
+        None => None,
+        Some("gzip") => Some(Compression::Gzip),
+        Some("zstd") => Some(Compression::Zstd),
+        Some("none") => Some(Compression::None),
+        Some(other) => {
+            bail!("image save: --compress {other:?}: expected gzip, zstd or none")
+        }
+    };
+    image::save(
+        &store.open()?,
+        &req.image,
+        fmt,
+        &req.out,
+        req.ref_name.as_deref(),
+        compress,
+    )?;
+    Ok(())
+}
+
+/// `image prune`.
+pub fn prune(store: &StoreDir) -> anyhow::Result<()> {
+    let r = store.open_exclusive()?.prune()?;
+    say!(
+        "Removed {} blobs ({}) and {} layers",
+        r.blobs,
+        human(r.bytes),
+        r.layers
+    );
+    Ok(())
+}
+
+/// `image fsck [--repair]`.
+pub fn fsck(store: &StoreDir, repair: bool) -> anyhow::Result<()> {
+    let s = if repair {
+        store.open_exclusive()?
+    } else {
+        store.open()?
+    };
+    let problems = s.fsck(repair)?;
+    for p in &problems {
+        say!("{p}");
+    }
+    if problems.is_empty() {
+        say!("store {}: clean", s.root().display());
+    } else if repair {
+        let left = s.fsck(false)?;
+        if !left.is_empty() {
+            bail!(
+                "store {}: {} problems remain after repair",
+                s.root().display(),
+                left.len()
+            );
+        }
+        say!(
+            "store {}: repaired {} problems",
+            s.root().display(),
+            problems.len()
+        );
+    } else {
+        bail!(
+            "store {}: {} problems (run with --repair)",
+            s.root().display(),
+            problems.len()
+        );
+    }
+    Ok(())
+}
+
+/// `image mount`.
+pub fn mount_image(store: &StoreDir, m: &ImageMount) -> anyhow::Result<ExitCode> {
+    mount(
+        &store.open()?,
+        &m.image,
+        &m.mountpoint,
+        m.upper.as_deref(),
+        m.work.as_deref(),
+    )
+}
+
+pub fn commit(args: CommitRequest) -> anyhow::Result<ExitCode> {
     let s = args.store.open()?;
     let mut from = args.from.clone();
     let mut upper = args.source.clone();
@@ -390,11 +215,11 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
         // A container (name, id or id prefix): its upper and the image it was
         // made from. Also while it runs: the upper is read as it is now.
         let key = args.source.to_string_lossy();
-        let dir = match crate::container::find(s.root(), &key) {
+        let dir = match crate::container::record::find(s.root(), &key) {
             Ok(c) if !key.contains('/') => c.dir,
             // A container directory without a runner's record (made by hand or
             // by an older version): its id names it.
-            _ => s.root().join("containers").join(key.as_ref()),
+            _ => s.container_dir(&key),
         };
         if key.contains('/') || !dir.join("upper").is_dir() {
             bail!(
@@ -403,9 +228,7 @@ pub fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
             );
         }
         if from.is_none() {
-            from = std::fs::read_to_string(dir.join("image"))
-                .ok()
-                .map(|t| t.trim().to_string());
+            from = layerstore::store::containers::read_image_record(&dir).ok();
         }
         upper = dir.join("upper");
     }
@@ -484,6 +307,7 @@ fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
 fn inspect(s: &Store, name: &str) -> anyhow::Result<()> {
     let info = s.resolve(name)?;
     let cfg_bytes = s.blobs().read_verified(&info.manifest.config.digest)?;
+    // As stored, unknown fields and all: not an image type that would drop them.
     let config: serde_json::Value = serde_json::from_slice(&cfg_bytes)
         .with_context(|| format!("config {}", info.manifest.config.digest))?;
     let layers: Vec<_> = layer_pairs(&info)?

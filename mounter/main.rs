@@ -2,6 +2,7 @@
 //! fuse-overlayfs and unionfs-fuse syntaxes, and mount.fuse3's `SRC MNT -o …`)
 //! are told apart from subcommands (`umount`, `image`, …) by their first word.
 
+#[cfg(feature = "bench")]
 mod bench;
 mod bundle;
 mod cgroup;
@@ -13,7 +14,9 @@ mod logger;
 mod mount;
 mod ns_mounts;
 mod options;
+mod progress;
 mod runner;
+mod store_dir;
 mod sys;
 mod transfer;
 

@@ -41,7 +41,7 @@ use signal_hook::iterator::Signals;
 
 use crate::cgroup;
 use crate::confine;
-use crate::container::{Container, Network, State, start_time, write_state};
+use crate::container::record::{Container, Network};
 use crate::sys::{self, Forked};
 
 /// Signals the runner (and `--init`) pass on to the command.
@@ -57,21 +57,30 @@ const FORWARDED: [i32; 7] = [
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Run the container in the foreground; its exit status.
-pub fn start(c: &Container) -> anyhow::Result<i32> {
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    let mut st = State {
-        status: "running".into(),
-        runner: start_time(me).map(|t| (me, t)),
-        ..State::default()
-    };
-    write_state(c, &st)?;
+/// What a run came to.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// The command's exit status (128+N when a signal N ended it; 125 when
+    /// the container could not be set up).
+    pub exit_code: i32,
+}
+
+/// What the runner tells the keeper of the container's record as the run
+/// goes, so that `stop`, `rm` and `ps` see it while it runs.
+pub trait RunReport {
+    /// The container's cgroups were made (nothing runs in them yet).
+    fn cgroups_made(&mut self, dirs: &[PathBuf]) -> anyhow::Result<()>;
+    /// The container's pid 1 was forked.
+    fn pid1_started(&mut self, pid: i32);
+}
+
+/// Run the container in the foreground; what came of it.
+pub fn start(c: &Container, report: &mut dyn RunReport) -> anyhow::Result<Outcome> {
     let res = match cgroup::create(&c.id, c.spec.limits) {
         Ok(dirs) => {
-            st.cgroups = dirs;
-            write_state(c, &st)?;
-            let r = run_namespaced(c, &mut st);
-            let killed = cgroup::oom_kills(&st.cgroups);
+            report.cgroups_made(&dirs)?;
+            let r = run_namespaced(c, &dirs, report);
+            let killed = cgroup::oom_kills(&dirs);
             if killed > 0 {
                 eprintln!(
                     "unionmount: run {}: out of memory (--memory {}): the kernel killed {killed} process(es)",
@@ -79,18 +88,19 @@ pub fn start(c: &Container) -> anyhow::Result<i32> {
                     c.spec.limits.memory.unwrap_or(0)
                 );
             }
-            cgroup::remove(&st.cgroups);
+            cgroup::remove(&dirs);
             r
         }
         Err(e) => Err(e),
     };
-    st.status = "exited".into();
-    st.exit_code = Some(*res.as_ref().unwrap_or(&125));
-    let _ = write_state(c, &st);
-    res
+    res.map(|exit_code| Outcome { exit_code })
 }
 
-fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
+fn run_namespaced(
+    c: &Container,
+    cgroups: &[PathBuf],
+    report: &mut dyn RunReport,
+) -> anyhow::Result<i32> {
     // Signals wait (pending) from here until our handlers exist after the
     // fork: one that came in between would otherwise end the runner with the
     // union mounted. (Spawned programs start with an empty mask.)
@@ -126,7 +136,7 @@ fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
         log::warn!("run {}: loopback device: {e}", c.name);
     }
     mount_union(c)?;
-    let res = run_mounted(c, st, &mask, &watched);
+    let res = run_mounted(c, cgroups, report, &mask, &watched);
     unmount_union(c);
     res
 }
@@ -207,7 +217,8 @@ fn unmount_union(c: &Container) {
 
 fn run_mounted(
     c: &Container,
-    st: &mut State,
+    cgroups: &[PathBuf],
+    report: &mut dyn RunReport,
     mask: &sys::SignalMask,
     watched: &[i32],
 ) -> anyhow::Result<i32> {
@@ -226,7 +237,7 @@ fn run_mounted(
         Forked::Child => {
             drop(err_r);
             let mut err = Some(fs::File::from(err_w));
-            let Err(f) = container_init(c, &st.cgroups, &mut err);
+            let Err(f) = container_init(c, cgroups, &mut err);
             if let Some(mut e) = err {
                 let _ = writeln!(e, "{}\t{}", f.code, f.msg.replace('\n', " "));
             }
@@ -235,9 +246,7 @@ fn run_mounted(
         Forked::Parent(pid) => pid,
     };
     drop(err_w);
-    let raw = pid.as_raw_nonzero().get();
-    st.pid1 = start_time(raw).map(|t| (raw, t));
-    let _ = write_state(c, st);
+    report.pid1_started(pid.as_raw_nonzero().get());
     let signals = Signals::new(watched);
     let _ = sys::restore_signals(mask);
     let mut signals = signals.context("run: installing signal handlers")?;

@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clap::Args;
 use layerstore::container_archive;
+use layerstore::store::containers::read_image_record;
 
-use crate::container::{self, ImportPlan};
-use crate::image_cmd::StoreArg;
+use crate::container::create::check_name;
+use crate::container::record::{self, Container, find, read_state};
+use crate::container::settings::{ImportPlan, create_imported, fresh_id, settings};
+use crate::store_dir::StoreDir;
 
 /// Print a line; a closed stdout (`| head`) is not an error.
 macro_rules! say {
@@ -22,29 +24,25 @@ macro_rules! say {
 }
 
 /// `unionmount export`.
-#[derive(Args, Debug)]
-pub struct ExportArgs {
+#[derive(Debug)]
+pub struct ExportRequest {
     /// Container name or id (a running one is exported as it is now)
     pub container: String,
     /// The archive to write (an OCI archive; must not exist)
     pub out: PathBuf,
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub store: StoreDir,
 }
 
 /// `unionmount import`.
-#[derive(Args, Debug)]
-pub struct ImportArgs {
+#[derive(Debug)]
+pub struct ImportRequest {
     /// An archive written by `unionmount export`
     pub archive: PathBuf,
     /// Name of the new container (default: the exported container's name)
-    #[arg(long)]
     pub name: Option<String>,
     /// Leave out the exported container's volumes (host paths of the other machine)
-    #[arg(long = "no-volumes")]
     pub no_volumes: bool,
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub store: StoreDir,
 }
 
 fn human(n: u64) -> String {
@@ -62,17 +60,17 @@ fn human(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+pub fn export(args: ExportRequest) -> anyhow::Result<ExitCode> {
     let store = args.store.open()?;
-    let c = container::find(store.root(), &args.container)?;
-    let base = fs::read_to_string(c.dir.join("image"))
+    let c = find(store.root(), &args.container)?;
+    let base = read_image_record(&c.dir)
         .with_context(|| format!("container {}: its image record", c.name))?;
-    let running = container::is_running(&container::read_state(&c.dir));
+    let running = read_state(&c.dir).is_running();
     let e = container_archive::export(
         &store,
-        base.trim(),
+        &base,
         &c.upper(),
-        &container::settings(&c),
+        &settings(&c)?,
         &c.name,
         &args.out,
     )
@@ -93,20 +91,20 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
+pub fn import(args: ImportRequest) -> anyhow::Result<ExitCode> {
     if let Some(n) = &args.name {
-        container::check_name(n)?;
+        check_name(n)?;
     }
     let store = args.store.open()?;
     let root = store.root().to_path_buf();
     if let Some(n) = &args.name
-        && !container::name_is_free(&root, n)?
+        && !record::name_is_free(&root, n)?
     {
         bail!("import: container name {n:?} is already in use");
     }
     // Everything is made under the store's tmp/ and renamed into
     // containers/ at the end: a failed import leaves no container behind.
-    let id = container::fresh_id()?;
+    let id = fresh_id()?;
     let staging = root.join("tmp").join(format!("import-{id}"));
     fs::create_dir_all(staging.join("upper"))
         .with_context(|| format!("import: {}", staging.display()))?;
@@ -129,10 +127,10 @@ pub fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
 
 fn make(
     store: &layerstore::Store,
-    args: &ImportArgs,
+    args: &ImportRequest,
     staging: &Path,
     id: String,
-) -> anyhow::Result<(container::Container, container_archive::Imported)> {
+) -> anyhow::Result<(Container, container_archive::Imported)> {
     let imported = container_archive::import(store, &args.archive, &staging.join("upper"), true)?;
     let base = imported.base.to_string();
     let info = store.resolve(&base)?;
@@ -156,6 +154,6 @@ fn make(
         lowers,
         no_volumes: args.no_volumes,
     };
-    let c = container::create_imported(store.root(), staging, &imported.settings, plan)?;
+    let c = create_imported(store.root(), staging, &imported.settings, plan)?;
     Ok((c, imported))
 }

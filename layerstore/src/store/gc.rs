@@ -45,13 +45,13 @@ impl Store {
     /// Manifests that containers were made from: `containers/<id>/image`
     /// holds a manifest digest.
     fn container_images(&self) -> Result<Vec<Descriptor>> {
-        let dir = self.root.join("containers");
+        let dir = self.containers_dir();
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).at(&dir)?.flatten() {
-            let Ok(text) = fs::read_to_string(e.path().join("image")) else {
+            let Ok(text) = super::containers::read_image_record(&e.path()) else {
                 continue;
             };
-            if let Ok(d) = Digest::parse(text.trim())
+            if let Ok(d) = Digest::parse(&text)
                 && self.blobs.contains(&d)
             {
                 out.push(Descriptor::new(image::OCI_MANIFEST, d, 0));

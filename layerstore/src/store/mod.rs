@@ -2,7 +2,8 @@
 //! transactions that make new content visible all at once, garbage
 //! collection and fsck.
 //!
-//! Garbage collection and fsck are in `gc`, transactions in `txn`.
+//! Garbage collection and fsck are in `gc`, transactions in `txn`, the
+//! containers' part of the layout in `containers`.
 //!
 //! Locks (all `flock`): `lock` is held shared by every command and exclusive
 //! by `prune` and `fsck --repair`; the first command that finds nobody else
@@ -22,6 +23,7 @@ use crate::unpack::UnpackOptions;
 use crate::util::{Lock, remove_all, write_atomic};
 use crate::{Context, Error, Result};
 
+pub mod containers;
 mod gc;
 mod txn;
 
