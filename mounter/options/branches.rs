@@ -147,7 +147,7 @@ fn split_unescaped(bytes: &[u8], sep: u8) -> Vec<Vec<u8>> {
 }
 
 /// Removes backslash escapes the way the kernel's overlay does: `\X` is `X`.
-fn unescape(bytes: &[u8]) -> Vec<u8> {
+pub(super) fn unescape(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut iter = bytes.iter().copied();
     while let Some(c) = iter.next() {
@@ -162,7 +162,7 @@ fn unescape(bytes: &[u8]) -> Vec<u8> {
 
 /// A `:`-separated path list such as lowerdir's, unescaped. An empty entry is an
 /// error: the kernel gives `::` a meaning (data-only layers) we do not support.
-fn split_path_list(what: &str, raw: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+pub(super) fn split_path_list(what: &str, raw: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     if raw.is_empty() {
         return Ok(Vec::new());
     }

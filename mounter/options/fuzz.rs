@@ -14,9 +14,9 @@ use proptest::prelude::*;
 
 use super::params::{MAX_ID_END, overlap, parse_id_mappings, range_end};
 use super::parse::parse_with_cwd;
-use super::{Branch, MAX_ERROR, os_path, validate};
+use super::{Branch, MAX_ERROR, OverlayOptions, UpperDirs, os_path, validate};
 
-fn config(ci_cases: u32) -> ProptestConfig {
+pub(super) fn config(ci_cases: u32) -> ProptestConfig {
     let cases = std::env::var("UNIONMOUNT_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -152,6 +152,52 @@ proptest! {
             prop_assert_eq!(req.workdir, Some(root.join(os_path(w))));
         }
         prop_assert_eq!(&req.mountpoint, &root.join("mnt"));
+    }
+
+    /// The encoder's output, parsed with every path resolved: the branches
+    /// are exactly the directories given (upper first), so are the workdir
+    /// and the flags.
+    #[test]
+    fn encoded_overlay_options_round_trip(
+        names in vec(dir_name(), 3..7),
+        with_upper in any::<bool>(),
+        flags in any::<[bool; 4]>(),
+    ) {
+        let (_t, root) = tree_with(&names);
+        let dir = |n: &[u8]| root.join(os_path(n));
+        let (lowers, rest) = if with_upper {
+            names.split_at(names.len() - 2)
+        } else {
+            (&names[..], &names[..0])
+        };
+        let [userxattr, metacopy, volatile, read_only] = flags;
+        let req = OverlayOptions {
+            lowers: lowers.iter().map(|n| dir(n)).collect(),
+            upper: match rest {
+                [u, w] => Some(UpperDirs { upper: dir(u), work: dir(w) }),
+                _ => None,
+            },
+            userxattr,
+            metacopy,
+            volatile,
+            read_only,
+        };
+        let encoded = req.encode().map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let args = vec![os(b"-o".to_vec()), encoded, os(b"mnt".to_vec())];
+        let got = parse_with_cwd(&args, Some(&root))
+            .map_err(|e| TestCaseError::fail(format!("{args:?}: {e}")))?;
+        let mut want: Vec<Branch> = Vec::new();
+        if let Some(u) = &req.upper {
+            want.push(Branch { path: u.upper.clone(), writable: true });
+        }
+        want.extend(req.lowers.iter().map(|l| Branch { path: l.clone(), writable: false }));
+        prop_assert_eq!(&got.branches, &want);
+        prop_assert_eq!(got.workdir, req.upper.map(|u| u.work));
+        prop_assert_eq!(
+            (got.userxattr, got.metacopy, got.volatile),
+            (userxattr, metacopy, volatile)
+        );
+        prop_assert_eq!(got.read_only, read_only || !with_upper);
     }
 
     /// The unionfs-fuse spec, escaped as documented, with modes.

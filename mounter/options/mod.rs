@@ -11,9 +11,12 @@
 //! Layout, as the kernel's overlayfs splits `params.c` from `super.c`:
 //! `parse` reads argv, `params` applies one `-o` option at a time, `branches`
 //! turns the path values into branches (both syntaxes, escapes, resolution),
-//! and `host` checks the request against the host before mounting.
+//! `host` checks the request against the host before mounting, and `encode`
+//! writes an overlay `-o` value from typed parts, escaped as `parse` reads it
+//! back (callers that start a mount use it instead of building strings).
 
 mod branches;
+mod encode;
 mod host;
 mod params;
 mod parse;
@@ -28,6 +31,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use encode::{OverlayOptions, UpperDirs};
 pub use host::validate;
 pub use parse::parse_mount_args;
 

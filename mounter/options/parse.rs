@@ -27,6 +27,13 @@ pub(super) fn parse_with_cwd(
 }
 
 fn parse_line(args: &[OsString], cwd: Option<&Path>) -> Result<MountRequest, String> {
+    let (opts, positionals) = read_options(args)?;
+    build_request(opts, &positionals, cwd)
+}
+
+/// Every option of the line applied, path values still raw (escaped and
+/// unresolved), and the positional words: what `build_request` starts from.
+pub(super) fn read_options(args: &[OsString]) -> Result<(Options, Vec<OsString>), String> {
     let line = scan_args(args)?;
     let mut opts = Options::default();
     opts.req.foreground = line.foreground || line.debug;
@@ -36,7 +43,7 @@ fn parse_line(args: &[OsString], cwd: Option<&Path>) -> Result<MountRequest, Str
             apply_option(&opt, &mut opts)?;
         }
     }
-    build_request(opts, &line.positionals, cwd)
+    Ok((opts, line.positionals))
 }
 
 // ---------------------------------------------------------------------------
