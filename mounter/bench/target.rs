@@ -121,20 +121,6 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-pub fn join_lowers(lowers: &[PathBuf]) -> anyhow::Result<String> {
-    let parts: Vec<String> = lowers
-        .iter()
-        .map(|l| {
-            let s = l.to_string_lossy();
-            if s.contains([':', ',']) {
-                bail!("layer path {s:?} contains ':' or ','; mount options cannot name it");
-            }
-            Ok(s.into_owned())
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(parts.join(":"))
-}
-
 /// One mounted (or copied) instance of a target; Drop cleans up.
 pub struct Instance {
     dir: PathBuf,
