@@ -152,7 +152,6 @@ mod tests {
 
     use super::*;
     use crate::options::branches::{split_path_list, unescape};
-    use crate::options::fuzz::config;
     use crate::options::parse::read_options;
     use crate::options::testing::*;
     use crate::options::{os_path, parse_mount_args};

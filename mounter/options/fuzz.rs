@@ -14,19 +14,8 @@ use proptest::prelude::*;
 
 use super::params::{MAX_ID_END, overlap, parse_id_mappings, range_end};
 use super::parse::parse_with_cwd;
+use super::testing::config;
 use super::{Branch, MAX_ERROR, OverlayOptions, UpperDirs, os_path, validate};
-
-pub(super) fn config(ci_cases: u32) -> ProptestConfig {
-    let cases = std::env::var("UNIONMOUNT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ci_cases);
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// Bytes that mean something to one of the parsers.
 const SPECIAL: &[u8] = b":,=\\\" \t\n'$*";

@@ -1,10 +1,11 @@
 //! Fixtures shared by the option tests: a tree of directories to mount and
-//! short ways to parse a command line.
+//! short ways to parse a command line, and the property tests' settings.
 
 use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
 
+use proptest::test_runner::Config as ProptestConfig;
 use tempfile::TempDir;
 
 use super::{Branch, MountRequest, parse_mount_args};
@@ -78,5 +79,19 @@ pub(super) fn overlay_request(t: &Tree) -> MountRequest {
         workdir: Some(t.p("w")),
         cow: true,
         ..MountRequest::default()
+    }
+}
+
+/// Proptest settings: `UNIONMOUNT_FUZZ_CASES` cases if set, else
+/// `ci_cases`; no failure files written into the tree.
+pub(super) fn config(ci_cases: u32) -> ProptestConfig {
+    let cases = std::env::var("UNIONMOUNT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ci_cases);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
     }
 }
