@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use rustix::fs::{FileType, Mode, XattrFlags};
 
 use super::workload::run_cmd;
+use crate::options::OverlayOptions;
 
 const MIB: u64 = 1 << 20;
 
@@ -295,10 +296,15 @@ impl MergedView {
             path: mnt,
             mounted: true,
         };
+        let lowerdir = OverlayOptions {
+            lowers: lowers.to_vec(),
+            ..OverlayOptions::default()
+        }
+        .encode()?;
         run_cmd(
             Command::new("mount")
                 .args(["-t", "overlay", "overlay", "-o"])
-                .arg(format!("lowerdir={}", super::target::join_lowers(lowers)?))
+                .arg(lowerdir)
                 .arg(&view.path),
         )
         .context("mounting the layers read-only with kernel overlayfs")?;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::workload::run_cmd;
+use crate::options::{OverlayOptions, UpperDirs};
 
 pub enum Kind {
     Unionmount(PathBuf),
@@ -120,20 +121,6 @@ pub fn which(prog: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-pub fn join_lowers(lowers: &[PathBuf]) -> anyhow::Result<String> {
-    let parts: Vec<String> = lowers
-        .iter()
-        .map(|l| {
-            let s = l.to_string_lossy();
-            if s.contains([':', ',']) {
-                bail!("layer path {s:?} contains ':' or ','; mount options cannot name it");
-            }
-            Ok(s.into_owned())
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(parts.join(":"))
-}
-
 /// One mounted (or copied) instance of a target; Drop cleans up.
 pub struct Instance {
     dir: PathBuf,
@@ -163,12 +150,15 @@ impl Instance {
             mounted: false,
             daemon: None,
         };
-        let lower = join_lowers(&layers.lowers)?;
-        let ovl_opts = format!(
-            "lowerdir={lower},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
+        let overlay = OverlayOptions {
+            lowers: layers.lowers.clone(),
+            upper: Some(UpperDirs {
+                upper: upper.clone(),
+                work: work.clone(),
+            }),
+            ..OverlayOptions::default()
+        };
+        let ovl_opts = overlay.encode()?;
         let mut cmd = match &t.kind {
             Kind::Dir => {
                 let Some(merged) = merged else {
@@ -185,20 +175,24 @@ impl Instance {
             }
             Kind::Overlay => {
                 let mut c = Command::new("mount");
-                c.args(["-t", "overlay", "overlay", "-o", &ovl_opts]);
+                c.args(["-t", "overlay", "overlay", "-o"]).arg(&ovl_opts);
                 c
             }
             // Metadata-only copy-up: what makes chown -R cheap. The kernel
             // target keeps its default (metacopy off: data copied), the one
             // a container engine gets.
             Kind::Unionmount(p) => {
+                let metacopy = OverlayOptions {
+                    metacopy: true,
+                    ..overlay
+                };
                 let mut c = Command::new(p);
-                c.args(["-o", &format!("{ovl_opts},metacopy=on")]);
+                c.arg("-o").arg(metacopy.encode()?);
                 c
             }
             Kind::FuseOverlayfs(p) => {
                 let mut c = Command::new(p);
-                c.args(["-o", &ovl_opts]);
+                c.arg("-o").arg(&ovl_opts);
                 c
             }
             Kind::UnionfsFuse(p) => {
@@ -212,7 +206,7 @@ impl Instance {
             }
             Kind::Custom(template) => {
                 let line = template
-                    .replace("{lower}", &lower)
+                    .replace("{lower}", &overlay.lowerdir()?.to_string_lossy())
                     .replace("{upper}", &upper.to_string_lossy())
                     .replace("{work}", &work.to_string_lossy())
                     .replace("{mnt}", &mnt.to_string_lossy());
