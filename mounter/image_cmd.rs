@@ -10,6 +10,7 @@ use layerstore::serde_json;
 use layerstore::store::{ImageInfo, layer_pairs};
 use layerstore::unpack::Compression;
 
+use crate::options::{OverlayOptions, UpperDirs};
 use crate::store_dir::StoreDir;
 
 /// Print a line; a closed stdout (`| head`) is not an error.
@@ -369,29 +370,20 @@ fn mount(
     }
     // Mount options list the top layer first.
     dirs.reverse();
-    let option_path = |p: &Path| -> anyhow::Result<String> {
-        let t = p.to_string_lossy().into_owned();
-        if t.contains([':', ',', '\\']) {
-            bail!("{t}: a path with ':', ',' or '\\' cannot go in mount options");
-        }
-        Ok(t)
-    };
-    let lowers = dirs
-        .iter()
-        .map(|d| option_path(d))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut opts = format!("lowerdir={}", lowers.join(":"));
     let work = match (upper, work) {
         (Some(u), None) => Some(default_work(u)?),
         (_, w) => w.map(Path::to_path_buf),
     };
-    if let (Some(u), Some(w)) = (upper, work.as_deref()) {
-        opts.push_str(&format!(
-            ",upperdir={},workdir={}",
-            option_path(u)?,
-            option_path(w)?
-        ));
+    let opts = OverlayOptions {
+        lowers: dirs,
+        upper: upper.zip(work).map(|(u, w)| UpperDirs {
+            upper: u.to_path_buf(),
+            work: w,
+        }),
+        ..OverlayOptions::default()
     }
+    .encode()
+    .with_context(|| format!("image mount {name}"))?;
     let exe = std::env::current_exe().context("finding the unionmount binary")?;
     let status = std::process::Command::new(exe)
         .arg("-o")

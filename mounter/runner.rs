@@ -42,6 +42,7 @@ use signal_hook::iterator::Signals;
 use crate::cgroup;
 use crate::confine;
 use crate::container::record::{Container, Network};
+use crate::options::{OverlayOptions, UpperDirs};
 use crate::sys::{self, Forked};
 
 /// Signals the runner (and `--init`) pass on to the command.
@@ -157,32 +158,25 @@ fn mount_union(c: &Container) -> anyhow::Result<()> {
 
 /// Mount a container's union (its image, init layer and upper) at `target`.
 pub fn mount_union_at(c: &Container, target: &Path) -> anyhow::Result<()> {
-    let option_path = |p: &Path| -> anyhow::Result<String> {
-        let t = p.to_string_lossy().into_owned();
-        if t.contains([':', ',', '\\']) {
-            bail!("{t}: a path with ':', ',' or '\\' cannot go in mount options");
-        }
-        Ok(t)
-    };
     let init = c.init();
-    let lowers = init
-        .is_dir()
-        .then_some(&init)
-        .into_iter()
-        .chain(c.spec.lowers.iter().rev())
-        .map(|d| option_path(d))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        option_path(&c.upper())?,
-        option_path(&c.work())?
-    );
-    if confine::in_user_namespace() {
+    let opts = OverlayOptions {
+        lowers: init
+            .is_dir()
+            .then(|| init.clone())
+            .into_iter()
+            .chain(c.spec.lowers.iter().rev().cloned())
+            .collect(),
+        upper: Some(UpperDirs {
+            upper: c.upper(),
+            work: c.work(),
+        }),
         // trusted.* xattrs need the host's CAP_SYS_ADMIN: overlay markers go
         // in user.overlay.*, as kernel overlayfs writes them with userxattr.
-        opts.push_str(",userxattr");
+        userxattr: confine::in_user_namespace(),
+        ..OverlayOptions::default()
     }
+    .encode()
+    .with_context(|| format!("run {}", c.name))?;
     let exe = std::env::current_exe().context("finding the unionmount binary")?;
     let status = Command::new(exe)
         .arg("-o")

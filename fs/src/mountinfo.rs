@@ -107,6 +107,15 @@ garbage line\n";
     }
 
     #[test]
+    fn escapes_decoded_and_broken_ones_kept() {
+        assert_eq!(
+            decode_field(b"/a\\040b\\011c\\134d"),
+            b"/a b\tc\\d".to_vec()
+        );
+        assert_eq!(decode_field(b"\\04x\\"), b"\\04x\\".to_vec());
+    }
+
+    #[test]
     fn which_mounts_hold_a_daemon_or_an_upper() {
         let kinds: Vec<bool> = parse(TABLE)
             .iter()
