@@ -44,7 +44,7 @@ const BUILTIN: &[&str] = &[
 pub struct BenchOptions {
     /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target]
     pub targets: Vec<String>,
-    /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: colon-joined, top first)
+    /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: the lowerdir value, top first, ':' ',' '\' escaped)
     pub custom: Vec<String>,
     /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them
     pub compare: bool,

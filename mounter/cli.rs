@@ -589,7 +589,7 @@ pub struct BenchArgs {
     /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     targets: Vec<String>,
-    /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: colon-joined, top first)
+    /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: the lowerdir value, top first, ':' ',' '\' escaped)
     #[arg(long = "target", value_name = "NAME=COMMAND")]
     custom: Vec<String>,
     /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them
