@@ -11,6 +11,7 @@ mod container;
 mod image_cmd;
 mod logger;
 mod mount;
+mod ns_mounts;
 mod options;
 mod runner;
 mod sys;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use fuser::{MountOption, SessionACL};
+use unionfs::fuse::kernel_mount::{self, KernelMount};
 use unionfs::{BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
 
 use crate::options::{IdMapping, MountRequest, parse_mount_args, validate};
@@ -75,7 +76,7 @@ fn spawn_daemon(args: &[OsString]) -> anyhow::Result<ExitCode> {
 /// Mount and serve until unmounted or told to stop.
 fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()> {
     let result = start_session(req);
-    let (mut session, mountpoint, union) = match result {
+    let (session, kernel_mount, union) = match result {
         Ok(s) => s,
         Err(e) => {
             if let Some(fd) = ready {
@@ -84,7 +85,8 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
             return Err(e);
         }
     };
-    let mut unmounter = session.unmount_callable();
+    let kernel_mount = Arc::new(kernel_mount);
+    let unmounter = kernel_mount.clone();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -94,15 +96,22 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             // Unmounting ends the session: every worker then sees ENODEV and returns.
-            if unmounter.unmount().is_err() {
-                let _ = rustix::mount::unmount(&mountpoint, rustix::mount::UnmountFlags::DETACH);
+            match unmounter.unmount() {
+                Ok(true) => {}
+                // Our mount is not here to unmount (a copy of it serves
+                // another mount namespace): stopping means going.
+                Ok(false) => std::process::exit(0),
+                Err(e) => log::warn!("unmounting: {e}"),
             }
         }
     });
     if let Some(fd) = ready {
         let _ = { fd }.write_all(b"ready\n");
     }
-    session.run().context("serving the filesystem")?;
+    let served = session.run().context("serving the filesystem");
+    // Ended without an unmount (an error): the mount goes, if it is still ours.
+    kernel_mount.unmount_if_connected();
+    served?;
     // Unmounted with every request answered: a volatile mount drops its marker.
     union
         .unmounted_cleanly()
@@ -111,7 +120,7 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
 
 type Session = fuser::Session<unionfs::fuse::UnionFuse>;
 
-fn start_session(req: &MountRequest) -> anyhow::Result<(Session, std::path::PathBuf, Arc<Union>)> {
+fn start_session(req: &MountRequest) -> anyhow::Result<(Session, KernelMount, Arc<Union>)> {
     // Created objects get exactly the mode the kernel passes (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
     raise_fd_limit();
@@ -125,9 +134,17 @@ fn start_session(req: &MountRequest) -> anyhow::Result<(Session, std::path::Path
     let fs = unionfs::fuse::UnionFuse::new(union.clone())
         .with_kernel_acls(kernel_checks && ids_as_stored);
     let config = session_config(req);
-    let session = fuser::Session::new(fs, &req.mountpoint, &config)
+    let allow_other = !matches!(config.acl, SessionACL::Owner);
+    let (device, mount) = kernel_mount::mount(&req.mountpoint, &config.mount_options, allow_other)
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
-    Ok((session, req.mountpoint.clone(), union))
+    let acl = config.acl;
+    match fuser::Session::from_fd(fs, device, acl, config) {
+        Ok(session) => Ok((session, mount, union)),
+        Err(e) => {
+            let _ = mount.unmount();
+            Err(e).with_context(|| format!("mounting {}", req.mountpoint.display()))
+        }
+    }
 }
 
 /// Open handles are descriptors: allow as many as the hard limit.

@@ -119,6 +119,7 @@ fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
     )
     .map_err(std::io::Error::from)
     .context("run: making mounts private")?;
+    crate::ns_mounts::drop_unneeded_copies(&paths_in_use(c));
     if c.spec.network == Network::None
         && let Err(e) = sys::loopback_up()
     {
@@ -128,6 +129,15 @@ fn run_namespaced(c: &Container, st: &mut State) -> anyhow::Result<i32> {
     let res = run_mounted(c, st, &mask, &watched);
     unmount_union(c);
     res
+}
+
+/// What the runner, its union daemon and the container's pid 1 reach in the
+/// host's tree: the layers, the container's directories and our binary.
+fn paths_in_use(c: &Container) -> Vec<std::path::PathBuf> {
+    let mut paths = c.spec.lowers.clone();
+    paths.extend([c.init(), c.upper(), c.work(), c.merged()]);
+    paths.extend(std::env::current_exe());
+    paths
 }
 
 /// Mount the image and the container's upper at `merged` with our own binary.

@@ -511,3 +511,84 @@ fn bad_input_fails_with_one_line_and_mounts_nothing() {
     assert!(d.mnt.join("a").exists());
     drop(g);
 }
+
+/// Processes a test started outside the mount guards: killed at the end,
+/// even when an assertion fails first.
+struct KillOnDrop(Vec<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn mount_namespace(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+}
+
+#[test]
+fn an_old_daemon_never_unmounts_a_newer_mount_at_its_path() {
+    let Some(d) = dirs() else { return };
+    let [up2, work2] = d.s.dirs(["up2", "work2"]);
+    let newer_opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        d.l0.display(),
+        up2.display(),
+        work2.display()
+    );
+    // The old daemon ends on its own (its last mount copy goes), then by a signal.
+    for signal in [None, Some(libc::SIGTERM)] {
+        let st = Command::new(bin())
+            .args(["-o", &d.overlay_opts()])
+            .arg(&d.mnt)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let old = pids_with_arg(&d.mnt);
+        assert_eq!(old.len(), 1, "{old:?}");
+        let old = old[0];
+        // Another mount namespace holds a copy: the old daemon outlives its
+        // unmount here, serving that copy.
+        let holder = Command::new("unshare")
+            .args(["-m", "--propagation", "unchanged", "sleep", "60"])
+            .spawn()
+            .expect("unshare (util-linux)");
+        let mut cleanup = KillOnDrop(vec![old, holder.id()]);
+        assert!(wait_until(Duration::from_secs(10), || {
+            mount_namespace(holder.id()) != mount_namespace(std::process::id())
+        }));
+        let st = Command::new(bin())
+            .arg("umount")
+            .arg(&d.mnt)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(!is_mounted(&d.mnt));
+        assert!(
+            pid_alive(old),
+            "the copy should keep the old daemon serving"
+        );
+        let mut newer = Mount::union_foreground(&d.mnt, &os(&["-o", &newer_opts])).unwrap();
+        match signal {
+            None => unsafe { libc::kill(holder.id() as i32, libc::SIGKILL) },
+            Some(sig) => unsafe { libc::kill(old as i32, sig) },
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || !pid_alive(old)),
+            "{signal:?}: the old daemon did not exit"
+        );
+        assert!(
+            is_mounted(&d.mnt),
+            "{signal:?}: the old daemon unmounted the newer mount at its path"
+        );
+        assert_eq!(fs::read(d.mnt.join("a")).unwrap(), b"l0 a");
+        assert_eq!(newer.daemon_stderr(), "");
+        newer.unmount().unwrap();
+        drop(cleanup.0.drain(..).collect::<Vec<_>>());
+        unsafe { libc::kill(holder.id() as i32, libc::SIGKILL) };
+        let mut holder = holder;
+        let _ = holder.wait();
+    }
+}

@@ -423,3 +423,55 @@ fn killed_runner_ends_a_container_of_another_user() {
     assert!(!dir.exists());
     assert_eq!(env.host_mounts(), Vec::<String>::new());
 }
+
+#[test]
+fn a_running_container_keeps_no_copy_of_other_mounts() {
+    let Some(env) = Env::new() else { return };
+    // A union mounted on the host before the container starts: the
+    // container's namespaces are made from the host's and would hold a copy
+    // of it, keeping its daemon serving after its owner unmounts it.
+    let root = env.root();
+    for d in ["hl", "hu", "hw", "hm"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::write(root.join("hl/f"), "lower").unwrap();
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        root.join("hl").display(),
+        root.join("hu").display(),
+        root.join("hw").display()
+    );
+    let hm = root.join("hm");
+    let st = std::process::Command::new(run_common::bin())
+        .args(["-o", &opts])
+        .arg(&hm)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let host_daemon = run_common::processes_naming(&opts);
+    assert_eq!(host_daemon.len(), 1, "{host_daemon:?}");
+    let (runner, _, pid1, daemon) = sleeping(&env, "k", &[]);
+    let hm_text = hm.to_string_lossy().into_owned();
+    for (who, pid) in [
+        ("runner", runner as i32),
+        ("pid 1", pid1),
+        ("daemon", daemon),
+    ] {
+        let table = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        assert!(
+            !table.contains(&hm_text),
+            "the container's {who} holds a copy of {hm_text}"
+        );
+    }
+    let st = std::process::Command::new(run_common::bin())
+        .args(["umount", &hm_text])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(
+        wait_until(10, || run_common::processes_naming(&opts).is_empty()),
+        "the host mount's daemon still serves a copy while the container runs"
+    );
+    assert_eq!(env.um(&["rm", "-f", "k"]).code, 0);
+    assert_eq!(env.wait(runner, 30), 137);
+}

@@ -1,13 +1,13 @@
-//! Name translation: the whiteout and opaque names of the OCI form, and the
-//! escaping of a user's overlay xattrs, over mixed batches of names (per
-//! name in the report).
+//! Name translation (the `ondisk` crate, as the union filesystem uses it):
+//! the whiteout and opaque names of the OCI form, and the escaping of a
+//! user's overlay xattrs, over mixed batches of names (per name in the
+//! report).
 
-use std::ffi::OsString;
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput};
-use unionfs::XattrNs;
-use unionfs::names;
+use ondisk::whiteout;
+use ondisk::xattr::{self, XattrNs};
 
 const N: usize = 1000;
 
@@ -16,18 +16,18 @@ pub fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(N as u64));
     // Entry names as a listing meets them: mostly plain, some whiteouts and
     // opaque markers.
-    let entries: Vec<OsString> = (0..N)
+    let entries: Vec<Vec<u8>> = (0..N)
         .map(|i| match i % 10 {
-            0 => OsString::from(format!(".wh.file{i:04}.txt")),
-            1 => OsString::from(names::WH_OPAQUE),
-            _ => OsString::from(format!("file{i:04}.txt")),
+            0 => format!(".wh.file{i:04}.txt").into_bytes(),
+            1 => whiteout::OPAQUE.to_vec(),
+            _ => format!("file{i:04}.txt").into_bytes(),
         })
         .collect();
     g.bench_function("oci_whiteout_target", |b| {
         b.iter(|| {
             entries
                 .iter()
-                .filter(|n| names::oci_whiteout_target(black_box(n)).is_some())
+                .filter(|n| whiteout::target(black_box(n)).is_some())
                 .count()
         })
     });
@@ -35,7 +35,7 @@ pub fn bench(c: &mut Criterion) {
         b.iter(|| {
             entries
                 .iter()
-                .filter(|n| names::is_meta_name(black_box(n)))
+                .filter(|n| whiteout::is_meta_name(black_box(n)))
                 .count()
         })
     });
@@ -43,7 +43,7 @@ pub fn bench(c: &mut Criterion) {
         b.iter(|| {
             entries
                 .iter()
-                .map(|n| names::oci_whiteout_name(black_box(n)).len())
+                .map(|n| whiteout::whiteout_name(black_box(n)).len())
                 .sum::<usize>()
         })
     });
@@ -64,13 +64,13 @@ pub fn bench(c: &mut Criterion) {
         b.iter(|| {
             stored
                 .iter()
-                .filter_map(|n| names::unescape_xattr(XattrNs::Trusted, black_box(n)))
+                .filter_map(|n| xattr::unescape(XattrNs::Trusted, black_box(n)))
                 .count()
         })
     });
     let shown: Vec<String> = stored
         .iter()
-        .filter_map(|n| names::unescape_xattr(XattrNs::Trusted, n))
+        .filter_map(|n| xattr::unescape(XattrNs::Trusted, n))
         .collect();
     assert!(
         shown.iter().any(|n| n == "trusted.overlay.opaque"),
@@ -81,7 +81,7 @@ pub fn bench(c: &mut Criterion) {
         b.iter(|| {
             shown
                 .iter()
-                .map(|n| names::escape_xattr(XattrNs::Trusted, black_box(n)).len())
+                .map(|n| xattr::escape(XattrNs::Trusted, black_box(n)).len())
                 .sum::<usize>()
         })
     });

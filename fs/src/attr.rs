@@ -5,14 +5,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use ondisk::override_stat::{self, OverrideStat};
+use ondisk::xattr;
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
 use crate::inode::{Node, NodeState, XattrNames};
 use crate::layer::{self, split, stat_at};
 use crate::lookup;
-use crate::names::{OVERRIDE_STAT, OverrideStat};
-use crate::names::{escape_xattr, unescape_xattr};
 use crate::{Result, Union, sys};
 
 /// No xattr names: most objects of a layer, all sharing one allocation.
@@ -158,7 +158,7 @@ impl Union {
         o.gid = gid.map_or(o.gid, |g| g.as_raw());
         layer::set_xattr(
             fd.as_fd(),
-            OVERRIDE_STAT,
+            override_stat::XATTR,
             o.format().as_bytes(),
             XattrFlags::empty(),
         )
@@ -189,7 +189,7 @@ impl Union {
         rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode((mode & 0o777) | keep))?;
         layer::set_xattr(
             fd.as_fd(),
-            OVERRIDE_STAT,
+            override_stat::XATTR,
             o.format().as_bytes(),
             XattrFlags::empty(),
         )
@@ -297,7 +297,7 @@ impl Union {
             return Err(Errno::NODATA);
         }
         let fd = self.open_top(node)?;
-        let stored = escape_xattr(self.cfg.xattr_ns, name);
+        let stored = xattr::escape(self.cfg.xattr_ns, name);
         layer::get_xattr(fd.as_fd(), &stored)?.ok_or(Errno::NODATA)
     }
 
@@ -315,7 +315,7 @@ impl Union {
             let Ok(stored) = std::str::from_utf8(&stored) else {
                 continue;
             };
-            if let Some(shown) = unescape_xattr(self.cfg.xattr_ns, stored) {
+            if let Some(shown) = xattr::unescape(self.cfg.xattr_ns, stored) {
                 out.extend_from_slice(shown.as_bytes());
                 out.push(0);
             }
@@ -352,7 +352,7 @@ impl Union {
 
     pub fn setxattr(&self, node: &Node, name: &str, value: &[u8], flags: i32) -> Result<()> {
         let fd = self.open_for_change(node)?;
-        let stored = escape_xattr(self.cfg.xattr_ns, name);
+        let stored = xattr::escape(self.cfg.xattr_ns, name);
         let flags = XattrFlags::from_bits_truncate(flags as _);
         layer::set_xattr(fd.as_fd(), &stored, value, flags)
     }
@@ -361,7 +361,7 @@ impl Union {
         // Removing what is not there needs no copy-up.
         self.getxattr(node, name)?;
         let fd = self.open_for_change(node)?;
-        layer::remove_xattr(fd.as_fd(), &escape_xattr(self.cfg.xattr_ns, name))
+        layer::remove_xattr(fd.as_fd(), &xattr::escape(self.cfg.xattr_ns, name))
     }
 
     /// An O_PATH descriptor of the writable copy of `node` (copied up first,

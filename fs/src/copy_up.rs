@@ -13,6 +13,8 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use ondisk::override_stat;
+use ondisk::xattr::{self, Key};
 use rustix::fs::{
     AtFlags, FileType, Mode, OFlags, RenameFlags, SeekFrom, Stat, Timestamps, XattrFlags,
 };
@@ -20,7 +22,6 @@ use rustix::io::Errno;
 
 use crate::inode::Node;
 use crate::layer::{self, Layer, split};
-use crate::names::unescape_xattr;
 use crate::{Result, Union};
 
 impl Union {
@@ -197,8 +198,8 @@ impl Union {
             // kernel takes it too), and the two xattrs together overflow an
             // ext4 inode into a 4 KiB block, as much as the data of a small
             // file. The origin comes with the data (`copy_up_data`).
-            let name = self.cfg.xattr_ns.name("metacopy");
-            return layer::set_xattr(fd.as_fd(), &name, b"", XattrFlags::empty());
+            let name = self.cfg.xattr_ns.name(Key::Metacopy);
+            return layer::set_xattr(fd.as_fd(), name, xattr::METACOPY, XattrFlags::empty());
         }
         self.set_origin(fd.as_fd(), li, lpath);
         Ok(())
@@ -209,8 +210,8 @@ impl Union {
     /// correct copy.
     fn set_origin(&self, fd: BorrowedFd<'_>, li: usize, lpath: &Path) {
         if let Some(origin) = self.encode_origin(li, lpath) {
-            let name = self.cfg.xattr_ns.name("origin");
-            let _ = layer::set_xattr(fd, &name, &origin, XattrFlags::empty());
+            let name = self.cfg.xattr_ns.name(Key::Origin);
+            let _ = layer::set_xattr(fd, name, &origin, XattrFlags::empty());
         }
     }
 
@@ -271,15 +272,15 @@ impl Union {
         if !self.cfg.volatile {
             rustix::fs::fsync(&dst)?;
         }
-        let mark = self.cfg.xattr_ns.name("metacopy");
-        match layer::remove_xattr(dst.as_fd(), &mark) {
+        let mark = self.cfg.xattr_ns.name(Key::Metacopy);
+        match layer::remove_xattr(dst.as_fd(), mark) {
             Ok(()) | Err(Errno::NODATA) => {}
             Err(e) => return Err(e),
         }
         // After the mark, so that it fits in the inode (a crash in between
         // costs only the st_ino kept across remounts).
         let has_origin = matches!(
-            layer::get_xattr(dst.as_fd(), &self.cfg.xattr_ns.name("origin")),
+            layer::get_xattr(dst.as_fd(), self.cfg.xattr_ns.name(Key::Origin)),
             Ok(Some(_))
         );
         if !has_origin {
@@ -307,10 +308,10 @@ impl Union {
     /// elsewhere (origin, redirect), as the kernel does, so that kernel overlayfs
     /// reading this upper gives readdir the same d_ino as stat.
     pub(crate) fn mark_impure(&self, dir: BorrowedFd<'_>) {
-        let key = self.cfg.xattr_ns.name("impure");
-        if matches!(layer::get_xattr(dir, &key), Ok(None)) {
+        let key = self.cfg.xattr_ns.name(Key::Impure);
+        if matches!(layer::get_xattr(dir, key), Ok(None)) {
             // Without xattrs there are no origins or redirects to announce either.
-            let _ = layer::set_xattr(dir, &key, b"y", XattrFlags::empty());
+            let _ = layer::set_xattr(dir, key, xattr::IMPURE, XattrFlags::empty());
         }
     }
 }
@@ -417,7 +418,7 @@ fn copy_metadata(
         // A rootless layer's owner stays recorded the same way in the upper.
         Some(o) => layer::set_xattr(
             dst.as_fd(),
-            crate::names::OVERRIDE_STAT,
+            override_stat::XATTR,
             o.format().as_bytes(),
             XattrFlags::empty(),
         )?,
@@ -441,7 +442,7 @@ fn copy_metadata(
         let Ok(name) = std::str::from_utf8(&name) else {
             continue;
         };
-        if unescape_xattr(union.cfg.xattr_ns, name).is_none() {
+        if xattr::unescape(union.cfg.xattr_ns, name).is_none() {
             continue;
         }
         if let Some(value) = layer::get_xattr(src, name)? {

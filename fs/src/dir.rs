@@ -8,6 +8,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 
+use ondisk::whiteout;
+use ondisk::xattr::{self, Key};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
@@ -189,8 +191,8 @@ impl Union {
     ) -> Result<()> {
         if opaque {
             let fd = layer::open_path_at(work, tmp)?;
-            let key = self.cfg.xattr_ns.name("opaque");
-            layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
+            let key = self.cfg.xattr_ns.name(Key::Opaque);
+            layer::set_xattr(fd.as_fd(), key, xattr::OPAQUE, XattrFlags::empty())?;
         }
         match (over_whiteout, opaque) {
             (false, _) => rustix::fs::renameat_with(work, tmp, dir, name, RenameFlags::NOREPLACE),
@@ -595,7 +597,13 @@ impl Union {
         if self.link_shared_whiteout(dir, name)? {
             return Ok(());
         }
-        match rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0) {
+        match rustix::fs::mknodat(
+            dir,
+            name,
+            whiteout::KERNEL_KIND,
+            Mode::empty(),
+            whiteout::KERNEL_RDEV,
+        ) {
             Err(Errno::PERM) => {}
             other => return other,
         }
@@ -611,8 +619,8 @@ impl Union {
             Mode::empty(),
         )
         .and_then(|f| {
-            let key = self.cfg.xattr_ns.name("whiteout");
-            layer::set_xattr(f.as_fd(), &key, b"", XattrFlags::empty())
+            let key = self.cfg.xattr_ns.name(Key::Whiteout);
+            layer::set_xattr(f.as_fd(), key, xattr::WHITEOUT, XattrFlags::empty())
         })
         .and_then(|()| rustix::fs::renameat_with(work, &tmp, dir, name, RenameFlags::NOREPLACE));
         if made.is_err() {
@@ -638,9 +646,9 @@ impl Union {
                 let made = rustix::fs::mknodat(
                     work,
                     SHARED_WHITEOUT,
-                    FileType::CharacterDevice,
+                    whiteout::KERNEL_KIND,
                     Mode::empty(),
-                    0,
+                    whiteout::KERNEL_RDEV,
                 );
                 match made {
                     Ok(()) => shared.made = true,
@@ -670,9 +678,9 @@ impl Union {
     /// Mark `dir` as holding xattr whiteouts (`overlay.opaque=x`), which kernel
     /// overlayfs looks for only in directories so marked.
     pub(crate) fn mark_xattr_whiteout_dir(&self, dir: BorrowedFd<'_>) -> Result<()> {
-        let key = self.cfg.xattr_ns.name("opaque");
-        if layer::get_xattr(dir, &key)?.is_none() {
-            layer::set_xattr(dir, &key, b"x", XattrFlags::empty())?;
+        let key = self.cfg.xattr_ns.name(Key::Opaque);
+        if layer::get_xattr(dir, key)?.is_none() {
+            layer::set_xattr(dir, key, xattr::OPAQUE_HOLDS_WHITEOUTS, XattrFlags::empty())?;
         }
         Ok(())
     }

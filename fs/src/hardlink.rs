@@ -11,6 +11,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
+use ondisk::nlink::Nlink;
+use ondisk::xattr::Key;
 use rustix::fs::{Stat, XattrFlags};
 use rustix::io::Errno;
 
@@ -24,13 +26,7 @@ impl Union {
     pub(crate) fn index_key(&self, li: usize, path: &Path) -> Option<OsString> {
         self.index.as_ref()?;
         let origin = self.encode_origin(li, path)?;
-        Some(
-            origin
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-                .into(),
-        )
+        Some(ondisk::origin::index_name(&origin).into())
     }
 
     /// The index entry of a lower hard-link group member, if its group has one.
@@ -47,9 +43,9 @@ impl Union {
 
     /// The link count the mount shows for a hard-linked upper file.
     pub(crate) fn shown_nlink(&self, fd: BorrowedFd<'_>, raw_nlink: u64) -> u64 {
-        let key = self.cfg.xattr_ns.name("nlink");
-        let stored = layer::get_xattr(fd, &key).ok().flatten();
-        match stored.as_deref().and_then(parse_nlink) {
+        let key = self.cfg.xattr_ns.name(Key::Nlink);
+        let stored = layer::get_xattr(fd, key).ok().flatten();
+        match stored.as_deref().and_then(Nlink::parse) {
             Some(Nlink::Upper(d)) => raw_nlink.saturating_add_signed(d),
             Some(Nlink::Lower(d)) => self
                 .origin_nlink(fd)
@@ -60,8 +56,8 @@ impl Union {
 
     /// Add `delta` to the shown link count, the upper's staying as it is.
     pub(crate) fn adjust_nlink(&self, fd: BorrowedFd<'_>, delta: i64) -> Result<()> {
-        let key = self.cfg.xattr_ns.name("nlink");
-        match layer::get_xattr(fd, &key)?.as_deref().and_then(parse_nlink) {
+        let key = self.cfg.xattr_ns.name(Key::Nlink);
+        match layer::get_xattr(fd, key)?.as_deref().and_then(Nlink::parse) {
             Some(Nlink::Lower(d)) => set_nlink(self, fd, Nlink::Lower(d + delta)),
             Some(Nlink::Upper(d)) => set_nlink(self, fd, Nlink::Upper(d + delta)),
             None => set_nlink(self, fd, Nlink::Upper(delta)),
@@ -275,61 +271,13 @@ impl Union {
         let Some(index) = self.index.as_ref() else {
             return false;
         };
-        let key = hex(origin);
+        let key = ondisk::origin::index_name(origin);
         matches!(stat_at(index.root_fd(), OsStr::new(&key)),
             Ok(ist) if ist.st_ino == st.st_ino && ist.st_dev == st.st_dev)
     }
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `overlay.nlink`: the shown link count as an offset against the upper
-/// file's count ("U+1") or against its lower origin's ("L-1").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Nlink {
-    Upper(i64),
-    Lower(i64),
-}
-
 fn set_nlink(u: &Union, fd: BorrowedFd<'_>, value: Nlink) -> Result<()> {
-    let key = u.cfg.xattr_ns.name("nlink");
-    let text = match value {
-        Nlink::Upper(d) => format!("U{d:+}"),
-        Nlink::Lower(d) => format!("L{d:+}"),
-    };
-    layer::set_xattr(fd, &key, text.as_bytes(), XattrFlags::empty())
-}
-
-/// "U+1" / "L-2" as the kernel writes them.
-fn parse_nlink(v: &[u8]) -> Option<Nlink> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (base, num) = s.split_at_checked(1)?;
-    if !num.starts_with(['+', '-']) {
-        return None;
-    }
-    let d = num.parse().ok()?;
-    match base {
-        "U" => Some(Nlink::Upper(d)),
-        "L" => Some(Nlink::Lower(d)),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Nlink, parse_nlink};
-
-    #[test]
-    fn nlink_offsets_parse_as_the_kernel_writes_them() {
-        assert_eq!(parse_nlink(b"U+1"), Some(Nlink::Upper(1)));
-        assert_eq!(parse_nlink(b"U-2"), Some(Nlink::Upper(-2)));
-        assert_eq!(parse_nlink(b"U+0"), Some(Nlink::Upper(0)));
-        assert_eq!(parse_nlink(b"L+1"), Some(Nlink::Lower(1)));
-        assert_eq!(parse_nlink(b"L-3"), Some(Nlink::Lower(-3)));
-        assert_eq!(parse_nlink(b"U1"), None);
-        assert_eq!(parse_nlink(b"X+1"), None);
-        assert_eq!(parse_nlink(b"garbage"), None);
-    }
+    let key = u.cfg.xattr_ns.name(Key::Nlink);
+    layer::set_xattr(fd, key, value.format().as_bytes(), XattrFlags::empty())
 }

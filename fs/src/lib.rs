@@ -13,6 +13,7 @@ pub mod hardlink;
 pub mod inode;
 pub mod layer;
 pub mod lookup;
+pub mod mountinfo;
 pub mod names;
 pub mod readdir;
 pub mod rename;
@@ -29,7 +30,8 @@ pub use rustix::io::Errno;
 
 use crate::inode::{InodeTable, Node, ROOT_ID};
 use crate::layer::Layer;
-pub use crate::names::{IdMap, IdRange, XattrNs};
+pub use crate::names::{IdMap, IdRange};
+pub use ondisk::xattr::XattrNs;
 
 pub type Result<T> = std::result::Result<T, Errno>;
 

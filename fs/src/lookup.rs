@@ -9,6 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ondisk::redirect::{self, Redirect};
+use ondisk::whiteout;
+use ondisk::xattr::Key;
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
@@ -258,7 +261,7 @@ impl Union {
                 }
                 Err(e) => return Err(e),
             };
-            if names::is_meta_name(lname) || is_whiteout(ldir.as_fd(), lname, &st)? {
+            if whiteout::is_meta_name(lname.as_bytes()) || is_whiteout(ldir.as_fd(), lname, &st)? {
                 break;
             }
             if top.is_none() && !is_dir(&st) {
@@ -292,7 +295,7 @@ impl Union {
             let marks = names::dir_marks(fd.as_fd())?;
             if marks.opaque
                 || oci_whiteout_present(ldir.as_fd(), lname)?
-                || stat_at(fd.as_fd(), OsStr::new(names::WH_OPAQUE)).is_ok()
+                || stat_at(fd.as_fd(), OsStr::from_bytes(whiteout::OPAQUE)).is_ok()
             {
                 break;
             }
@@ -328,12 +331,15 @@ impl Union {
                 Err(Errno::NOENT) => return Ok(Ancestors::Missing),
                 Err(e) => return Err(e),
             };
-            if names::is_meta_name(name) || is_whiteout(dir.as_fd(), name, &st)? || !is_dir(&st) {
+            if whiteout::is_meta_name(name.as_bytes())
+                || is_whiteout(dir.as_fd(), name, &st)?
+                || !is_dir(&st)
+            {
                 return Ok(Ancestors::Hidden);
             }
             let fd = open_dir_at(dir.as_fd(), name)?;
             if names::dir_marks(fd.as_fd())?.opaque
-                || stat_at(fd.as_fd(), OsStr::new(names::WH_OPAQUE)).is_ok()
+                || stat_at(fd.as_fd(), OsStr::from_bytes(whiteout::OPAQUE)).is_ok()
             {
                 opaque = true;
             }
@@ -433,11 +439,11 @@ impl Union {
         st: &Stat,
     ) -> Result<(u64, Option<std::ffi::OsString>, bool)> {
         let own = self.upper().ino_prefix | st.st_ino;
-        let Some(origin) = get_xattr(fd, &self.cfg.xattr_ns.name("origin"))? else {
+        let Some(origin) = get_xattr(fd, self.cfg.xattr_ns.name(Key::Origin))? else {
             return Ok((own, None, false));
         };
         let index = (st.st_nlink > 1 && self.is_indexed_copy(&origin, st))
-            .then(|| crate::hardlink::hex(&origin).into());
+            .then(|| ondisk::origin::index_name(&origin).into());
         Ok((self.decode_origin(&origin, st).unwrap_or(own), index, true))
     }
 
@@ -452,7 +458,7 @@ impl Union {
         if !regular || !(sparse || origin && xattr_block_at_most) {
             return Ok(false);
         }
-        Ok(get_xattr(fd, &self.cfg.xattr_ns.name("metacopy"))?.is_some())
+        Ok(get_xattr(fd, self.cfg.xattr_ns.name(Key::Metacopy))?.is_some())
     }
 
     /// Where the data of an upper file holding metadata only lives: the lower
@@ -466,7 +472,7 @@ impl Union {
         fd: BorrowedFd<'_>,
         cache: &DirCache,
     ) -> Result<(Lowers, Option<u64>)> {
-        let below = match get_xattr(fd, &self.cfg.xattr_ns.name("redirect"))? {
+        let below = match get_xattr(fd, self.cfg.xattr_ns.name(Key::Redirect))? {
             Some(r) => redirect_target(&r, 0),
             None => Below::Parent,
         };
@@ -485,7 +491,7 @@ impl Union {
     }
 
     fn decode_origin(&self, origin: &[u8], upper: &Stat) -> Option<u64> {
-        let (uuid, handle) = parse_origin(origin)?;
+        let (uuid, handle) = ondisk::origin::parse(origin)?;
         for layer in &self.layers[1..] {
             if layer.uuid != uuid {
                 continue;
@@ -506,8 +512,8 @@ impl Union {
 
     /// The link count of the lower object an upper one (`fd`) was copied from.
     pub(crate) fn origin_nlink(&self, fd: BorrowedFd<'_>) -> Option<u64> {
-        let origin = get_xattr(fd, &self.cfg.xattr_ns.name("origin")).ok()??;
-        let (uuid, handle) = parse_origin(&origin)?;
+        let origin = get_xattr(fd, self.cfg.xattr_ns.name(Key::Origin)).ok()??;
+        let (uuid, handle) = ondisk::origin::parse(&origin)?;
         let first_lower = usize::from(self.has_upper());
         self.layers[first_lower..]
             .iter()
@@ -523,7 +529,7 @@ impl Union {
         let (parent, name) = split(path);
         let dir = layer.dir(parent).ok()?;
         let handle = sys::name_to_handle(dir.as_fd(), name?).ok()?;
-        Some(build_origin(&layer.uuid, &handle))
+        Some(ondisk::origin::encode(&layer.uuid, &handle))
     }
 }
 
@@ -539,13 +545,12 @@ enum Ancestors {
 
 /// Where the lookup continues after a redirect found in branch `layer`.
 fn redirect_target(r: &[u8], layer: usize) -> Below {
-    let p = Path::new(OsStr::from_bytes(r));
-    match p.strip_prefix("/") {
-        Ok(abs) => Below::Absolute {
+    match redirect::parse(r) {
+        Redirect::Absolute(abs) => Below::Absolute {
             after: layer,
             path: abs.to_path_buf(),
         },
-        Err(_) => Below::Relative(p.to_path_buf()),
+        Redirect::Relative(p) => Below::Relative(p.to_path_buf()),
     }
 }
 
@@ -577,64 +582,15 @@ fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
 
 /// Is there an OCI `.wh.NAME` beside NAME?
 fn oci_whiteout_present(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-    if name.len() + 4 > 255 {
+    if name.len() + whiteout::PREFIX.len() > 255 {
         return Ok(false);
     }
-    match stat_at(dir, &names::oci_whiteout_name(name)) {
+    match stat_at(
+        dir,
+        OsStr::from_bytes(&whiteout::whiteout_name(name.as_bytes())),
+    ) {
         Ok(_) => Ok(true),
         Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(e),
-    }
-}
-
-const OVL_FH_MAGIC: u8 = 0xfb;
-const OVL_FB_HEADER: usize = 21;
-
-/// `struct ovl_fb`: version, magic, len, flags, type, uuid[16], fid.
-fn build_origin(uuid: &[u8; 16], handle: &sys::KernelHandle) -> Vec<u8> {
-    let mut v = Vec::with_capacity(OVL_FB_HEADER + handle.bytes.len());
-    v.push(0);
-    v.push(OVL_FH_MAGIC);
-    v.push((OVL_FB_HEADER + handle.bytes.len()) as u8);
-    v.push(if cfg!(target_endian = "big") { 1 } else { 0 });
-    v.push(handle.handle_type as u8);
-    v.extend_from_slice(uuid);
-    v.extend_from_slice(&handle.bytes);
-    v
-}
-
-fn parse_origin(v: &[u8]) -> Option<([u8; 16], sys::KernelHandle)> {
-    if v.len() < OVL_FB_HEADER || v[0] != 0 || v[1] != OVL_FH_MAGIC || v[2] as usize != v.len() {
-        return None;
-    }
-    let uuid: [u8; 16] = v[5..21].try_into().ok()?;
-    Some((
-        uuid,
-        sys::KernelHandle {
-            handle_type: i32::from(v[4]),
-            bytes: v[OVL_FB_HEADER..].to_vec(),
-        },
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_round_trips_and_rejects_garbage() {
-        let h = sys::KernelHandle {
-            handle_type: 1,
-            bytes: vec![1, 2, 3, 4, 5, 6, 7, 8],
-        };
-        let v = build_origin(&[7; 16], &h);
-        assert_eq!(v.len(), 29);
-        let (uuid, back) = parse_origin(&v).expect("parses");
-        assert_eq!(uuid, [7; 16]);
-        assert_eq!(back, h);
-        assert!(parse_origin(&v[..20]).is_none());
-        let mut bad = v.clone();
-        bad[1] = 0;
-        assert!(parse_origin(&bad).is_none());
     }
 }

@@ -12,19 +12,21 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
+use ondisk::whiteout;
+use ondisk::xattr::{self, Key};
 
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
 use crate::inode::{Node, NodeState};
 use crate::layer::{get_xattr, stat_at};
-use crate::names::{self, is_chardev_whiteout, oci_whiteout_target};
+use crate::names::{self, is_chardev_whiteout};
 use crate::{Result, Union};
 
 /// One merged entry, as readdir shows it.
@@ -247,9 +249,9 @@ impl Union {
                 if is_upper && self.is_hidden_upper_name(dpath, &name) {
                     continue;
                 }
-                if !is_upper && names::is_meta_name(&name) {
-                    if let Some(target) = oci_whiteout_target(&name) {
-                        layer_whiteouts.push(target.to_os_string());
+                if !is_upper && whiteout::is_meta_name(name.as_bytes()) {
+                    if let Some(target) = whiteout::target(name.as_bytes()) {
+                        layer_whiteouts.push(OsString::from_vec(target.to_vec()));
                     }
                     continue;
                 }
@@ -281,12 +283,12 @@ impl Union {
 
 /// Kernel 6.7+ marks a directory holding xattr whiteouts (`opaque=x` or `whiteouts`).
 fn has_xattr_whiteouts(dir: std::os::fd::BorrowedFd<'_>) -> Result<bool> {
-    for key in ["trusted.overlay.opaque", "user.overlay.opaque"] {
-        if get_xattr(dir, key)?.as_deref() == Some(b"x") {
+    for key in Key::Opaque.names() {
+        if get_xattr(dir, key)?.as_deref() == Some(xattr::OPAQUE_HOLDS_WHITEOUTS) {
             return Ok(true);
         }
     }
-    for key in ["trusted.overlay.whiteouts", "user.overlay.whiteouts"] {
+    for key in Key::Whiteouts.names() {
         if get_xattr(dir, key)?.is_some() {
             return Ok(true);
         }

@@ -6,6 +6,8 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
+use ondisk::redirect;
+use ondisk::xattr::{self, Key};
 use rustix::fs::{AtFlags, Mode, RenameFlags, Stat, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
@@ -145,14 +147,13 @@ fn mark_moved_dir(
     }
     let fd = layer::open_path_at(dir, name)?;
     if let Some((_, lower_path)) = obj.state.lowers.first() {
-        let mut redirect = b"/".to_vec();
-        redirect.extend_from_slice(lower_path.as_os_str().as_bytes());
-        let key = u.cfg.xattr_ns.name("redirect");
-        return layer::set_xattr(fd.as_fd(), &key, &redirect, XattrFlags::empty());
+        let redirect = redirect::absolute(lower_path.as_os_str().as_bytes());
+        let key = u.cfg.xattr_ns.name(Key::Redirect);
+        return layer::set_xattr(fd.as_fd(), key, &redirect, XattrFlags::empty());
     }
     if u.lowers_have(to_parent, to_name)? {
-        let key = u.cfg.xattr_ns.name("opaque");
-        layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
+        let key = u.cfg.xattr_ns.name(Key::Opaque);
+        layer::set_xattr(fd.as_fd(), key, xattr::OPAQUE, XattrFlags::empty())?;
     }
     Ok(())
 }
@@ -195,8 +196,8 @@ fn clear_destination(u: &Union, ddir: BorrowedFd<'_>, new_name: &OsStr) -> Resul
 fn empty_opaque_like(u: &Union, work: BorrowedFd<'_>, tmp: &OsStr, st: &Stat) -> Result<()> {
     rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?;
     let fd = layer::open_path_at(work, tmp)?;
-    let key = u.cfg.xattr_ns.name("opaque");
-    layer::set_xattr(fd.as_fd(), &key, b"y", XattrFlags::empty())?;
+    let key = u.cfg.xattr_ns.name(Key::Opaque);
+    layer::set_xattr(fd.as_fd(), key, xattr::OPAQUE, XattrFlags::empty())?;
     u.chown_or_record(
         work,
         tmp,

@@ -7,12 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::io::Errno;
 
-/// A kernel file handle as `name_to_handle_at` returns it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KernelHandle {
-    pub handle_type: i32,
-    pub bytes: Vec<u8>,
-}
+/// A kernel file handle as `name_to_handle_at` returns it (the origin xattr's
+/// payload, hence the format crate's type).
+pub use ondisk::origin::FileHandle as KernelHandle;
 
 const MAX_HANDLE_SZ: usize = 128;
 

@@ -9,8 +9,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use ondisk::override_stat::{self, OverrideStat};
+use ondisk::whiteout::{Marker, classify};
+use ondisk::xattr::{self, Key, XattrNs};
+
 use crate::digest::{Digest, HashingReader};
-use crate::unpack::{self, Marker, UnpackOptions, classify, split_path};
+use crate::unpack::{self, UnpackOptions, split_path};
 use crate::{Context, Error, Result};
 
 #[derive(Debug, PartialEq)]
@@ -143,8 +147,10 @@ pub fn check_layer(blob: impl Read, dir: &Path, opts: UnpackOptions) -> Result<V
                 (m.uid(), m.gid(), m.mode() & 0o7777)
             } else {
                 let mut v = [0u8; 64];
-                match rustix::fs::lgetxattr(&p, "user.containers.override_stat", &mut v[..]) {
-                    Ok(n) => crate::diff::parse_override(&v[..n]).unwrap_or_default(),
+                match rustix::fs::lgetxattr(&p, override_stat::XATTR, &mut v[..]) {
+                    Ok(n) => OverrideStat::parse(&v[..n])
+                        .map(|o| (o.uid, o.gid, o.mode))
+                        .unwrap_or_default(),
                     Err(_) => Default::default(),
                 }
             };
@@ -159,7 +165,8 @@ pub fn check_layer(blob: impl Read, dir: &Path, opts: UnpackOptions) -> Result<V
     for d in &opaque {
         let p = dir.join(std::ffi::OsStr::from_bytes(d));
         let mut v = [0u8; 4];
-        let ok = matches!(rustix::fs::lgetxattr(&p, "trusted.overlay.opaque", &mut v[..]), Ok(1) if v[0] == b'y');
+        let opaque = XattrNs::Trusted.name(Key::Opaque);
+        let ok = matches!(rustix::fs::lgetxattr(&p, opaque, &mut v[..]), Ok(n) if v[..n] == *xattr::OPAQUE);
         if !ok {
             problems.push(format!(
                 "{}: opaque marker missing",

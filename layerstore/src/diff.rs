@@ -16,6 +16,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use ondisk::override_stat::{self, OverrideStat};
+use ondisk::redirect::{self, Redirect};
+use ondisk::whiteout;
+use ondisk::xattr::{self, Key};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat};
 use serde_json::{Value, json};
 
@@ -226,37 +230,22 @@ struct Marks {
 }
 
 fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
-    let any = |n: &str| {
-        get(&xs, &format!("trusted.overlay.{n}")).or_else(|| get(&xs, &format!("user.overlay.{n}")))
-    };
-    let opaque = overlay && any("opaque") == Some(b"y");
+    let any = |k: Key| k.names().into_iter().find_map(|n| get(&xs, n));
+    let opaque = overlay && any(Key::Opaque) == Some(xattr::OPAQUE);
     let redirect = if overlay {
-        any("redirect").map(<[u8]>::to_vec)
+        any(Key::Redirect).map(<[u8]>::to_vec)
     } else {
         None
     };
-    let metacopy = overlay && any("metacopy").is_some();
-    let whiteout = overlay && any("whiteout").is_some();
-    let over = get(&xs, "user.containers.override_stat");
-    let owner = over.and_then(parse_override);
-    let special = over.and_then(override_special);
-    let mut user = Vec::new();
-    for (k, v) in xs {
-        if k == "user.containers.override_stat" {
-            continue;
-        }
-        let mut keep = Some(k.clone());
-        for prefix in ["trusted.overlay.", "user.overlay."] {
-            if let Some(rest) = k.strip_prefix(prefix) {
-                keep = rest
-                    .strip_prefix("overlay.")
-                    .map(|r| format!("{prefix}{r}"));
-            }
-        }
-        if let Some(k) = keep {
-            user.push((k, v));
-        }
-    }
+    let metacopy = overlay && any(Key::Metacopy).is_some();
+    let whiteout = overlay && any(Key::Whiteout).is_some();
+    let over = get(&xs, override_stat::XATTR).and_then(OverrideStat::parse);
+    let owner = over.map(|o| (o.uid, o.gid, o.mode));
+    let special = over.as_ref().and_then(special_of);
+    let user = xs
+        .into_iter()
+        .filter_map(|(k, v)| Some((xattr::tar_name(&k)?, v)))
+        .collect();
     Marks {
         opaque,
         redirect,
@@ -268,30 +257,17 @@ fn marks(xs: Vec<(String, Vec<u8>)>, overlay: bool) -> Marks {
     }
 }
 
-/// `uid:gid:0mode[:type]`.
-pub(crate) fn parse_override(v: &[u8]) -> Option<(u32, u32, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let mut it = s.split(':');
-    let uid = it.next()?.parse().ok()?;
-    let gid = it.next()?.parse().ok()?;
-    let mode = u32::from_str_radix(it.next()?, 8).ok()?;
-    Some((uid, gid, mode & 0o7777))
-}
-
-/// The file type part of an override value: `char-M-m`, `block-M-m`, `pipe`.
-fn override_special(v: &[u8]) -> Option<(tar::EntryType, u32, u32)> {
-    let s = std::str::from_utf8(v).ok()?;
-    let kind = s.splitn(4, ':').nth(3)?;
-    if kind == "pipe" {
-        return Some((tar::EntryType::Fifo, 0, 0));
-    }
-    let mut it = kind.split('-');
-    let t = match it.next()? {
-        "char" => tar::EntryType::Char,
-        "block" => tar::EntryType::Block,
+/// The tar type of a device or fifo that a rootless upper keeps as a
+/// regular file, by its override.
+fn special_of(o: &OverrideStat) -> Option<(tar::EntryType, u32, u32)> {
+    let (kind, rdev) = o.kind?;
+    let t = match kind {
+        FileType::CharacterDevice => tar::EntryType::Char,
+        FileType::BlockDevice => tar::EntryType::Block,
+        FileType::Fifo => tar::EntryType::Fifo,
         _ => return None,
     };
-    Some((t, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    Some((t, rustix::fs::major(rdev), rustix::fs::minor(rdev)))
 }
 
 fn header(kind: tar::EntryType, st: &Stat, owner: Option<(u32, u32, u32)>) -> tar::Header {
@@ -359,7 +335,7 @@ impl Walker<'_> {
         let ft = FileType::from_raw_mode(st.st_mode);
         let overlay = self.opts.overlay && !self.in_lower;
         match ft {
-            FileType::CharacterDevice if overlay && st.st_rdev == 0 => {
+            _ if overlay && whiteout::is_kernel_whiteout(ft, st.st_rdev) => {
                 if in_opaque {
                     return Ok(());
                 }
@@ -375,7 +351,7 @@ impl Walker<'_> {
                     .map_err(&e)?;
                 if m.opaque || m.redirect.is_some() {
                     let mut h = header(tar::EntryType::Regular, &st, Some((0, 0, 0)));
-                    let marker = join(rel, crate::unpack::OPAQUE_NAME);
+                    let marker = join(rel, whiteout::OPAQUE);
                     b.append_data(&mut h, tar_path(&marker), io::empty())
                         .map_err(&e)?;
                 }
@@ -472,7 +448,7 @@ impl Walker<'_> {
     /// `.wh.NAME` for a deleted `rel`.
     fn whiteout(&self, rel: &[u8], st: &Stat, b: &mut Builder) -> Result<()> {
         let (parent, name) = split_last(rel);
-        let wh = join(parent, &[crate::unpack::WHITEOUT_PREFIX, name].concat());
+        let wh = join(parent, &whiteout::whiteout_name(name));
         let mut h = header(tar::EntryType::Regular, st, Some((0, 0, 0)));
         b.append_data(&mut h, tar_path(&wh), io::empty())
             .map_err(self.err(rel))
@@ -497,9 +473,12 @@ impl Walker<'_> {
     /// The lower path a redirect xattr on upper path `rel` names: absolute
     /// from the layer root, or a name beside the (lower of the) parent.
     fn redirect_source(&self, rel: &[u8], redirect: &[u8]) -> Vec<u8> {
-        match redirect.strip_prefix(b"/") {
-            Some(abs) => abs.to_vec(),
-            None => join(&self.lower_path(split_last(rel).0), redirect),
+        match redirect::parse(redirect) {
+            Redirect::Absolute(abs) => abs.as_os_str().as_bytes().to_vec(),
+            Redirect::Relative(r) => join(
+                &self.lower_path(split_last(rel).0),
+                r.as_os_str().as_bytes(),
+            ),
         }
     }
 
@@ -557,17 +536,17 @@ impl Walker<'_> {
             };
             let mut opaque = marks(xattrs(fd.as_fd()), true).opaque;
             for n in list(fd.as_fd()).unwrap_or_default() {
-                if n == crate::unpack::OPAQUE_NAME {
+                if n == whiteout::OPAQUE {
                     opaque = true;
                     continue;
                 }
-                if let Some(t) = n.strip_prefix(crate::unpack::WHITEOUT_PREFIX) {
+                if let Some(t) = n.strip_prefix(whiteout::PREFIX) {
                     seen.entry(t.to_vec()).or_insert(None);
                     continue;
                 }
                 let whiteout = matches!(
                     rustix::fs::statat(&fd, os(&n), AtFlags::SYMLINK_NOFOLLOW),
-                    Ok(s) if FileType::from_raw_mode(s.st_mode) == FileType::CharacterDevice && s.st_rdev == 0
+                    Ok(s) if whiteout::is_kernel_whiteout(FileType::from_raw_mode(s.st_mode), s.st_rdev)
                 );
                 seen.entry(n)
                     .or_insert(if whiteout { None } else { Some(i) });
@@ -702,6 +681,14 @@ pub fn commit(store: &Store, upper: &Path, tag: &str, from: Option<&str>) -> Res
 mod tests {
     use super::*;
 
+    fn override_special(v: &[u8]) -> Option<(tar::EntryType, u32, u32)> {
+        special_of(&OverrideStat::parse(v)?)
+    }
+
+    fn parse_override(v: &[u8]) -> Option<(u32, u32, u32)> {
+        marks(vec![(override_stat::XATTR.into(), v.to_vec())], true).owner
+    }
+
     #[test]
     fn parses_override_types() {
         assert_eq!(
@@ -718,6 +705,7 @@ mod tests {
         );
         assert_eq!(override_special(b"0:0:0644"), None);
         assert_eq!(override_special(b"0:0:0644:file"), None);
+        assert_eq!(override_special(b"0:0:0755:socket"), None);
     }
 
     #[test]
@@ -725,6 +713,8 @@ mod tests {
         assert_eq!(parse_override(b"1:2:0755"), Some((1, 2, 0o755)));
         assert_eq!(parse_override(b"0:0:020644:char-1-3"), Some((0, 0, 0o644)));
         assert_eq!(parse_override(b"x"), None);
+        // Only a whole value is an override, as the mount reads it.
+        assert_eq!(parse_override(b"1:2:0755:bogus"), None);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::dir::{Caller, NewObject};
 use crate::inode::Node;
 use crate::{Errno, Union};
 
+pub mod kernel_mount;
 mod passthrough;
 
 use passthrough::{OpenMode, Passthrough};

@@ -20,9 +20,9 @@
 //! [`MAX_TAR_METADATA`] bytes and the metadata of the layer's directories.
 
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Cursor, Read};
+use std::io::{self, Read};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -31,30 +31,34 @@ use std::rc::Rc;
 
 use lru::LruCache;
 
+use ondisk::override_stat;
+use ondisk::whiteout::{self, Marker, classify};
+use ondisk::xattr::{self, Key, XattrNs};
 use rustix::fs::{
-    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags, makedev,
+    AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Timestamps, XattrFlags, makedev,
 };
 use rustix::io::Errno;
 use rustix::process::geteuid;
 
 use crate::digest::{Digest, HashingReader};
 
+mod compression;
 mod guard;
+mod meta;
 mod paths;
 pub mod room;
 
 use crate::{Context, Error, Result};
+pub use compression::{Compression, ZSTD_WINDOW_LOG_MAX, decompress, diff_id_of};
 pub use guard::{HeaderGuard, MAX_TAR_METADATA};
-pub use paths::{Marker, OPAQUE_NAME, WHITEOUT_PREFIX, classify, split_path, stored_xattr_name};
+pub(crate) use meta::{Meta, read_meta};
+use meta::{override_value, root_dir_override, without_xattrs};
+pub use paths::split_path;
 pub use room::check_room;
 
 /// Most entries one layer tar may hold (the largest real layers hold about a
 /// million).
 pub const MAX_ENTRIES: u64 = 1 << 22;
-
-/// Largest zstd window accepted, as a power of two: 128 MiB (zstd's own
-/// default). A frame asking for more is refused, not allocated.
-pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 
 /// Bounds of one unpack beyond the disk reserve.
 #[derive(Clone, Copy, Debug)]
@@ -97,84 +101,6 @@ pub struct Unpacked {
     pub tar_size: u64,
     /// Number of tar entries.
     pub entries: u64,
-}
-
-/// The compression of a layer stream, told by its first bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    Zstd,
-}
-
-const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
-const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
-
-impl Compression {
-    pub fn detect(head: &[u8]) -> Compression {
-        if head.starts_with(GZIP_MAGIC) {
-            Compression::Gzip
-        } else if head.starts_with(ZSTD_MAGIC) {
-            Compression::Zstd
-        } else {
-            Compression::None
-        }
-    }
-}
-
-/// Wrap a possibly compressed stream into a reader of the plain tar.
-pub fn decompress<'a, R: Read + 'a>(mut r: R) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
-    let mut head = [0u8; 4];
-    let mut n = 0;
-    while n < head.len() {
-        match r.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let kind = Compression::detect(&head[..n]);
-    let whole = Cursor::new(head[..n].to_vec()).chain(r);
-    let out: Box<dyn Read + 'a> = match kind {
-        Compression::None => Box::new(whole),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(whole)),
-        Compression::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(whole)?;
-            d.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
-            Box::new(ZstdErrors(d))
-        }
-    };
-    Ok((kind, out))
-}
-
-/// A zstd reader whose errors say what was refused.
-struct ZstdErrors<R>(R);
-
-impl<R: Read> Read for ZstdErrors<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("too much memory") || msg.contains("indowLog") {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "zstd frame needs a window larger than {} MiB (refused)",
-                        (1u64 << ZSTD_WINDOW_LOG_MAX) >> 20
-                    ),
-                )
-            } else {
-                io::Error::new(e.kind(), format!("zstd: {msg}"))
-            }
-        })
-    }
-}
-
-/// The diff id (sha256 of the uncompressed tar) of a layer stream, without
-/// unpacking it.
-pub fn diff_id_of(r: impl Read) -> io::Result<(Digest, u64)> {
-    let (_, plain) = decompress(r)?;
-    HashingReader::new(plain).finish_to_end()
 }
 
 /// Unpack a layer stream into `dest`, an empty directory, and return its diff id.
@@ -249,16 +175,6 @@ pub(crate) fn tar_error(e: &io::Error) -> String {
         return "truncated (cut in the middle of a header or a file)".to_string();
     }
     msg
-}
-
-/// Owner, mode, time and xattrs of an entry.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Meta {
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) mode: u32,
-    pub(crate) mtime: Timespec,
-    pub(crate) xattrs: Vec<(CString, Vec<u8>)>,
 }
 
 struct Unpacker {
@@ -347,7 +263,8 @@ impl Unpacker {
         match marker {
             Marker::AufsMeta => return Ok(()),
             Marker::Opaque if self.opts.privileged => {
-                return set_xattr(parent_fd.as_fd(), c"trusted.overlay.opaque", b"y")
+                let opaque = XattrNs::Trusted.name(Key::Opaque);
+                return set_xattr(parent_fd.as_fd(), opaque, xattr::OPAQUE)
                     .ctx(|| format!("layer entry {name_shown:?}: marking opaque"));
             }
             Marker::Whiteout(target) if self.opts.privileged => {
@@ -355,9 +272,9 @@ impl Unpacker {
                 return rustix::fs::mknodat(
                     &parent_fd,
                     os(target),
-                    FileType::CharacterDevice,
+                    whiteout::KERNEL_KIND,
                     Mode::empty(),
-                    makedev(0, 0),
+                    whiteout::KERNEL_RDEV,
                 )
                 .ctx(|| format!("layer entry {name_shown:?}: making whiteout"));
             }
@@ -464,7 +381,11 @@ impl Unpacker {
                         )
                         .map_err(err)?;
                         if !self.opts.privileged {
-                            let _ = set_xattr(fd.as_fd(), OVERRIDE, b"0:0:0755");
+                            let _ = set_xattr(
+                                fd.as_fd(),
+                                override_stat::XATTR,
+                                root_dir_override().as_bytes(),
+                            );
                         }
                         fd
                     }
@@ -707,7 +628,12 @@ impl Unpacker {
         } else {
             let own = if is_dir { 0o700 } else { 0o600 };
             rustix::fs::fchmod(fd, Mode::from_raw_mode((meta.mode & 0o777) | own)).ctx(what)?;
-            set_xattr(fd, OVERRIDE, override_value(meta, dev).as_bytes()).ctx(what)?;
+            set_xattr(
+                fd,
+                override_stat::XATTR,
+                override_value(meta, dev).as_bytes(),
+            )
+            .ctx(what)?;
         }
         let times = Timestamps {
             last_access: meta.mtime,
@@ -759,7 +685,8 @@ impl Unpacker {
                 Mode::empty(),
             ) {
                 let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode((meta.mode & 0o777) | 0o600));
-                let _ = set_xattr(fd.as_fd(), OVERRIDE, override_value(meta, dev).as_bytes());
+                let value = override_value(meta, dev);
+                let _ = set_xattr(fd.as_fd(), override_stat::XATTR, value.as_bytes());
             }
         }
         let times = Timestamps {
@@ -804,26 +731,6 @@ fn create_file(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<OwnedF
     )
 }
 
-const OVERRIDE: &std::ffi::CStr = c"user.containers.override_stat";
-
-fn without_xattrs(meta: Meta) -> Meta {
-    Meta {
-        xattrs: Vec::new(),
-        ..meta
-    }
-}
-
-/// The `user.containers.override_stat` value, as containers-storage writes it.
-fn override_value(meta: &Meta, dev: Option<(FileType, u32, u32)>) -> String {
-    let base = format!("{}:{}:0{:o}", meta.uid, meta.gid, meta.mode & 0o7777);
-    match dev {
-        Some((FileType::CharacterDevice, ma, mi)) => format!("{base}:char-{ma}-{mi}"),
-        Some((FileType::BlockDevice, ma, mi)) => format!("{base}:block-{ma}-{mi}"),
-        Some(_) => format!("{base}:pipe"),
-        None => base,
-    }
-}
-
 fn uid(raw: u32) -> rustix::fs::Uid {
     rustix::fs::Uid::from_raw_unchecked(raw)
 }
@@ -832,72 +739,12 @@ fn gid(raw: u32) -> rustix::fs::Gid {
     rustix::fs::Gid::from_raw_unchecked(raw)
 }
 
-fn set_xattr(fd: BorrowedFd<'_>, name: &std::ffi::CStr, value: &[u8]) -> rustix::io::Result<()> {
+fn set_xattr(
+    fd: BorrowedFd<'_>,
+    name: impl rustix::path::Arg,
+    value: &[u8],
+) -> rustix::io::Result<()> {
     rustix::fs::fsetxattr(fd, name, value, XattrFlags::empty())
-}
-
-pub(crate) fn read_meta<R: Read>(e: &mut tar::Entry<'_, R>, entry: &str) -> Result<Meta> {
-    let h = e.header();
-    let bad = |what: &str| Error::entry(entry, format!("bad {what} in header"));
-    // Empty numeric fields (all NUL) mean 0, as Go's archive/tar reads them.
-    let mut uid = h.uid().unwrap_or(0);
-    let mut gid = h.gid().unwrap_or(0);
-    let mode = h.mode().map_err(|_| bad("mode"))?;
-    let mut mtime = Timespec {
-        tv_sec: i64::try_from(h.mtime().unwrap_or(0)).unwrap_or(i64::MAX),
-        tv_nsec: 0,
-    };
-    let mut xattrs = Vec::new();
-    if let Ok(Some(pax)) = e.pax_extensions() {
-        for ext in pax.flatten() {
-            let Ok(key) = ext.key() else { continue };
-            let value = ext.value_bytes();
-            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                let Some(stored) = stored_xattr_name(name) else {
-                    continue;
-                };
-                let Ok(cname) = CString::new(stored) else {
-                    return Err(Error::entry(entry, "xattr name contains a NUL byte"));
-                };
-                xattrs.push((cname, value.to_vec()));
-            } else {
-                let text = std::str::from_utf8(value).unwrap_or("");
-                match key {
-                    "uid" => uid = text.parse().map_err(|_| bad("PAX uid"))?,
-                    "gid" => gid = text.parse().map_err(|_| bad("PAX gid"))?,
-                    "mtime" => mtime = parse_pax_time(text).ok_or_else(|| bad("PAX mtime"))?,
-                    _ => {}
-                }
-            }
-        }
-    }
-    let id = |v: u64, what: &str| match u32::try_from(v) {
-        Ok(v) if v != u32::MAX => Ok(v),
-        _ => Err(Error::entry(entry, format!("{what} {v} out of range"))),
-    };
-    Ok(Meta {
-        uid: id(uid, "uid")?,
-        gid: id(gid, "gid")?,
-        mode,
-        mtime,
-        xattrs,
-    })
-}
-
-/// Parse a PAX time, `SECONDS[.FRACTION]`.
-fn parse_pax_time(s: &str) -> Option<Timespec> {
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let tv_sec: i64 = secs.parse().ok()?;
-    let digits: String = frac.chars().take(9).collect();
-    if !digits.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let tv_nsec = if digits.is_empty() {
-        0
-    } else {
-        format!("{digits:0<9}").parse().ok()?
-    };
-    Some(Timespec { tv_sec, tv_nsec })
 }
 
 fn is_symlink(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
@@ -936,44 +783,4 @@ fn remove_tree(parent: BorrowedFd<'_>, name: &[u8]) -> rustix::io::Result<()> {
         }
     }
     rustix::fs::unlinkat(parent, os(name), AtFlags::REMOVEDIR)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detects_compression_by_magic() {
-        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
-        assert_eq!(
-            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]),
-            Compression::Zstd
-        );
-        assert_eq!(Compression::detect(b"usta"), Compression::None);
-        assert_eq!(Compression::detect(b""), Compression::None);
-    }
-
-    #[test]
-    fn parses_pax_times() {
-        let t = parse_pax_time("1700000000.5").unwrap();
-        assert_eq!((t.tv_sec, t.tv_nsec), (1_700_000_000, 500_000_000));
-        assert_eq!(parse_pax_time("12").unwrap().tv_sec, 12);
-        assert!(parse_pax_time("x").is_none());
-        assert!(parse_pax_time("1.x").is_none());
-    }
-
-    #[test]
-    fn override_values() {
-        let m = Meta {
-            uid: 1,
-            gid: 2,
-            mode: 0o4755,
-            ..Meta::default()
-        };
-        assert_eq!(override_value(&m, None), "1:2:04755");
-        assert_eq!(
-            override_value(&m, Some((FileType::CharacterDevice, 1, 3))),
-            "1:2:04755:char-1-3"
-        );
-    }
 }
