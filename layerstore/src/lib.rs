@@ -1,4 +1,4 @@
-//! Content-addressed, OCI-compatible layer store (see DESIGN.md).
+//! Content-addressed, OCI-compatible layer store (see docs/design.md).
 //!
 //! Modules are split by kind of operation: [`digest`] (content addresses and
 //! hashing streams), [`blobs`] (write-once, verify-on-read blob files),
