@@ -14,8 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use fuser::{MountOption, SessionACL};
-use unionfs::fuse::kernel_mount::{self, KernelMount};
+use unionfs::fuse::{Session, SessionOptions};
 use unionfs::{BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
 
 use crate::options::{IdMapping, MountRequest, parse_mount_args, validate};
@@ -76,7 +75,7 @@ fn spawn_daemon(args: &[OsString]) -> anyhow::Result<ExitCode> {
 /// Mount and serve until unmounted or told to stop.
 fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()> {
     let result = start_session(req);
-    let (session, kernel_mount, union) = match result {
+    let (session, union) = match result {
         Ok(s) => s,
         Err(e) => {
             if let Some(fd) = ready {
@@ -85,8 +84,7 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
             return Err(e);
         }
     };
-    let kernel_mount = Arc::new(kernel_mount);
-    let unmounter = kernel_mount.clone();
+    let unmounter = session.kernel_mount();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
@@ -108,19 +106,14 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
     if let Some(fd) = ready {
         let _ = { fd }.write_all(b"ready\n");
     }
-    let served = session.run().context("serving the filesystem");
-    // Ended without an unmount (an error): the mount goes, if it is still ours.
-    kernel_mount.unmount_if_connected();
-    served?;
+    session.run().context("serving the filesystem")?;
     // Unmounted with every request answered: a volatile mount drops its marker.
     union
         .unmounted_cleanly()
         .context("making the volatile mount's upper durable")
 }
 
-type Session = fuser::Session<unionfs::fuse::UnionFuse>;
-
-fn start_session(req: &MountRequest) -> anyhow::Result<(Session, KernelMount, Arc<Union>)> {
+fn start_session(req: &MountRequest) -> anyhow::Result<(Session, Arc<Union>)> {
     // Created objects get exactly the mode the kernel passes (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
     raise_fd_limit();
@@ -133,18 +126,9 @@ fn start_session(req: &MountRequest) -> anyhow::Result<(Session, KernelMount, Ar
     let kernel_checks = rustix::process::geteuid().is_root() || req.default_permissions;
     let fs = unionfs::fuse::UnionFuse::new(union.clone())
         .with_kernel_acls(kernel_checks && ids_as_stored);
-    let config = session_config(req);
-    let allow_other = !matches!(config.acl, SessionACL::Owner);
-    let (device, mount) = kernel_mount::mount(&req.mountpoint, &config.mount_options, allow_other)
+    let session = Session::mount(fs, &req.mountpoint, &session_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
-    let acl = config.acl;
-    match fuser::Session::from_fd(fs, device, acl, config) {
-        Ok(session) => Ok((session, mount, union)),
-        Err(e) => {
-            let _ = mount.unmount();
-            Err(e).with_context(|| format!("mounting {}", req.mountpoint.display()))
-        }
-    }
+    Ok((session, union))
 }
 
 /// Open handles are descriptors: allow as many as the hard limit.
@@ -198,53 +182,21 @@ pub fn union_config(req: &MountRequest) -> Config {
     }
 }
 
-fn session_config(req: &MountRequest) -> fuser::Config {
+/// As root the kernel checks permissions, anyone may use the mount, and
+/// device files and set-id bits work unless the options say otherwise.
+fn session_options(req: &MountRequest) -> SessionOptions {
     let root = rustix::process::geteuid().is_root();
-    let mut opts = vec![
-        MountOption::FSName(req.fsname.clone().unwrap_or_else(|| "unionmount".into())),
-        MountOption::Subtype("unionmount".into()),
-    ];
-    if root || req.default_permissions {
-        opts.push(MountOption::DefaultPermissions);
+    SessionOptions {
+        fsname: req.fsname.clone(),
+        read_only: req.read_only || !req.branches.iter().any(|b| b.writable),
+        default_permissions: root || req.default_permissions,
+        allow_other: root || req.allow_other,
+        nodev: req.nodev,
+        nosuid: req.nosuid,
+        noexec: req.noexec,
+        noatime: req.noatime,
+        devices_and_setid: root,
     }
-    let read_only = req.read_only || !req.branches.iter().any(|b| b.writable);
-    opts.push(if read_only {
-        MountOption::RO
-    } else {
-        MountOption::RW
-    });
-    for (flag, opt) in [
-        (req.nodev, MountOption::NoDev),
-        (req.nosuid, MountOption::NoSuid),
-        (req.noexec, MountOption::NoExec),
-        (req.noatime, MountOption::NoAtime),
-    ] {
-        if flag {
-            opts.push(opt);
-        }
-    }
-    if root {
-        if !req.nodev {
-            opts.push(MountOption::Dev);
-        }
-        if !req.nosuid {
-            opts.push(MountOption::Suid);
-        }
-    }
-    let mut config = fuser::Config::default();
-    config.mount_options = opts;
-    config.acl = if root || req.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(
-        std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .max(2),
-    );
-    config.clone_fd = true;
-    config
 }
 
 pub fn unmount(mountpoint: &Path) -> anyhow::Result<ExitCode> {

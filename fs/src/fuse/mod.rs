@@ -21,6 +21,9 @@ use crate::{Errno, Union};
 
 pub mod kernel_mount;
 mod passthrough;
+mod session;
+
+pub use session::{Session, SessionOptions};
 
 use passthrough::{OpenMode, Passthrough};
 

@@ -1,0 +1,120 @@
+//! A FUSE session over a union: the kernel mount, the worker threads, the
+//! access rule, and the unmount. The binary fills a plain [`SessionOptions`]
+//! from its command line; no fuser type leaves this crate.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{MountOption, SessionACL};
+
+use super::UnionFuse;
+use super::kernel_mount::{self, KernelMount};
+
+/// How the mount is made, as the command line asked.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// The mount's source as mountinfo shows it (`unionmount` if unset).
+    pub fsname: Option<String>,
+    pub read_only: bool,
+    /// Let the kernel check permissions from the modes it is shown.
+    pub default_permissions: bool,
+    /// Other users (and root) may use the mount, not only its owner.
+    pub allow_other: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+    pub noatime: bool,
+    /// Device files and set-id bits work unless `nodev`/`nosuid` (root only:
+    /// the kernel refuses them to a mount without privilege).
+    pub devices_and_setid: bool,
+}
+
+/// A mounted session, served by `run`.
+pub struct Session {
+    fuse: fuser::Session<UnionFuse>,
+    mount: Arc<KernelMount>,
+}
+
+impl Session {
+    /// Mount `fs` at `mountpoint` and do the FUSE handshake.
+    pub fn mount(fs: UnionFuse, mountpoint: &Path, opts: &SessionOptions) -> io::Result<Session> {
+        let config = fuser_config(opts);
+        let allow_other = !matches!(config.acl, SessionACL::Owner);
+        let (device, mount) = kernel_mount::mount(mountpoint, &config.mount_options, allow_other)?;
+        let acl = config.acl;
+        match fuser::Session::from_fd(fs, device, acl, config) {
+            Ok(fuse) => Ok(Session {
+                fuse,
+                mount: Arc::new(mount),
+            }),
+            Err(e) => {
+                let _ = mount.unmount();
+                Err(e)
+            }
+        }
+    }
+
+    /// The mount, to unmount it from another thread (a signal handler's).
+    pub fn kernel_mount(&self) -> Arc<KernelMount> {
+        self.mount.clone()
+    }
+
+    /// Serve until the mount goes. A session that ends on an error while
+    /// still mounted takes its mount with it, if the mount is still its own.
+    pub fn run(self) -> io::Result<()> {
+        let served = self.fuse.run();
+        self.mount.unmount_if_connected();
+        served
+    }
+}
+
+/// fuser's options for the kernel mount and the workers.
+fn fuser_config(opts: &SessionOptions) -> fuser::Config {
+    let mut list = vec![
+        MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| "unionmount".into())),
+        MountOption::Subtype("unionmount".into()),
+    ];
+    if opts.default_permissions {
+        list.push(MountOption::DefaultPermissions);
+    }
+    list.push(if opts.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
+    for (flag, opt) in [
+        (opts.nodev, MountOption::NoDev),
+        (opts.nosuid, MountOption::NoSuid),
+        (opts.noexec, MountOption::NoExec),
+        (opts.noatime, MountOption::NoAtime),
+    ] {
+        if flag {
+            list.push(opt);
+        }
+    }
+    if opts.devices_and_setid {
+        if !opts.nodev {
+            list.push(MountOption::Dev);
+        }
+        if !opts.nosuid {
+            list.push(MountOption::Suid);
+        }
+    }
+    let mut config = fuser::Config::default();
+    config.mount_options = list;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    // One worker per core, each reading its own clone of the device: the
+    // kernel spreads requests over them.
+    config.n_threads = Some(
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2),
+    );
+    config.clone_fd = true;
+    config
+}
