@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::mount::{pid_alive, run_with_timeout};
+use common::mount::{pid_alive, run_with_timeout, unionmount_umount};
 use common::{Layer, Mount, Scratch, bin, is_mounted, mount_at, wait_until};
 
 /// Scratch with two lowers, an upper, a workdir and a mountpoint.
@@ -114,9 +114,7 @@ fn umount_and_check_exit(mut guard: Mount, mnt: &Path) {
         "no daemon process found for {}",
         mnt.display()
     );
-    let mut cmd = Command::new(bin());
-    cmd.arg("umount").arg(mnt);
-    let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let (code, err) = unionmount_umount(mnt);
     assert_eq!(code, 0, "unionmount umount: {err}");
     assert_eq!(err, "", "umount: stderr must stay silent");
     assert!(!is_mounted(mnt), "still mounted after unionmount umount");
@@ -281,9 +279,7 @@ fn foreground_daemon_exits_after_unionmount_umount_and_plain_umount() {
     let Some(d) = dirs() else { return };
     let mut m = foreground(&d);
     let pid = m.pid().unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.arg("umount").arg(&d.mnt);
-    let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let (code, err) = unionmount_umount(&d.mnt);
     assert_eq!(code, 0, "unionmount umount: {err}");
     assert!(!is_mounted(&d.mnt));
     assert!(
@@ -559,12 +555,8 @@ fn an_old_daemon_never_unmounts_a_newer_mount_at_its_path() {
         assert!(wait_until(Duration::from_secs(10), || {
             mount_namespace(holder.id()) != mount_namespace(std::process::id())
         }));
-        let st = Command::new(bin())
-            .arg("umount")
-            .arg(&d.mnt)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        let (code, err) = unionmount_umount(&d.mnt);
+        assert_eq!(code, 0, "{err}");
         assert!(!is_mounted(&d.mnt));
         assert!(
             pid_alive(old),

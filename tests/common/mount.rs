@@ -266,6 +266,25 @@ pub fn abort_fuse_connection(p: &Path) {
 }
 
 /// Run a command with a time limit; returns (exit code or -1, stdout, stderr).
+/// `unionmount umount MNT`: its exit code and stderr. EBUSY is retried for
+/// a few seconds: another thread of this test process may be starting a
+/// program, and until that child execs it holds a copy of every descriptor,
+/// a file just read through the mount included, which keeps the mount busy
+/// (the kernel case below retries the same way).
+pub fn unionmount_umount(mnt: &Path) -> (i32, String) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let mut cmd = Command::new(bin());
+        cmd.arg("umount").arg(mnt);
+        let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+        let busy = err.contains("Device or resource busy");
+        if code == 0 || !busy || Instant::now() > deadline {
+            return (code, err);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> (i32, String, String) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -575,9 +594,7 @@ impl Mount {
             } => {
                 watchdog_stop.store(true, Ordering::Relaxed);
                 if is_mounted(&self.mnt) {
-                    let mut cmd = Command::new(bin());
-                    cmd.arg("umount").arg(&self.mnt);
-                    let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+                    let (code, err) = unionmount_umount(&self.mnt);
                     if code != 0 || is_mounted(&self.mnt) {
                         problems.push(format!(
                             "unionmount umount {}: exit {code}: {}",
