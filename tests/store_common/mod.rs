@@ -3,6 +3,7 @@
 //! overlayfs mounts as the reference for merging layers.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod rawtar;
 
 use std::collections::BTreeMap;
