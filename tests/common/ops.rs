@@ -73,6 +73,40 @@ pub fn long_form(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// The load tests' long form (`UNIONMOUNT_LOAD_LONG`) and seed
+/// (`UNIONMOUNT_LOAD_SEED`), shared by fs_load, fs_exerciser and fs_memory.
+pub const LOAD_LONG: &str = "UNIONMOUNT_LOAD_LONG";
+pub const LOAD_SEED: &str = "UNIONMOUNT_LOAD_SEED";
+
+/// Whether the load tests run their long form; it refuses to start unless the
+/// mount watchdog (`UNIONMOUNT_TEST_TIMEOUT`) outlasts it.
+pub fn load_long() -> bool {
+    let long = long_form(LOAD_LONG);
+    if long {
+        let t: u64 = std::env::var("UNIONMOUNT_TEST_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(180);
+        assert!(
+            t >= 1800,
+            "the long form ({LOAD_LONG}) runs for many minutes: set UNIONMOUNT_TEST_TIMEOUT=3600 \
+             so the mount watchdog does not abort it"
+        );
+    }
+    long
+}
+
+/// Bytes for a create or a write, from a seed.
+pub fn gen_data(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&r.next_u64().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
 pub fn hash_bytes(b: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     b.hash(&mut h);
