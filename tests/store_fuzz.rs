@@ -1,5 +1,5 @@
 //! Property-based fuzzing (proptest, stable Rust) of the layer unpacker, the
-//! image parsers and the image loader.
+//! image loader (the image parsers: store_fuzz_parsers.rs).
 //!
 //! Properties:
 //! - nothing panics;
@@ -45,29 +45,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use layerstore::image::{self, ConfigView, Descriptor, DockerEntry, Index, Manifest};
+use layerstore::image::{self};
 use layerstore::serde_json::{self, Value, json};
 use layerstore::unpack::{UnpackOptions, unpack};
 use layerstore::{Digest, Store};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use store_common::fuzz::{
+    config, fix_checksums, hostile_string, json_value, mutate, mutations, one_line,
+};
 use store_common::rawtar::RawTar;
-
-/// Cases per property: `UNIONMOUNT_FUZZ_CASES`, or the CI default.
-fn config(ci_cases: u32) -> ProptestConfig {
-    let cases = std::env::var("UNIONMOUNT_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(ci_cases);
-    ProptestConfig {
-        cases,
-        // Failures are reported with their shrunk input; nothing is written
-        // into the source tree.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -174,17 +162,6 @@ fn describe(p: &Path) -> String {
         m.ctime(),
         m.ctime_nsec()
     )
-}
-
-/// An error message must be one line of printable text.
-fn one_line(e: &str) -> Result<(), TestCaseError> {
-    prop_assert!(!e.is_empty(), "empty error");
-    prop_assert!(
-        !e.chars().any(char::is_control),
-        "error with a control character: {e:?}"
-    );
-    prop_assert!(e.len() < 8192, "error of {} bytes", e.len());
-    Ok(())
 }
 
 /// Without privilege nothing on disk is setuid, setgid, sticky or a device.
@@ -514,38 +491,6 @@ fn comp() -> impl Strategy<Value = Comp> {
     prop_oneof![4 => Just(Comp::Plain), 1 => Just(Comp::Gzip), 1 => Just(Comp::Zstd)]
 }
 
-/// Byte edits: (position as a fraction of the length, new byte).
-fn mutations() -> impl Strategy<Value = Vec<(f64, u8)>> {
-    vec((0.0..1.0f64, any::<u8>()), 1..8)
-}
-
-/// Set the checksum of every block that looks like a ustar or GNU header,
-/// so that mutated fields reach the code behind the checksum test.
-fn fix_checksums(mut b: Vec<u8>) -> Vec<u8> {
-    for h in b.chunks_exact_mut(512) {
-        if &h[257..262] == b"ustar" {
-            h[148..156].copy_from_slice(b"        ");
-            let sum: u32 = h.iter().map(|&x| u32::from(x)).sum();
-            h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        }
-    }
-    b
-}
-
-fn mutate(mut b: Vec<u8>, edits: &[(f64, u8)], cut: Option<f64>) -> Vec<u8> {
-    if b.is_empty() {
-        return b;
-    }
-    for (at, byte) in edits {
-        let i = ((*at * b.len() as f64) as usize).min(b.len() - 1);
-        b[i] = *byte;
-    }
-    if let Some(c) = cut {
-        b.truncate((c * b.len() as f64) as usize);
-    }
-    b
-}
-
 /// A plausible layer: the kind of tar real tools write.
 fn valid_entries() -> impl Strategy<Value = Vec<Ent>> {
     let name = "[a-d]{1,3}(/[a-d]{1,3}){0,2}".prop_map(String::into_bytes);
@@ -627,180 +572,6 @@ proptest! {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Parsers: manifests, configs, indexes, docker manifest.json, digests
-
-fn hostile_string() -> impl Strategy<Value = String> {
-    prop_oneof![
-        prop::sample::select(vec![
-            "../../../etc/passwd",
-            "/etc/shadow",
-            "sha256:../../x",
-            "sha256:",
-            "sha512:abcd",
-            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-            "sha256:ABCDEF0000000000000000000000000000000000000000000000000000000000",
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.oci.image.index.v1+json",
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            "",
-            "\u{0}",
-            "a\nb",
-            "\u{202e}",
-        ])
-        .prop_map(String::from),
-        any::<String>(),
-        "[a-z0-9:/.]{0,80}",
-    ]
-}
-
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        any::<u64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| json!(f)),
-        Just(json!(-1)),
-        Just(json!(2)),
-        hostile_string().prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        let key = prop_oneof![
-            prop::sample::select(vec![
-                "schemaVersion",
-                "mediaType",
-                "config",
-                "layers",
-                "manifests",
-                "digest",
-                "size",
-                "annotations",
-                "platform",
-                "rootfs",
-                "diff_ids",
-                "type",
-                "Config",
-                "Layers",
-                "RepoTags",
-                "architecture",
-                "os",
-            ])
-            .prop_map(String::from),
-            hostile_string(),
-        ];
-        prop_oneof![
-            vec(inner.clone(), 0..4).prop_map(Value::Array),
-            vec((key, inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
-        ]
-    })
-}
-
-fn valid_documents() -> Vec<Vec<u8>> {
-    let d = Digest::of_bytes(b"x");
-    vec![
-        format!(
-            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"{}","digest":"{d}","size":1}},"layers":[{{"mediaType":"{}","digest":"{d}","size":1}}],"annotations":{{"a":"b"}}}}"#,
-            image::OCI_MANIFEST,
-            image::OCI_CONFIG,
-            image::OCI_LAYER_GZIP
-        )
-        .into_bytes(),
-        format!(r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{d}"]}}}}"#)
-            .into_bytes(),
-        format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{}","digest":"{d}","size":1,"platform":{{"architecture":"amd64","os":"linux"}},"annotations":{{"org.opencontainers.image.ref.name":"t"}}}}]}}"#,
-            image::OCI_MANIFEST
-        )
-        .into_bytes(),
-        br#"[{"Config":"abc.json","RepoTags":["a:b"],"Layers":["l/layer.tar"]}]"#.to_vec(),
-    ]
-}
-
-fn json_input() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![
-        json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
-        (
-            0..4usize,
-            mutations(),
-            prop::option::weighted(0.2, 0.0..1.0f64)
-        )
-            .prop_map(|(i, edits, cut)| mutate(valid_documents()[i].clone(), &edits, cut)),
-        vec(any::<u8>(), 0..256),
-        (1..400usize).prop_map(|depth| {
-            let mut s = "[".repeat(depth).into_bytes();
-            s.extend("]".repeat(depth).into_bytes());
-            s
-        }),
-    ]
-}
-
-fn parse_all(bytes: &[u8]) -> Result<(), TestCaseError> {
-    fn check<T>(r: layerstore::Result<T>) -> Result<Option<T>, TestCaseError> {
-        match r {
-            Ok(v) => Ok(Some(v)),
-            Err(e) => {
-                one_line(&e.to_string())?;
-                Ok(None)
-            }
-        }
-    }
-    if let Some(m) = check(image::parse_json::<Manifest>(bytes, "manifest"))? {
-        // What parses serializes and parses back the same; its digests can
-        // only name blobs, never paths.
-        let again: Manifest = image::parse_json(&image::to_json(&m), "again").unwrap();
-        prop_assert_eq!(&again, &m);
-        for d in std::iter::once(&m.config).chain(&m.layers) {
-            safe_digest(&d.digest)?;
-        }
-    }
-    if let Some(c) = check(image::parse_json::<ConfigView>(bytes, "config"))? {
-        for d in &c.rootfs.diff_ids {
-            safe_digest(d)?;
-        }
-    }
-    if let Some(i) = check(image::parse_json::<Index>(bytes, "index"))? {
-        for d in &i.manifests {
-            safe_digest(&d.digest)?;
-        }
-        let _ = image::pick_platform(&i.manifests, "index").map_err(|e| e.to_string());
-    }
-    check(image::parse_json::<Vec<DockerEntry>>(
-        bytes,
-        "manifest.json",
-    ))?;
-    check(image::parse_json::<Descriptor>(bytes, "descriptor"))?;
-    if let Ok(s) = std::str::from_utf8(bytes)
-        && let Some(d) = check(Digest::parse(s))?
-    {
-        safe_digest(&d)?;
-    }
-    Ok(())
-}
-
-fn safe_digest(d: &Digest) -> Result<(), TestCaseError> {
-    let p = image::blob_path(d);
-    let hex = p.strip_prefix("blobs/sha256/").unwrap_or("");
-    prop_assert!(
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
-        "digest {d} names {p}"
-    );
-    Ok(())
-}
-
-proptest! {
-    #![proptest_config(config(512))]
-
-    #[test]
-    fn parsers_never_panic_and_errors_are_one_line(bytes in json_input()) {
-        parse_all(&bytes)?;
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The loader: whole OCI layouts and docker archives
 
 #[derive(Clone, Debug)]

@@ -3,6 +3,7 @@
 //! overlayfs mounts as the reference for merging layers.
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod hostile;
 pub mod rawtar;
 
