@@ -1,6 +1,6 @@
 //! Every digest is checked and a bad one stores nothing; truncated and missing
-//! blobs; concurrent imports sharing layers; kill -9 in the middle of an
-//! import; fsck and its repairs.
+//! blobs; concurrent imports sharing layers; fsck and its repairs (kill -9
+//! during an import is in store_crash.rs).
 
 mod store_common;
 
@@ -326,44 +326,6 @@ fn concurrent_loads_sharing_layers_all_succeed() {
     assert_eq!(env.contents().1.len(), 5);
     assert_eq!(env.um(&["image", "ls"]).lines().count(), 5);
     assert!(env.um(&["image", "fsck"]).contains("clean"));
-}
-
-#[test]
-fn kill_9_during_import_leaves_a_clean_store() {
-    let env = Env::new();
-    env.um(&["image", "ls"]);
-    let big: Vec<u8> = (0..40_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
-        .collect();
-    let tar = RawTar::default()
-        .file("big", &big)
-        .file("small", b"s")
-        .finish();
-    let p = env.path().join("big.tar");
-    fs::write(&p, tar).unwrap();
-    for delay_ms in [5u64, 50, 200] {
-        let mut child = Command::new(bin())
-            .args(["image", "import"])
-            .arg(&p)
-            .args(["--tag", "big"])
-            .env("UNIONMOUNT_STORE", env.store())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
-        // Whatever the moment, the store is consistent and the import can be retried.
-        let out = env.um(&["image", "fsck"]);
-        assert!(out.contains("clean"), "{out}");
-        assert_eq!(fs::read_dir(env.store().join("tmp")).unwrap().count(), 0);
-        let _ = env.um_out(&["image", "rm", "big"]);
-        env.um(&["image", "prune"]);
-    }
-    env.um(&["image", "import", &p.display().to_string(), "--tag", "big"]);
-    let dirs = env.layer_dirs("big");
-    assert_eq!(fs::read(dirs[0].join("big")).unwrap().len(), big.len());
 }
 
 #[test]
@@ -739,119 +701,6 @@ fn commit_and_import_keep_any_file_name() {
             fs::metadata(l.join("odd-link")).unwrap().ino()
         );
     }
-}
-
-/// What a running import has staged: names in `tmp/txn-*/`.
-fn staged(store: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for t in fs::read_dir(store.join("tmp"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for e in fs::read_dir(t.path()).into_iter().flatten().flatten() {
-            out.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    out
-}
-
-#[test]
-fn kill_9_in_each_phase_of_import_then_fsck_is_clean_and_a_retry_succeeds() {
-    // Killed while the blob is staged (fed through a fifo, so the moment is
-    // certain), and while the layer is being unpacked (seen in tmp/): each
-    // time fsck is clean, tmp/ is emptied by the next command, and the same
-    // import run again succeeds with no prune in between.
-    let env = Env::new();
-    env.um(&["image", "ls"]);
-    let mut tar = RawTar::default();
-    for i in 0..3000 {
-        tar = tar.file(&format!("d{}/f{i}", i % 30), format!("{i}").as_bytes());
-    }
-    let big: Vec<u8> = (0..24_000_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 9) as u8)
-        .collect();
-    let tar = tar.file("big", &big).finish();
-    let p = env.path().join("rootfs.tar");
-    fs::write(&p, &tar).unwrap();
-    let check_then_retry = |tag: &str| {
-        let out = env.um(&["image", "fsck"]);
-        assert!(out.contains("clean"), "{out}");
-        assert_eq!(fs::read_dir(env.store().join("tmp")).unwrap().count(), 0);
-        assert!(
-            !env.um(&["image", "ls"]).contains(tag),
-            "no tag after a kill"
-        );
-        env.um(&["image", "import", &p.display().to_string(), "--tag", tag]);
-        let dirs = env.layer_dirs(tag);
-        assert_eq!(fs::read(dirs[0].join("big")).unwrap(), big);
-        assert_eq!(fs::read(dirs[0].join("d7/f2977")).unwrap(), b"2977");
-        assert!(env.um(&["image", "fsck"]).contains("clean"));
-        env.um(&["image", "rm", tag]);
-        env.um(&["image", "prune"]);
-        assert_eq!(env.contents(), (vec![], vec![]), "prune removes it all");
-    };
-
-    // 1. Half the tar written into a fifo: the import is staging its blob.
-    let fifo = env.path().join("fifo.tar");
-    run(Command::new("mkfifo").arg(&fifo));
-    let mut child = Command::new(bin())
-        .args(["image", "import"])
-        .arg(&fifo)
-        .args(["--tag", "staged"])
-        .env("UNIONMOUNT_STORE", env.store())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write as _;
-        let mut w = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-        w.write_all(&tar[..tar.len() / 2]).unwrap();
-        w.flush().unwrap();
-        let t0 = std::time::Instant::now();
-        while !staged(&env.store()).iter().any(|n| n.starts_with("blob")) {
-            assert!(t0.elapsed().as_secs() < 30, "no blob staged");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-    check_then_retry("staged");
-
-    // 2. While unpacking: a layer directory is in tmp/.
-    let mut caught = false;
-    for _ in 0..5 {
-        let mut child = Command::new(bin())
-            .args(["image", "import"])
-            .arg(&p)
-            .args(["--tag", "unpacking"])
-            .env("UNIONMOUNT_STORE", env.store())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        loop {
-            if staged(&env.store()).iter().any(|n| n.starts_with("layer")) {
-                child.kill().unwrap();
-                caught = true;
-                break;
-            }
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        child.wait().unwrap();
-        if caught {
-            break;
-        }
-        // Finished before it was seen unpacking: undo and try again.
-        env.um(&["image", "rm", "unpacking"]);
-        env.um(&["image", "prune"]);
-    }
-    assert!(caught, "never saw the import unpacking");
-    check_then_retry("unpacking");
 }
 
 #[test]
