@@ -4,6 +4,8 @@
 //! stacks a store image's layers top first and leaves the store as it was.
 //! No timing assertions.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -11,27 +13,7 @@ const TARGETS: &[&str] = &["unionmount", "overlay", "dir"];
 
 /// Root, /dev/fuse and kernel overlayfs, or a skip (a failure under CI=true).
 fn can_run() -> bool {
-    let mut missing = Vec::new();
-    if !rustix::process::geteuid().is_root() {
-        missing.push("not running as root");
-    }
-    if !Path::new("/dev/fuse").exists() {
-        missing.push("/dev/fuse is missing");
-    }
-    let fss = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !fss.lines().any(|l| l.ends_with("\toverlay")) {
-        missing.push("kernel overlayfs is not available");
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = missing.join("; ");
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "bench test cannot run under CI=true: {why}"
-    );
-    eprintln!("SKIPPING bench test (set CI=true to make this a failure): {why}");
-    false
+    common::require_mounts()
 }
 
 /// Is git installed? Under CI=true it must be (the git workload is part of
@@ -43,7 +25,7 @@ fn git_installed() -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
+            !common::under_ci(),
             "git is not installed: the git workload cannot run under CI=true"
         );
         eprintln!("git is not installed: checking that the git workload is reported as skipped");

@@ -3,6 +3,9 @@
 //! the archive is an OCI image skopeo reads; a running container is exported
 //! as a snapshot; bad input is one line and leaves no container behind.
 
+// Both libraries carry the shared `support` module, each its own copy.
+#![allow(clippy::duplicate_mod)]
+
 mod run_common;
 mod tool_common;
 

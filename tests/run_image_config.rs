@@ -20,7 +20,7 @@ fn tool(dir: &Path, args: &[&str]) -> bool {
             assert!(o.status.success(), "{args:?}: {o:?}");
             true
         }
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+        Err(e) if run_common::under_ci() => {
             panic!("{} is needed under CI=true: {e}", args[0])
         }
         Err(e) => {

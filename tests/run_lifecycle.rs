@@ -65,7 +65,7 @@ fn errors_are_one_line() {
             assert!(one_line(&o.stderr), "{o:?}");
             assert!(o.stderr.to_lowercase().contains("permission"), "{o:?}");
         }
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+        Err(e) if run_common::under_ci() => {
             panic!("setpriv (util-linux) is needed: {e}")
         }
         Err(e) => eprintln!("not checking the unprivileged case: setpriv: {e}"),

@@ -5,6 +5,9 @@
 //! what dies, and `unionmount stop` ends them all (init's shutdown actions
 //! included) and cleans up.
 
+// Both libraries carry the shared `support` module, each its own copy.
+#![allow(clippy::duplicate_mod)]
+
 mod run_common;
 mod tool_common;
 

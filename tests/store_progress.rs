@@ -131,11 +131,7 @@ fn a_terminal_gets_a_progress_bar() {
         .arg("."));
     // `script` gives the command a terminal and copies what it draws.
     let typescript = t.join("typescript");
-    let cmd = format!(
-        "{} image import {} --tag big",
-        bin().display(),
-        tar.display()
-    );
+    let cmd = format!("{} image import {} --tag big", bin(), tar.display());
     run(Command::new("script")
         .args(["-q", "-e", "-c", &cmd])
         .arg(&typescript)

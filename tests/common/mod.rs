@@ -18,6 +18,9 @@
 //! why and pass, except under `CI=true`, where they fail.
 #![allow(dead_code, unused_imports)]
 
+#[path = "../support/mod.rs"]
+pub mod support;
+
 pub mod crash;
 pub mod layer;
 pub mod mount;
@@ -33,10 +36,11 @@ use std::path::{Path, PathBuf};
 
 pub use layer::{Dialect, LAYER_MTIME, Layer, Meta};
 pub use mount::{
-    Mount, Scratch, bin, is_mounted, kernel_opts, mount_at, require_mounts, subject_is_kernel,
+    Mount, Scratch, is_mounted, kernel_opts, mount_at, require_mounts, subject_is_kernel,
     union_opts, wait_until,
 };
 pub use snapshot::{Tree, assert_trees_eq, raw_checksum, snapshot};
+pub use support::{bin, can_run, under_ci};
 pub use sys::{Errno, errno_name, outcome};
 
 /// Which implementation mounts a side.

@@ -7,6 +7,8 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use super::bin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,10 +16,6 @@ use std::time::{Duration, Instant};
 use super::sys;
 
 /// The unionmount binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_unionmount")
-}
-
 /// Whether this machine can run mount tests. Under `CI=true` a missing
 /// requirement is a loud failure; elsewhere the test prints why and returns.
 #[must_use]
@@ -36,15 +34,7 @@ pub fn require_mounts() -> bool {
     {
         missing.push("kernel overlayfs is not available (modprobe overlay)".to_string());
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = missing.join("; ");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("mount tests cannot run under CI=true: {why}");
-    }
-    eprintln!("SKIPPING mount test (set CI=true to make this a failure): {why}");
-    false
+    super::can_run("mount tests", &missing)
 }
 
 /// Which implementation plays "the subject". `UNIONMOUNT_TEST_SUBJECT=kernel`

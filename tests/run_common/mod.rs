@@ -21,9 +21,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The unionmount binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_unionmount")
-}
+#[path = "../support/mod.rs"]
+mod support;
+
+// Not every test binary uses each of them.
+#[allow(unused_imports)]
+pub use support::{bin, under_ci};
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -41,15 +44,7 @@ pub fn require_runner() -> bool {
     if !fs::read(BUSYBOX).is_ok_and(|b| is_static_elf(&b)) {
         missing.push(format!("{BUSYBOX} (busybox-static) is missing"));
     }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = missing.join("; ");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("runner tests cannot run under CI=true: {why}");
-    }
-    eprintln!("SKIPPING runner test (set CI=true to make this a failure): {why}");
-    false
+    support::can_run("runner tests", &missing)
 }
 
 /// A 64-bit ELF without a program interpreter (PT_INTERP): runs in any root.

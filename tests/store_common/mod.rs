@@ -15,9 +15,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+#[path = "../support/mod.rs"]
+mod support;
+
+pub use support::{bin, under_ci as ci};
 
 /// True when running as root. Under CI=true a missing privilege fails the test.
 pub fn need_root(test: &str) -> bool {
@@ -48,10 +49,6 @@ pub fn need_tools(test: &str, tools: &[&str]) -> bool {
         }
     }
     true
-}
-
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_unionmount"))
 }
 
 /// Run a command; panic with its output unless it succeeds. Returns stdout.

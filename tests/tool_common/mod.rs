@@ -6,9 +6,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_unionmount")
-}
+#[path = "../support/mod.rs"]
+mod support;
+
+#[allow(unused_imports)]
+pub use support::bin;
 
 /// Does `tool --version` run?
 pub fn has_tool(tool: &str) -> bool {
@@ -37,15 +39,7 @@ pub fn require(tools: &[&str]) -> bool {
             missing.push((*t).into());
         }
     }
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "missing: {missing:?}"
-    );
-    eprintln!("skipped: missing {missing:?}");
-    false
+    support::can_run("this test", &missing)
 }
 
 /// A root filesystem at `dir`: the host's static busybox with its applets.
