@@ -1,5 +1,6 @@
 //! getattr, setattr, readlink, xattrs, statfs.
 
+use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -88,7 +89,7 @@ impl Union {
 
     /// An O_PATH descriptor of the object a node shows (symlinks not followed).
     pub(crate) fn open_top(&self, node: &Node) -> Result<OwnedFd> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let st = node.snapshot();
         let (li, path) = self.top_entry(node, &st)?;
         self.layer(li)?
@@ -105,7 +106,7 @@ impl Union {
     /// The stat of the object a node shows, as its branch has it now (with
     /// the link count of a hard-link group); `present_stat` makes it merged.
     pub(crate) fn raw_stat(&self, node: &Node, st: &NodeState) -> Result<Stat> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (li, path) = self.top_entry(node, st)?;
         let layer = self.layer(li)?;
         let mut raw = layer.stat(&path)?;
@@ -236,7 +237,7 @@ impl Union {
             self.prepare_meta_write(node)?;
         }
         {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             self.change_attrs(node, req)?;
         }
         self.getattr(node)
@@ -368,7 +369,7 @@ impl Union {
     /// its data too unless the mount copies up metadata only).
     fn open_for_change(&self, node: &Node) -> Result<OwnedFd> {
         self.prepare_meta_write(node)?;
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (li, path) = self.write_location(node)?;
         self.layer(li)?
             .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)

@@ -9,6 +9,7 @@
 //! the first open for writing, into that same file, and the mark goes last:
 //! a crash midway leaves the mark, so the lower's data is still what is shown.
 
+use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ impl Union {
         let (parent_id, _) = node.snapshot().names.first().cloned().ok_or(Errno::NOENT)?;
         let parent = self.node(parent_id)?;
         self.copy_up(&parent)?;
-        let _guard = node.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = sync::lock(&node.copy_up_lock);
         let st = node.snapshot();
         if st.upper || st.index.is_some() {
             return Ok(());
@@ -120,7 +121,7 @@ impl Union {
             self.copy_into_work(li, &lpath, &tmp, how)
         };
         let result = built.and_then(|()| {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let path = self.path_of(node)?;
             let (pp, name) = split(&path);
             let updir = self.upper().dir(pp)?;
@@ -251,12 +252,12 @@ impl Union {
     /// into that file (none for an open that truncates), then the mark removed.
     /// Its times stay: a copy-up is no change to the file.
     fn copy_up_data(&self, node: &Node, how: CopyUp) -> Result<()> {
-        let _guard = node.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = sync::lock(&node.copy_up_lock);
         let st = node.snapshot();
         if !st.metacopy {
             return Ok(());
         }
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let path = self.path_of(node)?;
         let upper = self.upper();
         let dst = upper.open_beneath(&path, OFlags::WRONLY | OFlags::NOFOLLOW)?;

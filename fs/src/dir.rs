@@ -3,6 +3,7 @@
 //! New objects are built under a temporary name in the workdir (owner and mode
 //! set there) and published by one rename, so nothing half-made is ever visible.
 
+use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -108,14 +109,14 @@ impl Union {
         }
         {
             // Errors first: a failed create must not copy its parent up.
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             if self.resolve_now(&parent, name)?.is_some() {
                 return Err(Errno::EXIST);
             }
         }
         self.prepare_dir(&parent)?;
         let who = self.inherit_setgid(&parent, &mut obj, who)?;
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (li, ppath) = self.write_location(&parent)?;
         if self.resolve_now(&parent, name)?.is_some() {
             return Err(Errno::EXIST);
@@ -287,7 +288,7 @@ impl Union {
         let parent = self.node(new_parent)?;
         self.prepare_dir(&parent)?;
         self.prepare_write(&node)?;
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (pli, ppath) = self.write_location(&parent)?;
         let (li, src) = self.write_location(&node)?;
         // The hard-link index lives on the upper's filesystem.
@@ -370,7 +371,7 @@ impl Union {
     fn remove(&self, parent_id: u64, name: &OsStr, want_dir: bool) -> Result<()> {
         let parent = self.node(parent_id)?;
         let (first, seen) = {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let found = self.check_remove(&parent, name, want_dir)?;
             (found, self.change_count())
         };
@@ -378,7 +379,7 @@ impl Union {
         if self.has_upper() && !want_dir && first.may_be_lower_link() {
             self.link_up_before_removal(&parent, name)?;
         }
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::write(&self.namespace);
         let (li, ppath) = self.write_location(&parent)?;
         // Looked at again only if names changed since (a copy-up, another
         // request): what was checked then still holds otherwise.
@@ -512,7 +513,7 @@ impl Union {
         let parent = self.node(parent_id)?;
         let new_parent = self.node(new_parent_id)?;
         {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             crate::rename::check(self, &parent, name, &new_parent, new_name, flags)?;
         }
         self.prepare_dir(&parent)?;
@@ -534,13 +535,13 @@ impl Union {
                 self.link_group_name(&new_parent, new_name)?;
             }
         }
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::write(&self.namespace);
         crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)
     }
 
     /// Find (and remember, without counting a kernel lookup) the node of a name.
     pub(crate) fn lookup_node(&self, parent: &Node, name: &OsStr) -> Result<Option<Arc<Node>>> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let Some(found) = self.resolve_now(parent, name)? else {
             return Ok(None);
         };
@@ -569,7 +570,7 @@ impl Union {
         let st = src.snapshot();
         let (li, spath) = self.inodes.top_lower(&st).ok_or(Errno::STALE)?;
         self.prepare_dir(&new_parent)?;
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::write(&self.namespace);
         let (dli, dpath) = self.write_location(&new_parent)?;
         if !self.layers[li].writable || li != dli || st.is_dir {
             // Directories would need their descendants' paths moved too.
@@ -637,10 +638,7 @@ impl Union {
         let Ok(work) = self.work_fd() else {
             return Ok(false);
         };
-        let mut shared = self
-            .shared_whiteout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shared = sync::lock(&self.shared_whiteout);
         for _ in 0..2 {
             if !shared.made {
                 let made = rustix::fs::mknodat(

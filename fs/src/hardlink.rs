@@ -7,6 +7,7 @@
 //! links that leaves the shown count alone (a name linked to the index entry)
 //! is under way, so that the count is right wherever the daemon stops.
 
+use crate::sync;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -153,7 +154,7 @@ impl Union {
     /// Make sure the name (parent, name) of a copied-up group member exists in
     /// the upper (a link to the group's index entry), before it is renamed.
     pub(crate) fn link_group_name(&self, parent: &Node, name: &OsStr) -> Result<()> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let path = self.path_of(parent)?;
         let st = parent.snapshot();
         let Some(found) = self.resolve_child(&st, &path, name)? else {
@@ -180,7 +181,7 @@ impl Union {
             return Ok(());
         }
         let node = {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let Some(found) = self.resolve_now(parent, name)? else {
                 return Ok(());
             };

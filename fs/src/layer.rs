@@ -4,6 +4,7 @@
 //! symlink inside a layer is ever followed by the daemon itself (`openat2` with
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
 
+use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -107,7 +108,7 @@ impl Layer {
                 self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?,
             ));
         };
-        let lock = || dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = || sync::lock(dirs);
         if let Some(fd) = lock().get(rel) {
             return Ok(fd.clone());
         }

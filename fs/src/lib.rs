@@ -17,6 +17,7 @@ pub mod mountinfo;
 pub mod names;
 pub mod readdir;
 pub mod rename;
+mod sync;
 mod sys;
 
 use std::ffi::{OsStr, OsString};

@@ -1,6 +1,7 @@
 //! Resolving a name through the stack: whiteouts, opaque directories, redirects,
 //! and the identity (`st_ino`) of what is found.
 
+use crate::sync;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -124,7 +125,7 @@ impl Union {
         if name.len() > 255 {
             return Err(Errno::NAMETOOLONG);
         }
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let dir = self.node(parent)?;
         let dir_state = dir.snapshot();
         if !dir_state.is_dir {

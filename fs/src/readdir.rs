@@ -8,6 +8,7 @@
 //! listed twice or skipped; telldir/seekdir positions stay valid. A listing is
 //! kept from one page of a pass to the next (`Listings`).
 
+use crate::sync;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
@@ -69,7 +70,7 @@ impl Default for Listings {
 
 impl Listings {
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<Vec<DirEntry>>>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.held)
     }
 }
 
@@ -129,7 +130,7 @@ impl Union {
 
     /// The merged listing of a directory node, with "." and "..".
     pub fn list_dir(&self, node: &Node) -> Result<Vec<DirEntry>> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let st = node.snapshot();
         if !st.is_dir {
             return Err(Errno::NOTDIR);
@@ -187,7 +188,7 @@ impl Union {
         e: &DirEntry,
     ) -> Result<(std::sync::Arc<Node>, rustix::fs::Stat)> {
         // Held from the check to the remember, so no rename slips in between.
-        let ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let ns = sync::read(&self.namespace);
         match &e.found {
             // Names may have moved since the listing was read: then look again,
             // or a stale name would be given back to a node.
