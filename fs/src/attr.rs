@@ -1,5 +1,6 @@
 //! getattr, setattr, readlink, xattrs, statfs.
 
+use crate::Branch;
 use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -67,22 +68,29 @@ fn timespec(t: Option<SetTime>) -> Timespec {
 
 impl Union {
     /// The branch and path of the object a node shows.
-    pub(crate) fn top_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
+    pub(crate) fn top_entry(&self, node: &Node, st: &NodeState) -> Result<(Branch, PathBuf)> {
         // Every name of a copied-up hard-link group shares the index entry.
         if let Some(key) = &st.index {
-            return Ok((crate::INDEX, PathBuf::from(key)));
+            return Ok((Branch::Index, PathBuf::from(key)));
         }
         if st.upper {
-            return Ok((0, self.path_of(node)?));
+            return Ok((Branch::TOP, self.path_of(node)?));
         }
-        self.inodes.top_lower(st).ok_or(Errno::STALE)
+        self.inodes
+            .top_lower(st)
+            .map(|(n, p)| (Branch::Layer(n), p))
+            .ok_or(Errno::STALE)
     }
 
     /// The branch and path of a node's data: the top entry's, but the lower's
     /// for an upper holding metadata only (EIO when no lower has it).
-    pub(crate) fn data_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
+    pub(crate) fn data_entry(&self, node: &Node, st: &NodeState) -> Result<(Branch, PathBuf)> {
         if st.metacopy && st.index.is_none() {
-            return self.inodes.top_lower(st).ok_or(Errno::IO);
+            return self
+                .inodes
+                .top_lower(st)
+                .map(|(n, p)| (Branch::Layer(n), p))
+                .ok_or(Errno::IO);
         }
         self.top_entry(node, st)
     }
@@ -92,7 +100,7 @@ impl Union {
         let _ns = sync::read(&self.namespace);
         let st = node.snapshot();
         let (li, path) = self.top_entry(node, &st)?;
-        self.layer(li)?
+        self.branch(li)?
             .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
     }
 
@@ -108,7 +116,7 @@ impl Union {
     pub(crate) fn raw_stat(&self, node: &Node, st: &NodeState) -> Result<Stat> {
         let _ns = sync::read(&self.namespace);
         let (li, path) = self.top_entry(node, st)?;
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         let mut raw = layer.stat(&path)?;
         if (raw.st_nlink > 1 || st.index.is_some()) && layer.writable && !st.is_dir {
             let fd = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
@@ -117,7 +125,7 @@ impl Union {
         if st.metacopy {
             // The blocks its data takes, as kernel overlayfs shows them (du).
             if let Some((li, lpath)) = self.inodes.top_lower(st) {
-                raw.st_blocks = self.layers[li].stat(&lpath)?.st_blocks;
+                raw.st_blocks = self.branch(Branch::Layer(li))?.stat(&lpath)?.st_blocks;
             }
         }
         Ok(raw)
@@ -221,7 +229,7 @@ impl Union {
         let Ok((li, path)) = self.top_entry(node, st) else {
             return;
         };
-        let Ok(layer) = self.layer(li) else { return };
+        let Ok(layer) = self.branch(li) else { return };
         let Ok(fd) = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW) else {
             return;
         };
@@ -246,7 +254,7 @@ impl Union {
     /// The changes of a setattr, on a prepared node, namespace lock held.
     fn change_attrs(&self, node: &Node, req: &SetAttr) -> Result<()> {
         let (li, path) = self.write_location(node)?;
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         if let Some(size) = req.size {
             match req.fh.and_then(|fh| self.handles.fd(fh)) {
                 Some(fd) => rustix::fs::ftruncate(&*fd, size)?,
@@ -337,7 +345,7 @@ impl Union {
         let Some(place) = self.inodes.top_lower(&st) else {
             return Ok(None);
         };
-        let layer = self.layer(place.0)?;
+        let layer = self.branch(Branch::Layer(place.0))?;
         if layer.writable {
             return Ok(None);
         }
@@ -371,12 +379,12 @@ impl Union {
         self.prepare_meta_write(node)?;
         let _ns = sync::read(&self.namespace);
         let (li, path) = self.write_location(node)?;
-        self.layer(li)?
+        self.branch(li)?
             .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
     }
 
     /// statfs of the upper (of the top branch for a read-only union).
     pub fn statfs(&self) -> Result<StatVfs> {
-        rustix::fs::fstatvfs(&self.layers[0].root)
+        rustix::fs::fstatvfs(&self.upper().root)
     }
 }

@@ -9,6 +9,7 @@
 //! the first open for writing, into that same file, and the mark goes last:
 //! a crash midway leaves the mark, so the lower's data is still what is shown.
 
+use crate::Branch;
 use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -52,21 +53,23 @@ impl Union {
     /// copy of its hard-link group, or its own writable branch. The caller holds
     /// the namespace lock for as long as it uses the path, so that no rename or
     /// unlink makes the path name something else meanwhile.
-    pub(crate) fn write_location(&self, node: &Node) -> Result<(usize, PathBuf)> {
+    pub(crate) fn write_location(&self, node: &Node) -> Result<(Branch, PathBuf)> {
         let st = node.snapshot();
         if let Some(key) = st.index {
             // A hard-link group's shared copy: changed once for every name.
-            return Ok((crate::INDEX, PathBuf::from(&*key)));
+            return Ok((Branch::Index, PathBuf::from(&*key)));
         }
         if self.has_upper() {
             return if st.upper {
-                Ok((0, self.path_of(node)?))
+                Ok((Branch::TOP, self.path_of(node)?))
             } else {
                 Err(Errno::STALE)
             };
         }
         match self.inodes.top_lower(&st) {
-            Some((li, path)) if self.layers[li].writable => Ok((li, path)),
+            Some((li, path)) if self.branch(Branch::Layer(li))?.writable => {
+                Ok((Branch::Layer(li), path))
+            }
             _ => Err(Errno::ROFS),
         }
     }
@@ -99,7 +102,7 @@ impl Union {
             return Ok(());
         }
         let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::STALE)?;
-        let lower_st = self.layers[li].stat(&lpath)?;
+        let lower_st = self.branch(Branch::Layer(li))?.stat(&lpath)?;
         let lower_nlink = lower_st.st_nlink;
         // A member of a lower hard-link group whose group is copied up already
         // only needs a link to that copy.
@@ -149,7 +152,7 @@ impl Union {
             // entry on some filesystems, so it gets its lower times back too.
             restore_times(&updir, &parent_times)?;
             if st.is_dir {
-                let lst = self.layers[li].stat(&lpath)?;
+                let lst = self.branch(Branch::Layer(li))?.stat(&lpath)?;
                 rustix::fs::utimensat(&updir, name, &times_of(&lst), AtFlags::SYMLINK_NOFOLLOW)?;
             }
             let mut state = node.state();
@@ -177,7 +180,7 @@ impl Union {
         tmp: &OsStr,
         how: CopyUp,
     ) -> Result<()> {
-        let lower = &self.layers[li];
+        let lower = self.branch(Branch::Layer(li))?;
         let work = self.work_fd()?;
         let src = lower.open_beneath(lpath, OFlags::PATH | OFlags::NOFOLLOW)?;
         let st = rustix::fs::fstat(&src)?;
@@ -264,7 +267,9 @@ impl Union {
         let before = rustix::fs::fstat(&dst)?;
         let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::IO)?;
         if how == CopyUp::Data && before.st_size > 0 {
-            let src = self.layers[li].open_beneath(&lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
+            let src = self
+                .branch(Branch::Layer(li))?
+                .open_beneath(&lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
             copy_data(src.as_fd(), dst.as_fd(), before.st_size as u64)?;
         } else {
             rustix::fs::ftruncate(&dst, 0)?;

@@ -3,6 +3,7 @@
 //! New objects are built under a temporary name in the workdir (owner and mode
 //! set there) and published by one rename, so nothing half-made is ever visible.
 
+use crate::Branch;
 use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -121,8 +122,8 @@ impl Union {
         if self.resolve_now(&parent, name)?.is_some() {
             return Err(Errno::EXIST);
         }
-        if li != 0 || !self.has_upper() {
-            let dir = self.layers[li].dir(&ppath)?;
+        if li != Branch::TOP || !self.has_upper() {
+            let dir = self.branch(li)?.dir(&ppath)?;
             // The branch's filesystem applies a default ACL itself.
             apply_umask(&mut obj, who.umask, default_acl(dir.as_fd()).is_some());
             return self.create_in_place(&parent, li, &ppath, name, obj, who);
@@ -231,13 +232,17 @@ impl Union {
     fn create_in_place(
         &self,
         parent: &Node,
-        li: usize,
+        li: Branch,
         ppath: &Path,
         name: &OsStr,
         obj: NewObject<'_>,
         who: Caller,
     ) -> Result<Created> {
-        let layer = &self.layers[li];
+        // A directory is never in the hard-link index, so its place is a layer.
+        let Branch::Layer(n) = li else {
+            return Err(Errno::STALE);
+        };
+        let layer = self.branch(li)?;
         let dir = layer.dir(ppath)?;
         let fd = make_object(dir.as_fd(), name, &obj, who, self)?;
         let stat = stat_at(dir.as_fd(), name)?;
@@ -245,7 +250,7 @@ impl Union {
             names: Names::new(),
             is_dir: is_dir(&stat),
             upper: false,
-            lowers: smallvec::smallvec![(li, ppath.join(name))],
+            lowers: smallvec::smallvec![(n, ppath.join(name))],
             opaque: false,
             index: None,
             metacopy: false,
@@ -292,15 +297,15 @@ impl Union {
         let (pli, ppath) = self.write_location(&parent)?;
         let (li, src) = self.write_location(&node)?;
         // The hard-link index lives on the upper's filesystem.
-        if li != pli && !(li == crate::INDEX && pli == 0) {
+        if li != pli && !(li == Branch::Index && pli == Branch::TOP) {
             return Err(Errno::XDEV);
         }
         if self.resolve_now(&parent, new_name)?.is_some() {
             return Err(Errno::EXIST);
         }
         let (sp, sn) = layer::split(&src);
-        let sdir = self.layer(li)?.dir(sp)?;
-        let ddir = self.layers[pli].dir(&ppath)?;
+        let sdir = self.branch(li)?.dir(sp)?;
+        let ddir = self.branch(pli)?.dir(&ppath)?;
         let sn = sn.ok_or(Errno::INVAL)?;
         if self.has_upper() {
             // The new name may carry an origin: announce it as the kernel does,
@@ -397,11 +402,11 @@ impl Union {
                 .resolved_top_lower()
                 .cloned()
                 .ok_or(Errno::STALE)?;
-            if fli != li || !self.layers[fli].writable {
+            if Branch::Layer(fli) != li || !self.branch(Branch::Layer(fli))?.writable {
                 return Err(Errno::ROFS);
             }
             let (fp, fname) = layer::split(&fpath);
-            let dir = self.layers[fli].dir(fp)?;
+            let dir = self.branch(Branch::Layer(fli))?.dir(fp)?;
             let flags = if want_dir {
                 AtFlags::REMOVEDIR
             } else {
@@ -572,11 +577,11 @@ impl Union {
         self.prepare_dir(&new_parent)?;
         let _ns = sync::write(&self.namespace);
         let (dli, dpath) = self.write_location(&new_parent)?;
-        if !self.layers[li].writable || li != dli || st.is_dir {
+        if !self.branch(Branch::Layer(li))?.writable || Branch::Layer(li) != dli || st.is_dir {
             // Directories would need their descendants' paths moved too.
             return Err(Errno::XDEV);
         }
-        let layer = &self.layers[li];
+        let layer = self.branch(Branch::Layer(li))?;
         let (sp, sn) = layer::split(&spath);
         let sdir = layer.dir(sp)?;
         let ddir = layer.dir(&dpath)?;

@@ -1,5 +1,6 @@
 //! open, read, write, flush, fsync, release, fallocate, lseek; directory handles.
 
+use crate::Branch;
 use crate::sync;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -121,7 +122,7 @@ impl Union {
                 self.data_entry(node, &node.snapshot())?
             };
             let fd = match self
-                .layer(li)?
+                .branch(li)?
                 .open_beneath(&path, flags | OFlags::NOFOLLOW)
             {
                 // A whiteout (device 0/0): the node's name went away meanwhile.
@@ -137,10 +138,10 @@ impl Union {
             };
             (li, fd)
         };
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         // A lower file of a copy-on-write union becomes another file when it is
         // copied up; upper files (and every file without an upper) stay put.
-        let stays_put = li == 0 || li == crate::INDEX || !self.has_upper();
+        let stays_put = li == Branch::TOP || li == Branch::Index || !self.has_upper();
         let fh = self.handles.insert(Handle {
             node: node.id,
             fd: Arc::new(fd),
@@ -188,7 +189,7 @@ impl Union {
         let new = {
             let _ns = sync::read(&self.namespace);
             let (li, path) = self.data_entry(&node, &node.snapshot())?;
-            self.layer(li)?
+            self.branch(li)?
                 .open_beneath(&path, flags | OFlags::NOFOLLOW)?
         };
         let new = Arc::new(new);
@@ -248,7 +249,7 @@ impl Union {
             let _ns = sync::read(&self.namespace);
             self.top_entry(node, &node.snapshot())?
         };
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         if !layer.writable {
             return Ok(());
         }

@@ -7,6 +7,7 @@
 //! links that leaves the shown count alone (a name linked to the index entry)
 //! is under way, so that the count is right wherever the daemon stops.
 
+use crate::Branch;
 use crate::sync;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -69,7 +70,7 @@ impl Union {
     /// the same shown count. Around the link the count is kept against the
     /// lower's (which the link does not move), then against the upper's again.
     fn link_up(&self, key: &OsStr, updir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        let index = self.layer(crate::INDEX)?;
+        let index = self.branch(Branch::Index)?;
         let fd = layer::open_path_at(index.root_fd(), key)?;
         let raw = rustix::fs::fstat(&fd)?.st_nlink;
         let shown = self.shown_nlink(fd.as_fd(), raw);
@@ -212,7 +213,7 @@ impl Union {
             return Ok(());
         }
         if let Some(key) = &found.state.index {
-            let fd = layer::open_path_at(self.layer(crate::INDEX)?.root_fd(), key)?;
+            let fd = layer::open_path_at(self.branch(Branch::Index)?.root_fd(), key)?;
             return self.adjust_nlink(fd.as_fd(), -1);
         }
         if let Some(key) = self.index_lower_group(found)?

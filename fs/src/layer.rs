@@ -19,7 +19,7 @@ use crate::Result;
 use crate::sys;
 
 pub struct Layer {
-    pub index: usize,
+    pub branch: crate::Branch,
     /// The directory as given, for messages only.
     pub path: PathBuf,
     pub root: OwnedFd,
@@ -61,7 +61,7 @@ pub fn rel_arg(rel: &Path) -> &Path {
 }
 
 impl Layer {
-    pub fn open(index: usize, path: &Path, writable: bool) -> std::io::Result<Layer> {
+    pub fn open(branch: crate::Branch, path: &Path, writable: bool) -> std::io::Result<Layer> {
         let root = rustix::fs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -76,7 +76,7 @@ impl Layer {
         )?;
         let uuid = sys::fs_uuid(root.as_fd());
         Ok(Layer {
-            index,
+            branch,
             path: path.to_path_buf(),
             root,
             handle_fd,

@@ -8,6 +8,7 @@
 //! listed twice or skipped; telldir/seekdir positions stay valid. A listing is
 //! kept from one page of a pass to the next (`Listings`).
 
+use crate::Branch;
 use crate::sync;
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -232,7 +233,7 @@ impl Union {
         dirs.extend(st.lowers.iter().map(|(l, p)| (*l, p.as_path())));
         for (li, dpath) in dirs {
             let is_upper = li == 0 && self.has_upper();
-            let layer = &self.layers[li];
+            let layer = self.branch(Branch::Layer(li))?;
             let fd = match layer.open_beneath(dpath, OFlags::RDONLY | OFlags::DIRECTORY) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
