@@ -1,7 +1,5 @@
 //! getattr, setattr, readlink, xattrs, statfs.
 
-use crate::Branch;
-use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
@@ -12,9 +10,11 @@ use ondisk::xattr;
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::{Node, NodeState, XattrNames};
 use crate::layer::{self, split, stat_at};
 use crate::lookup;
+use crate::sync;
 use crate::{Result, Union, sys};
 
 /// No xattr names: most objects of a layer, all sharing one allocation.

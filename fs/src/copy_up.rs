@@ -9,8 +9,6 @@
 //! the first open for writing, into that same file, and the mark goes last:
 //! a crash midway leaves the mark, so the lower's data is still what is shown.
 
-use crate::Branch;
-use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -22,8 +20,10 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::Node;
 use crate::layer::{self, Layer, split};
+use crate::sync;
 use crate::{Result, Union};
 
 impl Union {

@@ -3,8 +3,6 @@
 //! New objects are built under a temporary name in the workdir (owner and mode
 //! set there) and published by one rename, so nothing half-made is ever visible.
 
-use crate::Branch;
-use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -15,10 +13,12 @@ use ondisk::xattr::{self, Key};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::acl;
 use crate::inode::{Lowers, Names, Node, NodeState};
 use crate::layer::{self, stat_at};
 use crate::lookup::{Resolved, is_dir};
+use crate::sync;
 use crate::{Result, Union};
 
 /// What kind of object to create.

@@ -1,7 +1,5 @@
 //! open, read, write, flush, fsync, release, fallocate, lseek; directory handles.
 
-use crate::Branch;
-use crate::sync;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{FallocateFlags, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::copy_up::CopyUp;
 use crate::inode::Node;
+use crate::sync;
 use crate::{Result, Union};
 
 /// An open file. Directories have no handles: see `readdir::Listings`.

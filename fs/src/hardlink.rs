@@ -7,8 +7,6 @@
 //! links that leaves the shown count alone (a name linked to the index entry)
 //! is under way, so that the count is right wherever the daemon stops.
 
-use crate::Branch;
-use crate::sync;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -18,9 +16,11 @@ use ondisk::xattr::Key;
 use rustix::fs::{Stat, XattrFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::copy_up::CopyUp;
 use crate::inode::Node;
 use crate::layer::{self, stat_at};
+use crate::sync;
 use crate::{Result, Union};
 
 impl Union {

@@ -4,7 +4,6 @@
 //! stable across copy-up), so every name of a hard-link group resolves to one
 //! node and readdir's `d_ino` equals stat's `st_ino` by construction.
 
-use crate::sync;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -16,6 +15,7 @@ use rustix::io::Errno;
 use smallvec::SmallVec;
 
 use crate::Result;
+use crate::sync;
 
 /// A name in a directory, kept inline up to 24 bytes (most names are
 /// shorter): a node's name costs no allocation of its own.
@@ -352,10 +352,6 @@ impl InodeTable {
 
     pub fn len(&self) -> usize {
         sync::read(&self.map).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn key(&self, parent: u64, name: &OsStr) -> NameKey {

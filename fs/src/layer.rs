@@ -4,7 +4,6 @@
 //! symlink inside a layer is ever followed by the daemon itself (`openat2` with
 //! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`).
 
-use crate::sync;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -16,10 +15,10 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use crate::Result;
+use crate::sync;
 use crate::sys;
 
 pub struct Layer {
-    pub branch: crate::Branch,
     /// The directory as given, for messages only.
     pub path: PathBuf,
     pub root: OwnedFd,
@@ -61,7 +60,7 @@ pub fn rel_arg(rel: &Path) -> &Path {
 }
 
 impl Layer {
-    pub fn open(branch: crate::Branch, path: &Path, writable: bool) -> std::io::Result<Layer> {
+    pub fn open(path: &Path, writable: bool) -> std::io::Result<Layer> {
         let root = rustix::fs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -76,7 +75,6 @@ impl Layer {
         )?;
         let uuid = sys::fs_uuid(root.as_fd());
         Ok(Layer {
-            branch,
             path: path.to_path_buf(),
             root,
             handle_fd,

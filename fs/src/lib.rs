@@ -3,20 +3,20 @@
 //! The union logic (`Union` and its operations, one module per kind of operation)
 //! does not depend on `fuser`; only `fuse` translates FUSE requests into it.
 
-pub mod acl;
-pub mod attr;
-pub mod copy_up;
-pub mod dir;
-pub mod file;
+mod acl;
+mod attr;
+mod copy_up;
+mod dir;
+mod file;
 pub mod fuse;
-pub mod hardlink;
-pub mod inode;
-pub mod layer;
-pub mod lookup;
+mod hardlink;
+mod inode;
+mod layer;
+mod lookup;
 pub mod mountinfo;
-pub mod names;
-pub mod readdir;
-pub mod rename;
+mod names;
+mod readdir;
+mod rename;
 mod sync;
 mod sys;
 
@@ -29,7 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags};
 pub use rustix::io::Errno;
 
-use crate::inode::{InodeTable, Node, ROOT_ID};
+pub use crate::dir::SHARED_WHITEOUT;
+pub use crate::inode::ROOT_ID;
+use crate::inode::{InodeTable, Node};
 use crate::layer::Layer;
 pub use crate::names::{IdMap, IdRange};
 pub use ondisk::xattr::XattrNs;
@@ -42,14 +44,14 @@ pub type Result<T> = std::result::Result<T, Errno>;
 /// only [`Union::branch`] turns it into a layer and no site can index the
 /// layer list with the index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Branch {
+pub(crate) enum Branch {
     Layer(usize),
     Index,
 }
 
 impl Branch {
     /// The top layer: the upper of a mount that has one.
-    pub const TOP: Branch = Branch::Layer(0);
+    pub(crate) const TOP: Branch = Branch::Layer(0);
 }
 
 /// For messages: the layer number, or "index".
@@ -125,8 +127,8 @@ impl Union {
             return Err(std::io::Error::other("no branches"));
         }
         let mut layers = Vec::new();
-        for (i, b) in cfg.branches.iter().enumerate() {
-            let layer = Layer::open(Branch::Layer(i), &b.path, b.writable)
+        for b in &cfg.branches {
+            let layer = Layer::open(&b.path, b.writable)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", b.path.display())))?;
             layers.push(layer);
         }
@@ -308,7 +310,7 @@ fn prepare_workdir(
     let index_path = std::path::PathBuf::from("/proc/self/fd")
         .join(base.as_raw_fd().to_string())
         .join("index");
-    let mut index = Layer::open(Branch::Index, &index_path, true)?;
+    let mut index = Layer::open(&index_path, true)?;
     index.path = workdir
         .map_or_else(|| upper.path.join(names::COW_WORKDIR), Path::to_path_buf)
         .join("index");

@@ -1,8 +1,6 @@
 //! Resolving a name through the stack: whiteouts, opaque directories, redirects,
 //! and the identity (`st_ino`) of what is found.
 
-use crate::Branch;
-use crate::sync;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -17,9 +15,11 @@ use ondisk::xattr::Key;
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::{Lowers, Names, Node, NodeState, ROOT_ID};
 use crate::layer::{get_xattr, open_path_at, split, stat_at};
 use crate::names::{self, has_opaque_xattr, is_whiteout};
+use crate::sync;
 use crate::{Result, Union, sys};
 
 /// What a name resolves to.

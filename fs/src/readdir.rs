@@ -8,8 +8,6 @@
 //! listed twice or skipped; telldir/seekdir positions stay valid. A listing is
 //! kept from one page of a pass to the next (`Listings`).
 
-use crate::Branch;
-use crate::sync;
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
@@ -26,9 +24,11 @@ use ondisk::xattr::{self, Key};
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::{Node, NodeState};
 use crate::layer::{get_xattr, stat_at};
 use crate::names::{self, is_chardev_whiteout};
+use crate::sync;
 use crate::{Result, Union};
 
 /// One merged entry, as readdir shows it.

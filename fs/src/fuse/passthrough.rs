@@ -1,6 +1,5 @@
 //! FUSE passthrough bookkeeping: which backing file each open inode uses.
 
-use crate::sync;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -8,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use fuser::{BackingId, Errno as FuseErrno};
 
 use super::err;
+use crate::sync;
 
 /// FUSE passthrough: the kernel reads and writes an open file's backing file
 /// itself. While an inode has open files they must all be opened the same way:
