@@ -480,7 +480,7 @@ fn concurrent_processes_agree_with_the_kernel_then_rm_rf() {
     );
     // Nothing half-made is left in work/; the shared whiteout every whiteout
     // links to stays there while mounted (kernel overlayfs keeps one too).
-    let shared = b.u.work.join("work").join(unionfs::dir::SHARED_WHITEOUT);
+    let shared = b.u.work.join("work").join(unionfs::SHARED_WHITEOUT);
     let left: Vec<_> = sys::files_under(&b.u.work.join("work"))
         .into_iter()
         .filter(|p| *p != shared)

@@ -9,8 +9,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::Criterion;
-use unionfs::inode::ROOT_ID;
-use unionfs::{BranchConfig, Config, IdMap, Union, XattrNs};
+use unionfs::{BranchConfig, Config, IdMap, ROOT_ID, Union, XattrNs};
 
 use crate::fixture;
 

@@ -10,9 +10,11 @@ use ondisk::xattr;
 use rustix::fs::{AtFlags, Mode, OFlags, Stat, StatVfs, Timespec, Timestamps, XattrFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::{Node, NodeState, XattrNames};
 use crate::layer::{self, split, stat_at};
 use crate::lookup;
+use crate::sync;
 use crate::{Result, Union, sys};
 
 /// No xattr names: most objects of a layer, all sharing one allocation.
@@ -66,32 +68,39 @@ fn timespec(t: Option<SetTime>) -> Timespec {
 
 impl Union {
     /// The branch and path of the object a node shows.
-    pub(crate) fn top_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
+    pub(crate) fn top_entry(&self, node: &Node, st: &NodeState) -> Result<(Branch, PathBuf)> {
         // Every name of a copied-up hard-link group shares the index entry.
         if let Some(key) = &st.index {
-            return Ok((crate::INDEX, PathBuf::from(key)));
+            return Ok((Branch::Index, PathBuf::from(key)));
         }
         if st.upper {
-            return Ok((0, self.path_of(node)?));
+            return Ok((Branch::TOP, self.path_of(node)?));
         }
-        self.inodes.top_lower(st).ok_or(Errno::STALE)
+        self.inodes
+            .top_lower(st)
+            .map(|(n, p)| (Branch::Layer(n), p))
+            .ok_or(Errno::STALE)
     }
 
     /// The branch and path of a node's data: the top entry's, but the lower's
     /// for an upper holding metadata only (EIO when no lower has it).
-    pub(crate) fn data_entry(&self, node: &Node, st: &NodeState) -> Result<(usize, PathBuf)> {
+    pub(crate) fn data_entry(&self, node: &Node, st: &NodeState) -> Result<(Branch, PathBuf)> {
         if st.metacopy && st.index.is_none() {
-            return self.inodes.top_lower(st).ok_or(Errno::IO);
+            return self
+                .inodes
+                .top_lower(st)
+                .map(|(n, p)| (Branch::Layer(n), p))
+                .ok_or(Errno::IO);
         }
         self.top_entry(node, st)
     }
 
     /// An O_PATH descriptor of the object a node shows (symlinks not followed).
     pub(crate) fn open_top(&self, node: &Node) -> Result<OwnedFd> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let st = node.snapshot();
         let (li, path) = self.top_entry(node, &st)?;
-        self.layer(li)?
+        self.branch(li)?
             .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
     }
 
@@ -105,9 +114,9 @@ impl Union {
     /// The stat of the object a node shows, as its branch has it now (with
     /// the link count of a hard-link group); `present_stat` makes it merged.
     pub(crate) fn raw_stat(&self, node: &Node, st: &NodeState) -> Result<Stat> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (li, path) = self.top_entry(node, st)?;
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         let mut raw = layer.stat(&path)?;
         if (raw.st_nlink > 1 || st.index.is_some()) && layer.writable && !st.is_dir {
             let fd = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)?;
@@ -116,7 +125,7 @@ impl Union {
         if st.metacopy {
             // The blocks its data takes, as kernel overlayfs shows them (du).
             if let Some((li, lpath)) = self.inodes.top_lower(st) {
-                raw.st_blocks = self.layers[li].stat(&lpath)?.st_blocks;
+                raw.st_blocks = self.branch(Branch::Layer(li))?.stat(&lpath)?.st_blocks;
             }
         }
         Ok(raw)
@@ -220,7 +229,7 @@ impl Union {
         let Ok((li, path)) = self.top_entry(node, st) else {
             return;
         };
-        let Ok(layer) = self.layer(li) else { return };
+        let Ok(layer) = self.branch(li) else { return };
         let Ok(fd) = layer.open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW) else {
             return;
         };
@@ -236,7 +245,7 @@ impl Union {
             self.prepare_meta_write(node)?;
         }
         {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             self.change_attrs(node, req)?;
         }
         self.getattr(node)
@@ -245,7 +254,7 @@ impl Union {
     /// The changes of a setattr, on a prepared node, namespace lock held.
     fn change_attrs(&self, node: &Node, req: &SetAttr) -> Result<()> {
         let (li, path) = self.write_location(node)?;
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         if let Some(size) = req.size {
             match req.fh.and_then(|fh| self.handles.fd(fh)) {
                 Some(fd) => rustix::fs::ftruncate(&*fd, size)?,
@@ -336,7 +345,7 @@ impl Union {
         let Some(place) = self.inodes.top_lower(&st) else {
             return Ok(None);
         };
-        let layer = self.layer(place.0)?;
+        let layer = self.branch(Branch::Layer(place.0))?;
         if layer.writable {
             return Ok(None);
         }
@@ -368,14 +377,14 @@ impl Union {
     /// its data too unless the mount copies up metadata only).
     fn open_for_change(&self, node: &Node) -> Result<OwnedFd> {
         self.prepare_meta_write(node)?;
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (li, path) = self.write_location(node)?;
-        self.layer(li)?
+        self.branch(li)?
             .open_beneath(&path, OFlags::PATH | OFlags::NOFOLLOW)
     }
 
     /// statfs of the upper (of the top branch for a read-only union).
     pub fn statfs(&self) -> Result<StatVfs> {
-        rustix::fs::fstatvfs(&self.layers[0].root)
+        rustix::fs::fstatvfs(&self.upper().root)
     }
 }

@@ -20,8 +20,10 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::Node;
 use crate::layer::{self, Layer, split};
+use crate::sync;
 use crate::{Result, Union};
 
 impl Union {
@@ -51,21 +53,23 @@ impl Union {
     /// copy of its hard-link group, or its own writable branch. The caller holds
     /// the namespace lock for as long as it uses the path, so that no rename or
     /// unlink makes the path name something else meanwhile.
-    pub(crate) fn write_location(&self, node: &Node) -> Result<(usize, PathBuf)> {
+    pub(crate) fn write_location(&self, node: &Node) -> Result<(Branch, PathBuf)> {
         let st = node.snapshot();
         if let Some(key) = st.index {
             // A hard-link group's shared copy: changed once for every name.
-            return Ok((crate::INDEX, PathBuf::from(&*key)));
+            return Ok((Branch::Index, PathBuf::from(&*key)));
         }
         if self.has_upper() {
             return if st.upper {
-                Ok((0, self.path_of(node)?))
+                Ok((Branch::TOP, self.path_of(node)?))
             } else {
                 Err(Errno::STALE)
             };
         }
         match self.inodes.top_lower(&st) {
-            Some((li, path)) if self.layers[li].writable => Ok((li, path)),
+            Some((li, path)) if self.branch(Branch::Layer(li))?.writable => {
+                Ok((Branch::Layer(li), path))
+            }
             _ => Err(Errno::ROFS),
         }
     }
@@ -92,13 +96,13 @@ impl Union {
         let (parent_id, _) = node.snapshot().names.first().cloned().ok_or(Errno::NOENT)?;
         let parent = self.node(parent_id)?;
         self.copy_up(&parent)?;
-        let _guard = node.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = sync::lock(&node.copy_up_lock);
         let st = node.snapshot();
         if st.upper || st.index.is_some() {
             return Ok(());
         }
         let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::STALE)?;
-        let lower_st = self.layers[li].stat(&lpath)?;
+        let lower_st = self.branch(Branch::Layer(li))?.stat(&lpath)?;
         let lower_nlink = lower_st.st_nlink;
         // A member of a lower hard-link group whose group is copied up already
         // only needs a link to that copy.
@@ -120,7 +124,7 @@ impl Union {
             self.copy_into_work(li, &lpath, &tmp, how)
         };
         let result = built.and_then(|()| {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let path = self.path_of(node)?;
             let (pp, name) = split(&path);
             let updir = self.upper().dir(pp)?;
@@ -148,7 +152,7 @@ impl Union {
             // entry on some filesystems, so it gets its lower times back too.
             restore_times(&updir, &parent_times)?;
             if st.is_dir {
-                let lst = self.layers[li].stat(&lpath)?;
+                let lst = self.branch(Branch::Layer(li))?.stat(&lpath)?;
                 rustix::fs::utimensat(&updir, name, &times_of(&lst), AtFlags::SYMLINK_NOFOLLOW)?;
             }
             let mut state = node.state();
@@ -176,7 +180,7 @@ impl Union {
         tmp: &OsStr,
         how: CopyUp,
     ) -> Result<()> {
-        let lower = &self.layers[li];
+        let lower = self.branch(Branch::Layer(li))?;
         let work = self.work_fd()?;
         let src = lower.open_beneath(lpath, OFlags::PATH | OFlags::NOFOLLOW)?;
         let st = rustix::fs::fstat(&src)?;
@@ -251,19 +255,21 @@ impl Union {
     /// into that file (none for an open that truncates), then the mark removed.
     /// Its times stay: a copy-up is no change to the file.
     fn copy_up_data(&self, node: &Node, how: CopyUp) -> Result<()> {
-        let _guard = node.copy_up_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = sync::lock(&node.copy_up_lock);
         let st = node.snapshot();
         if !st.metacopy {
             return Ok(());
         }
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let path = self.path_of(node)?;
         let upper = self.upper();
         let dst = upper.open_beneath(&path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
         let before = rustix::fs::fstat(&dst)?;
         let (li, lpath) = self.inodes.top_lower(&st).ok_or(Errno::IO)?;
         if how == CopyUp::Data && before.st_size > 0 {
-            let src = self.layers[li].open_beneath(&lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
+            let src = self
+                .branch(Branch::Layer(li))?
+                .open_beneath(&lpath, OFlags::RDONLY | OFlags::NOFOLLOW)?;
             copy_data(src.as_fd(), dst.as_fd(), before.st_size as u64)?;
         } else {
             rustix::fs::ftruncate(&dst, 0)?;

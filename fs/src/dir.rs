@@ -13,10 +13,12 @@ use ondisk::xattr::{self, Key};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::acl;
 use crate::inode::{Lowers, Names, Node, NodeState};
 use crate::layer::{self, stat_at};
 use crate::lookup::{Resolved, is_dir};
+use crate::sync;
 use crate::{Result, Union};
 
 /// What kind of object to create.
@@ -108,20 +110,20 @@ impl Union {
         }
         {
             // Errors first: a failed create must not copy its parent up.
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             if self.resolve_now(&parent, name)?.is_some() {
                 return Err(Errno::EXIST);
             }
         }
         self.prepare_dir(&parent)?;
         let who = self.inherit_setgid(&parent, &mut obj, who)?;
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (li, ppath) = self.write_location(&parent)?;
         if self.resolve_now(&parent, name)?.is_some() {
             return Err(Errno::EXIST);
         }
-        if li != 0 || !self.has_upper() {
-            let dir = self.layers[li].dir(&ppath)?;
+        if li != Branch::TOP || !self.has_upper() {
+            let dir = self.branch(li)?.dir(&ppath)?;
             // The branch's filesystem applies a default ACL itself.
             apply_umask(&mut obj, who.umask, default_acl(dir.as_fd()).is_some());
             return self.create_in_place(&parent, li, &ppath, name, obj, who);
@@ -230,13 +232,17 @@ impl Union {
     fn create_in_place(
         &self,
         parent: &Node,
-        li: usize,
+        li: Branch,
         ppath: &Path,
         name: &OsStr,
         obj: NewObject<'_>,
         who: Caller,
     ) -> Result<Created> {
-        let layer = &self.layers[li];
+        // A directory is never in the hard-link index, so its place is a layer.
+        let Branch::Layer(n) = li else {
+            return Err(Errno::STALE);
+        };
+        let layer = self.branch(li)?;
         let dir = layer.dir(ppath)?;
         let fd = make_object(dir.as_fd(), name, &obj, who, self)?;
         let stat = stat_at(dir.as_fd(), name)?;
@@ -244,7 +250,7 @@ impl Union {
             names: Names::new(),
             is_dir: is_dir(&stat),
             upper: false,
-            lowers: smallvec::smallvec![(li, ppath.join(name))],
+            lowers: smallvec::smallvec![(n, ppath.join(name))],
             opaque: false,
             index: None,
             metacopy: false,
@@ -287,19 +293,19 @@ impl Union {
         let parent = self.node(new_parent)?;
         self.prepare_dir(&parent)?;
         self.prepare_write(&node)?;
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let (pli, ppath) = self.write_location(&parent)?;
         let (li, src) = self.write_location(&node)?;
         // The hard-link index lives on the upper's filesystem.
-        if li != pli && !(li == crate::INDEX && pli == 0) {
+        if li != pli && !(li == Branch::Index && pli == Branch::TOP) {
             return Err(Errno::XDEV);
         }
         if self.resolve_now(&parent, new_name)?.is_some() {
             return Err(Errno::EXIST);
         }
         let (sp, sn) = layer::split(&src);
-        let sdir = self.layer(li)?.dir(sp)?;
-        let ddir = self.layers[pli].dir(&ppath)?;
+        let sdir = self.branch(li)?.dir(sp)?;
+        let ddir = self.branch(pli)?.dir(&ppath)?;
         let sn = sn.ok_or(Errno::INVAL)?;
         if self.has_upper() {
             // The new name may carry an origin: announce it as the kernel does,
@@ -370,7 +376,7 @@ impl Union {
     fn remove(&self, parent_id: u64, name: &OsStr, want_dir: bool) -> Result<()> {
         let parent = self.node(parent_id)?;
         let (first, seen) = {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let found = self.check_remove(&parent, name, want_dir)?;
             (found, self.change_count())
         };
@@ -378,7 +384,7 @@ impl Union {
         if self.has_upper() && !want_dir && first.may_be_lower_link() {
             self.link_up_before_removal(&parent, name)?;
         }
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::write(&self.namespace);
         let (li, ppath) = self.write_location(&parent)?;
         // Looked at again only if names changed since (a copy-up, another
         // request): what was checked then still holds otherwise.
@@ -396,11 +402,11 @@ impl Union {
                 .resolved_top_lower()
                 .cloned()
                 .ok_or(Errno::STALE)?;
-            if fli != li || !self.layers[fli].writable {
+            if Branch::Layer(fli) != li || !self.branch(Branch::Layer(fli))?.writable {
                 return Err(Errno::ROFS);
             }
             let (fp, fname) = layer::split(&fpath);
-            let dir = self.layers[fli].dir(fp)?;
+            let dir = self.branch(Branch::Layer(fli))?.dir(fp)?;
             let flags = if want_dir {
                 AtFlags::REMOVEDIR
             } else {
@@ -512,7 +518,7 @@ impl Union {
         let parent = self.node(parent_id)?;
         let new_parent = self.node(new_parent_id)?;
         {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             crate::rename::check(self, &parent, name, &new_parent, new_name, flags)?;
         }
         self.prepare_dir(&parent)?;
@@ -534,13 +540,13 @@ impl Union {
                 self.link_group_name(&new_parent, new_name)?;
             }
         }
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::write(&self.namespace);
         crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)
     }
 
     /// Find (and remember, without counting a kernel lookup) the node of a name.
     pub(crate) fn lookup_node(&self, parent: &Node, name: &OsStr) -> Result<Option<Arc<Node>>> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let Some(found) = self.resolve_now(parent, name)? else {
             return Ok(None);
         };
@@ -569,13 +575,13 @@ impl Union {
         let st = src.snapshot();
         let (li, spath) = self.inodes.top_lower(&st).ok_or(Errno::STALE)?;
         self.prepare_dir(&new_parent)?;
-        let _ns = self.namespace.write().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::write(&self.namespace);
         let (dli, dpath) = self.write_location(&new_parent)?;
-        if !self.layers[li].writable || li != dli || st.is_dir {
+        if !self.branch(Branch::Layer(li))?.writable || Branch::Layer(li) != dli || st.is_dir {
             // Directories would need their descendants' paths moved too.
             return Err(Errno::XDEV);
         }
-        let layer = &self.layers[li];
+        let layer = self.branch(Branch::Layer(li))?;
         let (sp, sn) = layer::split(&spath);
         let sdir = layer.dir(sp)?;
         let ddir = layer.dir(&dpath)?;
@@ -637,10 +643,7 @@ impl Union {
         let Ok(work) = self.work_fd() else {
             return Ok(false);
         };
-        let mut shared = self
-            .shared_whiteout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shared = sync::lock(&self.shared_whiteout);
         for _ in 0..2 {
             if !shared.made {
                 let made = rustix::fs::mknodat(

@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{FallocateFlags, OFlags, SeekFrom, Stat};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::copy_up::CopyUp;
 use crate::inode::Node;
+use crate::sync;
 use crate::{Result, Union};
 
 /// An open file. Directories have no handles: see `readdir::Listings`.
@@ -42,28 +44,25 @@ pub struct Handles {
 impl Handles {
     fn insert(&self, h: Handle) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, h);
+        sync::lock(&self.map).insert(id, h);
         id
     }
 
     pub fn fd(&self, fh: u64) -> Option<Arc<OwnedFd>> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let map = sync::lock(&self.map);
         map.get(&fh).map(|h| h.fd.clone())
     }
 
     /// A file handle's descriptor, its node, and its open flags if it was
     /// opened on a lower file that may have been copied up since.
     fn file(&self, fh: u64) -> Option<(Arc<OwnedFd>, u64, Option<OFlags>)> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let map = sync::lock(&self.map);
         map.get(&fh).map(|h| (h.fd.clone(), h.node, h.lower))
     }
 
     /// The handle now reads `fd` (the copy-up of the file it was opened on).
     fn moved(&self, fh: u64, new: Arc<OwnedFd>) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = sync::lock(&self.map);
         if let Some(h) = map.get_mut(&fh) {
             h.fd = new;
             h.lower = None;
@@ -71,15 +70,12 @@ impl Handles {
     }
 
     fn remove(&self, fh: u64) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+        sync::lock(&self.map).remove(&fh);
     }
 
     /// Any open descriptor of a node (an unlinked file is reached through it).
     fn any_fd_of(&self, node: u64) -> Option<Arc<OwnedFd>> {
-        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let map = sync::lock(&self.map);
         map.values().find(|h| h.node == node).map(|h| h.fd.clone())
     }
 }
@@ -119,14 +115,14 @@ impl Union {
         }
         let (li, fd) = {
             // Held until the file is open: the path must still name this node.
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let (li, path) = if write {
                 self.write_location(node)?
             } else {
                 self.data_entry(node, &node.snapshot())?
             };
             let fd = match self
-                .layer(li)?
+                .branch(li)?
                 .open_beneath(&path, flags | OFlags::NOFOLLOW)
             {
                 // A whiteout (device 0/0): the node's name went away meanwhile.
@@ -142,10 +138,10 @@ impl Union {
             };
             (li, fd)
         };
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         // A lower file of a copy-on-write union becomes another file when it is
         // copied up; upper files (and every file without an upper) stay put.
-        let stays_put = li == 0 || li == crate::INDEX || !self.has_upper();
+        let stays_put = li == Branch::TOP || li == Branch::Index || !self.has_upper();
         let fh = self.handles.insert(Handle {
             node: node.id,
             fd: Arc::new(fd),
@@ -191,9 +187,9 @@ impl Union {
             }
         }
         let new = {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let (li, path) = self.data_entry(&node, &node.snapshot())?;
-            self.layer(li)?
+            self.branch(li)?
                 .open_beneath(&path, flags | OFlags::NOFOLLOW)?
         };
         let new = Arc::new(new);
@@ -250,10 +246,10 @@ impl Union {
             return Ok(());
         }
         let (li, path) = {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             self.top_entry(node, &node.snapshot())?
         };
-        let layer = self.layer(li)?;
+        let layer = self.branch(li)?;
         if !layer.writable {
             return Ok(());
         }

@@ -16,9 +16,11 @@ use ondisk::xattr::Key;
 use rustix::fs::{Stat, XattrFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::copy_up::CopyUp;
 use crate::inode::Node;
 use crate::layer::{self, stat_at};
+use crate::sync;
 use crate::{Result, Union};
 
 impl Union {
@@ -68,7 +70,7 @@ impl Union {
     /// the same shown count. Around the link the count is kept against the
     /// lower's (which the link does not move), then against the upper's again.
     fn link_up(&self, key: &OsStr, updir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        let index = self.layer(crate::INDEX)?;
+        let index = self.branch(Branch::Index)?;
         let fd = layer::open_path_at(index.root_fd(), key)?;
         let raw = rustix::fs::fstat(&fd)?.st_nlink;
         let shown = self.shown_nlink(fd.as_fd(), raw);
@@ -153,7 +155,7 @@ impl Union {
     /// Make sure the name (parent, name) of a copied-up group member exists in
     /// the upper (a link to the group's index entry), before it is renamed.
     pub(crate) fn link_group_name(&self, parent: &Node, name: &OsStr) -> Result<()> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let path = self.path_of(parent)?;
         let st = parent.snapshot();
         let Some(found) = self.resolve_child(&st, &path, name)? else {
@@ -180,7 +182,7 @@ impl Union {
             return Ok(());
         }
         let node = {
-            let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+            let _ns = sync::read(&self.namespace);
             let Some(found) = self.resolve_now(parent, name)? else {
                 return Ok(());
             };
@@ -211,7 +213,7 @@ impl Union {
             return Ok(());
         }
         if let Some(key) = &found.state.index {
-            let fd = layer::open_path_at(self.layer(crate::INDEX)?.root_fd(), key)?;
+            let fd = layer::open_path_at(self.branch(Branch::Index)?.root_fd(), key)?;
             return self.adjust_nlink(fd.as_fd(), -1);
         }
         if let Some(key) = self.index_lower_group(found)?

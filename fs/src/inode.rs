@@ -15,6 +15,7 @@ use rustix::io::Errno;
 use smallvec::SmallVec;
 
 use crate::Result;
+use crate::sync;
 
 /// A name in a directory, kept inline up to 24 bytes (most names are
 /// shorter): a node's name costs no allocation of its own.
@@ -119,7 +120,7 @@ impl Node {
     pub fn state(&self) -> MutexGuard<'_, NodeState> {
         // A poisoned lock means a thread panicked mid-update; the state is still the
         // best we have, and the daemon must not die for it.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.state)
     }
 
     pub fn snapshot(&self) -> NodeState {
@@ -174,7 +175,7 @@ pub struct InodeTable {
 
 impl InodeTable {
     pub fn get(&self, id: u64) -> Result<Arc<Node>> {
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = sync::read(&self.map);
         map.get(&id).cloned().ok_or(Errno::STALE)
     }
 
@@ -190,7 +191,7 @@ impl InodeTable {
         count_lookup: bool,
     ) -> Arc<Node> {
         let id = node_id_for(st_ino, is_root);
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = sync::write(&self.map);
         let node = map
             .entry(id)
             .or_insert_with(|| {
@@ -307,7 +308,7 @@ impl InodeTable {
         if id == ROOT_ID {
             return;
         }
-        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = sync::write(&self.map);
         let mut dropped = false;
         if let Some(node) = map.get(&id) {
             let left = node.lookups.load(Ordering::Relaxed).saturating_sub(n);
@@ -333,14 +334,14 @@ impl InodeTable {
     /// kernel's cache down instead of staying at its peak.
     fn release_memory(&self) {
         {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let mut map = sync::write(&self.map);
             if map.capacity() > 4 * map.len().max(1024) {
                 let keep = 2 * map.len();
                 map.shrink_to(keep);
             }
         }
         {
-            let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idx = sync::lock(&self.by_name);
             if idx.capacity() > 4 * idx.len().max(1024) {
                 let keep = 2 * idx.len();
                 idx.shrink_to(keep);
@@ -350,11 +351,7 @@ impl InodeTable {
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        sync::read(&self.map).len()
     }
 
     fn key(&self, parent: u64, name: &OsStr) -> NameKey {
@@ -364,7 +361,7 @@ impl InodeTable {
 
     fn index(&self, parent: u64, name: &OsStr, id: u64) {
         let key = self.key(parent, name);
-        let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idx = sync::lock(&self.by_name);
         let old = idx.insert(key, id);
         drop(idx);
         if let Some(old) = old.filter(|old| *old != id) {
@@ -379,7 +376,7 @@ impl InodeTable {
 
     fn unindex(&self, (parent, name): &(u64, Name), id: u64) {
         let key = self.key(*parent, name.as_os_str());
-        let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idx = sync::lock(&self.by_name);
         if idx.get(&key) == Some(&id) {
             idx.remove(&key);
         }
@@ -388,11 +385,7 @@ impl InodeTable {
     /// The node currently known by (parent, name), if any.
     pub fn by_name(&self, parent: u64, name: &OsStr) -> Option<Arc<Node>> {
         let key = self.key(parent, name);
-        let id = *self
-            .by_name
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)?;
+        let id = *sync::lock(&self.by_name).get(&key)?;
         self.get(id).ok().filter(|n| has_name(n, parent, name))
     }
 
@@ -401,13 +394,9 @@ impl InodeTable {
         let key = self.key(parent, name);
         // The index lock is not held while the table or a node is locked:
         // forget takes them in the other order.
-        let id = *self
-            .by_name
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)?;
+        let id = *sync::lock(&self.by_name).get(&key)?;
         let node = self.get(id).ok().filter(|n| has_name(n, parent, name))?;
-        let mut idx = self.by_name.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idx = sync::lock(&self.by_name);
         if idx.get(&key) == Some(&id) {
             idx.remove(&key);
         }

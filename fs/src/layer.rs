@@ -15,10 +15,10 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use crate::Result;
+use crate::sync;
 use crate::sys;
 
 pub struct Layer {
-    pub index: usize,
     /// The directory as given, for messages only.
     pub path: PathBuf,
     pub root: OwnedFd,
@@ -60,7 +60,7 @@ pub fn rel_arg(rel: &Path) -> &Path {
 }
 
 impl Layer {
-    pub fn open(index: usize, path: &Path, writable: bool) -> std::io::Result<Layer> {
+    pub fn open(path: &Path, writable: bool) -> std::io::Result<Layer> {
         let root = rustix::fs::open(
             path,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -75,7 +75,6 @@ impl Layer {
         )?;
         let uuid = sys::fs_uuid(root.as_fd());
         Ok(Layer {
-            index,
             path: path.to_path_buf(),
             root,
             handle_fd,
@@ -107,7 +106,7 @@ impl Layer {
                 self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?,
             ));
         };
-        let lock = || dirs.lock().unwrap_or_else(|e| e.into_inner());
+        let lock = || sync::lock(dirs);
         if let Some(fd) = lock().get(rel) {
             return Ok(fd.clone());
         }

@@ -3,20 +3,21 @@
 //! The union logic (`Union` and its operations, one module per kind of operation)
 //! does not depend on `fuser`; only `fuse` translates FUSE requests into it.
 
-pub mod acl;
-pub mod attr;
-pub mod copy_up;
-pub mod dir;
-pub mod file;
+mod acl;
+mod attr;
+mod copy_up;
+mod dir;
+mod file;
 pub mod fuse;
-pub mod hardlink;
-pub mod inode;
-pub mod layer;
-pub mod lookup;
+mod hardlink;
+mod inode;
+mod layer;
+mod lookup;
 pub mod mountinfo;
-pub mod names;
-pub mod readdir;
-pub mod rename;
+mod names;
+mod readdir;
+mod rename;
+mod sync;
 mod sys;
 
 use std::ffi::{OsStr, OsString};
@@ -28,15 +29,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags};
 pub use rustix::io::Errno;
 
-use crate::inode::{InodeTable, Node, ROOT_ID};
+pub use crate::dir::SHARED_WHITEOUT;
+pub use crate::inode::ROOT_ID;
+use crate::inode::{InodeTable, Node};
 use crate::layer::Layer;
 pub use crate::names::{IdMap, IdRange};
 pub use ondisk::xattr::XattrNs;
 
 pub type Result<T> = std::result::Result<T, Errno>;
 
-/// Stands for the hard-link index where a branch number is expected.
-pub(crate) const INDEX: usize = usize::MAX;
+/// Where an object lives: one of the configured layers (0 is the top), or
+/// the hard-link index in the work directory, which holds the shared copy of
+/// a copied-up hard-link group. A type rather than a sentinel number, so that
+/// only [`Union::branch`] turns it into a layer and no site can index the
+/// layer list with the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Branch {
+    Layer(usize),
+    Index,
+}
+
+impl Branch {
+    /// The top layer: the upper of a mount that has one.
+    pub(crate) const TOP: Branch = Branch::Layer(0);
+}
+
+/// For messages: the layer number, or "index".
+impl std::fmt::Display for Branch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Branch::Layer(n) => write!(f, "{n}"),
+            Branch::Index => f.write_str("index"),
+        }
+    }
+}
 
 /// One branch as configured, top first.
 #[derive(Debug, Clone)]
@@ -101,8 +127,8 @@ impl Union {
             return Err(std::io::Error::other("no branches"));
         }
         let mut layers = Vec::new();
-        for (i, b) in cfg.branches.iter().enumerate() {
-            let layer = Layer::open(i, &b.path, b.writable)
+        for b in &cfg.branches {
+            let layer = Layer::open(&b.path, b.writable)
                 .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", b.path.display())))?;
             layers.push(layer);
         }
@@ -140,12 +166,13 @@ impl Union {
         &self.layers[0]
     }
 
-    /// A branch by index, or the hard-link index for [`INDEX`].
-    pub(crate) fn layer(&self, li: usize) -> Result<&Layer> {
-        if li == INDEX {
-            return self.index.as_ref().ok_or(Errno::STALE);
+    /// The layer a branch names; ESTALE for one this mount does not have.
+    pub(crate) fn branch(&self, b: Branch) -> Result<&Layer> {
+        match b {
+            Branch::Layer(n) => self.layers.get(n),
+            Branch::Index => self.index.as_ref(),
         }
-        self.layers.get(li).ok_or(Errno::STALE)
+        .ok_or(Errno::STALE)
     }
 
     pub(crate) fn work_fd(&self) -> Result<std::os::fd::BorrowedFd<'_>> {
@@ -283,7 +310,7 @@ fn prepare_workdir(
     let index_path = std::path::PathBuf::from("/proc/self/fd")
         .join(base.as_raw_fd().to_string())
         .join("index");
-    let mut index = Layer::open(INDEX, &index_path, true)?;
+    let mut index = Layer::open(&index_path, true)?;
     index.path = workdir
         .map_or_else(|| upper.path.join(names::COW_WORKDIR), Path::to_path_buf)
         .join("index");

@@ -15,9 +15,11 @@ use ondisk::xattr::Key;
 use rustix::fs::{FileType, Stat};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::{Lowers, Names, Node, NodeState, ROOT_ID};
 use crate::layer::{get_xattr, open_path_at, split, stat_at};
 use crate::names::{self, has_opaque_xattr, is_whiteout};
+use crate::sync;
 use crate::{Result, Union, sys};
 
 /// What a name resolves to.
@@ -64,7 +66,7 @@ impl DirCache {
         if let Some(fd) = self.fds.borrow().get(&key) {
             return Ok(fd.clone());
         }
-        let fd = match u.layers[layer].dir(path) {
+        let fd = match u.branch(Branch::Layer(layer))?.dir(path) {
             Ok(fd) => Some(fd),
             Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => None,
             Err(e) => return Err(e),
@@ -94,14 +96,14 @@ impl Union {
             opaque = has_opaque_xattr(self.upper().root_fd())?;
         }
         if !opaque {
-            for layer in &self.layers[first_lower..] {
-                lowers.push((layer.index, PathBuf::new()));
+            for (n, layer) in self.layers.iter().enumerate().skip(first_lower) {
+                lowers.push((n, PathBuf::new()));
                 if has_opaque_xattr(layer.root_fd())? {
                     break;
                 }
             }
         }
-        let top = &self.layers[0];
+        let top = self.upper();
         let stat = rustix::fs::fstat(&top.root)?;
         let st_ino = self.dir_ino(self.has_upper(), &lowers, &stat)?;
         let state = NodeState {
@@ -124,7 +126,7 @@ impl Union {
         if name.len() > 255 {
             return Err(Errno::NAMETOOLONG);
         }
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let dir = self.node(parent)?;
         let dir_state = dir.snapshot();
         if !dir_state.is_dir {
@@ -203,7 +205,7 @@ impl Union {
         let st_ino = if state.is_dir {
             self.dir_ino(state.upper, &state.lowers, &stat)?
         } else {
-            self.layers[top_layer].ino_prefix | stat.st_ino
+            self.branch(Branch::Layer(top_layer))?.ino_prefix | stat.st_ino
         };
         Ok(Some(Resolved {
             state,
@@ -269,7 +271,7 @@ impl Union {
                 if st.st_nlink > 1 {
                     // A hard-link group copied up through another name: read its copy.
                     if let Some((key, ist)) = self.index_entry(layer_idx, &path)? {
-                        let fd = open_path_at(self.layer(crate::INDEX)?.root_fd(), &key)?;
+                        let fd = open_path_at(self.branch(Branch::Index)?.root_fd(), &key)?;
                         // The group keeps its lower inode number.
                         let (ino, dev) = (st.st_ino, st.st_dev);
                         st = ist;
@@ -351,7 +353,7 @@ impl Union {
     /// Is `name` hidden by a whiteout in a lower branch of `dir`?
     pub(crate) fn whited_out_below(&self, dir: &NodeState, name: &OsStr) -> Result<bool> {
         for (li, lpath) in &dir.lowers {
-            let ldir = match self.layers[*li].dir(lpath) {
+            let ldir = match self.branch(Branch::Layer(*li))?.dir(lpath) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
                 Err(e) => return Err(e),
@@ -384,10 +386,10 @@ impl Union {
     ) -> Result<u64> {
         match lowers.first() {
             Some((li, path)) if upper => {
-                let st = self.layers[*li].stat(path)?;
-                Ok(self.layers[*li].ino_prefix | st.st_ino)
+                let st = self.branch(Branch::Layer(*li))?.stat(path)?;
+                Ok(self.branch(Branch::Layer(*li))?.ino_prefix | st.st_ino)
             }
-            Some((li, _)) => Ok(self.layers[*li].ino_prefix | top.st_ino),
+            Some((li, _)) => Ok(self.branch(Branch::Layer(*li))?.ino_prefix | top.st_ino),
             None => Ok(self.upper().ino_prefix | top.st_ino),
         }
     }
@@ -484,7 +486,10 @@ impl Union {
                 if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
                     && found.index.is_none() =>
             {
-                Ok((found.lowers, Some(self.layers[li].ino_prefix | st.st_ino)))
+                Ok((
+                    found.lowers,
+                    Some(self.branch(Branch::Layer(li))?.ino_prefix | st.st_ino),
+                ))
             }
             _ => Ok((Lowers::new(), None)),
         }

@@ -24,9 +24,11 @@ use ondisk::xattr::{self, Key};
 use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 
+use crate::Branch;
 use crate::inode::{Node, NodeState};
 use crate::layer::{get_xattr, stat_at};
 use crate::names::{self, is_chardev_whiteout};
+use crate::sync;
 use crate::{Result, Union};
 
 /// One merged entry, as readdir shows it.
@@ -69,7 +71,7 @@ impl Default for Listings {
 
 impl Listings {
     fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<u64, Arc<Vec<DirEntry>>>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        sync::lock(&self.held)
     }
 }
 
@@ -129,7 +131,7 @@ impl Union {
 
     /// The merged listing of a directory node, with "." and "..".
     pub fn list_dir(&self, node: &Node) -> Result<Vec<DirEntry>> {
-        let _ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let _ns = sync::read(&self.namespace);
         let st = node.snapshot();
         if !st.is_dir {
             return Err(Errno::NOTDIR);
@@ -187,7 +189,7 @@ impl Union {
         e: &DirEntry,
     ) -> Result<(std::sync::Arc<Node>, rustix::fs::Stat)> {
         // Held from the check to the remember, so no rename slips in between.
-        let ns = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let ns = sync::read(&self.namespace);
         match &e.found {
             // Names may have moved since the listing was read: then look again,
             // or a stale name would be given back to a node.
@@ -231,7 +233,7 @@ impl Union {
         dirs.extend(st.lowers.iter().map(|(l, p)| (*l, p.as_path())));
         for (li, dpath) in dirs {
             let is_upper = li == 0 && self.has_upper();
-            let layer = &self.layers[li];
+            let layer = self.branch(Branch::Layer(li))?;
             let fd = match layer.open_beneath(dpath, OFlags::RDONLY | OFlags::DIRECTORY) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,

@@ -19,6 +19,7 @@ use crate::dir::{Caller, NewObject};
 use crate::inode::Node;
 use crate::{Errno, Union};
 
+mod errors;
 pub mod kernel_mount;
 mod passthrough;
 mod session;
@@ -57,8 +58,8 @@ impl UnionFuse {
     }
 }
 
+/// The union's errno as FUSE's; the reply that sends it logs it.
 fn err(e: Errno) -> FuseErrno {
-    log::debug!("reply error: {e}");
     FuseErrno::from_i32(e.raw_os_error())
 }
 
@@ -165,9 +166,14 @@ impl UnionFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        let op = match obj {
+            NewObject::Dir { .. } => "mkdir",
+            NewObject::Symlink { .. } => "symlink",
+            NewObject::File { .. } | NewObject::Node { .. } => "mknod",
+        };
         match self.union.create(parent.0, name, obj, caller(req, umask)) {
             Ok(c) => self.reply_entry(&c.node, &c.stat, reply),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted(op, parent.0, err(e))),
         }
     }
 }
@@ -205,7 +211,7 @@ impl Filesystem for UnionFuse {
                 let st = self.union.present_stat(&node, &node.snapshot(), st);
                 self.reply_entry(&node, &st, reply)
             }
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("lookup", parent.0, err(e))),
         }
     }
 
@@ -224,7 +230,7 @@ impl Filesystem for UnionFuse {
                 a.ino = INodeNo(if n.id == 1 { st.st_ino } else { n.id });
                 reply.attr(&TTL, &a)
             }
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errors::noted("getattr", ino.0, e)),
         }
     }
 
@@ -260,7 +266,7 @@ impl Filesystem for UnionFuse {
             .and_then(|n| self.union.setattr(&n, &req).map(|st| (n, st)).map_err(err))
         {
             Ok((n, st)) => reply.attr(&TTL, &attr(n.id, &st)),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errors::noted("setattr", ino.0, e)),
         }
     }
 
@@ -270,7 +276,7 @@ impl Filesystem for UnionFuse {
             .and_then(|n| self.union.readlink(&n).map_err(err))
         {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errors::noted("readlink", ino.0, e)),
         }
     }
 
@@ -306,14 +312,14 @@ impl Filesystem for UnionFuse {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.union.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("unlink", parent.0, err(e))),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.union.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("rmdir", parent.0, err(e))),
         }
     }
 
@@ -346,7 +352,7 @@ impl Filesystem for UnionFuse {
         reply: ReplyEmpty,
     ) {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
-            return reply.error(FuseErrno::EINVAL);
+            return reply.error(errors::noted("rename", parent.0, FuseErrno::EINVAL));
         }
         let flags = rustix::fs::RenameFlags::from_bits_truncate(flags.bits());
         match self
@@ -354,7 +360,7 @@ impl Filesystem for UnionFuse {
             .rename(parent.0, name, newparent.0, newname, flags)
         {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("rename", parent.0, err(e))),
         }
     }
 
@@ -368,7 +374,7 @@ impl Filesystem for UnionFuse {
     ) {
         match self.union.link(ino.0, newparent.0, newname) {
             Ok((node, st)) => self.reply_entry(&node, &st, reply),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("link", ino.0, err(e))),
         }
     }
 
@@ -379,7 +385,7 @@ impl Filesystem for UnionFuse {
             .and_then(|n| self.union.open(&n, flags).map_err(err))
         {
             Ok(opened) => opened,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errors::noted("open", ino.0, e)),
         };
         let fh = opened.fh;
         let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
@@ -398,7 +404,7 @@ impl Filesystem for UnionFuse {
             Ok(OpenMode::Cached) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => {
                 self.union.release(fh);
-                reply.error(e)
+                reply.error(errors::noted("open", ino.0, e))
             }
         }
     }
@@ -406,7 +412,7 @@ impl Filesystem for UnionFuse {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -416,14 +422,14 @@ impl Filesystem for UnionFuse {
     ) {
         match self.union.read(fh.0, offset, size as usize) {
             Ok(data) => reply.data(&data),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("read", ino.0, err(e))),
         }
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -434,14 +440,14 @@ impl Filesystem for UnionFuse {
     ) {
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("write", ino.0, err(e))),
         }
     }
 
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
@@ -449,7 +455,7 @@ impl Filesystem for UnionFuse {
         // Nothing to do at close: writes are not cached here and locks are the
         // kernel's (no getlk/setlk). ENOSYS makes the kernel stop sending
         // FLUSH, a round trip every close(2) waits for.
-        reply.error(FuseErrno::ENOSYS);
+        reply.error(errors::noted("flush", ino.0, FuseErrno::ENOSYS));
     }
 
     fn release(
@@ -470,25 +476,25 @@ impl Filesystem for UnionFuse {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
         match self.union.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("fsync", ino.0, err(e))),
         }
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // ENOSYS: the kernel sends no more OPENDIR or RELEASEDIR (two round
         // trips a directory saved) and keeps each directory's listing in its
         // cache (as if FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE). That is safe: a
         // merged directory's names change only by operations on that
         // directory through this mount (layers are immutable, the upper is
         // ours), and each of them makes the kernel drop its cached listing.
-        reply.error(FuseErrno::ENOSYS);
+        reply.error(errors::noted("opendir", ino.0, FuseErrno::ENOSYS));
     }
 
     fn readdir(
@@ -501,7 +507,7 @@ impl Filesystem for UnionFuse {
     ) {
         let page = match self.union.listing_page(ino.0, offset) {
             Ok(p) => p,
-            Err(e) => return reply.error(err(e)),
+            Err(e) => return reply.error(errors::noted("readdir", ino.0, err(e))),
         };
         for e in &page.entries[page.start..] {
             let id = crate::inode::node_id_for(e.ino, false);
@@ -522,7 +528,7 @@ impl Filesystem for UnionFuse {
     ) {
         let page = match self.union.listing_page(ino.0, offset) {
             Ok(p) => p,
-            Err(e) => return reply.error(err(e)),
+            Err(e) => return reply.error(errors::noted("readdirplus", ino.0, err(e))),
         };
         for e in &page.entries[page.start..] {
             if e.name == "." || e.name == ".." {
@@ -573,11 +579,11 @@ impl Filesystem for UnionFuse {
             .and_then(|n| self.union.fsync_dir(&n, datasync).map_err(err))
         {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errors::noted("fsyncdir", ino.0, e)),
         }
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -589,7 +595,7 @@ impl Filesystem for UnionFuse {
                 s.f_namemax as u32,
                 s.f_frsize as u32,
             ),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("statfs", ino.0, err(e))),
         }
     }
 
@@ -604,27 +610,27 @@ impl Filesystem for UnionFuse {
         reply: ReplyEmpty,
     ) {
         let Some(name) = name.to_str() else {
-            return reply.error(FuseErrno::EINVAL);
+            return reply.error(errors::noted("setxattr", ino.0, FuseErrno::EINVAL));
         };
         match self
             .node(ino)
             .and_then(|n| self.union.setxattr(&n, name, value, flags).map_err(err))
         {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errors::noted("setxattr", ino.0, e)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let Some(name) = name.to_str() else {
-            return reply.error(FuseErrno::NO_XATTR);
+            return reply.error(errors::noted("getxattr", ino.0, FuseErrno::NO_XATTR));
         };
         match self
             .node(ino)
             .and_then(|n| self.union.getxattr(&n, name).map_err(err))
         {
-            Ok(v) => reply_xattr(v, size, reply),
-            Err(e) => reply.error(e),
+            Ok(v) => reply_xattr("getxattr", ino, v, size, reply),
+            Err(e) => reply.error(errors::noted("getxattr", ino.0, e)),
         }
     }
 
@@ -633,21 +639,21 @@ impl Filesystem for UnionFuse {
             .node(ino)
             .and_then(|n| self.union.listxattr(&n).map_err(err))
         {
-            Ok(v) => reply_xattr(v, size, reply),
-            Err(e) => reply.error(e),
+            Ok(v) => reply_xattr("listxattr", ino, v, size, reply),
+            Err(e) => reply.error(errors::noted("listxattr", ino.0, e)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let Some(name) = name.to_str() else {
-            return reply.error(FuseErrno::NO_XATTR);
+            return reply.error(errors::noted("removexattr", ino.0, FuseErrno::NO_XATTR));
         };
         match self
             .node(ino)
             .and_then(|n| self.union.removexattr(&n, name).map_err(err))
         {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errors::noted("removexattr", ino.0, e)),
         }
     }
 
@@ -672,7 +678,7 @@ impl Filesystem for UnionFuse {
         let (node, stat, fh, stays_put) = match made {
             Ok(c) => {
                 let Some(fd) = c.fd else {
-                    return reply.error(FuseErrno::EIO);
+                    return reply.error(errors::noted("create", parent.0, FuseErrno::EIO));
                 };
                 // A new file lives in the upper (or a writable branch): it stays put.
                 (c.node.clone(), c.stat, self.union.adopt(&c.node, fd), true)
@@ -681,10 +687,10 @@ impl Filesystem for UnionFuse {
             Err(Errno::EXIST) if !flags.contains(OFlags::EXCL) => {
                 match self.open_existing(parent, name, flags) {
                     Ok(found) => found,
-                    Err(e) => return reply.error(e),
+                    Err(e) => return reply.error(errors::noted("create", parent.0, e)),
                 }
             }
-            Err(e) => return reply.error(err(e)),
+            Err(e) => return reply.error(errors::noted("create", parent.0, err(e))),
         };
         let a = attr(node.id, &stat);
         let g = Generation(node.generation());
@@ -699,7 +705,7 @@ impl Filesystem for UnionFuse {
             Ok(OpenMode::Cached) => reply.created(&TTL, &a, g, FileHandle(fh), FopenFlags::empty()),
             Err(e) => {
                 self.union.release(fh);
-                reply.error(e)
+                reply.error(errors::noted("create", parent.0, e))
             }
         }
     }
@@ -707,7 +713,7 @@ impl Filesystem for UnionFuse {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
         _cmd: u32,
@@ -715,13 +721,13 @@ impl Filesystem for UnionFuse {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(FuseErrno::ENOTTY);
+        reply.error(errors::noted("ioctl", ino.0, FuseErrno::ENOTTY));
     }
 
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -730,14 +736,14 @@ impl Filesystem for UnionFuse {
     ) {
         match self.union.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("fallocate", ino.0, err(e))),
         }
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
@@ -745,14 +751,14 @@ impl Filesystem for UnionFuse {
     ) {
         match self.union.lseek(fh.0, offset, whence) {
             Ok(pos) => reply.offset(pos),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("lseek", ino.0, err(e))),
         }
     }
 
     fn copy_file_range(
         &self,
         _req: &Request,
-        _ino_in: INodeNo,
+        ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
         _ino_out: INodeNo,
@@ -768,16 +774,16 @@ impl Filesystem for UnionFuse {
             .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
         {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(err(e)),
+            Err(e) => reply.error(errors::noted("copy_file_range", ino_in.0, err(e))),
         }
     }
 }
 
-fn reply_xattr(v: Vec<u8>, size: u32, reply: ReplyXattr) {
+fn reply_xattr(op: &'static str, ino: INodeNo, v: Vec<u8>, size: u32, reply: ReplyXattr) {
     if size == 0 {
         reply.size(v.len() as u32);
     } else if v.len() > size as usize {
-        reply.error(FuseErrno::ERANGE);
+        reply.error(errors::noted(op, ino.0, FuseErrno::ERANGE));
     } else {
         reply.data(&v);
     }

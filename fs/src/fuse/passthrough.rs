@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use fuser::{BackingId, Errno as FuseErrno};
 
 use super::err;
+use crate::sync;
 
 /// FUSE passthrough: the kernel reads and writes an open file's backing file
 /// itself. While an inode has open files they must all be opened the same way:
@@ -49,7 +50,7 @@ impl Passthrough {
         let file = rustix::fs::fstat(fd)
             .map(|st| (st.st_dev, st.st_ino))
             .map_err(err)?;
-        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_node = sync::lock(&self.by_node);
         let mode = match by_node.get_mut(&node) {
             Some(NodeIo::Cached { users }) => {
                 *users += 1;
@@ -90,23 +91,15 @@ impl Passthrough {
             }
         };
         drop(by_node);
-        self.node_of_fh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, node);
+        sync::lock(&self.node_of_fh).insert(fh, node);
         Ok(mode)
     }
 
     pub(super) fn released(&self, fh: u64) {
-        let Some(node) = self
-            .node_of_fh
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh)
-        else {
+        let Some(node) = sync::lock(&self.node_of_fh).remove(&fh) else {
             return;
         };
-        let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_node = sync::lock(&self.by_node);
         let last = match by_node.get_mut(&node) {
             Some(NodeIo::Cached { users }) | Some(NodeIo::Backing { users, .. }) => {
                 *users -= 1;
