@@ -13,6 +13,7 @@ use rustix::io::Errno;
 use unionfs::dir::{Caller, NewObject};
 use unionfs::{BranchConfig, Config, IdMap, Union, XattrNs};
 
+mod attrs;
 mod changes;
 mod layers;
 mod links_xattrs;
