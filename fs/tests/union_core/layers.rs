@@ -115,3 +115,41 @@ fn readdir_merges_the_layers_once_each_and_hides_whiteouts() {
     u.unlink(d, name("removed")).unwrap();
     assert_eq!(listing(&u, d), ["bottom", "mid", "shared", "up"]);
 }
+
+#[test]
+fn an_upper_file_over_a_lower_directory_replaces_it() {
+    let b = Branches::new(1);
+    write(b.lower(0).join("x/child"), "lower");
+    write(b.upper().join("x"), "upper file");
+    let u = b.union(XattrNs::User);
+
+    let (x, st) = u.lookup(ROOT, name("x")).unwrap();
+    assert_eq!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile);
+    assert_eq!(u.lookup(x.id, name("child")).err(), Some(Errno::NOTDIR));
+    assert_eq!(read_through(&u, "x"), "upper file");
+}
+
+#[test]
+fn a_listing_resumes_after_an_offset_without_repeats() {
+    let b = Branches::new(1);
+    for n in ["a", "b", "c"] {
+        write(b.upper().join("d").join(n), "");
+    }
+    for n in ["c", "d", "e"] {
+        write(b.lower(0).join("d").join(n), "");
+    }
+    let u = b.union(XattrNs::User);
+    let d = lookup_path(&u, "d").unwrap();
+
+    let first = u.listing_page(d, 0).unwrap();
+    let entries = &first.entries[first.start..];
+    let cut = entries.len() / 2;
+    let rest = u.listing_page(d, entries[cut - 1].pos).unwrap();
+    let mut names: Vec<_> = entries[..cut]
+        .iter()
+        .chain(&rest.entries[rest.start..])
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".", "..", "a", "b", "c", "d", "e"]);
+}
