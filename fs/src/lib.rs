@@ -29,7 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rustix::fs::{AtFlags, Mode, OFlags};
 pub use rustix::io::Errno;
 
-pub use crate::dir::SHARED_WHITEOUT;
+// What a caller of `Union`'s operations passes in (the FUSE adapter, the
+// in-process tests in fs/tests/).
+pub use crate::attr::{SetAttr, SetTime};
+pub use crate::dir::{Caller, NewObject, SHARED_WHITEOUT};
 pub use crate::inode::ROOT_ID;
 use crate::inode::{InodeTable, Node};
 use crate::layer::Layer;

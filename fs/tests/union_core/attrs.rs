@@ -1,7 +1,7 @@
 //! Attribute changes and directory renames through the union.
 
 use rustix::fs::XattrFlags;
-use unionfs::attr::SetAttr;
+use unionfs::SetAttr;
 
 use super::*;
 

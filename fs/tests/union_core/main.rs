@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, OFlags, RenameFlags};
 use rustix::io::Errno;
-use unionfs::dir::{Caller, NewObject};
-use unionfs::{BranchConfig, Config, IdMap, Union, XattrNs};
+use unionfs::{BranchConfig, Caller, Config, IdMap, NewObject, Union, XattrNs};
 
 mod attrs;
 mod changes;
