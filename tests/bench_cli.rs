@@ -4,7 +4,7 @@
 //! stacks a store image's layers top first and leaves the store as it was.
 //! No timing assertions.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -13,7 +13,7 @@ const TARGETS: &[&str] = &["unionmount", "overlay", "dir"];
 
 /// Root, /dev/fuse and kernel overlayfs, or a skip (a failure under CI=true).
 fn can_run() -> bool {
-    common::require_mounts()
+    support::require_mounts()
 }
 
 /// Is git installed? Under CI=true it must be (the git workload is part of
@@ -25,7 +25,7 @@ fn git_installed() -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
-            !common::under_ci(),
+            !support::under_ci(),
             "git is not installed: the git workload cannot run under CI=true"
         );
         eprintln!("git is not installed: checking that the git workload is reported as skipped");

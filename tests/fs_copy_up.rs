@@ -4,7 +4,7 @@
 //! reading never copies up; the lowers are never written (checked by `Both`
 //! on every test).
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -12,8 +12,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
-use common::sys;
-use common::{Both, LAYER_MTIME, Layer, Meta};
+use support::sys;
+use support::{Both, LAYER_MTIME, Layer, Meta};
 
 /// security.capability granting cap_net_raw (v2 format, effective bit set).
 fn cap_net_raw() -> Vec<u8> {
@@ -39,7 +39,7 @@ fn deep_lower() -> Layer {
         .xattr("a/b", "trusted.dir_b", "B")
         .file_with(
             "a/b/c/file",
-            common::pattern(100_000, 1),
+            support::pattern(100_000, 1),
             Meta::mode(0o4751).owner(1001, 1002).mtime(1_400_000_004),
         )
         .xattr("a/b/c/file", "user.k", "v")
@@ -139,7 +139,7 @@ fn open_for_write_copies_up_data_and_metadata() {
         let f = fs::OpenOptions::new().write(true).open(m.join(FILE))?;
         f.write_all_at(b"MIDDLE", 50_000)
     });
-    let mut want = common::pattern(100_000, 1);
+    let mut want = support::pattern(100_000, 1);
     want[50_000..50_006].copy_from_slice(b"MIDDLE");
     assert_eq!(b.ok("read back", |m| fs::read(m.join(FILE))), want);
     let (mode, uid, gid) = b.ok("stat", |m| {
@@ -195,7 +195,7 @@ fn truncate_copies_up() {
     });
     assert_eq!(
         b.ok("read", |m| fs::read(m.join(FILE))),
-        common::pattern(10, 1)
+        support::pattern(10, 1)
     );
     after_trigger(&b, "truncate", ino);
     // truncate(2) by path, growing, on another lower file
@@ -239,7 +239,7 @@ fn chmod_copies_up() {
     assert_eq!(st, (0o600, 1_400_000_004), "mode changed, mtime kept");
     assert_eq!(
         b.ok("data", |m| fs::read(m.join(FILE))),
-        common::pattern(100_000, 1)
+        support::pattern(100_000, 1)
     );
     after_trigger(&b, "chmod", ino);
 }
@@ -496,7 +496,7 @@ fn copy_up_keeps_content_readable_through_an_fd_opened_before() {
         }
         let mut buf = [0u8; 4];
         ro.read_exact_at(&mut buf, 0).unwrap();
-        let old = &common::pattern(4, 1)[..];
+        let old = &support::pattern(4, 1)[..];
         assert!(buf == *old || &buf == b"ZZZZ", "{}: {buf:?}", side.name);
         let mut buf2 = [0u8; 4];
         fs::File::open(side.p(FILE))

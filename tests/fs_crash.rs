@@ -14,7 +14,7 @@
 //! file, never a name missing or doubled, never a half-linked group), `work/`
 //! is empty after the mount (a leftover planted before it is gone too), and
 //! kernel overlayfs mounted over the same layers, upper and workdir shows the
-//! same tree. The loop itself is `common::crash`.
+//! same tree. The loop itself is `support::crash`.
 //!
 //! Environment (for the long form): `UNIONMOUNT_FAULT_ROUNDS`, kill -9 rounds
 //! per test (default 12; each round kills at another point of its loop).
@@ -23,15 +23,15 @@
 //! installs it); under `CI=true` a missing one is a failure. No test here
 //! asserts anything about time.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::crash::*;
-use common::{LAYER_MTIME, Layer, Meta, sys};
+use support::crash::*;
+use support::{LAYER_MTIME, Layer, Meta, sys};
 
 // ---------------------------------------------------------------------------
 // kill -9 during directory renames with redirects
@@ -358,7 +358,7 @@ const BIG_FILES: usize = 3;
 const BIG_SIZE: usize = 4 << 20;
 
 fn big_data(r: usize, k: usize) -> Vec<u8> {
-    common::pattern(BIG_SIZE, (r * BIG_FILES + k) as u8)
+    support::pattern(BIG_SIZE, (r * BIG_FILES + k) as u8)
 }
 
 fn big_path(r: usize, k: usize) -> PathBuf {

@@ -3,7 +3,7 @@
 //! layers; every result and errno must agree, then the trees, and then the two
 //! uppers re-mounted by kernel overlayfs must agree too.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io;
@@ -13,8 +13,8 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
-use common::sys::{self, RENAME_EXCHANGE, RENAME_NOREPLACE};
-use common::{Both, Layer, Meta};
+use support::sys::{self, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use support::{Both, Layer, Meta};
 
 const DIRS: &[&str] = &["", "low", "low/sub", "merged", "merged/deep", "new"];
 const NAMES: &[&str] = &["a", "b", "f", "sub", "deep", "x"];
@@ -33,7 +33,7 @@ fn lowers() -> Vec<Layer> {
             .file("merged/b", "l1 merged b")
             .file("merged/deep/a", "l1 deep a")
             .file("low/sub/f", "l1 low sub f")
-            .file("low/a", common::pattern(10_000, 4))
+            .file("low/a", support::pattern(10_000, 4))
             // no lower hard links: kernel overlayfs with index=off breaks them
             // on copy-up, unionmount deliberately keeps them (fs_dir_ops tests that)
             .file("low/sub/x", "l1 low sub x")
@@ -100,12 +100,12 @@ fn apply(root: &Path, op: &Op) -> io::Result<String> {
                 .truncate(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(p(f))?;
-            file.write_all(&common::pattern(100 + *seed as usize * 37, *seed))?;
+            file.write_all(&support::pattern(100 + *seed as usize * 37, *seed))?;
             Ok(String::new())
         }
         Op::Write(f, off, len, seed) => {
             let file = open_w(&p(f), false)?;
-            file.write_all_at(&common::pattern(*len, *seed), *off)?;
+            file.write_all_at(&support::pattern(*len, *seed), *off)?;
             Ok(String::new())
         }
         Op::Truncate(f, len) => {
@@ -160,16 +160,16 @@ fn apply(root: &Path, op: &Op) -> io::Result<String> {
 }
 
 fn run(ops: &[Op]) {
-    run_on(common::Setup::new(lowers()), ops)
+    run_on(support::Setup::new(lowers()), ops)
 }
 
-fn run_on(setup: common::Setup, ops: &[Op]) {
+fn run_on(setup: support::Setup, ops: &[Op]) {
     run_checked(setup, ops, true)
 }
 
 /// `kernel_remount`: also compare both uppers re-mounted by kernel overlayfs
 /// (only where the subject's lowers are in kernel format).
-fn run_checked(setup: common::Setup, ops: &[Op], kernel_remount: bool) {
+fn run_checked(setup: support::Setup, ops: &[Op], kernel_remount: bool) {
     let Some(mut b) = Both::setup(setup) else {
         return;
     };
@@ -275,14 +275,14 @@ fn any_op() -> impl Strategy<Value = Op> {
 
 /// Lowers with hard-link groups; the reference is kernel overlayfs with
 /// index=on, which keeps groups across copy-up as unionmount does.
-fn linked_lowers() -> common::Setup {
+fn linked_lowers() -> support::Setup {
     let mut l = lowers();
     l[1] = l[1]
         .clone()
         .hardlink("merged/deep/x", "low/a")
         .hardlink("b2", "b")
         .hardlink("merged/sub/b", "b");
-    common::Setup::new(l).kernel_extra(",index=on")
+    support::Setup::new(l).kernel_extra(",index=on")
 }
 
 #[test]
@@ -303,7 +303,7 @@ fn scripted_sequence_over_lower_hard_links() {
 
 #[test]
 fn randomized_sequences_over_lower_hard_links() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     let config = ProptestConfig {
@@ -319,7 +319,7 @@ fn randomized_sequences_over_lower_hard_links() {
 
 /// Lowers with whiteouts and opaque dirs on the paths the ops use, written in
 /// a non-kernel dialect for unionmount (kernel format for the reference).
-fn marked_lowers(d: common::Dialect) -> common::Setup {
+fn marked_lowers(d: support::Dialect) -> support::Setup {
     let mut l = lowers();
     l[0] = l[0]
         .clone()
@@ -328,12 +328,12 @@ fn marked_lowers(d: common::Dialect) -> common::Setup {
         .opaque("merged/sub")
         .file("merged/sub/a", "l0 opaque sub a")
         .whiteout("new/x");
-    common::Setup::new(l).dialect(d)
+    support::Setup::new(l).dialect(d)
 }
 
 #[test]
 fn randomized_sequences_over_oci_and_xattr_whiteouts() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     let config = ProptestConfig {
@@ -342,7 +342,7 @@ fn randomized_sequences_over_oci_and_xattr_whiteouts() {
         failure_persistence: None,
         ..ProptestConfig::default()
     };
-    for d in [common::Dialect::Oci, common::Dialect::XattrWhiteout] {
+    for d in [support::Dialect::Oci, support::Dialect::XattrWhiteout] {
         proptest!(config.clone(), |(ops in proptest::collection::vec(any_op(), 1..40))| {
             run_checked(marked_lowers(d), &ops, false);
         });
@@ -351,7 +351,7 @@ fn randomized_sequences_over_oci_and_xattr_whiteouts() {
 
 #[test]
 fn randomized_sequences() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     let config = ProptestConfig {

@@ -4,7 +4,7 @@
 //! and merged directories (no EXDEV, kernel-format redirects), hard links,
 //! special files, name and path length limits.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -12,8 +12,8 @@ use std::os::unix::fs::{FileExt, symlink};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use common::sys::{self, RENAME_EXCHANGE, RENAME_NOREPLACE};
-use common::{Both, Impl, Layer, Meta, Setup, Side, subject_is_kernel};
+use support::sys::{self, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use support::{Both, Impl, Layer, Meta, Setup, Side, subject_is_kernel};
 
 fn lowers() -> Vec<Layer> {
     vec![
@@ -410,7 +410,7 @@ fn lower_hard_link_group_stays_one_group() {
             "{}",
             side.name
         );
-        let t = common::snapshot(&side.mnt);
+        let t = support::snapshot(&side.mnt);
         assert_eq!(
             t.links.iter().cloned().collect::<Vec<_>>(),
             vec![vec![
@@ -663,7 +663,7 @@ fn nlink_of_a_lower_hard_link_group_after_unlink_and_link() {
     });
     assert_eq!(nl, 3);
     b.ok("write through one", |m| {
-        common::append(&m.join("d/four"), b"+")
+        support::append(&m.join("d/four"), b"+")
     });
     assert_eq!(
         b.ok("read through another", |m| fs::read(m.join("two"))),
@@ -730,7 +730,7 @@ fn linked_fixture() -> Option<Both> {
     Both::setup(
         Setup::new(vec![
             Layer::new()
-                .file("a", common::pattern(10_000, 4))
+                .file("a", support::pattern(10_000, 4))
                 .hardlink("deep/x", "a")
                 .file("f", "f")
                 .dir("sub/inner"),
@@ -788,7 +788,7 @@ fn exchange_a_copied_up_hard_linked_file_with_a_dir() {
     assert!(b.ok("a is the dir now", |m| Ok(m.join("a/inner").is_dir())));
     assert_eq!(
         b.ok("sub is the file", |m| fs::read(m.join("sub"))),
-        common::pattern(10_000, 4)
+        support::pattern(10_000, 4)
     );
     b.check_trees("exchange with a linked file");
 }

@@ -13,7 +13,7 @@
 //! `UNIONMOUNT_LOAD_SEED=N` runs with another seed; `FS_LOAD_TRACE=1` prints
 //! each operation as it goes.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs;
@@ -22,9 +22,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use common::ops::{self, Rng};
-use common::sys;
-use common::{Both, Layer};
+use support::ops::{self, Rng};
+use support::sys;
+use support::{Both, Layer};
 
 // ---------------------------------------------------------------------------
 // 2. File exerciser.
@@ -405,15 +405,15 @@ fn exerciser_ops() -> u64 {
 
 /// A lower file with data and holes.
 fn exerciser_lowers() -> Vec<Layer> {
-    let a = common::pattern(70_000, 3);
-    let b = common::pattern(30_000, 9);
+    let a = support::pattern(70_000, 3);
+    let b = support::pattern(30_000, 9);
     vec![
         Layer::new().dir("d"),
         Layer::new().sparse(
             "d/lower",
             200_000,
             &[(0, &a[..]), (170_000, &b[..])],
-            common::Meta::default(),
+            support::Meta::default(),
         ),
     ]
 }
@@ -426,8 +426,8 @@ fn exerciser_on_a_lower_file() {
     };
     let seed = ops::seed_from_env(ops::LOAD_SEED, 20_250_601);
     let mut model = vec![0u8; 200_000];
-    model[..70_000].copy_from_slice(&common::pattern(70_000, 3));
-    model[170_000..].copy_from_slice(&common::pattern(30_000, 9));
+    model[..70_000].copy_from_slice(&support::pattern(70_000, 3));
+    model[170_000..].copy_from_slice(&support::pattern(30_000, 9));
     for side in b.sides() {
         let name = format!("{}: lower file", side.name);
         let mut x = Exerciser::new(name, side.p("d/lower"), model.clone(), true, seed);
@@ -443,7 +443,7 @@ fn exerciser_on_an_upper_file() {
         return;
     };
     let seed = ops::seed_from_env(ops::LOAD_SEED, 20_250_601) ^ 1;
-    let model = common::pattern(100_000, 5);
+    let model = support::pattern(100_000, 5);
     for side in b.sides() {
         let path = side.p("d/upper");
         fs::write(&path, &model).unwrap();

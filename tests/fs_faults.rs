@@ -19,7 +19,7 @@
 //! installs it); under `CI=true` a missing one is a failure. No test here
 //! asserts anything about time.
 
-mod common;
+mod support;
 
 use std::ffi::OsString;
 use std::fs;
@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::crash::*;
-use common::{
+use support::crash::*;
+use support::{
     Dialect, Layer, Mount, Scratch, assert_trees_eq, is_mounted, kernel_opts, snapshot, sys,
     union_opts,
 };
@@ -133,8 +133,8 @@ fn enospc_on_a_small_upper() {
     if !can_run() {
         return;
     }
-    let big = common::pattern(12 << 20, 1);
-    let medium = common::pattern(3 << 20, 2);
+    let big = support::pattern(12 << 20, 1);
+    let medium = support::pattern(3 << 20, 2);
     let layers = vec![
         Layer::new().file("small", "small").file("d/x", "x"),
         Layer::new().file("big", &big).file("medium", &medium),
@@ -144,15 +144,15 @@ fn enospc_on_a_small_upper() {
     let u = SmallUpper::new(&s, "unionmount", &layers, false);
     let both = [&k, &u];
     let same = |what: &str, f: &dyn Fn(&SmallUpper) -> io::Result<()>| {
-        let a = common::outcome(f(&k));
-        let b = common::outcome(f(&u));
+        let a = support::outcome(f(&k));
+        let b = support::outcome(f(&u));
         assert_eq!(
             a, b,
             "{what}: kernel (left) and unionmount (right) disagree"
         );
         b
     };
-    let enospc = Err(common::Errno(libc::ENOSPC));
+    let enospc = Err(support::Errno(libc::ENOSPC));
 
     // A write that does not fit fails with ENOSPC; what did fit is kept.
     assert_eq!(
@@ -416,9 +416,9 @@ fn many_files_under_a_low_fd_limit() {
 
 /// `unionmount ARGS MNT` must fail: one line on stderr, nothing mounted.
 fn refused(args: &[OsString], mnt: &Path) -> String {
-    let mut cmd = Command::new(common::bin());
+    let mut cmd = Command::new(support::bin());
     cmd.args(args).arg(mnt);
-    let (code, _out, err) = common::mount::run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let (code, _out, err) = support::mount::run_with_timeout(&mut cmd, Duration::from_secs(20));
     if is_mounted(mnt) {
         drop(Mount::union_guard(mnt, None, None));
         panic!("mounted although it had to be refused (stderr {err:?})");

@@ -3,7 +3,7 @@
 //! statfs of the upper, ENOTTY for unknown ioctls, and inode numbers (unique,
 //! stable across copy-up and remount, st_dev uniform, d_ino == st_ino).
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -12,14 +12,14 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use common::sys::{self, cstr};
-use common::{Both, Impl, Layer, Meta, Mount, Scratch, Setup, kernel_opts, union_opts};
+use support::sys::{self, cstr};
+use support::{Both, Impl, Layer, Meta, Mount, Scratch, Setup, kernel_opts, union_opts};
 
 fn fixture() -> Option<Both> {
     Both::setup(
         Setup::new(vec![
             Layer::new()
-                .file("f", common::pattern(200_000, 3))
+                .file("f", support::pattern(200_000, 3))
                 .sparse(
                     "sparse",
                     16 << 20,
@@ -293,7 +293,7 @@ fn xattr_get_set_list_remove() {
             sys::lsetxattr(&m.join(target), "user.empty", b"")
         });
         b.ok(&format!("{target}: set a big value"), |m| {
-            sys::lsetxattr(&m.join(target), "user.big", &common::pattern(3000, 9))
+            sys::lsetxattr(&m.join(target), "user.big", &support::pattern(3000, 9))
         });
         let mut l = b.ok(&format!("{target}: list"), |m| {
             sys::llistxattr(&m.join(target))
@@ -417,7 +417,7 @@ fn unknown_ioctl_is_enotty() {
 
 /// st_ino of every path in a mount.
 fn inos(root: &Path) -> BTreeMap<PathBuf, u64> {
-    let t = common::snapshot(root);
+    let t = support::snapshot(root);
     t.entries
         .keys()
         .map(|k| (k.clone(), sys::lstat(&root.join(k)).unwrap().st_ino))
@@ -457,7 +457,7 @@ fn inode_numbers_unique_and_stable() {
                 side.name
             );
         }
-        let t = common::snapshot(&side.mnt);
+        let t = support::snapshot(&side.mnt);
         assert!(t.problems.is_empty(), "{}: {:?}", side.name, t.problems);
     }
     let before_k = inos(&b.k.mnt);
@@ -482,7 +482,7 @@ fn inode_numbers_unique_and_stable() {
 fn inode_numbers_with_a_lower_on_another_filesystem() {
     // One lower on tmpfs, whose small inode numbers can collide with the
     // disk's: st_ino must stay unique and st_dev uniform.
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     let disk = Scratch::new();
@@ -507,10 +507,10 @@ fn inode_numbers_with_a_lower_on_another_filesystem() {
                 .file(&format!("b{j}"), "y")
                 .file(&format!("d{j}/e"), "z");
         }
-        l0_layer.build(&l0, common::Dialect::Kernel);
-        l1_layer.build(&l1, common::Dialect::Kernel);
+        l0_layer.build(&l0, support::Dialect::Kernel);
+        l1_layer.build(&l1, support::Dialect::Kernel);
         let lowers = vec![l0, l1];
-        let m = if subject && !common::subject_is_kernel() {
+        let m = if subject && !support::subject_is_kernel() {
             let args = vec!["-o".into(), union_opts(&lowers, Some((&u, &w))).into()];
             Mount::union_foreground(&mnt, &args).unwrap()
         } else {
@@ -523,24 +523,24 @@ fn inode_numbers_with_a_lower_on_another_filesystem() {
     // entries are compared with it; the invariants are checked on the subject.
     fs::write(mounts[0].mnt.join("new"), "n").unwrap();
     fs::write(mounts[1].mnt.join("new"), "n").unwrap();
-    let a = common::snapshot(&mounts[0].mnt);
-    let c = common::snapshot(&mounts[1].mnt);
-    let d = common::snapshot::diff_trees(
+    let a = support::snapshot(&mounts[0].mnt);
+    let c = support::snapshot(&mounts[1].mnt);
+    let d = support::snapshot::diff_trees(
         "kernel",
-        &common::Tree {
+        &support::Tree {
             problems: vec![],
             links: Default::default(),
             ..a
         },
         "subject",
-        &common::Tree {
+        &support::Tree {
             problems: vec![],
             links: Default::default(),
             ..c.clone()
         },
     );
     assert!(d.is_empty(), "lower on tmpfs: entries differ:\n{d}");
-    if common::subject_is_kernel() {
+    if support::subject_is_kernel() {
         eprintln!("subject is kernel overlayfs: not checking st_ino/st_dev invariants it lacks");
     } else {
         assert!(c.problems.is_empty(), "subject: {:?}", c.problems);

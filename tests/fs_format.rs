@@ -4,15 +4,15 @@
 //! unionmount, shows what the kernel showed. Name translation: overlay xattrs
 //! escaped as the kernel does (so overlays nest), `.wh.` names in OCI mode.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use common::sys::{self, RENAME_EXCHANGE};
-use common::{Both, Dialect, Impl, Layer, Meta, Mount, Setup, assert_trees_eq, subject_is_kernel};
+use support::sys::{self, RENAME_EXCHANGE};
+use support::{Both, Dialect, Impl, Layer, Meta, Mount, Setup, assert_trees_eq, subject_is_kernel};
 
 fn lowers() -> Vec<Layer> {
     vec![
@@ -231,7 +231,7 @@ fn an_overlay_nests_inside_the_mount() {
         );
         let inner = Mount::kernel(&inner_mnt, &opts)
             .unwrap_or_else(|e| panic!("{}: inner overlay over the mount: {e}", side.name));
-        views.push((side.name, common::snapshot(&inner_mnt)));
+        views.push((side.name, support::snapshot(&inner_mnt)));
         assert_eq!(
             sys::names(&inner_mnt).unwrap(),
             ["added", "opq", "visible"],
@@ -296,7 +296,7 @@ fn user_names_starting_with_wh_in_oci_mode() {
 }
 
 /// A unionmount mount (no kernel counterpart) over one lower with extra options.
-fn mapped_mount(s: &common::Scratch, extra: &str) -> (Mount, std::path::PathBuf) {
+fn mapped_mount(s: &support::Scratch, extra: &str) -> (Mount, std::path::PathBuf) {
     let [l, u, w, m] = s.dirs(["l", "u", "w", "m"]);
     if !l.join("mapped").exists() {
         Layer::new()
@@ -323,14 +323,14 @@ fn owner(p: &Path) -> (u32, u32) {
 
 #[test]
 fn uid_and_gid_mapping_both_ways() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     if subject_is_kernel() {
         eprintln!("owner mapping is a unionmount option; nothing to check on the kernel");
         return;
     }
-    let s = common::Scratch::new();
+    let s = support::Scratch::new();
     let (m, upper) = mapped_mount(&s, ",uidmapping=0:100000:65536,gidmapping=0:100000:65536");
     let mnt = m.mnt.clone();
     assert_eq!(
@@ -379,14 +379,14 @@ fn uid_and_gid_mapping_both_ways() {
 
 #[test]
 fn squash_options_show_one_owner() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     if subject_is_kernel() {
         eprintln!("squash_to_* are unionmount options; nothing to check on the kernel");
         return;
     }
-    let s = common::Scratch::new();
+    let s = support::Scratch::new();
     for (extra, want) in [
         (",squash_to_root", (0, 0)),
         (",squash_to_uid=1234,squash_to_gid=4321", (1234, 4321)),
@@ -418,14 +418,14 @@ fn all_xattr_names(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
 
 #[test]
 fn userxattr_mode_writes_user_overlay_xattrs_the_kernel_reads() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     if subject_is_kernel() {
         eprintln!("userxattr is checked against unionmount only");
         return;
     }
-    let s = common::Scratch::new();
+    let s = support::Scratch::new();
     let [l0, l1, u, w, m] = s.dirs(["l0", "l1", "u", "w", "m"]);
     Layer::new()
         .opaque("opq")
@@ -460,7 +460,7 @@ fn userxattr_mode_writes_user_overlay_xattrs_the_kernel_reads() {
         b"v",
         "a user's own user.overlay.* xattr reads back"
     );
-    let live = common::snapshot(&m);
+    let live = support::snapshot(&m);
     mount.unmount().unwrap();
     let trusted: Vec<_> = all_xattr_names(&u)
         .into_iter()
@@ -485,7 +485,7 @@ fn userxattr_mode_writes_user_overlay_xattrs_the_kernel_reads() {
         "the user's user.overlay.* xattr is stored escaped"
     );
     let kernel = Mount::kernel(&m, &opts).unwrap();
-    let by_kernel = common::snapshot(&m);
+    let by_kernel = support::snapshot(&m);
     drop(kernel);
     assert_trees_eq(
         "userxattr upper",

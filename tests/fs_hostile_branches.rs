@@ -4,7 +4,7 @@
 //! and a mountpoint nested with a branch (by path, through a symlink, or
 //! through a bind mount) is refused with one line and nothing mounted.
 
-mod common;
+mod support;
 
 use std::ffi::OsString;
 use std::fs;
@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::mount::{mount_at, run_with_timeout};
-use common::snapshot::assert_raw_unchanged;
-use common::sys;
-use common::{Mount, Scratch, raw_checksum};
+use support::mount::{mount_at, run_with_timeout};
+use support::snapshot::assert_raw_unchanged;
+use support::sys;
+use support::{Mount, Scratch, raw_checksum};
 
 const SECRET: &str = "SECRET host data";
 
@@ -36,7 +36,7 @@ struct Rig {
 
 impl Rig {
     fn new() -> Option<Rig> {
-        if !common::require_mounts() {
+        if !support::require_mounts() {
             return None;
         }
         let s = Scratch::new();
@@ -265,7 +265,7 @@ fn a_directory_swapped_for_a_symlink_behind_the_mount_is_not_followed() {
 /// nothing mounted at `mnt`.
 fn refused(what: &str, args: &[OsString], mnt: &Path, want: &str) {
     let before = mount_at(mnt).map(|m| m.dev);
-    let mut cmd = Command::new(common::bin());
+    let mut cmd = Command::new(support::bin());
     cmd.args(args).arg(mnt);
     let (code, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
     if mount_at(mnt).map(|m| m.dev) != before {
@@ -404,7 +404,7 @@ fn mountpoints_nested_with_branches_are_refused() {
         mnt,
         "inside mountpoint",
     );
-    let mut cmd = Command::new(common::bin());
+    let mut cmd = Command::new(support::bin());
     cmd.current_dir(s.path())
         .args(["-o", "cow", "upper=RW:lower/../l2=RO", "l2/a"]);
     let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
@@ -429,5 +429,5 @@ fn mountpoints_nested_with_branches_are_refused() {
     assert!(g.is_fuse());
     drop(g);
     let _ = s.dir("l2/a");
-    assert!(common::mount::mounts_under(s.path()).is_empty());
+    assert!(support::mount::mounts_under(s.path()).is_empty());
 }

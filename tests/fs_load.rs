@@ -25,7 +25,7 @@
 //! `UNIONMOUNT_LOAD_SEED=N` runs with another seed (every run prints its
 //! seed); `FS_LOAD_TRACE=1` prints each exerciser operation as it goes.
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -34,9 +34,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, symlink};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::ops::{self, Rng};
-use common::sys::{self, RENAME_EXCHANGE, RENAME_NOREPLACE};
-use common::{Both, Errno, Layer, Side, outcome};
+use support::ops::{self, Rng};
+use support::sys::{self, RENAME_EXCHANGE, RENAME_NOREPLACE};
+use support::{Both, Errno, Layer, Side, outcome};
 
 // 1. Concurrent processes, compared with the kernel.
 //
@@ -109,7 +109,7 @@ fn concurrent_lowers() -> Vec<Layer> {
                 top = top
                     .opaque(&n(3))
                     .file(&sub(3, &own(p, 5)), "in the opaque dir")
-                    .file(&n(4), common::pattern(3000 + 500 * p, p as u8))
+                    .file(&n(4), support::pattern(3000 + 500 * p, p as u8))
                     .file(&sub(1, &own(p, 3)), "top merged");
             }
         }
@@ -411,7 +411,7 @@ fn rm_rf_contents(side: &Side) {
     for e in fs::read_dir(&side.mnt).unwrap() {
         cmd.arg(e.unwrap().path());
     }
-    let (code, _, err) = common::mount::run_with_timeout(&mut cmd, Duration::from_secs(120));
+    let (code, _, err) = support::mount::run_with_timeout(&mut cmd, Duration::from_secs(120));
     assert_eq!(code, 0, "{}: rm -rf failed: {err}", side.name);
     let left: Vec<_> = fs::read_dir(&side.mnt).unwrap().collect();
     assert!(left.is_empty(), "{}: rm -rf left {left:?}", side.name);
@@ -465,7 +465,7 @@ fn concurrent_processes_agree_with_the_kernel_then_rm_rf() {
     b.check_uppers("after rm -rf");
     // What is left in the upper: whiteouts over the lowers' names and
     // directories (none after rm -rf of everything), nothing with data.
-    let view = common::snapshot::upper_view(&b.u.upper, &b.k.lowers);
+    let view = support::snapshot::upper_view(&b.u.upper, &b.k.lowers);
     let kept: Vec<_> = view
         .iter()
         .filter(|(p, line)| !p.as_os_str().is_empty() && !line.starts_with('w'))

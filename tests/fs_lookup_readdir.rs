@@ -2,13 +2,13 @@
 //! directories in every dialect, and merged readdir (offsets, d_type, d_ino,
 //! no duplicates), each compared with kernel overlayfs.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::fs;
 
-use common::sys::{self, DirStream};
-use common::{Both, Dialect, Layer, Meta, Setup};
+use support::sys::{self, DirStream};
+use support::{Both, Dialect, Layer, Meta, Setup};
 
 /// Three lowers and an upper; names overridden at every level.
 fn stack() -> Setup {

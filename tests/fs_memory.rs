@@ -13,7 +13,7 @@
 //! --test fs_memory -- --nocapture`: a 100,000-file tree with 1,000,000 stats
 //! in 10 rounds and 1,000,000 open/close.
 
-mod common;
+mod support;
 
 use std::fs;
 
@@ -21,8 +21,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::ops::{self, Rng};
-use common::{Mount, Scratch, subject_is_kernel, union_opts};
+use support::ops::{self, Rng};
+use support::{Mount, Scratch, subject_is_kernel, union_opts};
 
 /// Files in the lower tree `dNN/eN/fNNN`, and upper files `u/fNNNN`.
 fn make_tree(lower: &Path, upper: &Path, files: usize) -> Vec<PathBuf> {
@@ -101,7 +101,7 @@ fn second_half_growth(rss: &[u64]) -> u64 {
 #[test]
 fn memory_and_descriptors_stay_flat() {
     let long = ops::load_long();
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     if subject_is_kernel() {
@@ -237,7 +237,7 @@ fn memory_and_descriptors_stay_flat() {
     // The same state as at the start: every inode known again.
     walk(&mnt);
     // Releases reach the daemon after close(2) returns: wait for them.
-    let settled = common::wait_until(Duration::from_secs(30), || ops::fd_count(pid) <= fd0 + 2);
+    let settled = support::wait_until(Duration::from_secs(30), || ops::fd_count(pid) <= fd0 + 2);
     let (rss1, fd1, peak) = (
         ops::rss_kib(pid),
         ops::fd_count(pid),
@@ -266,7 +266,7 @@ fn memory_and_descriptors_stay_flat() {
     // daemon's (the allocator keeps some, scattered between live nodes).
     ops::drop_dentries_and_inodes();
     let table = rss1.saturating_sub(rss_mounted);
-    let given_back = common::wait_until(Duration::from_secs(10), || {
+    let given_back = support::wait_until(Duration::from_secs(10), || {
         ops::rss_kib(pid) + table / 10 <= rss1
     });
     let rss2 = ops::rss_kib(pid);

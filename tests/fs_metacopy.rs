@@ -6,15 +6,15 @@
 //! implementation reads the other's upper. Without the option nothing
 //! changes: data is copied as before.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::Path;
 
-use common::sys;
-use common::{Both, Impl, Layer, Meta, Setup};
+use support::sys;
+use support::{Both, Impl, Layer, Meta, Setup};
 
 const KERNEL_METACOPY: &str = ",metacopy=on,redirect_dir=on";
 const UNION_METACOPY: &str = ",metacopy=on";
@@ -25,12 +25,12 @@ fn lower() -> Layer {
         .dir("d")
         .file_with(
             "d/big",
-            common::pattern(2 * MIB, 1),
+            support::pattern(2 * MIB, 1),
             Meta::mode(0o644).owner(10, 20),
         )
         .xattr("d/big", "user.k", "v")
         .file("d/small", "small file\n")
-        .file("d/other", common::pattern(300_000, 2))
+        .file("d/other", support::pattern(300_000, 2))
         .file("d/empty", "")
         .symlink("d/link", "big")
         .dir("e")
@@ -108,7 +108,7 @@ fn metadata_changes_copy_up_no_data() {
     // Reads give the lower's data; stat shows the new owner and mode with
     // the lower's block count (du sees the data where it is).
     for rel in ["d/big", "d/other", "d/small", "d/link"] {
-        b.ok(&format!("read {rel}"), |m| common::read(&m.join(rel)));
+        b.ok(&format!("read {rel}"), |m| support::read(&m.join(rel)));
         b.ok(&format!("stat {rel}"), |m| stat_of(&m.join(rel)));
     }
     b.ok("xattrs", |m| sys::xattrs(&m.join("d/big")));
@@ -143,20 +143,20 @@ fn first_write_brings_the_data_up() {
     let lower_mtime = fs::symlink_metadata(b.u.lowers[0].join("d/big"))
         .unwrap()
         .mtime();
-    if !common::subject_is_kernel() {
+    if !support::subject_is_kernel() {
         assert_eq!(
             fs::symlink_metadata(b.u.p("d/big")).unwrap().mtime(),
             lower_mtime,
             "a data copy-up changed the file's mtime"
         );
     }
-    b.ok("append", |m| common::append(&m.join("d/big"), b"tail"));
-    b.ok("read after append", |m| common::read(&m.join("d/big")));
+    b.ok("append", |m| support::append(&m.join("d/big"), b"tail"));
+    b.ok("read after append", |m| support::read(&m.join("d/big")));
     // An open that truncates needs no data.
     b.ok("truncating write", |m| {
-        common::write(&m.join("d/small"), b"new")
+        support::write(&m.join("d/small"), b"new")
     });
-    b.ok("read truncated", |m| common::read(&m.join("d/small")));
+    b.ok("read truncated", |m| support::read(&m.join("d/small")));
     // truncate(2) keeps the head of the data.
     b.ok("truncate", |m| {
         fs::OpenOptions::new()
@@ -164,7 +164,7 @@ fn first_write_brings_the_data_up() {
             .open(m.join("d/other"))
             .and_then(|f| f.set_len(1000))
     });
-    b.ok("read other", |m| common::read(&m.join("d/other")));
+    b.ok("read other", |m| support::read(&m.join("d/other")));
     assert_data_copied(&b, "d/other", 1000);
     b.check_trees("after writes");
     b.check_trees_after_kernel_remount("after writes");
@@ -197,7 +197,7 @@ fn a_reader_opened_before_goes_on_reading_the_same_bytes() {
     };
     assert_eq!(rest(&mut rk).unwrap(), rest(&mut ru).unwrap());
     // A descriptor opened now reads the written data.
-    b.ok("read after write", |m| common::read(&m.join("d/big")));
+    b.ok("read after write", |m| support::read(&m.join("d/big")));
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn rename_and_link_of_a_metadata_only_copy() {
         fs::hard_link(m.join("d/other"), m.join("e/linked"))
     });
     for rel in ["e/moved", "e/linked", "d/other"] {
-        b.ok(&format!("read {rel}"), |m| common::read(&m.join(rel)));
+        b.ok(&format!("read {rel}"), |m| support::read(&m.join(rel)));
         b.ok(&format!("owner {rel}"), |m| {
             fs::symlink_metadata(m.join(rel)).map(|md| (md.uid(), md.nlink()))
         });
@@ -218,7 +218,7 @@ fn rename_and_link_of_a_metadata_only_copy() {
     b.err("old name", libc::ENOENT, |m| stat_of(&m.join("d/big")));
     b.ok("unlink", |m| fs::remove_file(m.join("d/other")));
     b.ok("read link after unlink", |m| {
-        common::read(&m.join("e/linked"))
+        support::read(&m.join("e/linked"))
     });
     b.check_trees("after rename and link");
     b.check_trees_after_kernel_remount("after rename and link");
@@ -249,12 +249,12 @@ fn uppers_cross_between_kernel_and_unionmount() {
     assert_metadata_only(&b, "d/big");
     b.u.unmount();
     b.u.mount();
-    b.ok("read kernel's copy", |m| common::read(&m.join("d/big")));
+    b.ok("read kernel's copy", |m| support::read(&m.join("d/big")));
     b.ok("stat kernel's copy", |m| stat_of(&m.join("d/big")));
     b.ok("append to kernel's copy", |m| {
-        common::append(&m.join("d/other"), b"+")
+        support::append(&m.join("d/other"), b"+")
     });
-    b.ok("read after append", |m| common::read(&m.join("d/other")));
+    b.ok("read after append", |m| support::read(&m.join("d/other")));
     assert_data_copied(&b, "d/other", 300_000);
     b.check_trees("unionmount over the kernel's copies");
     // unionmount's copies, read by the kernel.
@@ -283,7 +283,7 @@ fn without_the_option_data_is_copied() {
 fn chown_of_a_tree_copies_no_data() {
     let mut layer = Layer::new().dir("t");
     for i in 0..16 {
-        layer = layer.file(&format!("t/f{i}"), common::pattern(MIB, i as u8));
+        layer = layer.file(&format!("t/f{i}"), support::pattern(MIB, i as u8));
     }
     let Some(b) = Both::setup(
         Setup::new(vec![layer])
@@ -312,7 +312,7 @@ fn chown_of_a_tree_copies_no_data() {
     }
     b.ok("read all", |m| {
         (0..16)
-            .map(|i| common::read(&m.join(format!("t/f{i}"))))
+            .map(|i| support::read(&m.join(format!("t/f{i}"))))
             .collect::<std::io::Result<Vec<_>>>()
     });
     b.check_trees("after chown -R");
@@ -320,12 +320,12 @@ fn chown_of_a_tree_copies_no_data() {
 
 #[test]
 fn odd_option_values_are_refused() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
-    let s = common::Scratch::new();
+    let s = support::Scratch::new();
     let [l, u, w, m] = s.dirs(["l", "u", "w", "m"]);
-    let out = std::process::Command::new(common::bin())
+    let out = std::process::Command::new(support::bin())
         .arg("-o")
         .arg(format!(
             "lowerdir={},upperdir={},workdir={},metacopy=yes",
@@ -342,7 +342,7 @@ fn odd_option_values_are_refused() {
         err.contains("metacopy") && err.trim().lines().count() == 1,
         "stderr: {err}"
     );
-    assert!(!common::is_mounted(&m));
+    assert!(!support::is_mounted(&m));
 }
 
 /// A file keeps its inode number through the metadata-only copy-up, a
@@ -377,7 +377,7 @@ fn st_ino_stays_through_copy_ups_and_remounts() {
     assert_eq!(inos(&b), before, "under the kernel");
     b.u.unmount();
     b.u.mount();
-    b.ok("append", |m| common::append(&m.join("d/big"), b"!"));
+    b.ok("append", |m| support::append(&m.join("d/big"), b"!"));
     assert_data_copied(&b, "d/big", 2 * MIB as u64);
     assert_eq!(inos(&b), before, "after the data's copy-up");
     b.u.remount();

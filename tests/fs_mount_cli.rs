@@ -4,7 +4,7 @@
 //! podman passes them, EROFS on read-only branches without `cow`, and bad
 //! input: one line on stderr, non-zero exit, nothing mounted.
 
-mod common;
+mod support;
 
 use std::ffi::OsString;
 use std::fs;
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::mount::{pid_alive, run_with_timeout, unionmount_umount};
-use common::{Layer, Mount, Scratch, bin, is_mounted, mount_at, wait_until};
+use support::mount::{pid_alive, run_with_timeout, unionmount_umount};
+use support::{Layer, Mount, Scratch, bin, is_mounted, mount_at, wait_until};
 
 /// Scratch with two lowers, an upper, a workdir and a mountpoint.
 struct Dirs {
@@ -27,7 +27,7 @@ struct Dirs {
 }
 
 fn dirs() -> Option<Dirs> {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return None;
     }
     let s = Scratch::new();
@@ -35,11 +35,11 @@ fn dirs() -> Option<Dirs> {
     Layer::new()
         .file("a", "l0 a")
         .file("d/x", "x")
-        .build(&l0, common::Dialect::Kernel);
+        .build(&l0, support::Dialect::Kernel);
     Layer::new()
         .file("a", "l1 a")
         .file("b", "l1 b")
-        .build(&l1, common::Dialect::Kernel);
+        .build(&l1, support::Dialect::Kernel);
     Some(Dirs {
         s,
         l0,
@@ -210,7 +210,7 @@ fn unionfs_syntax_without_cow_gives_erofs_on_ro_files() {
         Some(libc::EROFS),
         "write to a RO branch's file"
     );
-    let e = common::sys::chmod(&d.mnt.join("a"), 0o600).unwrap_err();
+    let e = support::sys::chmod(&d.mnt.join("a"), 0o600).unwrap_err();
     assert_eq!(
         e.raw_os_error(),
         Some(libc::EROFS),
@@ -290,7 +290,7 @@ fn foreground_daemon_exits_after_unionmount_umount_and_plain_umount() {
     // umount(2) by someone else (e.g. `umount MNT`) also ends the daemon.
     let mut m = foreground(&d);
     let pid = m.pid().unwrap();
-    common::sys::umount2(&d.mnt, 0).unwrap();
+    support::sys::umount2(&d.mnt, 0).unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || !pid_alive(pid)),
         "daemon kept running after a plain umount"
@@ -306,7 +306,7 @@ fn podman_style_options() {
     let colon = d.s.dir("with:colon");
     Layer::new()
         .file("c", "colon layer")
-        .build(&colon, common::Dialect::Kernel);
+        .build(&colon, support::Dialect::Kernel);
     symlink(&d.l1, d.s.path().join("l1-link")).unwrap();
     let opts = format!(
         "lowerdir=l0:l1-link:with\\:colon,upperdir={},workdir={},,volatile,context=\"system_u:object_r:container_file_t:s0\",noacl,fsync=0,\
@@ -501,7 +501,7 @@ fn bad_input_fails_with_one_line_and_mounts_nothing() {
     drop(other);
     assert!(!is_mounted(&d.mnt));
     // Nothing left anywhere under the scratch dir.
-    assert!(common::mount::mounts_under(d.s.path()).is_empty());
+    assert!(support::mount::mounts_under(d.s.path()).is_empty());
     // The workdir and upper are still usable afterwards.
     let g = Mount::union_foreground(&d.mnt, &os(&["-o", &d.overlay_opts()])).unwrap();
     assert!(d.mnt.join("a").exists());

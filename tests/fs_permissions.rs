@@ -3,13 +3,13 @@
 //! enforced and inherited like the kernel's, and setgid directories passing
 //! on their group.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::path::Path;
 
-use common::sys::{self, cstr};
-use common::{Both, Layer, Meta, Setup};
+use support::sys::{self, cstr};
+use support::{Both, Layer, Meta, Setup};
 
 /// Run `f` as uid/gid 1000 in a forked child; returns its result as
 /// `Ok(())` or the errno (exit code 0 or the errno).

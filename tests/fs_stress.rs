@@ -3,7 +3,7 @@
 //! of the daemon in the middle of a large copy-up: after remount the file is
 //! the old or the new content, never partial, and the workdir is clean.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::mount::run_with_timeout;
-use common::{Both, Layer, Mount, Scratch, Side, subject_is_kernel, sys, union_opts};
+use support::mount::run_with_timeout;
+use support::{Both, Layer, Mount, Scratch, Side, subject_is_kernel, sys, union_opts};
 
 fn lowers() -> Vec<Layer> {
     let mut l0 = Layer::new();
@@ -110,7 +110,7 @@ fn concurrent_create_rename_delete_then_rm_rf() {
     };
     for side in [&b.k, &b.u] {
         hammer(side);
-        let t = common::snapshot(&side.mnt);
+        let t = support::snapshot(&side.mnt);
         assert!(t.problems.is_empty(), "{}: {:?}", side.name, t.problems);
         let mut cmd = Command::new("rm");
         cmd.arg("-rf");
@@ -163,7 +163,7 @@ fn concurrent_renames_of_lower_directories() {
         for t in threads {
             t.join().unwrap();
         }
-        let t = common::snapshot(&side.mnt);
+        let t = support::snapshot(&side.mnt);
         assert!(t.problems.is_empty(), "{}: {:?}", side.name, t.problems);
         // Every directory that survived still holds its content.
         for (p, e) in &t.entries {
@@ -186,7 +186,7 @@ fn concurrent_renames_of_lower_directories() {
 fn daemon_does_not_keep_an_fd_per_inode() {
     // 5000 lower files, all looked up and read through the mount: the kernel
     // keeps their inodes cached, the daemon must not keep 5000 fds open.
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     if subject_is_kernel() {
@@ -234,7 +234,7 @@ const CHUNK: u64 = 1 << 20;
 fn chunk_data(i: u64) -> Vec<u8> {
     static BASE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     let mut v = BASE
-        .get_or_init(|| common::pattern(CHUNK as usize, 77))
+        .get_or_init(|| support::pattern(CHUNK as usize, 77))
         .clone();
     v[..8].copy_from_slice(&i.to_le_bytes());
     v
@@ -297,7 +297,7 @@ fn classify(path: &Path) -> Result<&'static str, String> {
 
 #[test]
 fn kill_9_during_a_large_copy_up() {
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     if subject_is_kernel() {
@@ -338,7 +338,7 @@ fn kill_9_during_a_large_copy_up() {
     eprintln!("crash test: copy-up seen in progress when killed: {seen_in_progress}");
     // Drop the dead mount (the guard detaches it), then mount again.
     drop(m);
-    assert!(!common::is_mounted(&mnt));
+    assert!(!support::is_mounted(&mnt));
     let m2 = Mount::union_foreground(&mnt, &args).unwrap();
     match classify(&mnt.join("big")) {
         Ok(v) => eprintln!("crash test: file is the {v} content"),
@@ -375,7 +375,7 @@ fn other_operations_proceed_during_a_large_copy_up() {
     // rest of the mount answers. Proof: other operations complete while the
     // copying open(2) has not returned yet. A copy too quick to be seen is
     // inconclusive and retried with another file.
-    if !common::require_mounts() {
+    if !support::require_mounts() {
         return;
     }
     if subject_is_kernel() {
@@ -452,7 +452,7 @@ fn rm_r_of_a_renamed_merged_dir() {
                 m.join(format!("d0/s{round}")),
                 m.join(format!("d1/moved{round}")),
             )?;
-            let listed = common::sys::names(&m.join(format!("d1/moved{round}/t")))?;
+            let listed = support::sys::names(&m.join(format!("d1/moved{round}/t")))?;
             fs::remove_dir_all(m.join(format!("d1/moved{round}")))?;
             Ok(listed)
         });
@@ -506,7 +506,7 @@ fn create_never_fails_while_the_name_is_renamed_away() {
             &errors[..errors.len().min(5)]
         );
         // The end state is a race; it only has to be consistent.
-        let t = common::snapshot(&side.mnt);
+        let t = support::snapshot(&side.mnt);
         assert!(t.problems.is_empty(), "{}: {:?}", side.name, t.problems);
     }
 }

@@ -9,9 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-mod tool_common;
+mod support;
 
-use tool_common::{bin, busybox_rootfs, ok, require};
+use support::tools::{bin, busybox_rootfs, ok, require};
 
 /// A private podman: its own root, runroot and containers.conf (see CLIENTS.md
 /// for why each setting), with unionmount as the mount program.

@@ -9,9 +9,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-mod tool_common;
+mod support;
 
-use tool_common::{bin, require};
+use support::tools::{bin, require};
 
 const NOBODY: u32 = 65534;
 

@@ -6,9 +6,9 @@ use std::fs;
 
 use std::process::Command;
 
-mod tool_common;
+mod support;
 
-use tool_common::{bin, busybox_rootfs, ok, require};
+use support::tools::{bin, busybox_rootfs, ok, require};
 
 /// Unmounts the bundle's root filesystem even when the test fails.
 struct Unmount(std::path::PathBuf);

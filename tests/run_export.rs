@@ -3,17 +3,13 @@
 //! the archive is an OCI image skopeo reads; a running container is exported
 //! as a snapshot; bad input is one line and leaves no container behind.
 
-// Both libraries carry the shared `support` module, each its own copy.
-#![allow(clippy::duplicate_mod)]
-
-mod run_common;
-mod tool_common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
 
-use run_common::{Env, Out, wait_until};
+use support::run::{Env, Out, wait_until};
 
 /// First start: change the image's files (add, modify, delete, replace a
 /// directory, modes, owners, a symlink, a fifo, a hard link). Later starts:
@@ -88,7 +84,7 @@ fn nothing_made(store: &Path) {
 #[test]
 fn a_container_moves_to_another_store_with_its_changes_and_settings() {
     let Some(env) = Env::new() else { return };
-    if !tool_common::require(&["skopeo"]) {
+    if !support::tools::require(&["skopeo"]) {
         return;
     }
     changed_container(&env);
@@ -109,7 +105,7 @@ fn a_container_moves_to_another_store_with_its_changes_and_settings() {
     assert!(out.stdout.starts_with("Exported web to "), "{out:?}");
     // An OCI image: the image's layer plus one layer of changes.
     let oci = format!("oci-archive:{}", archive.display());
-    let inspect = tool_common::ok(
+    let inspect = support::tools::ok(
         "skopeo inspect",
         std::process::Command::new("skopeo")
             .args(["inspect", &oci])
@@ -118,7 +114,7 @@ fn a_container_moves_to_another_store_with_its_changes_and_settings() {
     );
     assert_eq!(inspect.matches("\"sha256:").count(), 3, "{inspect}");
     assert!(inspect.contains("\"A=1\""), "{inspect}");
-    let raw = tool_common::ok(
+    let raw = support::tools::ok(
         "skopeo inspect --raw",
         std::process::Command::new("skopeo")
             .args(["inspect", "--raw", &oci])

@@ -2,12 +2,12 @@
 //! command on the command line replaces Cmd and keeps the Entrypoint; -u and
 //! -w win over the image's. The image is made by umoci from the busybox root.
 
-mod run_common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 
-use run_common::Env;
+use support::run::Env;
 
 /// Run a tool; false (after saying why) when it is missing outside CI.
 fn tool(dir: &Path, args: &[&str]) -> bool {
@@ -20,7 +20,7 @@ fn tool(dir: &Path, args: &[&str]) -> bool {
             assert!(o.status.success(), "{args:?}: {o:?}");
             true
         }
-        Err(e) if run_common::under_ci() => {
+        Err(e) if support::run::under_ci() => {
             panic!("{} is needed under CI=true: {e}", args[0])
         }
         Err(e) => {

@@ -2,12 +2,12 @@
 //! own host name and /proc, /dev and /sys, user, environment — and that its
 //! writes land in the container's upper while the image's layer stays as it was.
 
-mod run_common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::FileTypeExt as _;
 
-use run_common::Env;
+use support::run::Env;
 
 #[test]
 fn pid_one_hostname_and_etc_files() {

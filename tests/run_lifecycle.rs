@@ -2,11 +2,11 @@
 //! `--rm` cleanup, host volumes, two containers of one image at once,
 //! create/start/stop/ps, and `rm` after a runner that was killed.
 
-mod run_common;
+mod support;
 
 use std::fs;
 
-use run_common::{Env, cgroup_dirs, kill, wait_until};
+use support::run::{Env, cgroup_dirs, kill, wait_until};
 
 fn one_line(s: &str) -> bool {
     s.lines().count() == 1
@@ -53,19 +53,19 @@ fn errors_are_one_line() {
     // Without privilege: refused with one line, whatever step refuses first.
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(run_common::bin())
+        .arg(support::run::bin())
         .args(["run", "--rm", "--store"])
         .arg(&env.store)
         .args(["t", "--", "true"])
         .output();
     match out {
         Ok(o) => {
-            let o = run_common::Out::from(o);
+            let o = support::run::Out::from(o);
             assert_ne!(o.code, 0, "{o:?}");
             assert!(one_line(&o.stderr), "{o:?}");
             assert!(o.stderr.to_lowercase().contains("permission"), "{o:?}");
         }
-        Err(e) if run_common::under_ci() => {
+        Err(e) if support::run::under_ci() => {
             panic!("setpriv (util-linux) is needed: {e}")
         }
         Err(e) => eprintln!("not checking the unprivileged case: setpriv: {e}"),
@@ -250,13 +250,13 @@ fn killed_runner_is_cleaned_by_rm() {
     assert!(ps.stdout.contains("dead"), "{ps:?}");
     // The union's daemon outlives its runner until rm.
     let upper = format!("upperdir={}", dir.join("upper").display());
-    assert!(!run_common::processes_naming(&upper).is_empty());
+    assert!(!support::run::processes_naming(&upper).is_empty());
     let out = env.um(&["rm", "k"]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(!dir.exists());
     assert!(cgroup_dirs(&id).is_empty(), "{:?}", cgroup_dirs(&id));
     assert!(
-        wait_until(10, || run_common::processes_naming(&upper).is_empty()),
+        wait_until(10, || support::run::processes_naming(&upper).is_empty()),
         "daemon left"
     );
     assert_eq!(env.host_mounts(), Vec::<String>::new());
@@ -353,7 +353,7 @@ fn sleeping(env: &Env, name: &str, extra: &[&str]) -> (u32, std::path::PathBuf, 
     args.extend_from_slice(&["t", "--", "sleep", "100"]);
     let runner = env.spawn(&args);
     let daemons = |d: &std::path::Path| {
-        run_common::processes_naming(&format!("upperdir={}", d.join("upper").display()))
+        support::run::processes_naming(&format!("upperdir={}", d.join("upper").display()))
     };
     assert!(wait_until(30, || env.container_dir(name).is_some_and(
         |d| pid1_of(&d).is_some() && daemons(&d).len() == 1
@@ -385,7 +385,7 @@ fn stop_and_rm_f_leave_no_zombie() {
     assert!(!dir_r.exists());
     for d in [&dir, &dir_r] {
         let id = d.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(run_common::processes_naming(&id), Vec::<i32>::new());
+        assert_eq!(support::run::processes_naming(&id), Vec::<i32>::new());
         assert!(cgroup_dirs(&id).is_empty());
     }
     assert_eq!(env.um(&["rm", "s"]).code, 0);
@@ -416,9 +416,9 @@ fn killed_runner_ends_a_container_of_another_user() {
     assert_eq!(out.code, 0, "{out:?}");
     let id = dir.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
-        wait_until(10, || run_common::processes_naming(&id).is_empty()),
+        wait_until(10, || support::run::processes_naming(&id).is_empty()),
         "{:?}",
-        run_common::processes_naming(&id)
+        support::run::processes_naming(&id)
     );
     assert!(!dir.exists());
     assert_eq!(env.host_mounts(), Vec::<String>::new());
@@ -442,13 +442,13 @@ fn a_running_container_keeps_no_copy_of_other_mounts() {
         root.join("hw").display()
     );
     let hm = root.join("hm");
-    let st = std::process::Command::new(run_common::bin())
+    let st = std::process::Command::new(support::run::bin())
         .args(["-o", &opts])
         .arg(&hm)
         .status()
         .unwrap();
     assert!(st.success());
-    let host_daemon = run_common::processes_naming(&opts);
+    let host_daemon = support::run::processes_naming(&opts);
     assert_eq!(host_daemon.len(), 1, "{host_daemon:?}");
     let (runner, _, pid1, daemon) = sleeping(&env, "k", &[]);
     let hm_text = hm.to_string_lossy().into_owned();
@@ -463,13 +463,13 @@ fn a_running_container_keeps_no_copy_of_other_mounts() {
             "the container's {who} holds a copy of {hm_text}"
         );
     }
-    let st = std::process::Command::new(run_common::bin())
+    let st = std::process::Command::new(support::run::bin())
         .args(["umount", &hm_text])
         .status()
         .unwrap();
     assert!(st.success());
     assert!(
-        wait_until(10, || run_common::processes_naming(&opts).is_empty()),
+        wait_until(10, || support::run::processes_naming(&opts).is_empty()),
         "the host mount's daemon still serves a copy while the container runs"
     );
     assert_eq!(env.um(&["rm", "-f", "k"]).code, 0);

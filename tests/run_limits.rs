@@ -2,9 +2,9 @@
 //! available, v1 otherwise; an OOM kill comes back as 137, forks fail at the
 //! limit, and the cgroup directories go when the container ends.
 
-mod run_common;
+mod support;
 
-use run_common::{Env, cgroup_dirs};
+use support::run::{Env, cgroup_dirs};
 
 fn id_of(env: &Env, name: &str) -> String {
     let dir = env.container_dir(name).expect("container");

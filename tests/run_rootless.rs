@@ -5,7 +5,7 @@
 //! only to prepare: a scratch directory the user owns, and /dev/fuse opened
 //! up (0666) while it runs (this machine keeps it 0600).
 
-mod tool_common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
@@ -46,7 +46,7 @@ fn as_user(args: &[&str], more: &[&str]) -> Output {
             "--clear-groups",
             "--",
         ])
-        .arg(tool_common::bin())
+        .arg(support::tools::bin())
         .args(args)
         .args(more)
         .stdin(Stdio::null())
@@ -94,7 +94,7 @@ const SCRIPT: &str = "id -u; id -g; cat /proc/self/uid_map; echo $$; hostname; \
 
 #[test]
 fn an_unprivileged_user_runs_a_confined_container() {
-    if !tool_common::require(&["setpriv", "busybox"]) {
+    if !support::tools::require(&["setpriv", "busybox"]) {
         return;
     }
     let tmp = tempfile::Builder::new()
@@ -107,7 +107,7 @@ fn an_unprivileged_user_runs_a_confined_container() {
         fuse_mode: fs::metadata("/dev/fuse").unwrap().mode() & 0o7777,
     };
     let rootfs = dir.join("rootfs");
-    tool_common::busybox_rootfs(&rootfs);
+    support::tools::busybox_rootfs(&rootfs);
     for d in ["proc", "dev", "sys", "tmp"] {
         fs::create_dir_all(rootfs.join(d)).unwrap();
     }

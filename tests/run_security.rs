@@ -4,12 +4,12 @@
 //! the host's processes, write to `/proc/sys`, `/sys` and the other read-only
 //! parts of `/proc`, read the masked ones, or undo any of it.
 
-mod run_common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 
-use run_common::{Env, Out};
+use support::run::{Env, Out};
 
 /// One line of `/proc/self/mountinfo`: mount point, options, type.
 #[derive(Debug)]

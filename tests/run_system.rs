@@ -5,17 +5,13 @@
 //! what dies, and `unionmount stop` ends them all (init's shutdown actions
 //! included) and cleans up.
 
-// Both libraries carry the shared `support` module, each its own copy.
-#![allow(clippy::duplicate_mod)]
-
-mod run_common;
-mod tool_common;
+mod support;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use run_common::{Env, cgroup_dirs, kill, wait_until};
+use support::run::{Env, cgroup_dirs, kill, wait_until};
 
 const INITTAB: &str = "::sysinit:/bin/sh -c 'echo up > /sysinit-ran'
 ::respawn:/bin/sleep 1001
@@ -57,7 +53,7 @@ fn pid_of(procs: &[(i32, String)], cmd: &str) -> Option<i32> {
 #[test]
 fn busybox_init_runs_several_daemons_and_stop_ends_them_all() {
     let Some(env) = Env::new() else { return };
-    if !tool_common::require(&["nsenter"]) {
+    if !support::tools::require(&["nsenter"]) {
         return;
     }
     let rootfs = env.root().join("rootfs");
@@ -122,7 +118,7 @@ fn busybox_init_runs_several_daemons_and_stop_ends_them_all() {
     }
     assert!(dir.join("upper/shutdown-ran").exists());
     assert!(env.um(&["ps", "-a"]).stdout.contains("exited (0)"));
-    assert_eq!(run_common::processes_naming(&id), Vec::<i32>::new());
+    assert_eq!(support::run::processes_naming(&id), Vec::<i32>::new());
     assert!(cgroup_dirs(&id).is_empty());
     assert_eq!(env.host_mounts(), Vec::<String>::new());
     assert_eq!(env.um(&["rm", "sys"]).code, 0);

@@ -10,15 +10,15 @@
 //! writing the index, deleting) gets hit on any machine speed. The rounds
 //! per command default to 5; `UNIONMOUNT_CRASH_ROUNDS=50` is the long form.
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use store_common::rawtar::RawTar;
-use store_common::*;
+use support::store::rawtar::RawTar;
+use support::store::*;
 
 fn rounds() -> u32 {
     std::env::var("UNIONMOUNT_CRASH_ROUNDS")

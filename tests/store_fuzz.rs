@@ -36,7 +36,7 @@
 //! still apply. A failure prints the smallest input proptest could shrink
 //! it to.
 
-mod store_common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -52,10 +52,10 @@ use layerstore::{Digest, Store};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use store_common::fuzz::{
+use support::store::fuzz::{
     config, fix_checksums, hostile_string, json_value, mutate, mutations, one_line,
 };
-use store_common::rawtar::RawTar;
+use support::store::rawtar::RawTar;
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -412,7 +412,7 @@ fn gnu_long(t: &mut RawTar, kind: u8, name: &[u8]) {
 }
 
 fn pax_header(t: &mut RawTar, records: &[(String, Vec<u8>)]) {
-    let data = store_common::rawtar::pax_records(records);
+    let data = support::store::rawtar::pax_records(records);
     t.header(b"PaxHeader", b'x', b"", data.len() as u64, 0o644);
     t.data(&data);
 }

@@ -4,7 +4,7 @@
 //! text. `UNIONMOUNT_FUZZ_CASES=N` sets the cases (CI: 512), as in
 //! store_fuzz.rs.
 
-mod store_common;
+mod support;
 
 use layerstore::Digest;
 use layerstore::image::{self, ConfigView, Descriptor, DockerEntry, Index, Manifest};
@@ -12,7 +12,7 @@ use layerstore::serde_json::{self};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use store_common::fuzz::{config, json_value, mutate, mutations, one_line};
+use support::store::fuzz::{config, json_value, mutate, mutations, one_line};
 
 // ---------------------------------------------------------------------------
 // Parsers: manifests, configs, indexes, docker manifest.json, digests

@@ -7,15 +7,15 @@
 //! places and layout blobs that are links (more in store_hostile_paths.rs
 //! and store_hostile_limits.rs).
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use store_common::hostile::Hostile;
-use store_common::rawtar::RawTar;
-use store_common::*;
+use support::store::hostile::Hostile;
+use support::store::rawtar::RawTar;
+use support::store::*;
 
 #[test]
 fn dotdot_paths_are_refused() {

@@ -3,16 +3,16 @@
 //! compression bombs stopped before they fill the disk, and zstd frames that
 //! ask for huge windows.
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use store_common::hostile::Hostile;
-use store_common::rawtar::RawTar;
-use store_common::*;
+use support::store::hostile::Hostile;
+use support::store::rawtar::RawTar;
+use support::store::*;
 
 // ---------------------------------------------------------------------------
 // Setuid files and device nodes without privilege

@@ -4,15 +4,15 @@
 //! Each is refused with one line naming the entry, or confined to its layer;
 //! nothing appears outside the store.
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use store_common::hostile::Hostile;
-use store_common::rawtar::RawTar;
-use store_common::*;
+use support::store::hostile::Hostile;
+use support::store::rawtar::RawTar;
+use support::store::*;
 
 // ---------------------------------------------------------------------------
 // Paths that climb out by other spellings

@@ -3,13 +3,13 @@
 //! Layers are merged by kernel overlayfs (the reference for the on-disk
 //! format) and, where noted, by unionmount itself.
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use store_common::*;
+use support::store::*;
 
 /// Load `source`, mount its layers with kernel overlayfs, compare to `reference`.
 fn check_loaded(env: &Env, image: &str, reference: &Path, name: &str) {

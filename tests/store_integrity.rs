@@ -2,7 +2,7 @@
 //! blobs; concurrent imports sharing layers; fsck and its repairs (kill -9
 //! during an import is in store_crash.rs).
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 
 use layerstore::Digest;
 use layerstore::serde_json::{self, json};
-use store_common::rawtar::RawTar;
-use store_common::*;
+use support::store::rawtar::RawTar;
+use support::store::*;
 
 /// An OCI layout written by hand: each layer an uncompressed tar.
 struct Layout {

@@ -4,14 +4,14 @@
 //! (zstd layers). Podman keeps all its state in the test's directory (vfs
 //! storage, private containers.conf and storage.conf); `load` needs no runtime.
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use layerstore::serde_json::{self, Value};
-use store_common::*;
+use support::store::*;
 
 /// podman with every path under `t`.
 struct Podman {

@@ -1,14 +1,14 @@
 //! Long imports, loads and commits draw progress bars on a terminal and stay
 //! quiet otherwise: with stderr piped only the result line is printed.
 
-mod store_common;
+mod support;
 
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use store_common::*;
+use support::store::*;
 
 /// A root filesystem of `mib` MiB of incompressible data (several progress
 /// steps, past the size where a bar is drawn).

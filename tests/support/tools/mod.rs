@@ -6,11 +6,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-#[path = "../support/mod.rs"]
-mod support;
-
-#[allow(unused_imports)]
-pub use support::bin;
+pub use super::bin;
 
 /// Does `tool --version` run?
 pub fn has_tool(tool: &str) -> bool {
@@ -39,7 +35,7 @@ pub fn require(tools: &[&str]) -> bool {
             missing.push((*t).into());
         }
     }
-    support::can_run("this test", &missing)
+    super::can_run("this test", &missing)
 }
 
 /// A root filesystem at `dir`: the host's static busybox with its applets.

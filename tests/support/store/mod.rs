@@ -15,10 +15,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-#[path = "../support/mod.rs"]
-mod support;
-
-pub use support::{bin, under_ci as ci};
+pub use super::{bin, under_ci as ci};
 
 /// True when running as root. Under CI=true a missing privilege fails the test.
 pub fn need_root(test: &str) -> bool {

@@ -21,12 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The unionmount binary under test.
-#[path = "../support/mod.rs"]
-mod support;
-
-// Not every test binary uses each of them.
-#[allow(unused_imports)]
-pub use support::{bin, under_ci};
+pub use super::{bin, under_ci};
 
 const BUSYBOX: &str = "/bin/busybox";
 
@@ -44,7 +39,7 @@ pub fn require_runner() -> bool {
     if !fs::read(BUSYBOX).is_ok_and(|b| is_static_elf(&b)) {
         missing.push(format!("{BUSYBOX} (busybox-static) is missing"));
     }
-    support::can_run("runner tests", &missing)
+    super::can_run("runner tests", &missing)
 }
 
 /// A 64-bit ELF without a program interpreter (PT_INTERP): runs in any root.
