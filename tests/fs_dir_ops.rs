@@ -631,6 +631,92 @@ fn exchange_a_lower_file_with_a_renamed_one() {
     b.check_uppers("exchange with a renamed file");
 }
 
+/// One lower group of three names, as `lower_hard_link_group_stays_one_group`.
+fn group_setup() -> Setup {
+    Setup::new(vec![
+        Layer::new()
+            .file_with("one", "shared-content", Meta::mode(0o640))
+            .hardlink("two", "one")
+            .hardlink("sub/three", "one"),
+        Layer::new().file("other", "o"),
+    ])
+}
+
+/// What a side's upper holds for the group, read as a commit of it reads:
+/// kernel overlayfs with that upper as the top lower over the side's lowers.
+/// Every name's data, and whether they are one file (its link count there
+/// counts the group's index entry in the workdir too).
+fn group_as_committed(side: &Side) -> (Vec<Vec<u8>>, bool) {
+    let mut lowers = vec![side.upper.clone()];
+    lowers.extend(side.lowers.iter().cloned());
+    let mnt = side.base.join("as-lower");
+    fs::create_dir_all(&mnt).unwrap();
+    let _m = support::Mount::kernel(&mnt, &support::kernel_opts(&lowers, None))
+        .expect("kernel overlayfs over the upper as a lower");
+    let names = ["one", "two", "sub/three"];
+    let data = names
+        .iter()
+        .map(|n| fs::read(mnt.join(n)).unwrap())
+        .collect();
+    let st: Vec<_> = names
+        .iter()
+        .map(|n| sys::lstat(&mnt.join(n)).unwrap())
+        .collect();
+    let one_file = st.iter().all(|s| s.st_ino == st[0].st_ino);
+    (data, one_file)
+}
+
+#[test]
+fn a_changed_lower_hard_link_group_is_whole_in_the_upper() {
+    let Some(mut b) = Both::setup(group_setup()) else {
+        return;
+    };
+    if subject_is_kernel() {
+        // Kernel overlayfs links the other names only when each is opened
+        // for writing: this is unionmount's own rule.
+        return;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(b.u.p("one"))
+        .unwrap();
+    f.write_all(b"SHARED").unwrap();
+    drop(f);
+    b.u.unmount();
+    let (data, one_file) = group_as_committed(&b.u);
+    assert_eq!(
+        data,
+        vec![b"SHARED-content".to_vec(); 3],
+        "every name holds the change"
+    );
+    assert!(one_file, "the names are still one file in the upper");
+}
+
+#[test]
+fn a_group_the_kernel_left_partly_in_the_upper_is_completed_at_the_next_change() {
+    let Some(b) = Both::setup(group_setup()) else {
+        return;
+    };
+    if subject_is_kernel() {
+        return;
+    }
+    let mut side = b.extra_side("kernel-index");
+    side.mount_kernel_with(",index=on");
+    support::write(&side.p("one"), b"K").unwrap();
+    side.unmount();
+    assert!(
+        !side.upper.join("two").exists(),
+        "kernel overlayfs left the other names out of the upper"
+    );
+    side.mount_as(Impl::Union);
+    support::append(&side.p("sub/three"), b"!").unwrap();
+    assert_eq!(fs::read(side.p("two")).unwrap(), b"K!");
+    side.unmount();
+    let (data, one_file) = group_as_committed(&side);
+    assert_eq!(data, vec![b"K!".to_vec(); 3]);
+    assert!(one_file, "the names are still one file in the upper");
+}
+
 #[test]
 fn nlink_of_a_lower_hard_link_group_after_unlink_and_link() {
     // Reference: kernel overlayfs with index=on, which keeps groups too.

@@ -39,14 +39,17 @@ impl Union {
         self.prepare(node, CopyUp::Meta)
     }
 
-    fn prepare(&self, node: &Node, how: CopyUp) -> Result<()> {
-        if node.snapshot().index.is_some() {
-            return Ok(());
+    /// Make `node` ready for a change copied up as `how` says.
+    pub(crate) fn prepare(&self, node: &Node, how: CopyUp) -> Result<()> {
+        if !self.has_upper() {
+            return self.write_location(node).map(|_| ());
         }
-        if self.has_upper() {
-            return self.copy_up_with(node, how);
+        // A hard-link group's shared copy is about to change: every name the
+        // mount shows for it goes into the upper first, as this one does.
+        if node.snapshot().index.is_none() {
+            self.copy_up_with(node, how)?;
         }
-        self.write_location(node).map(|_| ())
+        self.link_whole_group(node)
     }
 
     /// Where a change to a prepared node goes: its copy in the upper, the shared
@@ -322,7 +325,7 @@ impl Union {
     }
 }
 
-fn restore_times(dir: &std::os::fd::OwnedFd, st: &Stat) -> Result<()> {
+pub(crate) fn restore_times(dir: &std::os::fd::OwnedFd, st: &Stat) -> Result<()> {
     let fd = rustix::fs::openat(
         dir,
         ".",

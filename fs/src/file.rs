@@ -103,15 +103,13 @@ impl Union {
         // The kernel passes internal bits (e.g. FMODE_EXEC) that openat2 rejects.
         let flags = flags & OPEN_FLAGS_PASSED;
         let write = wants_write(flags);
-        if write && self.has_upper() {
+        if write {
             let how = if flags.contains(OFlags::TRUNC) {
                 CopyUp::Truncated
             } else {
                 CopyUp::Data
             };
-            self.copy_up_with(node, how)?;
-        } else if write {
-            self.prepare_write(node)?;
+            self.prepare(node, how)?;
         }
         let (li, fd) = {
             // Held until the file is open: the path must still name this node.

@@ -155,6 +155,12 @@ impl Union {
     /// Make sure the name (parent, name) of a copied-up group member exists in
     /// the upper (a link to the group's index entry), before it is renamed.
     pub(crate) fn link_group_name(&self, parent: &Node, name: &OsStr) -> Result<()> {
+        let _one_at_a_time = sync::lock(&self.group_links);
+        self.link_name_to_group(parent, name)
+    }
+
+    /// `link_group_name`, `group_links` held.
+    fn link_name_to_group(&self, parent: &Node, name: &OsStr) -> Result<()> {
         let _ns = sync::read(&self.namespace);
         let path = self.path_of(parent)?;
         let st = parent.snapshot();
@@ -266,6 +272,83 @@ impl Union {
             });
         self.remove_temp(&tmp);
         made.map(|()| Some(key))
+    }
+
+    /// Link every visible name of `node`'s hard-link group into the upper
+    /// (see `lower_links`), before its shared copy changes. The group's
+    /// count says when there is nothing to do: every name it shows is an
+    /// upper link but the index entry itself (`U-1`).
+    pub(crate) fn link_whole_group(&self, node: &Node) -> Result<()> {
+        let Some(key) = node.snapshot().index else {
+            return Ok(());
+        };
+        if !self.has_upper() {
+            return Ok(());
+        }
+        let _one_at_a_time = sync::lock(&self.group_links);
+        if self.group_all_linked(&key)? {
+            return Ok(());
+        }
+        for (li, path) in self.lower_groups().names(&key) {
+            self.link_group_alias(*li, path, &key)?;
+        }
+        Ok(())
+    }
+
+    fn group_all_linked(&self, key: &OsStr) -> Result<bool> {
+        let fd = layer::open_path_at(self.branch(Branch::Index)?.root_fd(), key)?;
+        let stored = layer::get_xattr(fd.as_fd(), self.cfg.xattr_ns.name(Key::Nlink))?;
+        Ok(matches!(
+            stored.as_deref().and_then(Nlink::parse),
+            Some(Nlink::Upper(-1))
+        ))
+    }
+
+    /// Link the lower name `path` (of layer `li`) of the group `key` into the
+    /// upper, if the mount shows that name as a member of the group and the
+    /// upper does not have it yet. A name the mount shows elsewhere (below a
+    /// renamed directory) or not at all (whited out) is left alone.
+    fn link_group_alias(&self, li: usize, path: &Path, key: &OsStr) -> Result<()> {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(());
+        };
+        let Some(parent) = self.node_at_path(dir)? else {
+            return Ok(());
+        };
+        let Some(alias) = self.lookup_node(&parent, name)? else {
+            return Ok(());
+        };
+        let st = alias.snapshot();
+        let same_name = self
+            .inodes
+            .top_lower(&st)
+            .is_some_and(|(l, p)| l == li && p == path);
+        if st.upper || st.index.as_deref() != Some(key) || !same_name {
+            return Ok(());
+        }
+        self.copy_up(&parent)?;
+        // Like a copy-up, no change to the directory: it keeps its times.
+        let updir = {
+            let _ns = sync::read(&self.namespace);
+            self.upper().dir(&self.path_of(&parent)?)?
+        };
+        let times = rustix::fs::fstat(&updir)?;
+        self.link_name_to_group(&parent, name)?;
+        crate::copy_up::restore_times(&updir, &times)?;
+        alias.state().upper = true;
+        Ok(())
+    }
+
+    /// The node of merged directory path `path`, if the mount shows one.
+    fn node_at_path(&self, path: &Path) -> Result<Option<std::sync::Arc<Node>>> {
+        let mut node = self.node(crate::ROOT_ID)?;
+        for part in path.iter() {
+            match self.lookup_node(&node, part)? {
+                Some(child) if child.snapshot().is_dir => node = child,
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(node))
     }
 
     /// Is the upper file `st` (with origin `origin`) its group's index entry?

@@ -13,6 +13,7 @@ mod hardlink;
 mod inode;
 mod layer;
 mod lookup;
+mod lower_links;
 pub mod mountinfo;
 mod names;
 mod readdir;
@@ -122,6 +123,11 @@ pub struct Union {
     listings: readdir::Listings,
     /// The whiteout inode every new whiteout is a link of.
     shared_whiteout: std::sync::Mutex<dir::SharedWhiteout>,
+    /// Every name of each lower hard-link group, found when first needed.
+    lower_groups: std::sync::OnceLock<lower_links::LowerGroups>,
+    /// Held while names are linked to a hard-link group's copy, so that no
+    /// two requests link one name.
+    group_links: std::sync::Mutex<()>,
 }
 
 impl Union {
@@ -155,6 +161,8 @@ impl Union {
             rootless: !rustix::process::geteuid().is_root(),
             tmp_counter: AtomicU64::new(0),
             changes: AtomicU64::new(0),
+            lower_groups: Default::default(),
+            group_links: Default::default(),
         };
         union.init_root().map_err(std::io::Error::from)?;
         Ok(union)
