@@ -128,6 +128,10 @@ fn start_session(req: &MountRequest) -> anyhow::Result<(Session, Arc<Union>)> {
         .with_kernel_acls(kernel_checks && ids_as_stored);
     let session = Session::mount(fs, &req.mountpoint, &session_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
+    // Only for messages: a failure here costs the name in a later refusal.
+    if let Err(e) = union.record_mountpoint(&req.mountpoint) {
+        log::warn!("recording the mountpoint in the workdir: {e}");
+    }
     Ok((session, union))
 }
 

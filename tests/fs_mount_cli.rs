@@ -584,3 +584,100 @@ fn an_old_daemon_never_unmounts_a_newer_mount_at_its_path() {
         let _ = holder.wait();
     }
 }
+
+#[test]
+fn an_upper_or_workdir_in_use_is_refused_naming_its_mount() {
+    let Some(d) = dirs() else { return };
+    let [mnt2, up2, work2] = d.s.dirs(["mnt2", "up2", "work2"]);
+    let first = mount_daemon(
+        &os(&["-o", &d.overlay_opts(), d.mnt.to_str().unwrap()]),
+        &d.mnt,
+    );
+    fs::write(d.mnt.join("mine"), "first").unwrap();
+    let lower = format!("lowerdir={}", d.l0.display());
+    let up =
+        |u: &Path, w: &Path| format!("{lower},upperdir={},workdir={}", u.display(), w.display());
+    for (what, opts, busy) in [
+        ("the same upper and workdir", up(&d.up, &d.work), "upper"),
+        (
+            "the same upper, another workdir",
+            up(&d.up, &work2),
+            "upper",
+        ),
+        (
+            "another upper, the same workdir",
+            up(&up2, &d.work),
+            "workdir",
+        ),
+    ] {
+        let err = expect_failure(what, &os(&["-o", &opts, mnt2.to_str().unwrap()]), &mnt2);
+        assert!(
+            err.contains(&format!("{busy} ")) && err.contains("is in use by"),
+            "{what}: {err}"
+        );
+        if what != "the same upper, another workdir" {
+            assert!(
+                err.contains(d.mnt.to_str().unwrap()),
+                "{what}: names the mount: {err}"
+            );
+        }
+    }
+    // The first mount was left alone: its workdir was not emptied under it.
+    fs::write(d.mnt.join("mine"), "still first").unwrap();
+    assert_eq!(fs::read(d.up.join("mine")).unwrap(), b"still first");
+    // Unmounted, the upper is free again at once, whenever its daemon exits.
+    umount_and_check_exit(first, &d.mnt);
+    let again = mount_daemon(
+        &os(&["-o", &d.overlay_opts(), mnt2.to_str().unwrap()]),
+        &mnt2,
+    );
+    assert_eq!(fs::read(mnt2.join("mine")).unwrap(), b"still first");
+    drop(again);
+}
+
+/// `unionmount -o OPTS MNT` succeeded; no guard (the caller's next mount at
+/// MNT has one).
+fn mount_unguarded(opts: &str, mnt: &Path) {
+    let st = Command::new(bin())
+        .args(["-o", opts])
+        .arg(mnt)
+        .status()
+        .unwrap();
+    assert!(st.success() && is_mounted(mnt));
+}
+
+#[test]
+fn a_plain_umount_then_a_mount_of_the_same_upper_succeeds() {
+    let Some(d) = dirs() else { return };
+    for _ in 0..5 {
+        mount_unguarded(&d.overlay_opts(), &d.mnt);
+        // umount(2) returns before the daemon has seen it and let go.
+        rustix::mount::unmount(&d.mnt, rustix::mount::UnmountFlags::empty()).unwrap();
+        let next = mount_daemon(
+            &os(&["-o", &d.overlay_opts(), d.mnt.to_str().unwrap()]),
+            &d.mnt,
+        );
+        umount_and_check_exit(next, &d.mnt);
+    }
+}
+
+#[test]
+fn a_killed_daemon_leaves_its_upper_free() {
+    let Some(d) = dirs() else { return };
+    let [mnt2] = d.s.dirs(["mnt2"]);
+    let first = mount_daemon(
+        &os(&["-o", &d.overlay_opts(), d.mnt.to_str().unwrap()]),
+        &d.mnt,
+    );
+    let pids = pids_with_arg(&d.mnt);
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    assert!(wait_until(Duration::from_secs(10), || !pid_alive(pids[0])));
+    let second = mount_daemon(
+        &os(&["-o", &d.overlay_opts(), mnt2.to_str().unwrap()]),
+        &mnt2,
+    );
+    fs::write(mnt2.join("f"), "x").unwrap();
+    drop(second);
+    drop(first);
+}

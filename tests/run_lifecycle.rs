@@ -217,6 +217,35 @@ fn two_containers_of_one_image_at_once() {
 }
 
 #[test]
+fn two_starts_of_one_container_at_once_mount_its_upper_once() {
+    let Some(env) = Env::new() else { return };
+    let out = env.um(&[
+        "create",
+        "--name",
+        "c1",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "echo $$ >> /starts; sleep 1",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    for round in 1..=3 {
+        let a = env.spawn(&["start", "c1"]);
+        let b = env.spawn(&["start", "c1"]);
+        let codes = [env.wait(a, 60), env.wait(b, 60)];
+        assert_eq!(
+            codes.iter().filter(|c| **c == 0).count(),
+            1,
+            "round {round}: exactly one start runs the container: {codes:?}"
+        );
+        let upper = env.container_dir("c1").unwrap().join("upper");
+        let starts = fs::read_to_string(upper.join("starts")).unwrap();
+        assert_eq!(starts.lines().count(), round, "{starts}");
+    }
+}
+
+#[test]
 fn killed_runner_is_cleaned_by_rm() {
     let Some(env) = Env::new() else { return };
     let pid = env.spawn(&[

@@ -5,6 +5,7 @@
 
 mod acl;
 mod attr;
+mod claim;
 mod copy_up;
 mod dir;
 mod file;
@@ -128,6 +129,8 @@ pub struct Union {
     /// Held while names are linked to a hard-link group's copy, so that no
     /// two requests link one name.
     group_links: std::sync::Mutex<()>,
+    /// This mount's hold on its upper and workdir (none without an upper).
+    claim: Option<claim::Claim>,
 }
 
 impl Union {
@@ -142,11 +145,12 @@ impl Union {
             layers.push(layer);
         }
         assign_ino_prefixes(&mut layers);
-        let (work, index) = if cfg.cow && layers[0].writable {
-            let (work, index) = prepare_workdir(&layers[0], cfg.workdir.as_deref(), cfg.volatile)?;
-            (Some(work), Some(index))
+        let (work, index, claim) = if cfg.cow && layers[0].writable {
+            let (work, index, claim) =
+                prepare_workdir(&layers[0], cfg.workdir.as_deref(), cfg.volatile)?;
+            (Some(work), Some(index), Some(claim))
         } else {
-            (None, None)
+            (None, None, None)
         };
         let union = Union {
             layers,
@@ -163,6 +167,7 @@ impl Union {
             changes: AtomicU64::new(0),
             lower_groups: Default::default(),
             group_links: Default::default(),
+            claim,
         };
         union.init_root().map_err(std::io::Error::from)?;
         Ok(union)
@@ -253,6 +258,15 @@ impl Union {
         Ok(())
     }
 
+    /// Record the mountpoint this union is served at, so that a refused
+    /// second mount of its upper or workdir can name it.
+    pub fn record_mountpoint(&self, mountpoint: &Path) -> std::io::Result<()> {
+        match &self.claim {
+            Some(c) => c.record_holder(mountpoint),
+            None => Ok(()),
+        }
+    }
+
     /// Number of nodes the kernel currently knows (for tests and the memory bound).
     pub fn node_count(&self) -> usize {
         self.inodes.len()
@@ -288,7 +302,7 @@ fn prepare_workdir(
     upper: &Layer,
     workdir: Option<&Path>,
     volatile: bool,
-) -> std::io::Result<(OwnedFd, Layer)> {
+) -> std::io::Result<(OwnedFd, Layer, claim::Claim)> {
     let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let base = match workdir {
         Some(w) => rustix::fs::open(w, dir_flags, Mode::empty())?,
@@ -302,6 +316,9 @@ fn prepare_workdir(
             )?
         }
     };
+    let shown = workdir.map_or_else(|| upper.path.join(names::COW_WORKDIR), Path::to_path_buf);
+    // Before anything in the workdir is touched: another mount may be using it.
+    let claim = claim::Claim::take(upper.root.as_fd(), &upper.path, base.as_fd(), &shown)?;
     mkdir_if_missing(base.as_fd(), "work")?;
     mkdir_if_missing(base.as_fd(), "index")?;
     let work = rustix::fs::openat(
@@ -310,7 +327,6 @@ fn prepare_workdir(
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let shown = workdir.map_or_else(|| upper.path.join(names::COW_WORKDIR), Path::to_path_buf);
     check_incompat(work.as_fd(), &shown.join("work"))?;
     for name in list_names(work.as_fd())? {
         remove_tree_at(work.as_fd(), &name)?;
@@ -326,7 +342,7 @@ fn prepare_workdir(
         .map_or_else(|| upper.path.join(names::COW_WORKDIR), Path::to_path_buf)
         .join("index");
     index.ino_prefix = upper.ino_prefix;
-    Ok((work, index))
+    Ok((work, index, claim))
 }
 
 /// Refuse `work/` (shown to the user as `shown`) if it holds an incompatible

@@ -88,12 +88,28 @@ pub fn start_cmd(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
     if st.status == Status::Running {
         cleanup_stale(&c, &st);
     }
+    // Recorded as running before the lock goes, so that a second start
+    // sees this one and refuses.
+    let state = RunState::running(&c)?;
     drop(lock);
-    start_created(&c)
+    finish_start(&c, state)
 }
 
 fn start_created(c: &Container) -> anyhow::Result<ExitCode> {
-    let code = run_recorded(c);
+    match RunState::running(c) {
+        Ok(state) => finish_start(c, state),
+        Err(e) => {
+            if c.spec.auto_remove {
+                remove_dir(c)?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Run a container recorded as running; remove it after if it asks.
+fn finish_start(c: &Container, state: RunState<'_>) -> anyhow::Result<ExitCode> {
+    let code = run_recorded(c, state);
     if c.spec.auto_remove {
         remove_dir(c)?;
     }
@@ -103,8 +119,7 @@ fn start_created(c: &Container) -> anyhow::Result<ExitCode> {
 
 /// Run the container in the foreground, its state recorded as the runner
 /// reports: running, cgroups, pid 1, exited (125 when the runner failed).
-fn run_recorded(c: &Container) -> anyhow::Result<i32> {
-    let mut state = RunState::running(c)?;
+fn run_recorded(c: &Container, mut state: RunState<'_>) -> anyhow::Result<i32> {
     let res = runner::start(c, &mut Recorder(&mut state));
     let code = res.as_ref().map_or(125, |o| o.exit_code);
     state.exited(code);

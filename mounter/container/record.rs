@@ -201,7 +201,8 @@ pub fn now() -> u64 {
 
 /// Write `path` through a temporary name and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A name of this process's own: two writers must not share one.
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut f = fs::File::create(&tmp).with_context(|| tmp.display().to_string())?;
     f.write_all(bytes)
         .with_context(|| tmp.display().to_string())?;
