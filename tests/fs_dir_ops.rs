@@ -7,7 +7,7 @@
 mod support;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, symlink};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -901,4 +901,99 @@ fn rm_r_of_a_dir_holding_one_name_of_a_lower_hard_link_group() {
     });
     assert_eq!(nl, (2, 2));
     b.check_trees("rm -r of one name of a group");
+}
+
+/// What an open directory answers once its name is gone: its link count,
+/// its listing (without the dots), whether fchmod works and the mode it
+/// then shows, and what mkdir inside it gives.
+#[derive(Debug, PartialEq)]
+struct RemovedDir {
+    nlink: u64,
+    names: Vec<String>,
+    fchmod: Result<u32, support::Errno>,
+    mkdir_inside: Result<(), support::Errno>,
+    fstatat_dot_nlink: u64,
+}
+
+fn removed_dir_answers(fd: &fs::File) -> io::Result<RemovedDir> {
+    let raw = fd.as_raw_fd();
+    let nlink = sys::fstat(raw)?.st_nlink;
+    let names = listing_of_fd(raw)?;
+    let fchmod = support::outcome(if unsafe { libc::fchmod(raw, 0o700) } == 0 {
+        sys::fstat(raw).map(|st| st.st_mode & 0o7777)
+    } else {
+        Err(io::Error::last_os_error())
+    });
+    let mkdir_inside = support::outcome(
+        if unsafe { libc::mkdirat(raw, c"new".as_ptr(), 0o755) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        },
+    );
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatat(raw, c".".as_ptr(), &mut st, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(RemovedDir {
+        nlink,
+        names,
+        fchmod,
+        mkdir_inside,
+        fstatat_dot_nlink: st.st_nlink,
+    })
+}
+
+/// The names readdir gives for the directory open as `fd` (a new open of
+/// it through "." as a removed working directory's `ls` does).
+fn listing_of_fd(fd: libc::c_int) -> io::Result<Vec<String>> {
+    let dir = unsafe { libc::openat(fd, c".".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+    if dir < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let stream = unsafe { libc::fdopendir(dir) };
+    assert!(!stream.is_null());
+    let mut names = Vec::new();
+    loop {
+        unsafe { *libc::__errno_location() = 0 };
+        let e = unsafe { libc::readdir(stream) };
+        if e.is_null() {
+            let err = io::Error::last_os_error();
+            unsafe { libc::closedir(stream) };
+            if err.raw_os_error() == Some(0) {
+                break;
+            }
+            return Err(err);
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+        let name = name.to_string_lossy().into_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+#[test]
+fn an_open_directory_outlives_its_name_as_the_kernels_does() {
+    let Some(b) = fixture() else { return };
+    let removed = b.ok("rmdir of an open new directory", |m| {
+        fs::create_dir(m.join("gone"))?;
+        fs::write(m.join("gone/f"), "x")?;
+        let fd = fs::File::open(m.join("gone"))?;
+        fs::remove_file(m.join("gone/f"))?;
+        fs::remove_dir(m.join("gone"))?;
+        removed_dir_answers(&fd)
+    });
+    assert_eq!(removed.nlink, 0, "{removed:?}");
+    assert_eq!(removed.fchmod, Ok(0o700), "{removed:?}");
+    let replaced = b.ok("a directory renamed over an open one", |m| {
+        fs::create_dir_all(m.join("old"))?;
+        fs::create_dir_all(m.join("newer"))?;
+        let fd = fs::File::open(m.join("old"))?;
+        fs::rename(m.join("newer"), m.join("old"))?;
+        removed_dir_answers(&fd)
+    });
+    assert_eq!(replaced.nlink, 0, "{replaced:?}");
+    b.check_trees("open directories removed");
 }

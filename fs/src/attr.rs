@@ -107,6 +107,14 @@ impl Union {
     /// stat as the mount shows it: merged identity, mapped owners.
     pub fn getattr(&self, node: &Node) -> Result<Stat> {
         let st = node.snapshot();
+        // A removed directory still open somewhere: what it last showed (a
+        // lower one's directory is still there below its whiteout).
+        if st.is_dir
+            && st.names.is_empty()
+            && let Some(removed) = self.inodes.removed_dir(node.id)
+        {
+            return Ok(removed);
+        }
         let raw = self.raw_stat(node, &st)?;
         Ok(self.present_stat(node, &st, raw))
     }
@@ -239,6 +247,11 @@ impl Union {
     }
 
     pub fn setattr(&self, node: &Node, req: &SetAttr) -> Result<Stat> {
+        if node.state().names.is_empty()
+            && let Some(st) = self.set_removed_dir_attrs(node, req)
+        {
+            return Ok(st);
+        }
         if req.size.is_some() {
             self.prepare_write(node)?;
         } else {
@@ -249,6 +262,34 @@ impl Union {
             self.change_attrs(node, req)?;
         }
         self.getattr(node)
+    }
+
+    /// A setattr of a removed directory: nothing holds it any more but what
+    /// it shows, so that is what changes (the kernel's inode changes alone
+    /// too). None for a node that is no removed directory.
+    fn set_removed_dir_attrs(&self, node: &Node, req: &SetAttr) -> Option<Stat> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let stamp = |t: Option<SetTime>, sec: &mut i64, nsec: &mut u64| match t {
+            Some(SetTime::Now) => (*sec, *nsec) = (now.as_secs() as i64, now.subsec_nanos().into()),
+            Some(SetTime::At(at)) => (*sec, *nsec) = (at.tv_sec, at.tv_nsec as u64),
+            None => {}
+        };
+        self.inodes.update_removed_dir(node.id, |st| {
+            if let Some(mode) = req.mode {
+                st.st_mode = (st.st_mode & !0o7777) | (mode & 0o7777);
+            }
+            if let Some(uid) = req.uid {
+                st.st_uid = uid;
+            }
+            if let Some(gid) = req.gid {
+                st.st_gid = gid;
+            }
+            stamp(req.atime, &mut st.st_atime, &mut st.st_atime_nsec);
+            stamp(req.mtime, &mut st.st_mtime, &mut st.st_mtime_nsec);
+            (st.st_ctime, st.st_ctime_nsec) = (now.as_secs() as _, now.subsec_nanos() as _);
+        })
     }
 
     /// The changes of a setattr, on a prepared node, namespace lock held.

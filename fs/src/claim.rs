@@ -5,19 +5,20 @@
 //! directories for its life: a crashed daemon's locks go with it, and
 //! nothing stale is left to clean.
 //!
-//! Who holds them is written beside the workdir's `work/` (`mount`: the
-//! holder's pid and mountpoint), so that a refusal can name the mount.
+//! Who holds them is recorded in an xattr of the workdir (the holder's pid
+//! and mountpoint), so that a refusal can name the mount; the workdir's
+//! entries stay the kernel's.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::fs::{FlockOperation, Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
-/// The workdir's record of the mount holding it.
-const HOLDER: &str = "mount";
+/// The workdir's record of the mount holding it: "PID MOUNTPOINT".
+const HOLDER: &str = "user.unionmount.mount";
 
 /// The locks of one mount; released when dropped (or when the daemon dies).
 pub(crate) struct Claim {
@@ -44,18 +45,9 @@ impl Claim {
 
     /// Record the mountpoint this mount serves, for a later refusal's message.
     pub(crate) fn record_holder(&self, mountpoint: &Path) -> std::io::Result<()> {
-        let mut line = format!("{} ", std::process::id()).into_bytes();
-        line.extend_from_slice(mountpoint.as_os_str().as_bytes());
-        line.push(b'\n');
-        let tmp = format!("{HOLDER}.{}", std::process::id());
-        let fd = rustix::fs::openat(
-            &self.work,
-            tmp.as_str(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o644),
-        )?;
-        rustix::io::write(&fd, &line)?;
-        rustix::fs::renameat(&self.work, tmp.as_str(), &self.work, HOLDER)?;
+        let mut value = format!("{} ", std::process::id()).into_bytes();
+        value.extend_from_slice(mountpoint.as_os_str().as_bytes());
+        rustix::fs::fsetxattr(&self.work, HOLDER, &value, XattrFlags::empty())?;
         Ok(())
     }
 }
@@ -137,19 +129,10 @@ fn holder_of(fd: BorrowedFd<'_>, work: BorrowedFd<'_>) -> String {
 }
 
 fn recorded_holder(work: BorrowedFd<'_>) -> Option<(u32, std::path::PathBuf)> {
-    let fd = rustix::fs::openat(
-        work,
-        HOLDER,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
-    let mut buf = vec![0u8; 8192];
-    let n = rustix::io::read(&fd, &mut buf).ok()?;
-    let line = buf[..n].strip_suffix(b"\n")?;
-    let space = line.iter().position(|b| *b == b' ')?;
-    let pid = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
-    Some((pid, OsStr::from_bytes(&line[space + 1..]).into()))
+    let value = crate::layer::get_xattr(work, HOLDER).ok()??;
+    let space = value.iter().position(|b| *b == b' ')?;
+    let pid = std::str::from_utf8(&value[..space]).ok()?.parse().ok()?;
+    Some((pid, OsStr::from_bytes(&value[space + 1..]).into()))
 }
 
 /// The pid `/proc/locks` gives for the flock on the file of `fd`.

@@ -384,6 +384,7 @@ impl Union {
         if self.has_upper() && !want_dir && first.may_be_lower_link() {
             self.link_up_before_removal(&parent, name)?;
         }
+        let victim = want_dir.then(|| self.last_sight(parent_id, name)).flatten();
         let _ns = sync::write(&self.namespace);
         let (li, ppath) = self.write_location(&parent)?;
         // Looked at again only if names changed since (a copy-up, another
@@ -430,8 +431,27 @@ impl Union {
         if found.is_last_link() {
             self.inodes.deleted(found.st_ino);
         }
+        if let Some((node, last)) = victim {
+            self.keep_removed_dir(&node, last);
+        }
         self.changed();
         Ok(())
+    }
+
+    /// The node the kernel knows as (parent, name), with what it shows now,
+    /// taken before a removal of that name (a directory's, whose open
+    /// descriptors and working directories keep answering after it).
+    fn last_sight(&self, parent_id: u64, name: &OsStr) -> Option<(Arc<Node>, Stat)> {
+        let node = self.inodes.by_name(parent_id, name)?;
+        let st = self.getattr(&node).ok()?;
+        Some((node, st))
+    }
+
+    /// A directory lost its last name: keep what it showed, link count 0.
+    fn keep_removed_dir(&self, node: &Node, last: Stat) {
+        if last.st_ino == node.st_ino && node.state().names.is_empty() {
+            self.inodes.dir_removed(node.id, last);
+        }
     }
 
     /// Take `name` out of the upper directory `dir`, leaving a whiteout when a
@@ -540,8 +560,18 @@ impl Union {
                 self.link_group_name(&new_parent, new_name)?;
             }
         }
+        let replaced_dir = match &dst {
+            Some(d) if d.snapshot().is_dir && !flags.contains(RenameFlags::EXCHANGE) => {
+                self.last_sight(new_parent_id, new_name)
+            }
+            _ => None,
+        };
         let _ns = sync::write(&self.namespace);
-        crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)
+        crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)?;
+        if let Some((node, last)) = replaced_dir {
+            self.keep_removed_dir(&node, last);
+        }
+        Ok(())
     }
 
     /// Find (and remember, without counting a kernel lookup) the node of a name.

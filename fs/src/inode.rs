@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use rustix::fs::Stat;
 use rustix::io::Errno;
 use smallvec::SmallVec;
 
@@ -171,6 +172,10 @@ pub struct InodeTable {
     name_hasher: std::hash::RandomState,
     /// Nodes dropped since free memory was last given back.
     dropped: AtomicUsize,
+    /// The last stat (link count 0) of directories removed while the kernel
+    /// still knows them: an open descriptor or a working directory outlives
+    /// the name, and the kernel answers for it as for any removed directory.
+    removed_dirs: Mutex<HashMap<u64, Stat>>,
 }
 
 impl InodeTable {
@@ -217,6 +222,7 @@ impl InodeTable {
         let reborn = node.generation.fetch_and(!GONE, Ordering::AcqRel) & GONE != 0;
         if reborn {
             node.generation.fetch_add(1, Ordering::AcqRel);
+            sync::lock(&self.removed_dirs).remove(&id);
         }
         drop(map);
         let mut fresh = fresh;
@@ -319,6 +325,7 @@ impl InodeTable {
                 for name in node.state().names.iter() {
                     self.unindex(name, id);
                 }
+                sync::lock(&self.removed_dirs).remove(&id);
                 dropped = true;
             }
         }
@@ -410,6 +417,26 @@ impl InodeTable {
                 names.retain(|(p, n)| !(*p == parent && n.as_os_str() == name))
             });
         }
+    }
+
+    /// The directory `id` lost its name; `last` is what it showed (its link
+    /// count is made 0).
+    pub fn dir_removed(&self, id: u64, mut last: Stat) {
+        last.st_nlink = 0;
+        sync::lock(&self.removed_dirs).insert(id, last);
+    }
+
+    /// What the removed directory `id` shows, if it is one.
+    pub fn removed_dir(&self, id: u64) -> Option<Stat> {
+        sync::lock(&self.removed_dirs).get(&id).copied()
+    }
+
+    /// Change what the removed directory `id` shows.
+    pub fn update_removed_dir(&self, id: u64, f: impl FnOnce(&mut Stat)) -> Option<Stat> {
+        let mut dirs = sync::lock(&self.removed_dirs);
+        let st = dirs.get_mut(&id)?;
+        f(st);
+        Some(*st)
     }
 
     /// The object of `st_ino` was deleted (its last name removed): its inode

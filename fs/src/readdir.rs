@@ -107,7 +107,7 @@ impl Union {
             Some(entries) => entries,
             None => {
                 let epoch = self.listings.epoch.load(Ordering::Acquire);
-                let entries = Arc::new(self.list_dir(&*self.node(node_id)?)?);
+                let entries = Arc::new(self.listing_of(&*self.node(node_id)?)?);
                 if self.listings.epoch.load(Ordering::Acquire) == epoch {
                     self.listings.lock().put(node_id, entries.clone());
                 }
@@ -127,6 +127,15 @@ impl Union {
     pub(crate) fn dir_changed(&self, node_id: u64) {
         self.listings.epoch.fetch_add(1, Ordering::AcqRel);
         self.listings.lock().pop(&node_id);
+    }
+
+    /// `list_dir`, or nothing for a removed directory still open somewhere
+    /// (the kernel's listing of a removed directory is empty too).
+    fn listing_of(&self, node: &Node) -> Result<Vec<DirEntry>> {
+        if node.state().names.is_empty() && self.inodes.removed_dir(node.id).is_some() {
+            return Ok(Vec::new());
+        }
+        self.list_dir(node)
     }
 
     /// The merged listing of a directory node, with "." and "..".
