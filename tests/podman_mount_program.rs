@@ -89,6 +89,9 @@ fn podman_runs_diffs_and_commits_through_unionmount() {
     let rootfs = d.join("rootfs");
     busybox_rootfs(&rootfs);
     fs::write(rootfs.join("etc/motd"), "image\n").expect("write motd");
+    // A hard-link group, changed through one name in the container.
+    fs::write(rootfs.join("etc/link1"), "linked\n").expect("write link1");
+    fs::hard_link(rootfs.join("etc/link1"), rootfs.join("etc/link2")).expect("link");
     let store = d.join("store");
     let um = |args: &[&str]| {
         Command::new(bin())
@@ -157,7 +160,8 @@ fn podman_runs_diffs_and_commits_through_unionmount() {
             image,
             "/bin/sh",
             "-c",
-            "rm -rf /usr; mkdir -p /usr/x; echo new > /etc/added; rm /etc/motd",
+            "rm -rf /usr; mkdir -p /usr/x; echo new > /etc/added; rm /etc/motd; \
+             echo x > /etc/link1",
         ]),
     );
     let diff = ok("podman diff", podman.run(&["diff", "t1"]));
@@ -185,7 +189,7 @@ fn podman_runs_diffs_and_commits_through_unionmount() {
             "localhost/bb:changed",
             "/bin/sh",
             "-c",
-            "ls /usr; cat /etc/added; ls /etc",
+            "ls /usr; cat /etc/added; ls /etc; cat /etc/link2",
         ]),
     );
     let mut lines = out.lines();
@@ -198,6 +202,11 @@ fn podman_runs_diffs_and_commits_through_unionmount() {
     assert!(
         !out.lines().any(|l| l == "motd"),
         "a whiteout must never come back as a file:\n{out}"
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some("x"),
+        "a change through /etc/link1 reaches /etc/link2 in the commit:\n{out}"
     );
     ok("podman rm", podman.run(&["rm", "t1"]));
     assert!(
