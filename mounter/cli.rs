@@ -62,6 +62,9 @@ enum Command {
     Umount {
         /// The mountpoint
         mountpoint: PathBuf,
+        /// Unmount it even if it is not a unionmount mount
+        #[arg(short = 'f', long)]
+        force: bool,
     },
     /// Images in the layer store.
     #[command(subcommand)]
@@ -122,7 +125,7 @@ enum Command {
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let cli = Cli::parse_from(std::iter::once(OsString::from("unionmount")).chain(args));
     match cli.command {
-        Command::Umount { mountpoint } => crate::mount::unmount(&mountpoint),
+        Command::Umount { mountpoint, force } => crate::mount::unmount(&mountpoint, force),
         Command::Image(cmd) => run_image(cmd),
         Command::Commit(args) => crate::image_cmd::commit(args.into()),
         Command::Run(args) => crate::container::lifecycle::run(args.into()),
