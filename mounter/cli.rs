@@ -60,7 +60,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Unmount a unionmount mount; its daemon exits.
+    /// Unmount a unionmount mount (another kind only with --force); its daemon exits.
     Umount {
         /// The mountpoint
         mountpoint: PathBuf,
@@ -71,7 +71,7 @@ enum Command {
     /// Images in the layer store.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Turn a container's changes (an upper directory) into a new image layer.
+    /// Turn a container's changes (an upper directory) into a new image layer; prints its id.
     Commit(CommitArgs),
     /// Run a command in a new container of an image.
     Run(RunArgs),
