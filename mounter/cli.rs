@@ -12,9 +12,10 @@ use crate::bundle::BundleRequest;
 use crate::cgroup::{self, Limits};
 use crate::container::create::CreateRequest;
 use crate::container::record::Network;
-use crate::image_cmd::{CommitRequest, ImageMount, SaveRequest};
+use crate::export::ExportRequest;
+use crate::image_cmd::{CommitRequest, ImageMount, ImportRequest, SaveRequest};
 use crate::store_dir::StoreDir;
-use crate::transfer::{ExportRequest, ImportRequest};
+use crate::transfer::{ContainerLoad, ContainerSave};
 
 /// Subcommand names; any other first word starts a mount.
 const SUBCOMMANDS: &[&str] = &[
@@ -29,6 +30,7 @@ const SUBCOMMANDS: &[&str] = &[
     "rm",
     "export",
     "import",
+    "container",
     "bench",
     "bundle",
     "help",
@@ -58,15 +60,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Unmount a unionmount mount; its daemon exits.
+    /// Unmount a unionmount mount (another kind only with --force); its daemon exits.
     Umount {
         /// The mountpoint
         mountpoint: PathBuf,
+        /// Unmount it even if it is not a unionmount mount
+        #[arg(short = 'f', long)]
+        force: bool,
     },
     /// Images in the layer store.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Turn a container's changes (an upper directory) into a new image layer.
+    /// Turn a container's changes (an upper directory) into a new image layer; prints its id.
     Commit(CommitArgs),
     /// Run a command in a new container of an image.
     Run(RunArgs),
@@ -108,10 +113,13 @@ enum Command {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Write a container (its image, its changes, its settings) to an OCI archive.
+    /// Write a container's filesystem (its image with its changes) as a tar, as `docker export`.
     Export(ExportArgs),
-    /// Make a container from an archive written by `export` (into this store).
+    /// Make a one-layer image from a root filesystem tar, as `docker import`; prints its id.
     Import(ImportArgs),
+    /// Containers: move one to another store with its changes and settings.
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// Make an OCI runtime bundle (config.json + rootfs mounted by unionmount) for runc.
     Bundle(BundleArgs),
     /// Time the same workloads on unionmount, kernel overlayfs, FUSE peers and a plain directory.
@@ -122,7 +130,7 @@ enum Command {
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     let cli = Cli::parse_from(std::iter::once(OsString::from("unionmount")).chain(args));
     match cli.command {
-        Command::Umount { mountpoint } => crate::mount::unmount(&mountpoint),
+        Command::Umount { mountpoint, force } => crate::mount::unmount(&mountpoint, force),
         Command::Image(cmd) => run_image(cmd),
         Command::Commit(args) => crate::image_cmd::commit(args.into()),
         Command::Run(args) => crate::container::lifecycle::run(args.into()),
@@ -141,8 +149,9 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             force,
             store,
         } => crate::container::lifecycle::rm(&store.into(), &containers, force),
-        Command::Export(args) => crate::transfer::export(args.into()),
-        Command::Import(args) => crate::transfer::import(args.into()),
+        Command::Export(args) => crate::export::export(args.into()),
+        Command::Import(args) => crate::image_cmd::import(args.into()),
+        Command::Container(cmd) => run_container(cmd),
         #[cfg(feature = "bench")]
         Command::Bench(args) => crate::bench::run(args.into()),
         Command::Bundle(args) => crate::bundle::run(args.into()),
@@ -156,7 +165,7 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         ImageCommand::Load { path, tag, store } => {
             image::load(&store.into(), &path, tag.as_deref())?
         }
-        ImageCommand::Import { path, tag, store } => image::import(&store.into(), &path, &tag)?,
+        ImageCommand::Import(args) => return image::import(args.into()),
         ImageCommand::Ls { format, store } => image::list(&store.into(), format.as_deref())?,
         ImageCommand::Inspect { image, store } => image::inspect_image(&store.into(), &image)?,
         ImageCommand::Tag { image, new, store } => image::tag(&store.into(), &image, &new)?,
@@ -166,7 +175,7 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             format,
             out,
             ref_name,
-            compress,
+            compression,
             store,
         } => {
             let req = SaveRequest {
@@ -174,7 +183,7 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 format,
                 out,
                 ref_name,
-                compress,
+                compression,
             };
             image::save(&store.into(), &req)?
         }
@@ -197,6 +206,15 @@ fn run_image(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Run a `container` command.
+fn run_container(cmd: ContainerCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ContainerCommand::Export(args) => crate::export::export(args.into()),
+        ContainerCommand::Save(args) => crate::transfer::save(args.into()),
+        ContainerCommand::Load(args) => crate::transfer::load(args.into()),
+    }
 }
 
 impl From<StoreArg> for StoreDir {
@@ -242,7 +260,7 @@ impl From<CommitArgs> for CommitRequest {
     fn from(a: CommitArgs) -> CommitRequest {
         CommitRequest {
             source: a.source,
-            tag: a.tag,
+            tag: a.reference.or(a.tag),
             from: a.from,
             store: a.store.into(),
         }
@@ -266,7 +284,7 @@ impl From<ExportArgs> for ExportRequest {
     fn from(a: ExportArgs) -> ExportRequest {
         ExportRequest {
             container: a.container,
-            out: a.out,
+            out: a.output,
             store: a.store.into(),
         }
     }
@@ -275,6 +293,27 @@ impl From<ExportArgs> for ExportRequest {
 impl From<ImportArgs> for ImportRequest {
     fn from(a: ImportArgs) -> ImportRequest {
         ImportRequest {
+            path: a.path,
+            tag: a.reference.or(a.tag),
+            store: a.store.into(),
+        }
+    }
+}
+
+impl From<ContainerSaveArgs> for ContainerSave {
+    fn from(a: ContainerSaveArgs) -> ContainerSave {
+        ContainerSave {
+            container: a.container,
+            out: a.out,
+            compression: a.compression,
+            store: a.store.into(),
+        }
+    }
+}
+
+impl From<ContainerLoadArgs> for ContainerLoad {
+    fn from(a: ContainerLoadArgs) -> ContainerLoad {
+        ContainerLoad {
             archive: a.archive,
             name: a.name,
             no_volumes: a.no_volumes,
@@ -440,16 +479,8 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Make a one-layer image from a root filesystem (tar, tar.gz, tar.zst or directory).
-    Import {
-        /// The root filesystem
-        path: PathBuf,
-        /// Name of the new image
-        #[arg(long)]
-        tag: String,
-        #[command(flatten)]
-        store: StoreArg,
-    },
+    /// Make a one-layer image from a root filesystem tar (the same as `unionmount import`).
+    Import(ImportArgs),
     /// List images.
     Ls {
         /// `json` for scripts
@@ -478,20 +509,20 @@ pub enum ImageCommand {
         #[command(flatten)]
         store: StoreArg,
     },
-    /// Write an image out: oci (directory), oci-archive or docker-archive (tar).
+    /// Write an image out: docker-archive (tar, the default), oci-archive (tar) or oci (directory).
     Save {
         image: String,
-        /// oci | oci-archive | docker-archive
-        #[arg(long)]
+        /// docker-archive | oci-archive | oci
+        #[arg(long, default_value = "docker-archive")]
         format: String,
         /// Output path (must not exist)
         out: PathBuf,
         /// Name recorded in the output (default: the image's name)
         #[arg(long = "ref")]
         ref_name: Option<String>,
-        /// Recompress OCI layers: gzip (readable by every tool), zstd or none
-        #[arg(long, value_name = "gzip|zstd|none")]
-        compress: Option<String>,
+        /// Layer compression of OCI output: gzip (the default, read by every tool), zstd or none
+        #[arg(long, alias = "compress", value_name = "gzip|zstd|none")]
+        compression: Option<String>,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -528,9 +559,12 @@ pub enum ImageCommand {
 pub struct CommitArgs {
     /// Upper directory or container
     pub source: PathBuf,
-    /// Name of the new image
-    #[arg(long)]
-    pub tag: String,
+    /// Name of the new image (default: none, as `docker commit`)
+    #[arg(value_name = "REF")]
+    pub reference: Option<String>,
+    /// Name of the new image (the same as REF)
+    #[arg(long, conflicts_with = "reference")]
+    pub tag: Option<String>,
     /// The image the upper was mounted on (needed for directory redirects)
     #[arg(long)]
     pub from: Option<String>,
@@ -557,26 +591,66 @@ pub struct BundleArgs {
     pub cmd: Vec<String>,
 }
 
-/// `unionmount export`.
+/// `unionmount export` (`docker export`).
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Container name or id (a running one is exported as it is now)
     pub container: String,
-    /// The archive to write (an OCI archive; must not exist)
-    pub out: PathBuf,
+    /// Write the tar to FILE instead of standard output
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
 }
 
-/// `unionmount import`.
+/// `unionmount import` and `unionmount image import` (`docker import`).
 #[derive(Args, Debug)]
 pub struct ImportArgs {
-    /// An archive written by `unionmount export`
+    /// The root filesystem: a tar (plain, gzip or zstd), `-` for standard input, or a directory
+    pub path: PathBuf,
+    /// Name of the new image (default: none; it is known by its id)
+    #[arg(value_name = "REF")]
+    pub reference: Option<String>,
+    /// Name of the new image (the same as REF)
+    #[arg(long, conflicts_with = "reference")]
+    pub tag: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+#[derive(Subcommand)]
+pub enum ContainerCommand {
+    /// Write a container's filesystem as a tar (the same as `unionmount export`).
+    Export(ExportArgs),
+    /// Write a container (its image, its changes, its settings) to an OCI archive, for `container load`.
+    Save(ContainerSaveArgs),
+    /// Make a container from an archive written by `container save` (into this store).
+    Load(ContainerLoadArgs),
+}
+
+/// `unionmount container save`.
+#[derive(Args, Debug)]
+pub struct ContainerSaveArgs {
+    /// Container name or id (a running one is saved as it is now)
+    pub container: String,
+    /// The archive to write (an OCI archive; must not exist)
+    pub out: PathBuf,
+    /// Layer compression: gzip (the default, read by every tool), zstd or none
+    #[arg(long, alias = "compress", value_name = "gzip|zstd|none")]
+    pub compression: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `unionmount container load`.
+#[derive(Args, Debug)]
+pub struct ContainerLoadArgs {
+    /// An archive written by `unionmount container save`
     pub archive: PathBuf,
-    /// Name of the new container (default: the exported container's name)
+    /// Name of the new container (default: the saved container's name)
     #[arg(long)]
     pub name: Option<String>,
-    /// Leave out the exported container's volumes (host paths of the other machine)
+    /// Leave out the saved container's volumes (host paths of the other machine)
     #[arg(long = "no-volumes")]
     pub no_volumes: bool,
     #[command(flatten)]

@@ -1,4 +1,6 @@
-//! `unionmount image …` and `unionmount commit`: thin wrappers over the layerstore crate.
+//! `unionmount image …`, `import` and `commit`: thin wrappers over the
+//! layerstore crate. Commands that make an image print its id as `image ls`
+//! shows it (the first 12 digits of its config digest, as Docker's).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,8 +33,18 @@ pub struct SaveRequest {
     pub out: PathBuf,
     /// Name recorded in the output (default: the image's name)
     pub ref_name: Option<String>,
-    /// gzip, zstd or none
-    pub compress: Option<String>,
+    /// gzip, zstd or none (default: gzip)
+    pub compression: Option<String>,
+}
+
+/// `import` and `image import`.
+#[derive(Debug)]
+pub struct ImportRequest {
+    /// A root filesystem tar, `-` (a tar on standard input) or a directory
+    pub path: PathBuf,
+    /// Name of the new image
+    pub tag: Option<String>,
+    pub store: StoreDir,
 }
 
 /// `image mount`.
@@ -50,7 +62,7 @@ pub struct CommitRequest {
     /// Upper directory or container
     pub source: PathBuf,
     /// Name of the new image
-    pub tag: String,
+    pub tag: Option<String>,
     /// The image the upper was mounted on
     pub from: Option<String>,
     pub store: StoreDir,
@@ -58,48 +70,62 @@ pub struct CommitRequest {
 
 // Progress bars end with their task, before any error is printed.
 
+/// Run `f` on `path`, or, for `-`, on a copy of standard input staged in
+/// the store's tmp/ (which nobody cleans while this command holds the store).
+fn with_input<T>(
+    s: &Store,
+    path: &Path,
+    f: impl FnOnce(&Path) -> layerstore::Result<T>,
+) -> anyhow::Result<T> {
+    if path.as_os_str() != "-" {
+        return Ok(f(path)?);
+    }
+    let p = s.tmp().join(format!("stdin-{}.tar", std::process::id()));
+    let file = std::fs::File::create(&p).with_context(|| p.display().to_string())?;
+    let mut w = s.progress().writer("reading standard input", None, file);
+    let copied = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+    drop(w);
+    let res = match copied {
+        Ok(_) => f(&p).map_err(anyhow::Error::from),
+        Err(e) => Err(anyhow::anyhow!("reading standard input: {e}")),
+    };
+    let _ = std::fs::remove_file(&p);
+    res
+}
+
+/// The id `image ls` shows for the image with manifest `manifest`.
+fn short_id(s: &Store, manifest: &layerstore::Digest) -> anyhow::Result<String> {
+    Ok(s.resolve(&manifest.to_string())?.id().short().to_string())
+}
+
 /// `image load`: `-` is an archive on standard input.
 pub fn load(store: &StoreDir, path: &Path, tag: Option<&str>) -> anyhow::Result<()> {
-    let s = store.open()?;
-    // `-`: an archive on standard input, staged in the store's tmp/
-    // (which nobody cleans while this command holds the store).
-    let stdin_copy = (path.as_os_str() == "-")
-        .then(|| s.tmp().join(format!("stdin-{}.tar", std::process::id())));
-    if let Some(p) = &stdin_copy {
-        let f = std::fs::File::create(p).with_context(|| p.display().to_string())?;
-        let mut w = s.progress().writer("reading standard input", None, f);
-        let copied = std::io::copy(&mut std::io::stdin().lock(), &mut w);
-        drop(w);
-        if let Err(e) = copied {
-            let _ = std::fs::remove_file(p);
-            bail!("reading standard input: {e}");
+    let s = store.open_or_create()?;
+    for l in with_input(&s, path, |p| image::load(&s, p, tag))? {
+        let id = short_id(&s, &l.manifest)?;
+        match &l.name {
+            Some(n) => say!("Loaded image: {n} ({id})"),
+            None => say!("Loaded image ID: {id}"),
         }
-    }
-    let loaded = image::load(&s, stdin_copy.as_deref().unwrap_or(path), tag);
-    if let Some(p) = &stdin_copy {
-        let _ = std::fs::remove_file(p);
-    }
-    for l in loaded? {
-        say!(
-            "Loaded image {} ({})",
-            l.name.as_deref().unwrap_or("<none>"),
-            l.manifest
-        );
     }
     Ok(())
 }
 
-/// `image import`.
-pub fn import(store: &StoreDir, path: &Path, tag: &str) -> anyhow::Result<()> {
-    let s = store.open()?;
-    let d = image::import(&s, path, tag)?;
-    say!("Imported {tag} ({d})");
-    Ok(())
+/// `import` and `image import`: prints the new image's id.
+pub fn import(req: ImportRequest) -> anyhow::Result<ExitCode> {
+    let s = req.store.open_or_create()?;
+    let d = with_input(&s, &req.path, |p| image::import(&s, p, req.tag.as_deref()))?;
+    say!("{}", short_id(&s, &d)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `image ls`.
 pub fn list(store: &StoreDir, format: Option<&str>) -> anyhow::Result<()> {
-    ls(&store.open()?, format)
+    match store.listing_root()? {
+        Some(_) => ls(Some(&store.open()?), format),
+        // The default store, not made yet: no images.
+        None => ls(None, format),
+    }
 }
 
 /// `image inspect`.
@@ -125,25 +151,36 @@ pub fn remove(store: &StoreDir, images: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--compression`: gzip unless told otherwise, as Docker and podman write
+/// layers (Debian's umoci and older Docker read nothing else).
+pub fn parse_compression(c: Option<&str>) -> anyhow::Result<Compression> {
+    match c {
+        None | Some("gzip") => Ok(Compression::Gzip),
+        Some("zstd") => Ok(Compression::Zstd),
+        Some("none") => Ok(Compression::None),
+        Some(other) => bail!("--compression {other:?}: expected gzip, zstd or none"),
+    }
+}
+
 /// `image save`.
 pub fn save(store: &StoreDir, req: &SaveRequest) -> anyhow::Result<()> {
     let fmt: SaveFormat = req.format.parse()?;
-    let compress = match req.compress.as_deref() {
-        None => None,
-        Some("gzip") => Some(Compression::Gzip),
-        Some("zstd") => Some(Compression::Zstd),
-        Some("none") => Some(Compression::None),
-        Some(other) => {
-            bail!("image save: --compress {other:?}: expected gzip, zstd or none")
-        }
-    };
+    let compression = parse_compression(req.compression.as_deref())?;
+    if fmt == SaveFormat::DockerArchive
+        && compression != Compression::None
+        && req.compression.is_some()
+    {
+        bail!(
+            "image save: --compression applies to oci and oci-archive; docker-archive layers are plain tar, as docker save writes them"
+        );
+    }
     image::save(
         &store.open()?,
         &req.image,
         fmt,
         &req.out,
         req.ref_name.as_deref(),
-        compress,
+        compression,
     )?;
     Ok(())
 }
@@ -209,7 +246,7 @@ pub fn mount_image(store: &StoreDir, m: &ImageMount) -> anyhow::Result<ExitCode>
 }
 
 pub fn commit(args: CommitRequest) -> anyhow::Result<ExitCode> {
-    let s = args.store.open()?;
+    let s = args.store.open_or_create()?;
     let mut from = args.from.clone();
     let mut upper = args.source.clone();
     if !upper.is_dir() {
@@ -233,8 +270,8 @@ pub fn commit(args: CommitRequest) -> anyhow::Result<ExitCode> {
         }
         upper = dir.join("upper");
     }
-    let d = layerstore::diff::commit(&s, &upper, &args.tag, from.as_deref())?;
-    say!("Committed {} ({d})", args.tag);
+    let d = layerstore::diff::commit(&s, &upper, args.tag.as_deref(), from.as_deref())?;
+    say!("{}", short_id(&s, &d)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -253,8 +290,11 @@ fn human(n: u64) -> String {
     }
 }
 
-fn ls(s: &Store, format: Option<&str>) -> anyhow::Result<()> {
-    let entries = s.entries()?;
+fn ls(s: Option<&Store>, format: Option<&str>) -> anyhow::Result<()> {
+    let entries = match s {
+        Some(s) => s.entries()?,
+        None => Vec::new(),
+    };
     let name = |d: &image::Descriptor| d.ref_name().unwrap_or("<none>").to_string();
     match format {
         Some("json") => {

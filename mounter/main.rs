@@ -9,6 +9,7 @@ mod cgroup;
 mod cli;
 mod confine;
 mod container;
+mod export;
 mod image_cmd;
 mod logger;
 mod mount;

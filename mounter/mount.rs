@@ -203,11 +203,46 @@ fn session_options(req: &MountRequest) -> SessionOptions {
     }
 }
 
-pub fn unmount(mountpoint: &Path) -> anyhow::Result<ExitCode> {
-    let target = std::fs::canonicalize(mountpoint)
-        .with_context(|| format!("umount {}", mountpoint.display()))?;
+/// The mount type of unionmount's own mounts (subtype `unionmount`).
+const OUR_TYPE: &str = "fuse.unionmount";
+
+/// `unionmount umount`: only a mount of ours, unless `force`; a path with
+/// nothing mounted on it is an error of its own, not EINVAL.
+pub fn unmount(mountpoint: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    let shown = mountpoint.display();
+    let target = absolute(mountpoint).with_context(|| shown.to_string())?;
+    // The last entry for a path is the mount on top, the one umount(2) takes.
+    let Some(entry) = unionfs::mountinfo::read()
+        .into_iter()
+        .rev()
+        .find(|e| e.mount_point == target)
+    else {
+        bail!("{shown}: not mounted");
+    };
+    if entry.fs_type != OUR_TYPE && !force {
+        bail!(
+            "{shown}: a {} mount, not unionmount's (--force unmounts it anyway)",
+            entry.fs_type
+        );
+    }
     rustix::mount::unmount(&target, rustix::mount::UnmountFlags::empty())
         .map_err(std::io::Error::from)
-        .with_context(|| format!("umount {}", target.display()))?;
+        .with_context(|| shown.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The path as the mount table spells it. The last component is not
+/// looked at: the root of a FUSE mount whose daemon died cannot be stat'ed.
+fn absolute(p: &Path) -> std::io::Result<std::path::PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return Ok(c);
+    }
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match p.file_name() {
+        Some(name) => Ok(std::fs::canonicalize(parent)?.join(name)),
+        None => std::fs::canonicalize(p),
+    }
 }

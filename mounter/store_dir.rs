@@ -1,8 +1,15 @@
 //! Which layer store a command works on, and opening it.
+//!
+//! Only commands that write an image (`image load`, `import`, `commit`,
+//! `container import`) make a store where there is none: any other command
+//! given a mistyped `--store` would otherwise leave a new empty store there.
+//! Listings (`image ls`, `ps`) of the default store show nothing when it has
+//! not been made yet, as podman's do on a fresh machine.
 
 use std::fs;
 use std::path::PathBuf;
 
+use anyhow::bail;
 use layerstore::Store;
 
 use crate::progress::terminal_progress;
@@ -14,29 +21,71 @@ pub struct StoreDir {
     pub path: Option<PathBuf>,
 }
 
+/// A store's directory, and whether the user named it (`--store`, or
+/// `UNIONMOUNT_STORE`) rather than getting the default.
+struct Located {
+    root: PathBuf,
+    named: bool,
+}
+
 impl StoreDir {
-    fn root(&self) -> anyhow::Result<PathBuf> {
-        match &self.path {
-            Some(p) => Ok(p.clone()),
-            None => Ok(Store::default_root()?),
-        }
+    fn locate(&self) -> anyhow::Result<Located> {
+        let from_env = std::env::var_os("UNIONMOUNT_STORE").is_some_and(|v| !v.is_empty());
+        Ok(match &self.path {
+            Some(p) => Located {
+                root: p.clone(),
+                named: true,
+            },
+            None => Located {
+                root: Store::default_root()?,
+                named: from_env,
+            },
+        })
     }
 
-    /// The store's directory, with symlinks resolved (records hold canonical paths).
+    /// The store's directory; an error if there is no store there.
+    fn existing_root(&self) -> anyhow::Result<PathBuf> {
+        let at = self.locate()?;
+        if !Store::exists(&at.root) {
+            bail!("no store at {}", at.root.display());
+        }
+        Ok(at.root)
+    }
+
+    /// The store's directory, with symlinks resolved (records hold canonical
+    /// paths); an error if there is no store there.
     pub fn canonical_root(&self) -> anyhow::Result<PathBuf> {
-        let root = self.root()?;
+        let root = self.existing_root()?;
         Ok(fs::canonicalize(&root).unwrap_or(root))
     }
 
-    pub fn open(&self) -> anyhow::Result<Store> {
-        let mut s = Store::open(&self.root()?)?;
-        s.set_progress(terminal_progress());
-        Ok(s)
+    /// For a listing: the store's directory, or None when it is the default
+    /// store and not made yet (an empty list, and nothing made).
+    pub fn listing_root(&self) -> anyhow::Result<Option<PathBuf>> {
+        let at = self.locate()?;
+        if !at.named && !Store::exists(&at.root) {
+            return Ok(None);
+        }
+        self.canonical_root().map(Some)
     }
 
-    pub fn open_exclusive(&self) -> anyhow::Result<Store> {
-        let mut s = Store::open_exclusive(&self.root()?)?;
-        s.set_progress(terminal_progress());
-        Ok(s)
+    /// Open an existing store.
+    pub fn open(&self) -> anyhow::Result<Store> {
+        with_progress(Store::open(&self.existing_root()?)?)
     }
+
+    /// Open the store for a command that writes an image: made if missing.
+    pub fn open_or_create(&self) -> anyhow::Result<Store> {
+        with_progress(Store::open(&self.locate()?.root)?)
+    }
+
+    /// Open an existing store alone (no other command using it).
+    pub fn open_exclusive(&self) -> anyhow::Result<Store> {
+        with_progress(Store::open_exclusive(&self.existing_root()?)?)
+    }
+}
+
+fn with_progress(mut s: Store) -> anyhow::Result<Store> {
+    s.set_progress(terminal_progress());
+    Ok(s)
 }

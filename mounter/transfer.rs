@@ -1,6 +1,8 @@
-//! `unionmount export NAME OUT.tar` and `unionmount import IN.tar`: a
-//! container (its image, its changes, its settings) moved to another store
-//! as one OCI archive (see `layerstore::container_archive` for the format).
+//! `unionmount container save NAME OUT.tar` and `unionmount container load
+//! IN.tar`: a container (its image, its changes, its settings) moved to
+//! another store as one OCI archive (see `layerstore::container_archive` for
+//! the format). Not `export`/`import`: those are Docker's words for a
+//! container's filesystem as a tar and a root filesystem tar as an image.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,7 @@ use layerstore::store::containers::read_image_record;
 use crate::container::create::check_name;
 use crate::container::record::{self, Container, find, read_state};
 use crate::container::settings::{ImportPlan, create_imported, fresh_id, settings};
+use crate::image_cmd::parse_compression;
 use crate::store_dir::StoreDir;
 
 /// Print a line; a closed stdout (`| head`) is not an error.
@@ -23,24 +26,26 @@ macro_rules! say {
     }};
 }
 
-/// `unionmount export`.
+/// `unionmount container save`.
 #[derive(Debug)]
-pub struct ExportRequest {
-    /// Container name or id (a running one is exported as it is now)
+pub struct ContainerSave {
+    /// Container name or id (a running one is saved as it is now)
     pub container: String,
     /// The archive to write (an OCI archive; must not exist)
     pub out: PathBuf,
+    /// gzip, zstd or none (default: gzip)
+    pub compression: Option<String>,
     pub store: StoreDir,
 }
 
-/// `unionmount import`.
+/// `unionmount container load`.
 #[derive(Debug)]
-pub struct ImportRequest {
-    /// An archive written by `unionmount export`
+pub struct ContainerLoad {
+    /// An archive written by `unionmount container save`
     pub archive: PathBuf,
-    /// Name of the new container (default: the exported container's name)
+    /// Name of the new container (default: the saved container's name)
     pub name: Option<String>,
-    /// Leave out the exported container's volumes (host paths of the other machine)
+    /// Leave out the saved container's volumes (host paths of the other machine)
     pub no_volumes: bool,
     pub store: StoreDir,
 }
@@ -60,7 +65,8 @@ fn human(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-pub fn export(args: ExportRequest) -> anyhow::Result<ExitCode> {
+pub fn save(args: ContainerSave) -> anyhow::Result<ExitCode> {
+    let compression = parse_compression(args.compression.as_deref())?;
     let store = args.store.open()?;
     let c = find(store.root(), &args.container)?;
     let base = read_image_record(&c.dir)
@@ -73,10 +79,11 @@ pub fn export(args: ExportRequest) -> anyhow::Result<ExitCode> {
         &settings(&c)?,
         &c.name,
         &args.out,
+        compression,
     )
-    .with_context(|| format!("export {}", c.name))?;
+    .with_context(|| format!("container save {}", c.name))?;
     say!(
-        "Exported {} to {}: image {} + {} of changes{} ({} in all)",
+        "Saved {} to {}: image {} + {} of changes{} ({} in all)",
         c.name,
         args.out.display(),
         c.image,
@@ -91,31 +98,32 @@ pub fn export(args: ExportRequest) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn import(args: ImportRequest) -> anyhow::Result<ExitCode> {
+pub fn load(args: ContainerLoad) -> anyhow::Result<ExitCode> {
     if let Some(n) = &args.name {
         check_name(n)?;
     }
-    let store = args.store.open()?;
+    // It brings an image: a store may be made for it.
+    let store = args.store.open_or_create()?;
     let root = store.root().to_path_buf();
     if let Some(n) = &args.name
         && !record::name_is_free(&root, n)?
     {
-        bail!("import: container name {n:?} is already in use");
+        bail!("container load: container name {n:?} is already in use");
     }
     // Everything is made under the store's tmp/ and renamed into
     // containers/ at the end: a failed import leaves no container behind.
     let id = fresh_id()?;
     let staging = root.join("tmp").join(format!("import-{id}"));
     fs::create_dir_all(staging.join("upper"))
-        .with_context(|| format!("import: {}", staging.display()))?;
+        .with_context(|| format!("container load: {}", staging.display()))?;
     let res = make(&store, &args, &staging, id);
     if res.is_err() {
         let _ = fs::remove_dir_all(&staging);
     }
     // (Errors about the archive name it themselves.)
-    let (c, imported) = res.context("import")?;
+    let (c, imported) = res.context("container load")?;
     say!(
-        "Imported {} ({}) from {}: image {}, {} changed paths",
+        "Loaded {} ({}) from {}: image {}, {} changed paths",
         c.name,
         c.id,
         args.archive.display(),
@@ -127,7 +135,7 @@ pub fn import(args: ImportRequest) -> anyhow::Result<ExitCode> {
 
 fn make(
     store: &layerstore::Store,
-    args: &ImportRequest,
+    args: &ContainerLoad,
     staging: &Path,
     id: String,
 ) -> anyhow::Result<(Container, container_archive::Imported)> {
@@ -143,7 +151,7 @@ fn make(
         && let Some(n) = &imported.base_name
     {
         eprintln!(
-            "unionmount: import: image {n} names another image in this store; the container's image stays untagged ({base})"
+            "unionmount: container load: image {n} names another image in this store; the container's image stays untagged ({base})"
         );
     }
     let plan = ImportPlan {

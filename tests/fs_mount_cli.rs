@@ -520,6 +520,52 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// A tmpfs that is not ours; detached on drop if a test left it mounted.
+struct ForeignMount(PathBuf);
+
+impl Drop for ForeignMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = support::sys::umount2(&self.0, libc::MNT_DETACH);
+        }
+    }
+}
+
+/// `unionmount umount` on a path with nothing mounted names it and says so
+/// (not "Invalid argument"); on a mount that is not unionmount's it refuses
+/// with the mount's type, unless `--force` / `-f`.
+#[test]
+fn umount_refuses_what_is_not_a_unionmount_mount() {
+    let Some(d) = dirs() else { return };
+    let run = |args: &[&str], p: &Path| {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).arg(p);
+        run_with_timeout(&mut cmd, Duration::from_secs(20))
+    };
+    let (code, out, err) = run(&["umount"], &d.mnt);
+    assert_ne!(code, 0);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        format!("unionmount: {}: not mounted\n", d.mnt.display())
+    );
+
+    support::sys::mount_tmpfs(&d.mnt, "size=1m").unwrap();
+    let _guard = ForeignMount(d.mnt.clone());
+    let (code, _, err) = run(&["umount"], &d.mnt);
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&d.mnt.display().to_string()), "{err}");
+    assert!(err.contains("tmpfs") && err.contains("--force"), "{err}");
+    assert!(is_mounted(&d.mnt), "a tmpfs not ours was unmounted");
+    for flag in ["--force", "-f"] {
+        let (code, _, err) = run(&["umount", flag], &d.mnt);
+        assert_eq!(code, 0, "umount {flag}: {err}");
+        assert!(!is_mounted(&d.mnt), "umount {flag}: still mounted");
+        support::sys::mount_tmpfs(&d.mnt, "size=1m").unwrap();
+    }
+}
+
 fn mount_namespace(pid: u32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
 }

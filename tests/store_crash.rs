@@ -365,7 +365,7 @@ fn prune_never_leaves_a_partial_layer_under_its_name() {
 #[test]
 fn kill_9_during_import_leaves_a_clean_store() {
     let env = Env::new();
-    env.um(&["image", "ls"]);
+    env.init_store();
     let big: Vec<u8> = (0..40_000_000u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 11) as u8)
         .collect();
@@ -422,7 +422,7 @@ fn kill_9_in_each_phase_of_import_then_fsck_is_clean_and_a_retry_succeeds() {
     // time fsck is clean, tmp/ is emptied by the next command, and the same
     // import run again succeeds with no prune in between.
     let env = Env::new();
-    env.um(&["image", "ls"]);
+    env.init_store();
     let mut tar = RawTar::default();
     for i in 0..3000 {
         tar = tar.file(&format!("d{}/f{i}", i % 30), format!("{i}").as_bytes());

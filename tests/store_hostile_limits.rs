@@ -284,7 +284,7 @@ fn compression_bombs_stop_before_filling_the_disk() {
     }
     let env = Env::new();
     let tmpfs = Tmpfs::new(&env.store(), "32m");
-    env.um(&["image", "ls"]);
+    env.init_store();
     let outside = env.path().join("bombs");
     fs::create_dir(&outside).unwrap();
     let mut huge = ZeroTar::new(1, 1 << 20);

@@ -30,8 +30,9 @@ fn big_rootfs(dir: &Path, mib: usize) {
 }
 
 /// Run `unionmount ARGS` with stdout and stderr piped: it must succeed,
-/// print nothing on stderr and exactly one line on stdout, starting `want`.
-fn quiet(env: &Env, args: &[&str], want: &str) {
+/// print nothing on stderr and exactly one line on stdout, starting `want`;
+/// that line.
+fn quiet(env: &Env, args: &[&str], want: &str) -> String {
     let out = env.um_out(args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -39,6 +40,7 @@ fn quiet(env: &Env, args: &[&str], want: &str) {
     assert_eq!(stderr, "", "{args:?}: nothing on a piped stderr");
     assert_eq!(stdout.lines().count(), 1, "{args:?}: one line:\n{stdout}");
     assert!(stdout.starts_with(want), "{args:?}: {stdout}");
+    stdout.trim_end().to_string()
 }
 
 #[test]
@@ -56,22 +58,12 @@ fn piped_output_is_the_result_line_only() {
         .arg(&tar)
         .arg("."));
     let tar_s = tar.display().to_string();
-    quiet(
-        &env,
-        &["image", "import", &tar_s, "--tag", "big"],
-        "Imported big",
-    );
-    quiet(
-        &env,
-        &[
-            "image",
-            "import",
-            &root.display().to_string(),
-            "--tag",
-            "dir",
-        ],
-        "Imported dir",
-    );
+    // Import and commit print the new image's id, as `image ls` shows it.
+    let id = quiet(&env, &["image", "import", &tar_s, "--tag", "big"], "");
+    assert_eq!(id, env.short_id("big"));
+    let root_s = root.display().to_string();
+    let id = quiet(&env, &["image", "import", &root_s, "--tag", "dir"], "");
+    assert_eq!(id, env.short_id("dir"));
     let saved = t.join("big.oci.tar");
     let saved_s = saved.display().to_string();
     let out = env.um_out(&["image", "save", "big", "--format", "oci-archive", &saved_s]);
@@ -80,7 +72,11 @@ fn piped_output_is_the_result_line_only() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     // Into a fresh store, so every blob and layer is read, hashed and unpacked.
     let env2 = Env::new();
-    quiet(&env2, &["image", "load", &saved_s], "Loaded image big");
+    let line = quiet(&env2, &["image", "load", &saved_s], "Loaded image: big (");
+    assert_eq!(
+        line,
+        format!("Loaded image: big ({})", env2.short_id("big"))
+    );
     // From standard input, as `… | unionmount image load -`.
     let env3 = Env::new();
     let out = Command::new(bin())
@@ -93,23 +89,18 @@ fn piped_output_is_the_result_line_only() {
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.lines().count() == 1 && stdout.starts_with("Loaded image big"),
+        stdout.lines().count() == 1 && stdout.starts_with("Loaded image: big ("),
         "{stdout}"
     );
     let upper = t.join("upper");
     big_rootfs(&upper, 8);
-    quiet(
+    let upper_s = upper.display().to_string();
+    let id = quiet(
         &env2,
-        &[
-            "commit",
-            &upper.display().to_string(),
-            "--tag",
-            "next",
-            "--from",
-            "big",
-        ],
-        "Committed next",
+        &["commit", &upper_s, "--tag", "next", "--from", "big"],
+        "",
     );
+    assert_eq!(id, env2.short_id("next"));
 }
 
 #[test]
@@ -138,7 +129,7 @@ fn a_terminal_gets_a_progress_bar() {
         .env("UNIONMOUNT_STORE", env.store())
         .stdin(std::process::Stdio::null()));
     let seen = String::from_utf8_lossy(&fs::read(&typescript).expect("typescript")).into_owned();
-    assert!(seen.contains("Imported big"), "{seen}");
+    assert!(seen.contains(&env.short_id("big")), "{seen}");
     assert!(
         seen.contains(&format!("importing {}", tar.display())) && seen.contains("MiB"),
         "a bar with the task and byte counts:\n{seen}"

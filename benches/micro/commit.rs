@@ -37,7 +37,8 @@ pub fn bench(c: &mut Criterion) {
                 format!("c{n}")
             },
             |tag| {
-                layerstore::diff::commit(&fx.store, &fx.upper, &tag, Some("base")).expect("commit")
+                layerstore::diff::commit(&fx.store, &fx.upper, Some(&tag), Some("base"))
+                    .expect("commit")
             },
             BatchSize::PerIteration,
         );
@@ -65,7 +66,7 @@ fn make() -> Fixture {
         }
     }
     let store = Store::open(&tmp.path().join("store")).expect("opening the store");
-    layerstore::image::import(&store, &rootfs, "base").expect("importing the base image");
+    layerstore::image::import(&store, &rootfs, Some("base")).expect("importing the base image");
 
     let upper = tmp.path().join("upper");
     fixture::dir(&upper.join("d000"));

@@ -4,10 +4,12 @@
 //! OUT.tar (an OCI image layout in a tar: skopeo, umoci and `image load` read it)
 //!   oci-layout, index.json       one manifest, ref.name = the container's name
 //!   blobs/sha256/…               the base image's manifest, config and layers,
-//!                                byte for byte (so its digest survives the move),
-//!                                one more layer with the container's changes
-//!                                (OCI form: .wh. whiteouts, .wh..wh..opq) and
-//!                                the config of base + changes
+//!                                byte for byte when the store keeps its layers
+//!                                in the chosen compression (else recompressed,
+//!                                under a new manifest of the same config: the
+//!                                same image id), one more layer with the
+//!                                container's changes (OCI form: .wh. whiteouts,
+//!                                .wh..wh..opq) and the config of base + changes
 //! manifest annotations
 //!   org.opencontainers.image.base.digest   the base image's manifest digest
 //!   org.opencontainers.image.base.name     its tag in the source store, if any
@@ -28,10 +30,11 @@ use serde_json::{Value, json};
 use crate::diff::{DiffOptions, tree_to_layer};
 use crate::digest::{Digest, HashingReader};
 use crate::image::{
-    self, Descriptor, Index, Manifest, OCI_LAYER_ZSTD, OCI_MANIFEST, REF_NAME, Sink, Source,
-    blob_path, parse_json, to_json,
+    self, Descriptor, Index, Manifest, OCI_MANIFEST, REF_NAME, Sink, Source, blob_path, parse_json,
+    recompress, to_json,
 };
 use crate::store::{Store, Txn, check_tag, layer_pairs};
+use crate::unpack::{self, Compression};
 use crate::util::{now_rfc3339, remove_all, unique_name};
 use crate::{Context, Error, Result};
 
@@ -69,9 +72,9 @@ pub struct Imported {
 
 /// Write the container made of image `base` (a name or digest) and the
 /// overlay upper `upper` to `out` (which must not exist) as an OCI archive,
-/// with `settings` in its manifest. `name` becomes the archive's ref name
-/// and `history` the new layer's `created_by`. The upper is read as it is
-/// now: a snapshot if the container runs.
+/// with `settings` in its manifest and every layer in `compression`.
+/// `name` becomes the archive's ref name and the new layer's `created_by`.
+/// The upper is read as it is now: a snapshot if the container runs.
 pub fn export(
     store: &Store,
     base: &str,
@@ -79,6 +82,7 @@ pub fn export(
     settings: &Value,
     name: &str,
     out: &Path,
+    compression: Compression,
 ) -> Result<Exported> {
     let info = store.resolve(base)?;
     if out.symlink_metadata().is_ok() {
@@ -100,14 +104,30 @@ pub fn export(
         ..DiffOptions::overlay(lowers)
     };
     let txn = Txn::new(store)?;
-    let layer = tree_to_layer(upper, txn.dir(), &opts)?;
+    let mut layer = tree_to_layer(upper, txn.dir(), &opts)?;
+    if compression != Compression::Zstd {
+        let what = format!("changes of {name}");
+        let (digest, size, path) = recompress(store, &layer.path, &what, compression)?;
+        let _ = fs::remove_file(&layer.path);
+        layer = crate::diff::LayerFile {
+            path,
+            digest,
+            size,
+            diff_id: layer.diff_id,
+        };
+    }
     let staging = parent.join(format!(".{}", unique_name(&file_name)));
+    let mut tmps = vec![layer.path.clone()];
     let res = (|| {
-        let sink = Sink::Tar(tar::Builder::new(File::create(&staging).at(out)?));
-        let manifest = write_archive(store, &info, &layer, settings, name, sink)?;
+        let mut sink = Sink::Tar(tar::Builder::new(File::create(&staging).at(out)?));
+        let base = write_base(store, &info, compression, &mut sink, &mut tmps)?;
+        let manifest = write_archive(store, &info, &base, &layer, settings, name, sink)?;
         fs::rename(&staging, out).at(out)?;
         Ok(manifest)
     })();
+    for t in &tmps {
+        let _ = fs::remove_file(t);
+    }
     if res.is_err() {
         let _ = remove_all(&staging);
     }
@@ -119,29 +139,81 @@ pub fn export(
     })
 }
 
+/// The base image as the archive holds it: its manifest's digest and layers.
+struct Base {
+    manifest: Digest,
+    layers: Vec<Descriptor>,
+    /// Of every layer, the changes too.
+    compression: Compression,
+}
+
+/// Write the base image's config and layers, and its manifest: the stored
+/// one when every layer is already in `compression`, else a new one for
+/// the recompressed layers (their files are added to `tmps`).
+fn write_base(
+    store: &Store,
+    info: &crate::store::ImageInfo,
+    compression: Compression,
+    sink: &mut Sink,
+    tmps: &mut Vec<PathBuf>,
+) -> Result<Base> {
+    let blobs = store.blobs();
+    sink.add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let cfg = &info.manifest.config.digest;
+    sink.add_file(&blob_path(cfg), &blobs.path(cfg))?;
+    let mut written = std::collections::BTreeSet::from([cfg.clone()]);
+    let mut layers = info.manifest.layers.clone();
+    for l in &mut layers {
+        let src = blobs.path(&l.digest);
+        let (comp, _) = unpack::decompress(File::open(&src).at(&src)?).at(&src)?;
+        let path = if comp == compression {
+            src
+        } else {
+            let what = format!("layer blob {}", l.digest);
+            let (d, size, tmp) = recompress(store, &src, &what, compression)?;
+            tmps.push(tmp.clone());
+            *l = Descriptor::new(image::layer_type(compression), d, size);
+            tmp
+        };
+        if written.insert(l.digest.clone()) {
+            sink.add_file(&blob_path(&l.digest), &path)?;
+        }
+    }
+    let stored = &info.manifest_desc.digest;
+    if layers == info.manifest.layers {
+        sink.add_file(&blob_path(stored), &blobs.path(stored))?;
+        return Ok(Base {
+            manifest: stored.clone(),
+            layers,
+            compression,
+        });
+    }
+    let mut m = info.manifest.clone();
+    m.media_type = Some(OCI_MANIFEST.to_string());
+    m.layers = layers.clone();
+    let bytes = to_json(&m);
+    let manifest = Digest::of_bytes(&bytes);
+    sink.add_bytes(&blob_path(&manifest), &bytes)?;
+    Ok(Base {
+        manifest,
+        layers,
+        compression,
+    })
+}
+
 fn write_archive(
     store: &Store,
     info: &crate::store::ImageInfo,
+    base_out: &Base,
     layer: &crate::diff::LayerFile,
     settings: &Value,
     name: &str,
     mut sink: Sink,
 ) -> Result<Digest> {
     let blobs = store.blobs();
-    sink.add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    // The base image as stored: manifest, config, layers.
-    let base = &info.manifest_desc.digest;
+    let base = &base_out.manifest;
     let cfg = &info.manifest.config.digest;
-    let mut written = std::collections::BTreeSet::new();
-    for d in [base, cfg]
-        .into_iter()
-        .chain(info.manifest.layers.iter().map(|l| &l.digest))
-    {
-        if written.insert(d.clone()) {
-            sink.add_file(&blob_path(d), &blobs.path(d))?;
-        }
-    }
-    if written.insert(layer.digest.clone()) {
+    if !base_out.layers.iter().any(|l| l.digest == layer.digest) {
         sink.add_file(&blob_path(&layer.digest), &layer.path)?;
     }
     // Base config + the changes layer; the image's own run settings become
@@ -163,7 +235,7 @@ fn write_archive(
         .or_insert_with(|| json!([]))
         .as_array_mut()
     {
-        h.push(json!({"created": now, "created_by": format!("unionmount export {name}")}));
+        h.push(json!({"created": now, "created_by": format!("unionmount container save {name}")}));
     }
     let run = obj.entry("config").or_insert_with(|| json!({}));
     if let Some(run) = run.as_object_mut() {
@@ -183,9 +255,9 @@ fn write_archive(
         serde_json::to_vec(&config).map_err(|e| Error::invalid(&what, e.to_string()))?;
     let cfg_digest = Digest::of_bytes(&cfg_bytes);
     sink.add_bytes(&blob_path(&cfg_digest), &cfg_bytes)?;
-    let mut layers = info.manifest.layers.clone();
+    let mut layers = base_out.layers.clone();
     layers.push(Descriptor::new(
-        OCI_LAYER_ZSTD,
+        image::layer_type(base_out.compression),
         layer.digest.clone(),
         layer.size,
     ));
@@ -217,6 +289,55 @@ fn write_archive(
     sink.add_bytes("index.json", &to_json(&idx))?;
     sink.finish()?;
     Ok(m_digest)
+}
+
+/// The manifest digest of an image of this store with config `config` (the
+/// same image id: the same layers, uncompressed), if there is one: an
+/// archive's copy of it, perhaps compressed another way, is then not stored.
+fn same_image_here(store: &Store, config: &Digest) -> Result<Option<Digest>> {
+    Ok(store
+        .entries()?
+        .into_iter()
+        .filter_map(|(_, info)| info.ok())
+        .find(|i| i.id() == config)
+        .map(|i| i.manifest_desc.digest))
+}
+
+/// Stage the base image: its layer blobs (unpacked), then its manifest and
+/// config as they are in the archive (same bytes, same digests).
+fn store_base(
+    txn: &mut Txn<'_>,
+    src: &Source,
+    base: &Digest,
+    base_m: &Manifest,
+    base_bytes: &[u8],
+    cfg_bytes: &[u8],
+    base_cfg: image::ConfigView,
+) -> Result<()> {
+    let name = src.name();
+    for l in &base_m.layers {
+        image::check_layer_type(&l.media_type, &format!("{name}: layer {}", l.digest))?;
+        let rel = blob_path(&l.digest);
+        match src.take_staged(&rel, &l.digest) {
+            Some(p) => txn.add_staged(p, l.digest.clone()),
+            None => txn.add_blob(
+                &mut src.open_file(&rel)?,
+                &l.digest,
+                Some(l.size),
+                &format!("{name}: layer {}", l.digest),
+            )?,
+        }
+    }
+    txn.add_bytes(cfg_bytes)?;
+    txn.add_bytes(base_bytes)?;
+    let info = crate::store::ImageInfo {
+        name: None,
+        manifest_desc: Descriptor::new(OCI_MANIFEST, base.clone(), base_bytes.len() as u64),
+        manifest: base_m.clone(),
+        config: base_cfg,
+        size: 0,
+    };
+    txn.unpack_layers(&layer_pairs(&info)?)
 }
 
 /// A small JSON file of the archive, checked against its digest.
@@ -297,31 +418,21 @@ pub fn import(store: &Store, archive: &Path, upper: &Path, tag_base: bool) -> Re
     if !layers_match {
         return Err(not_export("its layers are not the base image's plus one"));
     }
-    // The base image: its blobs and layers, then its manifest and config as
-    // they were (same bytes, same digests).
-    for l in &base_m.layers {
-        image::check_layer_type(&l.media_type, &format!("{name}: layer {}", l.digest))?;
-        let rel = blob_path(&l.digest);
-        match src.take_staged(&rel, &l.digest) {
-            Some(p) => txn.add_staged(p, l.digest.clone()),
-            None => txn.add_blob(
-                &mut src.open_file(&rel)?,
-                &l.digest,
-                Some(l.size),
-                &format!("{name}: layer {}", l.digest),
-            )?,
+    let base = match same_image_here(store, &base_m.config.digest)? {
+        Some(here) => here,
+        None => {
+            store_base(
+                &mut txn,
+                &src,
+                &base,
+                &base_m,
+                &base_bytes,
+                &cfg_bytes,
+                base_cfg,
+            )?;
+            base
         }
-    }
-    txn.add_bytes(&cfg_bytes)?;
-    txn.add_bytes(&base_bytes)?;
-    let info = crate::store::ImageInfo {
-        name: None,
-        manifest_desc: Descriptor::new(OCI_MANIFEST, base.clone(), base_bytes.len() as u64),
-        manifest: base_m.clone(),
-        config: base_cfg,
-        size: 0,
     };
-    txn.unpack_layers(&layer_pairs(&info)?)?;
     // The changes, straight into `upper`, checked against both digests.
     let changes = top
         .layers
@@ -361,7 +472,11 @@ pub fn import(store: &Store, archive: &Path, upper: &Path, tag_base: bool) -> Re
                 Err(_) => false,
             });
     if tagged && let Some(t) = &base_name {
-        let mut d = info.manifest_desc.clone();
+        // The image already here, or the archive's copy just staged.
+        let mut d = match store.resolve(&base.to_string()) {
+            Ok(i) => i.manifest_desc,
+            Err(_) => Descriptor::new(OCI_MANIFEST, base.clone(), base_bytes.len() as u64),
+        };
         d.annotations.insert(REF_NAME.to_string(), t.clone());
         txn.add_ref(d);
     }

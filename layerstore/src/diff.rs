@@ -616,9 +616,16 @@ impl Walker<'_> {
 }
 
 /// Turn an upper directory into a new image: the base image's layers (with
-/// `from`) plus one layer holding the upper's changes.
-pub fn commit(store: &Store, upper: &Path, tag: &str, from: Option<&str>) -> Result<Digest> {
-    check_tag(tag)?;
+/// `from`) plus one layer holding the upper's changes; tagged `tag` if given.
+pub fn commit(
+    store: &Store,
+    upper: &Path,
+    tag: Option<&str>,
+    from: Option<&str>,
+) -> Result<Digest> {
+    if let Some(t) = tag {
+        check_tag(t)?;
+    }
     let base = from.map(|f| store.resolve(f)).transpose()?;
     let lowers = match &base {
         Some(info) => {

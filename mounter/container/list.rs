@@ -7,7 +7,8 @@ use crate::store_dir::StoreDir;
 
 /// `unionmount ps [-a]`.
 pub fn ps(store: &StoreDir, all: bool) -> anyhow::Result<ExitCode> {
-    let root = store.canonical_root()?;
+    // None: the default store, not made yet (no containers).
+    let root = store.listing_root()?;
     say!(
         "{:<12}  {:<20}  {:<20}  {:<24}  STATUS",
         "ID",
@@ -15,7 +16,11 @@ pub fn ps(store: &StoreDir, all: bool) -> anyhow::Result<ExitCode> {
         "IMAGE",
         "COMMAND"
     );
-    for c in list_in(&root)? {
+    let containers = match &root {
+        Some(r) => list_in(r)?,
+        None => Vec::new(),
+    };
+    for c in containers {
         let st = read_state(&c.dir);
         let running = st.is_running();
         if !all && !running {

@@ -284,12 +284,12 @@ pub fn new_config(diff_ids: &[Digest], created_by: &str) -> Value {
 }
 
 /// Stage config and manifest for `layers` (already staged and unpacked) and
-/// tag the result; the caller commits the transaction.
+/// tag the result (or add it untagged); the caller commits the transaction.
 pub fn store_image(
     txn: &mut Txn<'_>,
     config: &Value,
     layers: Vec<Descriptor>,
-    tag: &str,
+    tag: Option<&str>,
 ) -> Result<Digest> {
     let cfg_bytes =
         serde_json::to_vec(config).map_err(|e| Error::invalid("config", e.to_string()))?;
@@ -304,16 +304,19 @@ pub fn store_image(
     let bytes = to_json(&m);
     let md = txn.add_bytes(&bytes)?;
     let mut desc = Descriptor::new(OCI_MANIFEST, md.clone(), bytes.len() as u64);
-    desc.annotations
-        .insert(REF_NAME.to_string(), tag.to_string());
+    if let Some(t) = tag {
+        desc.annotations.insert(REF_NAME.to_string(), t.to_string());
+    }
     txn.add_ref(desc);
     Ok(md)
 }
 
 /// Import a root filesystem (a tar, gzip or zstd tar, or a directory) as a
-/// one-layer image.
-pub fn import(store: &Store, path: &Path, tag: &str) -> Result<Digest> {
-    check_tag(tag)?;
+/// one-layer image, tagged `tag` if given (as `docker import` does).
+pub fn import(store: &Store, path: &Path, tag: Option<&str>) -> Result<Digest> {
+    if let Some(t) = tag {
+        check_tag(t)?;
+    }
     let mut txn = Txn::new(store)?;
     let meta = std::fs::metadata(path).at(path)?;
     let (blob, size, diff_id, comp) = if meta.is_dir() {

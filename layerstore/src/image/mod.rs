@@ -18,6 +18,7 @@ mod load;
 mod save;
 
 pub use load::{Loaded, import, load, new_config, store_image};
+pub(crate) use save::recompress;
 pub use save::{SaveFormat, save};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -40,16 +40,18 @@ impl std::str::FromStr for SaveFormat {
 }
 
 /// Write image `name` to `out` (which must not exist). `ref_name` is the
-/// name recorded in the output (default: the image's tag). With `compress`,
-/// OCI output has its layers recompressed (a new manifest; same config and
-/// diff ids), for tools that read only some compressions.
+/// name recorded in the output (default: the image's tag). OCI output has
+/// its layers in `compress`, recompressed where the store keeps them in
+/// another (a new manifest; same config and diff ids, so the same image
+/// id): gzip is what every tool reads. A docker-archive holds plain tars, as
+/// `docker save` writes them.
 pub fn save(
     store: &Store,
     name: &str,
     format: SaveFormat,
     out: &Path,
     ref_name: Option<&str>,
-    compress: Option<Compression>,
+    compress: Compression,
 ) -> Result<()> {
     let info = store.resolve(name)?;
     if out.symlink_metadata().is_ok() {
@@ -89,7 +91,7 @@ fn write_oci(
     info: &crate::store::ImageInfo,
     mut sink: Sink,
     tag: Option<&str>,
-    compress: Option<Compression>,
+    compress: Compression,
 ) -> Result<()> {
     sink.add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let blobs = store.blobs();
@@ -102,8 +104,9 @@ fn write_oci(
         let src = blobs.path(&layer.digest);
         let (comp, _) = unpack::decompress(File::open(&src).at(&src)?).at(&src)?;
         match compress {
-            Some(want) if want != comp => {
-                let (d, size, tmp) = recompress(store, &layer.digest, want)?;
+            want if want != comp => {
+                let what = format!("layer blob {}", layer.digest);
+                let (d, size, tmp) = recompress(store, &src, &what, want)?;
                 let res = if written.insert(d.clone()) {
                     sink.add_file(&blob_path(&d), &tmp)
                 } else {
@@ -144,16 +147,17 @@ fn write_oci(
     sink.finish()
 }
 
-/// A layer blob in another compression, as a file in the store's tmp/.
-fn recompress(
+/// The layer at `src` in another compression, as a file in the store's tmp/:
+/// its digest, size and path.
+pub(crate) fn recompress(
     store: &Store,
-    blob: &crate::Digest,
+    src: &Path,
+    what: &str,
     want: Compression,
 ) -> Result<(crate::Digest, u64, PathBuf)> {
     use std::io::Write;
-    let what = || format!("layer blob {blob}");
-    let src = store.blobs().path(blob);
-    let (_, mut plain) = unpack::decompress(File::open(&src).at(&src)?).at(&src)?;
+    let what = || what.to_string();
+    let (_, mut plain) = unpack::decompress(File::open(src).at(src)?).at(src)?;
     let (f, tmp) = create_unique(store.tmp(), "layer")?;
     let res = (|| {
         let mut w = crate::digest::HashingWriter::new(std::io::BufWriter::new(f));

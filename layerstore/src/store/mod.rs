@@ -87,6 +87,11 @@ impl Store {
         }
     }
 
+    /// Is there a store at `root`? Its `index.json` is written when it is made.
+    pub fn exists(root: &Path) -> bool {
+        root.join("index.json").is_file()
+    }
+
     /// Open (creating if needed) the store at `root` for ordinary commands.
     pub fn open(root: &Path) -> Result<Store> {
         Store::open_with(root, false)
@@ -281,7 +286,9 @@ impl Store {
     }
 
     /// Find an image by tag (`NAME`, or `NAME:latest` for a bare name), by
-    /// manifest or config digest, or by a hex prefix of either (4+ digits).
+    /// a unique prefix of its id (the config digest, as `image ls` shows it;
+    /// any length, as Docker takes it), or by its manifest digest or a prefix
+    /// of it of 12+ digits. An ambiguous prefix is an error listing the images.
     pub fn resolve(&self, name: &str) -> Result<ImageInfo> {
         let idx = self.index()?;
         for want in [name.to_string(), format!("{name}:latest")] {
@@ -294,13 +301,16 @@ impl Store {
             }
         }
         let hex = name.strip_prefix("sha256:").unwrap_or(name);
-        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let hex = hex.to_ascii_lowercase();
+            let by_manifest = hex.len() >= 12;
             let mut found: Vec<ImageInfo> = Vec::new();
             for d in &idx.manifests {
                 let Ok(info) = self.info(d) else { continue };
-                let hit = d.digest.hex().starts_with(hex)
-                    || info.manifest_desc.digest.hex().starts_with(hex)
-                    || info.id().hex().starts_with(hex);
+                let hit = info.id().hex().starts_with(&hex)
+                    || by_manifest
+                        && (d.digest.hex().starts_with(&hex)
+                            || info.manifest_desc.digest.hex().starts_with(&hex));
                 if hit
                     && !found
                         .iter()
@@ -312,10 +322,10 @@ impl Store {
             match found.len() {
                 0 => {}
                 1 => return Ok(found.remove(0)),
-                n => {
+                _ => {
                     return Err(Error::invalid(
                         format!("image {name}"),
-                        format!("ambiguous: {n} images match"),
+                        format!("ambiguous id prefix, matches {}", candidates(&found)),
                     ));
                 }
             }
@@ -381,6 +391,23 @@ impl Store {
         }
         Ok(pairs.iter().map(|(_, d)| self.layer_dir(d)).collect())
     }
+}
+
+/// The images an ambiguous prefix matches, as `image ls` shows them: short
+/// id and name (or manifest digest, for two manifests of one config).
+fn candidates(found: &[ImageInfo]) -> String {
+    found
+        .iter()
+        .map(|i| match &i.name {
+            Some(n) => format!("{} ({n})", i.id().short()),
+            None => format!(
+                "{} (manifest {})",
+                i.id().short(),
+                i.manifest_desc.digest.short()
+            ),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// (layer blob, diff id) for each layer of an image, bottom first.

@@ -138,7 +138,8 @@ impl Env {
     fn command_in(&self, store: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
         cmd.arg(args[0]);
-        if args[0] != "image" {
+        // `--store` belongs to the subcommand of `image` and `container`.
+        if args[0] != "image" && args[0] != "container" {
             cmd.arg("--store").arg(store);
             cmd.args(&args[1..]);
         } else {

@@ -20,7 +20,7 @@ impl Hostile {
         fs::create_dir_all(&outside).unwrap();
         fs::write(outside.join("target"), "precious").unwrap();
         // Store exists before the hostile imports.
-        env.um(&["image", "ls"]);
+        env.init_store();
         Hostile { env, outside }
     }
 

@@ -123,6 +123,27 @@ impl Env {
         assert!(!err.contains("panicked"), "{err}");
         err
     }
+    /// Make the (empty) store, as a command that writes an image would;
+    /// other commands do not make one.
+    pub fn init_store(&self) {
+        drop(layerstore::Store::open(&self.store()).expect("making the store"));
+    }
+    /// The id `image ls` shows for the image named `name` (12 hex digits).
+    pub fn short_id(&self, name: &str) -> String {
+        let v: layerstore::serde_json::Value =
+            layerstore::serde_json::from_str(&self.um(&["image", "ls", "--format", "json"]))
+                .expect("image ls JSON");
+        let id = v
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap_or_else(|| panic!("no image {name} in {v}"))["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        id["sha256:".len().."sha256:".len() + 12].to_string()
+    }
     /// Layer directories of an image, bottom first (from `image inspect`).
     pub fn layer_dirs(&self, image: &str) -> Vec<PathBuf> {
         let v: layerstore::serde_json::Value =
