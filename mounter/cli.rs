@@ -120,7 +120,9 @@ enum Command {
 }
 
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse_from(std::iter::once(OsString::from("unionmount")).chain(args));
+    let first = args.first().cloned();
+    let cli = Cli::try_parse_from(std::iter::once(OsString::from("unionmount")).chain(args))
+        .unwrap_or_else(|e| exit_on_usage_error(first.as_deref(), &e));
     match cli.command {
         Command::Umount { mountpoint } => crate::mount::unmount(&mountpoint),
         Command::Image(cmd) => run_image(cmd),
@@ -378,6 +380,38 @@ pub enum NetworkArg {
     None,
     /// The host's network
     Host,
+}
+
+/// The commands that end with podman's 125 when they fail, clap's usage
+/// errors included.
+const RUNNER_COMMANDS: [&str; 3] = ["run", "create", "start"];
+
+/// End on a clap error: for `run`, `create` and `start` one line and the
+/// runner's failure status (podman's); help, version and the other commands
+/// as clap does.
+fn exit_on_usage_error(cmd: Option<&std::ffi::OsStr>, e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let cmd = cmd.and_then(|c| c.to_str()).unwrap_or("");
+    let help = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if help || !RUNNER_COMMANDS.contains(&cmd) {
+        e.exit();
+    }
+    // The message is the text before clap's tips and usage, on one line.
+    let text = e.to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let msg = msg.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    eprintln!("unionmount: {cmd}: {msg} (see unionmount {cmd} --help)");
+    std::process::exit(crate::container::lifecycle::RUNNER_FAILED.into())
 }
 
 /// `run` and `create`.

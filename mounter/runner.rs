@@ -385,12 +385,7 @@ fn container_init(
             msg: format!("run {}: the container has no command", c.name),
         });
     };
-    let Some(program) = find_program(argv0, path) else {
-        return Err(Failure {
-            code: 127,
-            msg: format!("run: {argv0}: command not found in image {}", c.image),
-        });
-    };
+    let program = find_program(argv0, path)?;
     if !c.spec.init {
         return exec(&program, &c.spec.argv, &env);
     }
@@ -625,19 +620,37 @@ fn environment(c: &Container, u: &User) -> Vec<String> {
     env
 }
 
-/// The command's file, looked up in PATH as a shell would.
-fn find_program(argv0: &str, path: &str) -> Option<PathBuf> {
+/// The command's file, looked up in PATH as a shell would. Not there is
+/// 127, a directory 126 (the statuses of a shell, podman and Docker).
+fn find_program(argv0: &str, path: &str) -> Result<PathBuf, Failure> {
+    let fail = |code, why: &str| Failure {
+        code,
+        msg: format!("run: {argv0}: {why}"),
+    };
+    if argv0.contains('/') {
+        return match fs::metadata(argv0) {
+            Ok(m) if m.is_dir() => Err(fail(126, "is a directory")),
+            Ok(_) => Ok(PathBuf::from(argv0)),
+            Err(e) => Err(fail(127, &exec_error(&e))),
+        };
+    }
     let runnable = |p: &Path| {
         fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    if argv0.contains('/') {
-        let p = PathBuf::from(argv0);
-        return fs::metadata(&p).is_ok().then_some(p);
-    }
     path.split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(argv0))
         .find(|p| runnable(p))
+        .ok_or_else(|| fail(127, "executable file not found in $PATH"))
+}
+
+/// Why a file could not be run, in a shell's words.
+fn exec_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, Failure> {
@@ -661,6 +674,7 @@ fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, F
                 .map(|kv| kv.split_once('=').unwrap_or((kv.as_str(), ""))),
         )
         .exec();
+    // Not found here is a missing interpreter (`#!`): still the command's fault.
     let code = if e.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -668,6 +682,6 @@ fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, F
     };
     Err(Failure {
         code,
-        msg: format!("run: {argv0}: {e}"),
+        msg: format!("run: {}: {}", program.display(), exec_error(&e)),
     })
 }

@@ -61,22 +61,42 @@ fn check_privilege(limits: Limits) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The exit status of `run`, `create` and `start` when the runner itself
+/// failed (podman's and Docker's): 126 and 127 are the command's (it cannot
+/// be run, it is not there), everything else the command's own status.
+pub const RUNNER_FAILED: u8 = 125;
+
+/// A runner's error as `run`, `create` and `start` end with it: one line,
+/// status 125.
+fn runner_status(res: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    Ok(res.unwrap_or_else(|e| {
+        eprintln!("unionmount: {e:#}");
+        ExitCode::from(RUNNER_FAILED)
+    }))
+}
+
 /// `unionmount run`.
 pub fn run(args: CreateRequest) -> anyhow::Result<ExitCode> {
-    check_privilege(args.limits)?;
-    let c = create(&args)?;
-    start_created(&c)
+    runner_status(check_privilege(args.limits).and_then(|()| {
+        let c = create(&args)?;
+        start_created(&c)
+    }))
 }
 
 /// `unionmount create`: print the id.
 pub fn create_cmd(args: CreateRequest) -> anyhow::Result<ExitCode> {
-    let c = create(&args)?;
-    say!("{}", c.id);
-    Ok(ExitCode::SUCCESS)
+    runner_status(create(&args).map(|c| {
+        say!("{}", c.id);
+        ExitCode::SUCCESS
+    }))
 }
 
 /// `unionmount start NAME`: run a created (or ended) container in the foreground.
 pub fn start_cmd(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
+    runner_status(start_found(store, key))
+}
+
+fn start_found(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
     let root = store.canonical_root()?;
     let c = find(&root, key)?;
     check_privilege(c.spec.limits)?;
