@@ -76,6 +76,9 @@ enum Command {
     Start {
         /// Container name or id
         container: String,
+        /// Attach stdin (as if created with -i)
+        #[arg(short = 'i', long = "interactive")]
+        interactive: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -129,9 +132,11 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Commit(args) => crate::image_cmd::commit(args.into()),
         Command::Run(args) => crate::container::lifecycle::run(args.into()),
         Command::Create(args) => crate::container::lifecycle::create_cmd(args.into()),
-        Command::Start { container, store } => {
-            crate::container::lifecycle::start_cmd(&store.into(), &container)
-        }
+        Command::Start {
+            container,
+            interactive,
+            store,
+        } => crate::container::lifecycle::start_cmd(&store.into(), &container, interactive),
         Command::Stop {
             container,
             time,
@@ -233,6 +238,8 @@ impl From<RunArgs> for CreateRequest {
             },
             read_only: a.read_only,
             init: a.init,
+            tty: a.tty,
+            interactive: a.interactive,
             store: a.store.into(),
             image: a.image,
             cmd: a.cmd,
@@ -453,6 +460,12 @@ pub struct RunArgs {
     /// Run a small init as pid 1 that forwards signals and reaps zombies
     #[arg(long)]
     pub init: bool,
+    /// Give the command a terminal (stdin not attached without -i)
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Attach stdin (without it the command reads /dev/null)
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
     #[command(flatten)]
     pub store: StoreArg,
     /// Image name or id

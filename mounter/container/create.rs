@@ -32,6 +32,10 @@ pub struct CreateRequest {
     pub limits: Limits,
     pub read_only: bool,
     pub init: bool,
+    /// A terminal for the command (`-t`)
+    pub tty: bool,
+    /// Its stdin attached (`-i`)
+    pub interactive: bool,
     pub store: StoreDir,
     /// Image name or id
     pub image: String,
@@ -189,6 +193,8 @@ pub fn create(args: &CreateRequest) -> anyhow::Result<Container> {
             read_only: args.read_only,
             init: args.init,
             auto_remove: args.rm,
+            tty: args.tty,
+            interactive: args.interactive,
         },
     };
     let made = write_new(&c, &info.manifest_desc.digest.to_string());

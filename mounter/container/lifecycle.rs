@@ -79,7 +79,7 @@ fn runner_status(res: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
 pub fn run(args: CreateRequest) -> anyhow::Result<ExitCode> {
     runner_status(check_privilege(args.limits).and_then(|()| {
         let c = create(&args)?;
-        start_created(&c)
+        start_created(&c, c.spec.interactive)
     }))
 }
 
@@ -91,12 +91,13 @@ pub fn create_cmd(args: CreateRequest) -> anyhow::Result<ExitCode> {
     }))
 }
 
-/// `unionmount start NAME`: run a created (or ended) container in the foreground.
-pub fn start_cmd(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
-    runner_status(start_found(store, key))
+/// `unionmount start [-i] NAME`: run a created (or ended) container in the
+/// foreground; its stdin attached with `-i` or when it was created with `-i`.
+pub fn start_cmd(store: &StoreDir, key: &str, interactive: bool) -> anyhow::Result<ExitCode> {
+    runner_status(start_found(store, key, interactive))
 }
 
-fn start_found(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
+fn start_found(store: &StoreDir, key: &str, interactive: bool) -> anyhow::Result<ExitCode> {
     let root = store.canonical_root()?;
     let c = find(&root, key)?;
     check_privilege(c.spec.limits)?;
@@ -109,11 +110,11 @@ fn start_found(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
         cleanup_stale(&c, &st);
     }
     drop(lock);
-    start_created(&c)
+    start_created(&c, interactive || c.spec.interactive)
 }
 
-fn start_created(c: &Container) -> anyhow::Result<ExitCode> {
-    let code = run_recorded(c);
+fn start_created(c: &Container, stdin: bool) -> anyhow::Result<ExitCode> {
+    let code = run_recorded(c, stdin);
     if c.spec.auto_remove {
         remove_dir(c)?;
     }
@@ -123,9 +124,9 @@ fn start_created(c: &Container) -> anyhow::Result<ExitCode> {
 
 /// Run the container in the foreground, its state recorded as the runner
 /// reports: running, cgroups, pid 1, exited (125 when the runner failed).
-fn run_recorded(c: &Container) -> anyhow::Result<i32> {
+fn run_recorded(c: &Container, stdin: bool) -> anyhow::Result<i32> {
     let mut state = RunState::running(c)?;
-    let res = runner::start(c, &mut Recorder(&mut state));
+    let res = runner::start(c, stdin, &mut Recorder(&mut state));
     let code = res.as_ref().map_or(125, |o| o.exit_code);
     state.exited(code);
     res.map(|o| o.exit_code)
