@@ -678,13 +678,20 @@ fn switch_user(u: &User, rootless: bool) -> Result<(), Failure> {
         .or_fail(125, || format!("setuid {}", u.uid))
 }
 
-/// The image's environment, `-e` values, and PATH, HOSTNAME, HOME if unset.
-fn environment(c: &Container, u: &User) -> Vec<String> {
-    let mut env = c.spec.env.clone();
-    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
-    if !has(&env, "PATH") {
+/// The container's environment (the image's and `-e` values) with PATH set
+/// to Docker's default if neither sets it: what `run` and `bundle` give.
+pub fn with_default_path(env: &[String]) -> Vec<String> {
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.split('=').next() == Some("PATH")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
+    env
+}
+
+/// The image's environment, `-e` values, and PATH, HOSTNAME, HOME if unset.
+fn environment(c: &Container, u: &User) -> Vec<String> {
+    let mut env = with_default_path(&c.spec.env);
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
     if !has(&env, "HOSTNAME") {
         env.push(format!("HOSTNAME={}", c.spec.hostname));
     }
