@@ -15,9 +15,12 @@
 //! Setup errors of pid 1 come back on a close-on-exec pipe as `CODE\tMESSAGE`;
 //! a pipe closed with nothing on it means the command was exec'd. Signals sent
 //! to the runner go to pid 1; the runner's exit status is the command's
-//! (128+N when a signal N ended it). When pid 1 ends the kernel ends the rest of
-//! its pid namespace, the runner unmounts the union, its daemon exits, and the
-//! cgroups go.
+//! (128+N when a signal N ended it), or podman's 125 (the runner failed),
+//! 126 (the command cannot be run), 127 (it is not there). With `-t` pid 1
+//! sends the runner a terminal's master, which the runner relays (`console`);
+//! without `-i` the command's stdin is /dev/null. When pid 1 ends the kernel
+//! ends the rest of its pid namespace, the runner unmounts the union, its
+//! daemon exits, and the cgroups go.
 
 use std::convert::Infallible;
 use std::ffi::CStr;
@@ -41,11 +44,11 @@ use signal_hook::iterator::Signals;
 
 use crate::cgroup;
 use crate::confine;
-
-mod console;
 use crate::container::record::{Container, Network};
 use crate::options::{OverlayOptions, UpperDirs};
 use crate::sys::{self, Forked};
+
+mod console;
 
 /// Signals the runner (and `--init`) pass on to the command.
 const FORWARDED: [i32; 7] = [
@@ -242,11 +245,11 @@ fn run_mounted(
         Forked::Child => {
             drop((err_r, console_r));
             let mut err = Some(fs::File::from(err_w));
-            let io = Streams {
+            let streams = Streams {
                 console: console_w,
                 stdin,
             };
-            let Err(f) = container_init(c, cgroups, io, &mut err);
+            let Err(f) = container_init(c, cgroups, streams, &mut err);
             if let Some(mut e) = err {
                 let _ = writeln!(e, "{}\t{}", f.code, f.msg.replace('\n', " "));
             }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::pty::{OpenptFlags, grantpt, ioctl_tiocgptpeer, openpt, unlockpt};
 use rustix::termios::{LocalModes, Winsize, tcgetattr, tcsetwinsize};
-use support::run::{Env, bin};
+use support::run::{Env, bin, processes_naming, wait_until};
 
 fn size(rows: u16, cols: u16) -> Winsize {
     Winsize {
@@ -205,6 +205,18 @@ fn interactive_shell(env: &Env, extra: &[&str]) {
         }
     }
     assert_eq!(now, "44 122", "the resize reached the container");
+    // ^C is a key like any other (the user's terminal is raw): the
+    // container's terminal turns it into SIGINT for its foreground job.
+    let sleep = format!("sleep {}", 4000 + std::process::id() % 1000);
+    user.type_line(&sleep);
+    let needle = sleep.replace(' ', "\0");
+    let in_front = wait_until(60, || {
+        processes_naming(&needle).iter().any(|pid| foreground(*pid))
+    });
+    assert!(in_front, "{sleep} runs in the foreground");
+    user.master.write_all(b"\x03").expect("typing ^C");
+    user.type_line(r#"echo "C""=$?""#);
+    assert_eq!(user.value("C="), "130", "sleep ended by SIGINT");
     user.type_line("exit 3");
     assert_eq!(user.exit_status(), 3, "{}", user.seen);
     assert_eq!(
@@ -212,6 +224,15 @@ fn interactive_shell(env: &Env, extra: &[&str]) {
         user.initial,
         "the user's terminal is restored"
     );
+}
+
+/// The process is in its terminal's foreground process group.
+fn foreground(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, r)| r.split_whitespace().collect());
+    f.len() > 5 && f[2] == f[5]
 }
 
 #[test]
