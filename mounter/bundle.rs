@@ -108,7 +108,7 @@ fn runtime_config(c: &Container, uid: u32, gid: u32) -> Spec {
     process.set_terminal(Some(false));
     process.set_user(user);
     process.set_args(Some(c.spec.argv.clone()));
-    process.set_env(Some(c.spec.env.clone()));
+    process.set_env(Some(crate::runner::with_default_path(&c.spec.env)));
     process.set_cwd(PathBuf::from(&c.spec.workdir));
     process.set_capabilities(Some(capabilities));
     process.set_rlimits(None);
@@ -222,6 +222,32 @@ mod tests {
 
     use super::*;
     use crate::container::record::Spec as ContainerSpec;
+
+    /// An image without PATH gets `run`'s default: runc finds commands by
+    /// name in the process's PATH.
+    #[test]
+    fn default_path() {
+        let mut c = Container {
+            id: "abc".into(),
+            name: "abc".into(),
+            image: "img".into(),
+            dir: PathBuf::from("/d"),
+            created: 0,
+            spec: serde_json::from_value::<ContainerSpec>(json!({"env": ["A=1"]})).unwrap(),
+        };
+        let env = |c: &Container| {
+            serde_json::to_value(runtime_config(c, 0, 0)).unwrap()["process"]["env"].clone()
+        };
+        assert_eq!(
+            env(&c),
+            json!([
+                "A=1",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            ])
+        );
+        c.spec.env = vec!["PATH=/x".into()];
+        assert_eq!(env(&c), json!(["PATH=/x"]));
+    }
 
     /// The config the hand-written JSON of the first version gave, for a
     /// container; capabilities compared as sets (oci-spec keeps them in one).

@@ -81,6 +81,9 @@ enum Command {
     Start {
         /// Container name or id
         container: String,
+        /// Attach stdin (as if created with -i)
+        #[arg(short = 'i', long = "interactive")]
+        interactive: bool,
         #[command(flatten)]
         store: StoreArg,
     },
@@ -128,16 +131,20 @@ enum Command {
 }
 
 pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse_from(std::iter::once(OsString::from("unionmount")).chain(args));
+    let first = args.first().cloned();
+    let cli = Cli::try_parse_from(std::iter::once(OsString::from("unionmount")).chain(args))
+        .unwrap_or_else(|e| exit_on_usage_error(first.as_deref(), &e));
     match cli.command {
         Command::Umount { mountpoint, force } => crate::mount::unmount(&mountpoint, force),
         Command::Image(cmd) => run_image(cmd),
         Command::Commit(args) => crate::image_cmd::commit(args.into()),
         Command::Run(args) => crate::container::lifecycle::run(args.into()),
         Command::Create(args) => crate::container::lifecycle::create_cmd(args.into()),
-        Command::Start { container, store } => {
-            crate::container::lifecycle::start_cmd(&store.into(), &container)
-        }
+        Command::Start {
+            container,
+            interactive,
+            store,
+        } => crate::container::lifecycle::start_cmd(&store.into(), &container, interactive),
         Command::Stop {
             container,
             time,
@@ -249,6 +256,8 @@ impl From<RunArgs> for CreateRequest {
             },
             read_only: a.read_only,
             init: a.init,
+            tty: a.tty,
+            interactive: a.interactive,
             store: a.store.into(),
             image: a.image,
             cmd: a.cmd,
@@ -419,6 +428,38 @@ pub enum NetworkArg {
     Host,
 }
 
+/// The commands that end with podman's 125 when they fail, clap's usage
+/// errors included.
+const RUNNER_COMMANDS: [&str; 3] = ["run", "create", "start"];
+
+/// End on a clap error: for `run`, `create` and `start` one line and the
+/// runner's failure status (podman's); help, version and the other commands
+/// as clap does.
+fn exit_on_usage_error(cmd: Option<&std::ffi::OsStr>, e: &clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let cmd = cmd.and_then(|c| c.to_str()).unwrap_or("");
+    let help = matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if help || !RUNNER_COMMANDS.contains(&cmd) {
+        e.exit();
+    }
+    // The message is the text before clap's tips and usage, on one line.
+    let text = e.to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let msg = msg.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    eprintln!("unionmount: {cmd}: {msg} (see unionmount {cmd} --help)");
+    std::process::exit(crate::container::lifecycle::RUNNER_FAILED.into())
+}
+
 /// `run` and `create`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -458,6 +499,12 @@ pub struct RunArgs {
     /// Run a small init as pid 1 that forwards signals and reaps zombies
     #[arg(long)]
     pub init: bool,
+    /// Give the command a terminal (stdin not attached without -i)
+    #[arg(short = 't', long = "tty")]
+    pub tty: bool,
+    /// Attach stdin (without it the command reads /dev/null)
+    #[arg(short = 'i', long = "interactive")]
+    pub interactive: bool,
     #[command(flatten)]
     pub store: StoreArg,
     /// Image name or id

@@ -15,9 +15,12 @@
 //! Setup errors of pid 1 come back on a close-on-exec pipe as `CODE\tMESSAGE`;
 //! a pipe closed with nothing on it means the command was exec'd. Signals sent
 //! to the runner go to pid 1; the runner's exit status is the command's
-//! (128+N when a signal N ended it). When pid 1 ends the kernel ends the rest of
-//! its pid namespace, the runner unmounts the union, its daemon exits, and the
-//! cgroups go.
+//! (128+N when a signal N ended it), or podman's 125 (the runner failed),
+//! 126 (the command cannot be run), 127 (it is not there). With `-t` pid 1
+//! sends the runner a terminal's master, which the runner relays (`console`);
+//! without `-i` the command's stdin is /dev/null. When pid 1 ends the kernel
+//! ends the rest of its pid namespace, the runner unmounts the union, its
+//! daemon exits, and the cgroups go.
 
 use std::convert::Infallible;
 use std::ffi::CStr;
@@ -44,6 +47,8 @@ use crate::confine;
 use crate::container::record::{Container, Network};
 use crate::options::{OverlayOptions, UpperDirs};
 use crate::sys::{self, Forked};
+
+mod console;
 
 /// Signals the runner (and `--init`) pass on to the command.
 const FORWARDED: [i32; 7] = [
@@ -75,12 +80,13 @@ pub trait RunReport {
     fn pid1_started(&mut self, pid: i32);
 }
 
-/// Run the container in the foreground; what came of it.
-pub fn start(c: &Container, report: &mut dyn RunReport) -> anyhow::Result<Outcome> {
+/// Run the container in the foreground, its stdin attached when `stdin`
+/// (else it reads /dev/null, as Docker's without `-i`); what came of it.
+pub fn start(c: &Container, stdin: bool, report: &mut dyn RunReport) -> anyhow::Result<Outcome> {
     let res = match cgroup::create(&c.id, c.spec.limits) {
         Ok(dirs) => {
             report.cgroups_made(&dirs)?;
-            let r = run_namespaced(c, &dirs, report);
+            let r = run_namespaced(c, stdin, &dirs, report);
             let killed = cgroup::oom_kills(&dirs);
             if killed > 0 {
                 eprintln!(
@@ -99,6 +105,7 @@ pub fn start(c: &Container, report: &mut dyn RunReport) -> anyhow::Result<Outcom
 
 fn run_namespaced(
     c: &Container,
+    stdin: bool,
     cgroups: &[PathBuf],
     report: &mut dyn RunReport,
 ) -> anyhow::Result<i32> {
@@ -137,7 +144,7 @@ fn run_namespaced(
         log::warn!("run {}: loopback device: {e}", c.name);
     }
     mount_union(c)?;
-    let res = run_mounted(c, cgroups, report, &mask, &watched);
+    let res = run_mounted(c, stdin, cgroups, report, &mask, &watched);
     unmount_union(c);
     res
 }
@@ -211,6 +218,7 @@ fn unmount_union(c: &Container) {
 
 fn run_mounted(
     c: &Container,
+    stdin: bool,
     cgroups: &[PathBuf],
     report: &mut dyn RunReport,
     mask: &sys::SignalMask,
@@ -222,6 +230,12 @@ fn run_mounted(
     let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(std::io::Error::from)
         .context("pipe")?;
+    let (console_r, console_w) = match c.spec.tty {
+        true => console::channel()
+            .map(|(r, w)| (Some(r), Some(w)))
+            .context("run: socket for the terminal")?,
+        false => (None, None),
+    };
     sys::unshare(UnshareFlags::NEWPID).context("run: creating the pid namespace")?;
     let forked = sys::fork();
     if matches!(forked, Ok(Forked::Child)) {
@@ -229,9 +243,13 @@ fn run_mounted(
     }
     let pid = match forked.context("run: fork")? {
         Forked::Child => {
-            drop(err_r);
+            drop((err_r, console_r));
             let mut err = Some(fs::File::from(err_w));
-            let Err(f) = container_init(c, cgroups, &mut err);
+            let streams = Streams {
+                console: console_w,
+                stdin,
+            };
+            let Err(f) = container_init(c, cgroups, streams, &mut err);
             if let Some(mut e) = err {
                 let _ = writeln!(e, "{}\t{}", f.code, f.msg.replace('\n', " "));
             }
@@ -239,24 +257,49 @@ fn run_mounted(
         }
         Forked::Parent(pid) => pid,
     };
-    drop(err_w);
+    drop((err_w, console_w));
     report.pid1_started(pid.as_raw_nonzero().get());
     let signals = Signals::new(watched);
     let _ = sys::restore_signals(mask);
     let mut signals = signals.context("run: installing signal handlers")?;
+    // The terminal's master comes first (pid 1 makes it before it can fail
+    // at the exec); then the error pipe closes at the exec, or brings why not.
+    let master = console_r.and_then(|s| console::receive(&s).ok().flatten());
     let mut report = String::new();
     let _ = fs::File::from(err_r).read_to_string(&mut report);
-    let status = wait_forwarding(pid, &mut signals);
-    if let Some((code, msg)) = report.trim_end().split_once('\t') {
+    let failed = report.trim_end().split_once('\t');
+    let mut tty = match master.filter(|_| failed.is_none()) {
+        Some(m) => Some(console::Attached::start(m, stdin, watched).context("run: terminal")?),
+        None => None,
+    };
+    let status = wait_forwarding(pid, &mut signals, tty.as_mut());
+    if let Some(t) = tty {
+        t.finish();
+    }
+    if let Some((code, msg)) = failed {
         eprintln!("unionmount: {msg}");
         return Ok(code.parse().unwrap_or(125));
     }
     Ok(status.map_or(125, exit_code))
 }
 
+/// What pid 1 makes its stdin, stdout and stderr of: the terminal whose
+/// master it sends on `console` (`-t`), or the runner's, with stdin
+/// replaced by /dev/null unless `stdin` (`-i`).
+struct Streams {
+    console: Option<rustix::fd::OwnedFd>,
+    stdin: bool,
+}
+
 /// Wait for `child`, passing signals on to it, and reap every other child
 /// that ends meanwhile (as the container's init: orphans of any session).
-fn wait_forwarding(child: Pid, signals: &mut Signals) -> Option<WaitStatus> {
+/// With a terminal, a change of size is passed to it instead (the kernel
+/// tells its foreground process group).
+fn wait_forwarding(
+    child: Pid,
+    signals: &mut Signals,
+    mut tty: Option<&mut console::Attached>,
+) -> Option<WaitStatus> {
     loop {
         loop {
             match wait(WaitOptions::NOHANG) {
@@ -266,7 +309,24 @@ fn wait_forwarding(child: Pid, signals: &mut Signals) -> Option<WaitStatus> {
                 Err(_) => return None,
             }
         }
-        for s in signals.wait() {
+        let came = match tty.as_deref_mut() {
+            Some(t) => {
+                t.relay_until_signal();
+                signals.pending()
+            }
+            None => signals.wait(),
+        };
+        for s in came {
+            if let Some(t) = tty.as_deref_mut() {
+                match s {
+                    sig::SIGWINCH => {
+                        t.resize();
+                        continue;
+                    }
+                    sig::SIGHUP => t.hang_up_if_gone(),
+                    _ => {}
+                }
+            }
             if s != sig::SIGCHLD
                 && let Some(s) = Signal::from_named_raw(s)
             {
@@ -312,6 +372,7 @@ fn io<T>(r: rustix::io::Result<T>) -> std::io::Result<T> {
 fn container_init(
     c: &Container,
     cgroups: &[PathBuf],
+    stdio: Streams,
     err: &mut Option<fs::File>,
 ) -> Result<Infallible, Failure> {
     io(rustix::process::set_parent_process_death_signal(Some(
@@ -357,6 +418,7 @@ fn container_init(
             .or_fail(125, || "making / read-only".into())?;
     }
     let user = resolve_user(&c.spec.user)?;
+    set_stdio(stdio, &user)?;
     let env = environment(c, &user);
     let workdir = Path::new(&c.spec.workdir);
     if !workdir.is_dir() && !c.spec.read_only {
@@ -385,12 +447,7 @@ fn container_init(
             msg: format!("run {}: the container has no command", c.name),
         });
     };
-    let Some(program) = find_program(argv0, path) else {
-        return Err(Failure {
-            code: 127,
-            msg: format!("run: {argv0}: command not found in image {}", c.image),
-        });
-    };
+    let program = find_program(argv0, path)?;
     if !c.spec.init {
         return exec(&program, &c.spec.argv, &env);
     }
@@ -399,14 +456,33 @@ fn container_init(
     let mut signals = Signals::new(FORWARDED.iter().chain(&[sig::SIGCHLD]))
         .or_fail(125, || "init: signal handlers".into())?;
     match sys::fork().or_fail(125, || "fork".into())? {
-        Forked::Child => exec(&program, &c.spec.argv, &env),
+        Forked::Child => {
+            if c.spec.tty {
+                console::take_foreground().or_fail(125, || "terminal".into())?;
+            }
+            exec(&program, &c.spec.argv, &env)
+        }
         Forked::Parent(child) => {
             // The command's exec closes its copy of the pipe; ours goes now.
             err.take();
-            let status = wait_forwarding(child, &mut signals);
+            let status = wait_forwarding(child, &mut signals, None);
             sys::exit_now(status.map_or(125, exit_code))
         }
     }
+}
+
+/// Pid 1's stdin, stdout and stderr (see `Streams`), in the container's
+/// root with its /dev made.
+fn set_stdio(stdio: Streams, user: &User) -> Result<(), Failure> {
+    if let Some(sock) = stdio.console {
+        let slave = console::open(sock, user.uid, user.gid).or_fail(125, || "terminal".into())?;
+        return console::attach(slave).or_fail(125, || "terminal".into());
+    }
+    if !stdio.stdin {
+        let null = fs::File::open("/dev/null").or_fail(125, || "/dev/null".into())?;
+        io(rustix::stdio::dup2_stdin(&null)).or_fail(125, || "stdin".into())?;
+    }
+    Ok(())
 }
 
 fn mkdirs(p: &Path) -> Result<(), Failure> {
@@ -605,13 +681,20 @@ fn switch_user(u: &User, rootless: bool) -> Result<(), Failure> {
         .or_fail(125, || format!("setuid {}", u.uid))
 }
 
-/// The image's environment, `-e` values, and PATH, HOSTNAME, HOME if unset.
-fn environment(c: &Container, u: &User) -> Vec<String> {
-    let mut env = c.spec.env.clone();
-    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
-    if !has(&env, "PATH") {
+/// The container's environment (the image's and `-e` values) with PATH set
+/// to Docker's default if neither sets it: what `run` and `bundle` give.
+pub fn with_default_path(env: &[String]) -> Vec<String> {
+    let mut env = env.to_vec();
+    if !env.iter().any(|e| e.split('=').next() == Some("PATH")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
+    env
+}
+
+/// The image's environment, `-e` values, and PATH, HOSTNAME, HOME if unset.
+fn environment(c: &Container, u: &User) -> Vec<String> {
+    let mut env = with_default_path(&c.spec.env);
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
     if !has(&env, "HOSTNAME") {
         env.push(format!("HOSTNAME={}", c.spec.hostname));
     }
@@ -625,19 +708,37 @@ fn environment(c: &Container, u: &User) -> Vec<String> {
     env
 }
 
-/// The command's file, looked up in PATH as a shell would.
-fn find_program(argv0: &str, path: &str) -> Option<PathBuf> {
+/// The command's file, looked up in PATH as a shell would. Not there is
+/// 127, a directory 126 (the statuses of a shell, podman and Docker).
+fn find_program(argv0: &str, path: &str) -> Result<PathBuf, Failure> {
+    let fail = |code, why: &str| Failure {
+        code,
+        msg: format!("run: {argv0}: {why}"),
+    };
+    if argv0.contains('/') {
+        return match fs::metadata(argv0) {
+            Ok(m) if m.is_dir() => Err(fail(126, "is a directory")),
+            Ok(_) => Ok(PathBuf::from(argv0)),
+            Err(e) => Err(fail(127, &exec_error(&e))),
+        };
+    }
     let runnable = |p: &Path| {
         fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     };
-    if argv0.contains('/') {
-        let p = PathBuf::from(argv0);
-        return fs::metadata(&p).is_ok().then_some(p);
-    }
     path.split(':')
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(argv0))
         .find(|p| runnable(p))
+        .ok_or_else(|| fail(127, "executable file not found in $PATH"))
+}
+
+/// Why a file could not be run, in a shell's words.
+fn exec_error(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, Failure> {
@@ -661,6 +762,7 @@ fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, F
                 .map(|kv| kv.split_once('=').unwrap_or((kv.as_str(), ""))),
         )
         .exec();
+    // Not found here is a missing interpreter (`#!`): still the command's fault.
     let code = if e.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
@@ -668,6 +770,6 @@ fn exec(program: &Path, argv: &[String], env: &[String]) -> Result<Infallible, F
     };
     Err(Failure {
         code,
-        msg: format!("run: {argv0}: {e}"),
+        msg: format!("run: {}: {}", program.display(), exec_error(&e)),
     })
 }

@@ -3,8 +3,8 @@
 //! upper, not in the image.
 
 use std::fs;
-
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 mod support;
 
@@ -19,41 +19,59 @@ impl Drop for Unmount {
     }
 }
 
+/// `unionmount ARGS…` on `store`. The store goes right after the
+/// (sub)subcommand: after `--` all is the container's command.
+fn um(store: &Path, args: &[&str]) -> Output {
+    let words = if args[0] == "image" { 2 } else { 1 };
+    Command::new(bin())
+        .args(&args[..words])
+        .arg("--store")
+        .arg(store)
+        .args(&args[words..])
+        .output()
+        .expect("unionmount")
+}
+
+/// A scratch directory under /var/tmp with a store at `store` holding
+/// `bb`, the busybox root filesystem at `image` (which has no Env).
+fn scratch() -> tempfile::TempDir {
+    let t = tempfile::Builder::new()
+        .prefix("unionmount-bundle-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let rootfs = t.path().join("image");
+    busybox_rootfs(&rootfs);
+    let rootfs = rootfs.to_str().expect("utf-8");
+    let import = um(
+        &t.path().join("store"),
+        &["image", "import", rootfs, "--tag", "bb"],
+    );
+    ok("image import", import);
+    t
+}
+
+/// `runc run` of the bundle at `bundle` as container `id`.
+fn runc_run(d: &Path, bundle: &Path, id: &str) -> Output {
+    Command::new("runc")
+        .arg("--root")
+        .arg(d.join("runc"))
+        .args(["run", "-b"])
+        .arg(bundle)
+        .arg(format!("t-{id}"))
+        .output()
+        .expect("runc")
+}
+
 #[test]
 fn runc_runs_a_bundle_on_a_unionmount_root() {
     if !require(&["runc", "busybox"]) {
         return;
     }
-    let t = tempfile::Builder::new()
-        .prefix("unionmount-bundle-")
-        .tempdir_in("/var/tmp")
-        .expect("tempdir");
+    let t = scratch();
     let d = t.path();
     let rootfs = d.join("image");
-    busybox_rootfs(&rootfs);
     let store = d.join("store");
-    // The store goes right after the (sub)subcommand: after `--` all is the
-    // container's command.
-    let um = |args: &[&str]| {
-        let words = if args[0] == "image" { 2 } else { 1 };
-        Command::new(bin())
-            .args(&args[..words])
-            .arg("--store")
-            .arg(&store)
-            .args(&args[words..])
-            .output()
-            .expect("unionmount")
-    };
-    ok(
-        "image import",
-        um(&[
-            "image",
-            "import",
-            rootfs.to_str().expect("utf-8"),
-            "--tag",
-            "bb",
-        ]),
-    );
+    let um = |args: &[&str]| um(&store, args);
 
     let bundle = d.join("bundle");
     let id = ok(
@@ -80,17 +98,7 @@ fn runc_runs_a_bundle_on_a_unionmount_root() {
         "rootfs is a unionmount mount"
     );
 
-    let out = ok(
-        "runc run",
-        Command::new("runc")
-            .arg("--root")
-            .arg(d.join("runc"))
-            .args(["run", "-b"])
-            .arg(&bundle)
-            .arg(format!("t-{id}"))
-            .output()
-            .expect("runc"),
-    );
+    let out = ok("runc run", runc_run(d, &bundle, &id));
     assert_eq!(out, "pid 1\nfrom-runc\n");
     let upper = store.join("containers").join(&id).join("upper");
     assert_eq!(
@@ -122,4 +130,36 @@ fn runc_runs_a_bundle_on_a_unionmount_root() {
     let msg = String::from_utf8_lossy(&err.stderr);
     assert_eq!(msg.lines().count(), 1, "one line: {msg}");
     assert!(msg.contains("not empty"), "{msg}");
+}
+
+/// An image without Env gets the default PATH in the bundle, as `run`
+/// gives it: runc finds a command by name.
+#[test]
+fn a_bundle_of_an_image_without_env_has_the_default_path() {
+    if !require(&["runc", "busybox"]) {
+        return;
+    }
+    let t = scratch();
+    let d = t.path();
+    let store = d.join("store");
+    let bundle = d.join("bundle");
+    let dir = bundle.to_str().expect("utf-8");
+    let made = um(
+        &store,
+        &["bundle", "bb", dir, "--", "sh", "-c", "echo $PATH"],
+    );
+    let id = ok("bundle", made).trim().to_string();
+    let _guard = Unmount(bundle.join("rootfs"));
+    let out = ok("runc run", runc_run(d, &bundle, &id));
+    assert_eq!(
+        out,
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+    );
+    let unmounted = Command::new(bin())
+        .arg("umount")
+        .arg(bundle.join("rootfs"))
+        .output()
+        .expect("umount");
+    ok("umount", unmounted);
+    ok("rm", um(&store, &["rm", &id]));
 }

@@ -32,18 +32,18 @@ fn errors_are_one_line() {
     let out = env.um(&["run", "--rm", "t", "--", "no-such-command"]);
     assert_eq!(out.code, 127, "{out:?}");
     assert!(
-        one_line(&out.stderr) && out.stderr.contains("command not found"),
+        one_line(&out.stderr) && out.stderr.contains("executable file not found in $PATH"),
         "{out:?}"
     );
     let out = env.um(&["run", "--rm", "no-such-image", "--", "true"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 125, "{out:?}");
     assert!(
         one_line(&out.stderr) && out.stderr.contains("not found"),
         "{out:?}"
     );
     for bad in ["/tmp", "relative:/x", "/tmp:/x:bogus", "/no/such/dir:/x"] {
         let out = env.um(&["run", "--rm", "-v", bad, "t", "--", "true"]);
-        assert_eq!(out.code, 1, "{bad}: {out:?}");
+        assert_eq!(out.code, 125, "{bad}: {out:?}");
         assert!(
             one_line(&out.stderr) && out.stderr.contains("-v"),
             "{bad}: {out:?}"

@@ -125,6 +125,9 @@ fn an_unprivileged_user_runs_a_confined_container() {
     let out = as_user(&["run", "--rm", "--store", st, "t", "--", "true"], &[]);
     one_line_error(&out, "/dev/fuse");
     fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666)).unwrap();
+    // A terminal of the container's own, as a root runner gives.
+    let out = as_user(&["run", "--rm", "-t", "--store", st, "t", "--", "tty"], &[]);
+    assert_eq!(text(&out.stdout), "/dev/pts/0\r\n", "{out:?}");
     let scratch = format!("SCRATCH={}", dir.display());
     let out = as_user(
         &[

@@ -32,6 +32,10 @@ pub struct CreateRequest {
     pub limits: Limits,
     pub read_only: bool,
     pub init: bool,
+    /// A terminal for the command (`-t`)
+    pub tty: bool,
+    /// Its stdin attached (`-i`)
+    pub interactive: bool,
     pub store: StoreDir,
     /// Image name or id
     pub image: String,
@@ -118,6 +122,9 @@ pub fn create(args: &CreateRequest) -> anyhow::Result<Container> {
     if let Some(n) = &args.name {
         check_name(n)?;
     }
+    if let Some(w) = args.workdir.as_deref().filter(|w| !w.starts_with('/')) {
+        bail!("--workdir {w}: not an absolute path");
+    }
     let store = Store::open(&args.store.canonical_root()?)?;
     let info = store.resolve(&args.image)?;
     let lowers = store.layer_dirs(&info)?;
@@ -186,6 +193,8 @@ pub fn create(args: &CreateRequest) -> anyhow::Result<Container> {
             read_only: args.read_only,
             init: args.init,
             auto_remove: args.rm,
+            tty: args.tty,
+            interactive: args.interactive,
         },
     };
     let made = write_new(&c, &info.manifest_desc.digest.to_string());
@@ -238,7 +247,10 @@ fn write_init_layer(c: &Container) -> anyhow::Result<()> {
         .to_vec();
     let rel = |p: &Path| p.strip_prefix("/").unwrap_or(p).to_path_buf();
     let wd = rel(Path::new(&c.spec.workdir));
-    if !wd.as_os_str().is_empty() && !wd.components().any(|x| x.as_os_str() == "..") {
+    if !wd.as_os_str().is_empty()
+        && !wd.components().any(|x| x.as_os_str() == "..")
+        && !hides_image_file(&c.spec.lowers, &wd)
+    {
         dirs.push(wd);
     }
     for v in &c.spec.volumes {
@@ -271,6 +283,26 @@ fn write_init_layer(c: &Container) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Is some part of `rel` a file or symlink in the image (in the top-most
+/// layer that has that part)? A directory made there in `init/` would hide
+/// it: a working directory that is a file must fail as one.
+fn hides_image_file(lowers: &[PathBuf], rel: &Path) -> bool {
+    let mut at = PathBuf::new();
+    for part in rel.components() {
+        at.push(part);
+        let top = lowers
+            .iter()
+            .rev()
+            .find_map(|l| fs::symlink_metadata(l.join(&at)).ok());
+        match top {
+            Some(m) if !m.is_dir() => return true,
+            Some(_) => {}
+            None => return false,
+        }
+    }
+    false
 }
 
 /// Give `made` the owner and mode of `rel` in the image's top-most layer that

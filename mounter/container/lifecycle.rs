@@ -61,22 +61,43 @@ fn check_privilege(limits: Limits) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The exit status of `run`, `create` and `start` when the runner itself
+/// failed (podman's and Docker's): 126 and 127 are the command's (it cannot
+/// be run, it is not there), everything else the command's own status.
+pub const RUNNER_FAILED: u8 = 125;
+
+/// A runner's error as `run`, `create` and `start` end with it: one line,
+/// status 125.
+fn runner_status(res: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {
+    Ok(res.unwrap_or_else(|e| {
+        eprintln!("unionmount: {e:#}");
+        ExitCode::from(RUNNER_FAILED)
+    }))
+}
+
 /// `unionmount run`.
 pub fn run(args: CreateRequest) -> anyhow::Result<ExitCode> {
-    check_privilege(args.limits)?;
-    let c = create(&args)?;
-    start_created(&c)
+    runner_status(check_privilege(args.limits).and_then(|()| {
+        let c = create(&args)?;
+        start_created(&c, c.spec.interactive)
+    }))
 }
 
 /// `unionmount create`: print the id.
 pub fn create_cmd(args: CreateRequest) -> anyhow::Result<ExitCode> {
-    let c = create(&args)?;
-    say!("{}", c.id);
-    Ok(ExitCode::SUCCESS)
+    runner_status(create(&args).map(|c| {
+        say!("{}", c.id);
+        ExitCode::SUCCESS
+    }))
 }
 
-/// `unionmount start NAME`: run a created (or ended) container in the foreground.
-pub fn start_cmd(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
+/// `unionmount start [-i] NAME`: run a created (or ended) container in the
+/// foreground; its stdin attached with `-i` or when it was created with `-i`.
+pub fn start_cmd(store: &StoreDir, key: &str, interactive: bool) -> anyhow::Result<ExitCode> {
+    runner_status(start_found(store, key, interactive))
+}
+
+fn start_found(store: &StoreDir, key: &str, interactive: bool) -> anyhow::Result<ExitCode> {
     let root = store.canonical_root()?;
     let c = find(&root, key)?;
     check_privilege(c.spec.limits)?;
@@ -92,12 +113,12 @@ pub fn start_cmd(store: &StoreDir, key: &str) -> anyhow::Result<ExitCode> {
     // sees this one and refuses.
     let state = RunState::running(&c)?;
     drop(lock);
-    finish_start(&c, state)
+    finish_start(&c, state, interactive || c.spec.interactive)
 }
 
-fn start_created(c: &Container) -> anyhow::Result<ExitCode> {
+fn start_created(c: &Container, stdin: bool) -> anyhow::Result<ExitCode> {
     match RunState::running(c) {
-        Ok(state) => finish_start(c, state),
+        Ok(state) => finish_start(c, state, stdin),
         Err(e) => {
             if c.spec.auto_remove {
                 remove_dir(c)?;
@@ -108,8 +129,8 @@ fn start_created(c: &Container) -> anyhow::Result<ExitCode> {
 }
 
 /// Run a container recorded as running; remove it after if it asks.
-fn finish_start(c: &Container, state: RunState<'_>) -> anyhow::Result<ExitCode> {
-    let code = run_recorded(c, state);
+fn finish_start(c: &Container, state: RunState<'_>, stdin: bool) -> anyhow::Result<ExitCode> {
+    let code = run_recorded(c, state, stdin);
     if c.spec.auto_remove {
         remove_dir(c)?;
     }
@@ -119,8 +140,8 @@ fn finish_start(c: &Container, state: RunState<'_>) -> anyhow::Result<ExitCode> 
 
 /// Run the container in the foreground, its state recorded as the runner
 /// reports: running, cgroups, pid 1, exited (125 when the runner failed).
-fn run_recorded(c: &Container, mut state: RunState<'_>) -> anyhow::Result<i32> {
-    let res = runner::start(c, &mut Recorder(&mut state));
+fn run_recorded(c: &Container, mut state: RunState<'_>, stdin: bool) -> anyhow::Result<i32> {
+    let res = runner::start(c, stdin, &mut Recorder(&mut state));
     let code = res.as_ref().map_or(125, |o| o.exit_code);
     state.exited(code);
     res.map(|o| o.exit_code)

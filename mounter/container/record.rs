@@ -69,6 +69,17 @@ pub struct Spec {
     pub init: bool,
     #[serde(default)]
     pub auto_remove: bool,
+    /// A terminal for the command (`-t`). Left out of the record when false,
+    /// as records without it were written.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+    /// Its stdin attached at each start (`-i`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub interactive: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 fn root_dir() -> String {
