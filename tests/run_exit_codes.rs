@@ -49,10 +49,11 @@ fn a_runner_failure_is_125() {
     fails(&run(&["-w", "/etc/motd", "t", "true"]), 125, "/etc/motd");
     fails(&run(&["-w", "rel", "t", "true"]), 125, "--workdir rel");
     fails(&run(&["-v", "/no/such:/x", "t", "true"]), 125, "-v");
-    // A store that is not there holds no image.
+    // A store that is not there is said so, and not made.
     let gone = env.other_store("no-store");
     let out = env.um_in(&gone, &["run", "--rm", "t", "true"]);
-    fails(&out, 125, "image t: not found");
+    fails(&out, 125, "no store at");
+    assert!(!gone.exists());
     assert!(env.containers().is_empty(), "{:?}", env.containers());
 }
 
