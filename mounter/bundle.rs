@@ -34,10 +34,10 @@ pub struct BundleRequest {
 
 pub fn run(args: BundleRequest) -> anyhow::Result<ExitCode> {
     let dir = &args.dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("bundle {}", dir.display()))?;
-    if std::fs::read_dir(dir)?.next().is_some() {
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         bail!("bundle {}: directory is not empty", dir.display());
     }
+    // The container first: a bad store or image leaves no directory behind.
     let c = create(&CreateRequest {
         name: args.name.clone(),
         env: args.env.clone(),
@@ -46,7 +46,9 @@ pub fn run(args: BundleRequest) -> anyhow::Result<ExitCode> {
         cmd: args.cmd.clone(),
         ..CreateRequest::default()
     })?;
-    let made = make(&c, dir);
+    let made = std::fs::create_dir_all(dir)
+        .with_context(|| format!("bundle {}", dir.display()))
+        .and_then(|()| make(&c, dir));
     if made.is_err() {
         let _ = remove_dir(&c);
     }

@@ -163,3 +163,24 @@ fn a_bundle_of_an_image_without_env_has_the_default_path() {
     ok("umount", unmounted);
     ok("rm", um(&store, &["rm", &id]));
 }
+
+#[test]
+fn a_bundle_that_cannot_be_made_leaves_no_directory() {
+    if !require(&["busybox"]) {
+        return;
+    }
+    let t = scratch();
+    let d = t.path();
+    let bundle = d.join("bundle");
+    let dir = bundle.to_str().expect("utf-8");
+    for (store, image, says) in [
+        (d.join("typo"), "bb", "no store at"),
+        (d.join("store"), "nosuch", "nosuch"),
+    ] {
+        let out = um(&store, &["bundle", image, dir]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{err}");
+        assert!(!bundle.exists(), "{image}: the bundle directory was left");
+        assert!(!d.join("typo").exists(), "a store was made");
+    }
+}
