@@ -49,6 +49,20 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+impl SetAttr {
+    /// Nothing to change: a chown(-1, -1), which the kernel still counts as a
+    /// change of the inode (its ctime), as the real filesystem under kernel
+    /// overlayfs does.
+    fn changes_nothing(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
 const UTIME_OMIT: i64 = (1 << 30) - 2;
 const UTIME_NOW: i64 = (1 << 30) - 1;
 
@@ -267,6 +281,10 @@ impl Union {
         let (parent, name) = split(&path);
         let dir = layer.dir(parent)?;
         let name = name.unwrap_or(OsStr::new("."));
+        if req.changes_nothing() {
+            // chown(-1, -1) of the copy: its ctime moves, nothing else.
+            rustix::fs::chownat(dir.as_fd(), name, None, None, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
         if req.uid.is_some() || req.gid.is_some() {
             let uid = req
                 .uid

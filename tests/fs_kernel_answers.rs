@@ -1,0 +1,138 @@
+//! Answers kernel overlayfs gives that unionmount must give too: mknod of a
+//! whiteout (EPERM), ctime of no-op setattrs, atime under the atime mount
+//! options, and inode flags (chattr/lsattr, FS_IOC_*FLAGS, FS_IOC_FS*XATTR).
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use support::sys::{self, cstr};
+use support::{Both, Layer, Setup};
+
+fn fixture() -> Option<Both> {
+    Both::setup(
+        Setup::new(vec![
+            Layer::new()
+                .file("lower", "lower data")
+                .file("dir/inner", "inner")
+                .symlink("link", "lower"),
+        ])
+        .upper(Layer::new().file("up", "upper data").dir("updir")),
+    )
+}
+
+// --- mknod of a whiteout ------------------------------------------------------
+
+#[test]
+fn mknod_of_a_whiteout_is_refused() {
+    let Some(b) = fixture() else { return };
+    let wh = sys::makedev(0, 0);
+    for (name, mode) in [
+        ("wh", libc::S_IFCHR | 0o644),
+        ("wh0", libc::S_IFCHR),
+        ("whsuid", libc::S_IFCHR | 0o4755),
+        ("dir/wh", libc::S_IFCHR | 0o600),
+        ("updir/wh", libc::S_IFCHR | 0o600),
+    ] {
+        b.err(&format!("mknod {name} c 0 0"), libc::EPERM, |m| {
+            sys::mknod(&m.join(name), mode, wh)
+        });
+    }
+    b.err("mknod over an existing name", libc::EEXIST, |m| {
+        sys::mknod(&m.join("lower"), libc::S_IFCHR | 0o644, wh)
+    });
+    // Other devices are ordinary objects.
+    b.ok("mknod c 0 1", |m| {
+        sys::mknod(&m.join("c01"), libc::S_IFCHR | 0o644, sys::makedev(0, 1))
+    });
+    b.ok("mknod b 0 0", |m| {
+        sys::mknod(&m.join("b00"), libc::S_IFBLK | 0o644, wh)
+    });
+    b.check_trees("after mknod of whiteouts");
+    b.check_uppers("after mknod of whiteouts");
+}
+
+// --- ctime of setattrs that change nothing ----------------------------------
+
+fn ctime(p: &Path) -> std::io::Result<(i64, i64)> {
+    let st = sys::lstat(p)?;
+    Ok((st.st_ctime, st.st_ctime_nsec))
+}
+
+/// Whether `op` on `rel` changes its ctime (after a pause longer than the
+/// clock's tick, so that a change shows).
+fn ctime_changes(
+    m: &Path,
+    rel: &str,
+    op: impl Fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<bool> {
+    let p = m.join(rel);
+    let before = ctime(&p)?;
+    std::thread::sleep(Duration::from_millis(30));
+    op(&p)?;
+    Ok(ctime(&p)? != before)
+}
+
+fn chown_keep(p: &Path) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(p, None, None)
+}
+
+fn utimens_omit(p: &Path) -> std::io::Result<()> {
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
+    let c = cstr(p);
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            [omit, omit].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[test]
+fn setattrs_that_change_nothing_update_ctime_as_the_kernel_does() {
+    let Some(b) = fixture() else { return };
+    // Copy "lower" up first: the question is about files already in the upper.
+    b.ok("copy up", |m| chown_keep(&m.join("lower")));
+    for rel in ["lower", "up", "updir", "dir", "link"] {
+        b.ok(&format!("chown {rel} -1 -1"), |m| {
+            ctime_changes(m, rel, chown_keep)
+        });
+    }
+    b.ok("fchown(fd, -1, -1)", |m| {
+        ctime_changes(m, "up", |p| {
+            let f = fs::File::open(p)?;
+            std::os::unix::fs::fchown(&f, None, None)
+        })
+    });
+    b.ok("chown to the same owner", |m| {
+        ctime_changes(m, "up", |p| std::os::unix::fs::lchown(p, Some(0), Some(0)))
+    });
+    b.ok("chmod to the same mode", |m| {
+        ctime_changes(m, "up", |p| sys::chmod(p, 0o644))
+    });
+    b.ok("truncate to the same size", |m| {
+        ctime_changes(m, "up", |p| {
+            let len = fs::metadata(p)?.len();
+            fs::OpenOptions::new().write(true).open(p)?.set_len(len)
+        })
+    });
+    b.ok("utimensat with both times omitted", |m| {
+        ctime_changes(m, "up", utimens_omit)
+    });
+    b.ok("open O_TRUNC of an empty file", |m| {
+        fs::write(m.join("empty"), "")?;
+        ctime_changes(m, "empty", |p| fs::File::create(p).map(drop))
+    });
+}
