@@ -136,3 +136,62 @@ fn setattrs_that_change_nothing_update_ctime_as_the_kernel_does() {
         ctime_changes(m, "empty", |p| fs::File::create(p).map(drop))
     });
 }
+
+// --- mount flags ---------------------------------------------------------------
+
+/// The mount's flags as statvfs(2) reports them.
+fn mount_flags(p: &Path) -> std::io::Result<u64> {
+    let c = cstr(p);
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_flag as u64)
+}
+
+/// The super-block flags mountinfo shows that are not statvfs's.
+fn super_words(p: &Path) -> Vec<String> {
+    let m = support::mount_at(p).expect("mounted");
+    m.super_opts
+        .split(',')
+        .filter(|w| ["sync", "dirsync", "lazytime"].contains(w))
+        .map(String::from)
+        .collect()
+}
+
+/// Run `p` (an executable script): whether it succeeded, or exec's errno.
+fn exec(p: &Path) -> std::io::Result<bool> {
+    std::process::Command::new(p).status().map(|s| s.success())
+}
+
+#[test]
+fn vfs_options_are_flags_of_the_mount_as_on_the_kernel() {
+    let sets = [
+        ",nosuid,nodev,noexec",
+        ",noatime,nodiratime,sync,dirsync,lazytime",
+        ",strictatime",
+        ",relatime,diratime,atime,async,nolazytime",
+        ",ro",
+    ];
+    for extra in sets {
+        let setup = Setup::new(vec![Layer::new().file_with(
+            "run.sh",
+            "#!/bin/sh\nexit 0\n",
+            support::Meta::mode(0o755),
+        )])
+        .upper(Layer::new())
+        .kernel_extra(extra)
+        .union_extra(extra);
+        let Some(b) = Both::setup(setup) else { return };
+        b.ok(&format!("statvfs flags with {extra}"), mount_flags);
+        assert_eq!(
+            super_words(&b.k.mnt),
+            super_words(&b.u.mnt),
+            "super-block flags with {extra}: kernel (left), unionmount (right)"
+        );
+        let _ = b.same(&format!("exec with {extra}"), |m| exec(&m.join("run.sh")));
+        let _ = b.same(&format!("create with {extra}"), |m| {
+            fs::write(m.join("new"), "n")
+        });
+    }
+}
