@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use unionfs::fuse::{Session, SessionOptions};
-use unionfs::{BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
+use unionfs::{Atime, BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
 
 use crate::options::{IdMapping, MountRequest, parse_mount_args, validate};
 
@@ -198,6 +198,14 @@ pub fn union_config(req: &MountRequest) -> Config {
         gids: id_map(&req.gid_mapping, req.squash_to_gid.or(root_squash)),
         volatile: req.volatile,
         metacopy: req.metacopy,
+        atime: if req.noatime {
+            Atime::Never
+        } else if req.strictatime {
+            Atime::Strict
+        } else {
+            Atime::Relative
+        },
+        nodiratime: req.nodiratime,
     }
 }
 

@@ -195,3 +195,140 @@ fn vfs_options_are_flags_of_the_mount_as_on_the_kernel() {
         });
     }
 }
+
+// --- atime -------------------------------------------------------------------
+
+/// The atime of `rel` in the branch that holds it (not through the mount,
+/// whose attribute cache may lag).
+fn branch_atime(side: &support::Side, rel: &str) -> (i64, i64) {
+    let upper = side.upper.join(rel);
+    let p = if upper.symlink_metadata().is_ok() {
+        upper
+    } else {
+        side.lowers[0].join(rel)
+    };
+    let st = sys::lstat(&p).unwrap();
+    (st.st_atime, st.st_atime_nsec)
+}
+
+/// Does `op` through each mount change the atime of `rel` in its branch?
+/// (after a pause past the clock's tick, so that a change shows)
+fn atime_moves(b: &Both, what: &str, rel: &str, op: impl Fn(&Path) -> std::io::Result<()>) {
+    std::thread::sleep(Duration::from_millis(30));
+    let moved: Vec<bool> = b
+        .sides()
+        .iter()
+        .map(|side| {
+            let before = branch_atime(side, rel);
+            op(&side.p(rel)).unwrap_or_else(|e| panic!("{what} on {}: {e}", side.name));
+            branch_atime(side, rel) != before
+        })
+        .collect();
+    assert_eq!(
+        moved[0], moved[1],
+        "{what}: atime moved on kernel (left) vs unionmount (right)"
+    );
+}
+
+fn read(p: &Path) -> std::io::Result<()> {
+    fs::read(p).map(drop)
+}
+
+fn list(p: &Path) -> std::io::Result<()> {
+    fs::read_dir(p)?.try_for_each(|e| e.map(drop))
+}
+
+/// xfstests generic/003 and generic/120, compared with kernel overlayfs:
+/// atime moves on every read under strictatime, under relatime only while
+/// it is not newer than mtime, never under noatime; nodiratime spares dirs.
+#[test]
+fn atime_follows_the_mount_options_as_on_the_kernel() {
+    for opts in [
+        "",
+        ",relatime",
+        ",noatime",
+        ",strictatime",
+        ",nodiratime",
+        ",strictatime,nodiratime",
+    ] {
+        let setup = Setup::new(vec![Layer::new().file("low", "lower data").dir("ldir/x")])
+            .upper(Layer::new().file("up", "upper data").dir("udir/y"))
+            .kernel_extra(opts)
+            .union_extra(opts);
+        let Some(b) = Both::setup(setup) else { return };
+        atime_moves(
+            &b,
+            &format!("first read of a lower file ({opts})"),
+            "low",
+            read,
+        );
+        atime_moves(
+            &b,
+            &format!("second read of a lower file ({opts})"),
+            "low",
+            read,
+        );
+        atime_moves(
+            &b,
+            &format!("first read of an upper file ({opts})"),
+            "up",
+            read,
+        );
+        atime_moves(
+            &b,
+            &format!("second read of an upper file ({opts})"),
+            "up",
+            read,
+        );
+        atime_moves(&b, &format!("listing an upper dir ({opts})"), "udir", list);
+        atime_moves(&b, &format!("listing a lower dir ({opts})"), "ldir", list);
+    }
+}
+
+/// Kernel overlayfs opens its real files O_NOATIME: reading a lower file or
+/// listing a lower directory never moves their atime, even where the
+/// layer's own mount would (an atime older than the mtime, under relatime).
+#[test]
+fn lower_atime_never_moves() {
+    if !support::require_mounts() {
+        return;
+    }
+    let s = support::Scratch::new();
+    let old = (1_000_000_000, 0);
+    let mut moved = Vec::new();
+    for (name, kernel) in [("kernel", true), ("unionmount", false)] {
+        let [l, u, w, m] = s.dirs([
+            &format!("{name}/l"),
+            &format!("{name}/u"),
+            &format!("{name}/w"),
+            &format!("{name}/m"),
+        ]);
+        Layer::new()
+            .file("f", "data")
+            .dir("d/x")
+            .build(&l, support::Dialect::Kernel);
+        for rel in ["f", "d"] {
+            sys::lutimes(&l.join(rel), old, (support::LAYER_MTIME, 0)).unwrap();
+        }
+        let opts = support::kernel_opts(std::slice::from_ref(&l), Some((&u, &w)));
+        let mount = if kernel {
+            support::Mount::kernel(&m, &opts).unwrap()
+        } else {
+            let args = [
+                "-o".into(),
+                support::union_opts(std::slice::from_ref(&l), Some((&u, &w))).into(),
+            ];
+            support::Mount::union_foreground(&m, &args).unwrap()
+        };
+        read(&m.join("f")).unwrap();
+        list(&m.join("d")).unwrap();
+        drop(mount);
+        let atime = |rel: &str| sys::lstat(&l.join(rel)).unwrap().st_atime;
+        moved.push((name, atime("f") != old.0, atime("d") != old.0));
+    }
+    assert_eq!(
+        (moved[0].1, moved[0].2),
+        (moved[1].1, moved[1].2),
+        "lower atime moved (file, dir): {moved:?}"
+    );
+}

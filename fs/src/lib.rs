@@ -35,6 +35,7 @@ pub use crate::attr::{SetAttr, SetTime};
 pub use crate::dir::{Caller, NewObject, SHARED_WHITEOUT};
 pub use crate::inode::ROOT_ID;
 use crate::inode::{InodeTable, Node};
+pub use crate::layer::Atime;
 use crate::layer::Layer;
 pub use crate::names::{IdMap, IdRange};
 pub use ondisk::xattr::XattrNs;
@@ -97,6 +98,11 @@ pub struct Config {
     /// for writing. Kernel overlayfs reads such an upper with `metacopy=on`
     /// only, so it is off unless asked for. Uppers made so are read either way.
     pub metacopy: bool,
+    /// The mount's atime option: how reads through it move the atime of
+    /// upper objects (lower ones never get theirs moved, as with the kernel).
+    pub atime: Atime,
+    /// A `nodiratime` mount: the same for upper directories.
+    pub nodiratime: bool,
 }
 
 /// The merged filesystem: branches, the inode table and open handles.
@@ -136,6 +142,11 @@ impl Union {
             layers.push(layer);
         }
         assign_ino_prefixes(&mut layers);
+        for layer in layers.iter_mut().filter(|l| l.writable) {
+            if cfg.atime != Atime::Relative || cfg.nodiratime {
+                layer.atime_through_clone(cfg.atime, cfg.nodiratime);
+            }
+        }
         let (work, index) = if cfg.cow && layers[0].writable {
             let (work, index) = prepare_workdir(&layers[0], cfg.workdir.as_deref(), cfg.volatile)?;
             (Some(work), Some(index))

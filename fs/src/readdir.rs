@@ -233,8 +233,11 @@ impl Union {
         dirs.extend(st.lowers.iter().map(|(l, p)| (*l, p.as_path())));
         for (li, dpath) in dirs {
             let is_upper = li == 0 && self.has_upper();
-            let layer = self.branch(Branch::Layer(li))?;
-            let fd = match layer.open_beneath(dpath, OFlags::RDONLY | OFlags::DIRECTORY) {
+            let fd = match self.open_data(
+                Branch::Layer(li),
+                dpath,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+            ) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
                 Err(e) => return Err(e),

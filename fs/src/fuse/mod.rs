@@ -182,7 +182,11 @@ impl Filesystem for UnionFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Passthrough needs CAP_SYS_ADMIN; backing files may be one level deep
         // (layers on an ordinary filesystem), so the mount itself stays stackable.
+        // The kernel reads a backing file with the opener's flags and the
+        // backing file's mount: without a clone of the upper's mount carrying
+        // noatime, noatime reads go through the daemon (files opened O_NOATIME).
         if rustix::process::geteuid().is_root()
+            && !self.union.reads_for_atime()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
