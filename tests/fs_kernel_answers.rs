@@ -19,7 +19,12 @@ fn fixture() -> Option<Both> {
                 .file("dir/inner", "inner")
                 .symlink("link", "lower"),
         ])
-        .upper(Layer::new().file("up", "upper data").dir("updir")),
+        .upper(
+            Layer::new()
+                .file("up", "upper data")
+                .file_with("suid", "s", support::Meta::mode(0o4755))
+                .dir("updir"),
+        ),
     )
 }
 
@@ -110,6 +115,10 @@ fn setattrs_that_change_nothing_update_ctime_as_the_kernel_does() {
             ctime_changes(m, rel, chown_keep)
         });
     }
+    b.ok("chown -1 -1 of a set-uid file: mode after", |m| {
+        chown_keep(&m.join("suid"))?;
+        Ok(sys::lstat(&m.join("suid"))?.st_mode)
+    });
     b.ok("fchown(fd, -1, -1)", |m| {
         ctime_changes(m, "up", |p| {
             let f = fs::File::open(p)?;
