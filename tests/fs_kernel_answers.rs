@@ -341,3 +341,228 @@ fn lower_atime_never_moves() {
         "lower atime moved (file, dir): {moved:?}"
     );
 }
+
+// --- inode flags: chattr, lsattr, FS_IOC_* -------------------------------------
+
+/// e2fsprogs' chattr and lsattr, or the reason they cannot run.
+fn e2fsprogs() -> bool {
+    let there = std::process::Command::new("lsattr")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let missing = if there {
+        Vec::new()
+    } else {
+        vec!["chattr/lsattr (package e2fsprogs) not installed".to_string()]
+    };
+    support::can_run("inode flag tests", &missing)
+}
+
+/// `chattr ARGS PATH`: Ok, or the errno its message names (EPERM, ENOTTY…).
+fn chattr(args: &str, p: &Path) -> std::io::Result<()> {
+    let out = std::process::Command::new("chattr")
+        .args(args.split(' '))
+        .arg(p)
+        .output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let errno = if err.contains("Operation not permitted") {
+        libc::EPERM
+    } else if err.contains("Operation not supported") || err.contains("Inappropriate ioctl") {
+        libc::EOPNOTSUPP
+    } else {
+        libc::EIO
+    };
+    Err(std::io::Error::from_raw_os_error(errno))
+}
+
+/// The flags column of `lsattr -d PATH`.
+fn lsattr(p: &Path) -> std::io::Result<String> {
+    let out = std::process::Command::new("lsattr")
+        .arg("-d")
+        .arg(p)
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.split_whitespace().next().unwrap_or("").to_string())
+}
+
+/// ioctl(fd, cmd, buf) with a buffer of `len` bytes: the bytes it left.
+fn ioctl_buf(p: &Path, cmd: libc::c_ulong, input: &[u8], len: usize) -> std::io::Result<Vec<u8>> {
+    let f = fs::File::open(p)?;
+    let mut buf = vec![0u8; len];
+    buf[..input.len()].copy_from_slice(input);
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            cmd as _,
+            buf.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(buf)
+}
+
+const FS_IOC_GETFLAGS: libc::c_ulong = 0x8008_6601;
+const FS_IOC_SETFLAGS: libc::c_ulong = 0x4008_6602;
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+
+/// Clears `i` and `a` on every upper object when dropped (even after a
+/// failed assertion): an immutable file could not be removed otherwise.
+struct ClearFlags(Vec<std::path::PathBuf>);
+
+impl Drop for ClearFlags {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::process::Command::new("chattr")
+                .args(["-R", "-f", "-i", "-a"])
+                .arg(dir)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn inode_flags_pass_to_the_real_file_as_on_the_kernel() {
+    if !e2fsprogs() {
+        return;
+    }
+    let setup = Setup::new(vec![
+        Layer::new()
+            .file("imm", "lower immutable")
+            .file("early", "opened before +i")
+            .file("low_a", "lower append")
+            .file("plain", "plain")
+            .dir("dir/inner"),
+    ])
+    .upper(Layer::new().file("app", "upper append").dir("updir"));
+    let Some(b) = Both::setup(setup) else { return };
+    let _clear = ClearFlags(vec![b.k.upper.clone(), b.u.upper.clone()]);
+    for rel in ["imm", "app", "dir", "updir", "plain"] {
+        b.ok(&format!("lsattr {rel}"), |m| lsattr(&m.join(rel)));
+        b.ok(&format!("FS_IOC_GETFLAGS {rel}"), |m| {
+            ioctl_buf(&m.join(rel), FS_IOC_GETFLAGS, &[], 4)
+        });
+        b.ok(&format!("FS_IOC_FSGETXATTR {rel}"), |m| {
+            ioctl_buf(&m.join(rel), FS_IOC_FSGETXATTR, &[], 28)
+        });
+    }
+    let early: Vec<fs::File> = b
+        .sides()
+        .iter()
+        .map(|s| {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(s.p("early"))
+                .unwrap()
+        })
+        .collect();
+    for (args, rel) in [
+        ("+i", "imm"),
+        ("+i", "early"),
+        ("+a", "app"),
+        ("+a", "low_a"),
+        ("+A", "dir"),
+        ("+d", "plain"),
+        ("+i", "updir"),
+    ] {
+        b.ok(&format!("chattr {args} {rel}"), |m| {
+            chattr(args, &m.join(rel))
+        });
+        b.ok(&format!("lsattr {rel} after chattr {args}"), |m| {
+            lsattr(&m.join(rel))
+        });
+    }
+    b.ok("FS_IOC_FSGETXATTR of an immutable file", |m| {
+        ioctl_buf(&m.join("imm"), FS_IOC_FSGETXATTR, &[], 28)
+    });
+    // What the flags forbid, the kernel's way.
+    b.err("write an immutable file", libc::EPERM, |m| {
+        support::write(&m.join("imm"), b"x")
+    });
+    b.err("unlink an immutable file", libc::EPERM, |m| {
+        fs::remove_file(m.join("imm"))
+    });
+    b.err("rename an immutable file", libc::EPERM, |m| {
+        fs::rename(m.join("imm"), m.join("moved"))
+    });
+    b.err("chmod an immutable file", libc::EPERM, |m| {
+        sys::chmod(&m.join("imm"), 0o600)
+    });
+    b.err("setxattr on an immutable file", libc::EPERM, |m| {
+        sys::lsetxattr(&m.join("imm"), "user.x", b"1")
+    });
+    b.err("create in an immutable dir", libc::EPERM, |m| {
+        support::write(&m.join("updir/new"), b"n")
+    });
+    b.ok("append to an append-only file", |m| {
+        support::append(&m.join("app"), b"+more")
+    });
+    b.ok("append to a copied-up append-only file", |m| {
+        support::append(&m.join("low_a"), b"+more")
+    });
+    b.err("overwrite an append-only file", libc::EPERM, |m| {
+        support::write(&m.join("app"), b"x")
+    });
+    b.err("truncate an append-only file", libc::EPERM, |m| {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.join("app"))?
+            .set_len(0)
+    });
+    // Kernel overlayfs keeps `i` in overlay.protattr, off the real file, so a
+    // descriptor opened before chattr +i still writes; here the real upper
+    // file is immutable and refuses it (README, known limits).
+    let wrote: Vec<_> = early
+        .iter()
+        .map(|f| support::outcome(std::io::Write::write(&mut &*f, b"late")))
+        .collect();
+    assert_eq!(
+        wrote[0],
+        Ok(4),
+        "kernel: write through an fd opened before +i"
+    );
+    if !support::subject_is_kernel() {
+        assert_eq!(
+            wrote[1],
+            Err(support::Errno(libc::EPERM)),
+            "unionmount: an fd opened before +i must not write"
+        );
+    }
+    drop(early);
+    // FS_IOC_SETFLAGS and FS_IOC_FSSETXATTR themselves, then clear.
+    b.ok("FS_IOC_SETFLAGS clears i", |m| {
+        let cur = ioctl_buf(&m.join("imm"), FS_IOC_GETFLAGS, &[], 4)?;
+        let flags = u32::from_ne_bytes(cur[..4].try_into().unwrap()) & !0x10;
+        ioctl_buf(&m.join("imm"), FS_IOC_SETFLAGS, &flags.to_ne_bytes(), 4)?;
+        lsattr(&m.join("imm"))
+    });
+    b.ok("FS_IOC_FSSETXATTR clears a", |m| {
+        let mut cur = ioctl_buf(&m.join("app"), FS_IOC_FSGETXATTR, &[], 28)?;
+        let xflags = u32::from_ne_bytes(cur[..4].try_into().unwrap()) & !0x10;
+        cur[..4].copy_from_slice(&xflags.to_ne_bytes());
+        ioctl_buf(&m.join("app"), FS_IOC_FSSETXATTR, &cur, 28)?;
+        lsattr(&m.join("app"))
+    });
+    for (args, rel) in [("-i", "early"), ("-a", "low_a"), ("-i", "updir")] {
+        b.ok(&format!("chattr {args} {rel}"), |m| {
+            chattr(args, &m.join(rel))
+        });
+    }
+    b.ok("write once the flags are gone", |m| {
+        support::write(&m.join("imm"), b"free")?;
+        support::write(&m.join("app"), b"free")?;
+        support::write(&m.join("early"), b"free")?;
+        fs::read(m.join("imm"))
+    });
+    b.check_trees("after chattr");
+}

@@ -8,6 +8,7 @@ mod attr;
 mod copy_up;
 mod dir;
 mod file;
+mod flags;
 pub mod fuse;
 mod hardlink;
 mod inode;
@@ -33,6 +34,7 @@ pub use rustix::io::Errno;
 // in-process tests in fs/tests/).
 pub use crate::attr::{SetAttr, SetTime};
 pub use crate::dir::{Caller, NewObject, SHARED_WHITEOUT};
+pub use crate::flags::FlagsIoctl;
 pub use crate::inode::ROOT_ID;
 use crate::inode::{InodeTable, Node};
 pub use crate::layer::Atime;

@@ -155,3 +155,17 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, clear: u64) -> Result<(), Err
         Ok(())
     }
 }
+
+/// `ioctl(fd, cmd, arg)` for a request whose argument is a buffer the kernel
+/// reads and writes, at most `arg.len()` bytes of it (the caller sizes it to
+/// the request).
+pub fn ioctl_arg(fd: BorrowedFd<'_>, cmd: u32, arg: &mut [u8]) -> Result<(), Errno> {
+    // SAFETY: `arg` is valid for reads and writes of its length, which the
+    // caller made the size of the request's argument.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, arg.as_mut_ptr()) };
+    if r < 0 {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::INVAL))
+    } else {
+        Ok(())
+    }
+}

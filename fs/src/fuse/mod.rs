@@ -17,7 +17,7 @@ use rustix::fs::{FileType as RawType, OFlags, Stat, Timespec};
 use crate::attr::{SetAttr, SetTime};
 use crate::dir::{Caller, NewObject};
 use crate::inode::Node;
-use crate::{Errno, Union};
+use crate::{Errno, FlagsIoctl, Union};
 
 mod errors;
 pub mod kernel_mount;
@@ -720,12 +720,23 @@ impl Filesystem for UnionFuse {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(errors::noted("ioctl", ino.0, FuseErrno::ENOTTY));
+        // Only the inode-flag requests (chattr, lsattr): the kernel sends
+        // them with a handle of its own, so the node says which object.
+        let Some(op) = FlagsIoctl::from_cmd(cmd) else {
+            return reply.error(errors::noted("ioctl", ino.0, FuseErrno::ENOTTY));
+        };
+        match self
+            .node(ino)
+            .and_then(|n| self.union.flags_ioctl(&n, op, in_data).map_err(err))
+        {
+            Ok(out) => reply.ioctl(0, &out[..out.len().min(out_size as usize)]),
+            Err(e) => reply.error(errors::noted("ioctl", ino.0, e)),
+        }
     }
 
     fn fallocate(
