@@ -291,6 +291,17 @@ fn atime_follows_the_mount_options_as_on_the_kernel() {
         );
         atime_moves(&b, &format!("listing an upper dir ({opts})"), "udir", list);
         atime_moves(&b, &format!("listing a lower dir ({opts})"), "ldir", list);
+        atime_moves(
+            &b,
+            &format!("listing an upper dir again ({opts})"),
+            "udir",
+            list,
+        );
+        b.ok("write an upper file", |m| {
+            support::write(&m.join("up"), b"changed")
+        });
+        atime_moves(&b, &format!("read after a write ({opts})"), "up", read);
+        atime_moves(&b, &format!("read after that read ({opts})"), "up", read);
     }
 }
 

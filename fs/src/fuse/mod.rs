@@ -498,7 +498,21 @@ impl Filesystem for UnionFuse {
         // merged directory's names change only by operations on that
         // directory through this mount (layers are immutable, the upper is
         // ours), and each of them makes the kernel drop its cached listing.
-        reply.error(errors::noted("opendir", ino.0, FuseErrno::ENOSYS));
+        // Under strictatime each opendir moves the upper's atime as a listing
+        // would, and the listing still comes from the cache.
+        if !self.union.opendir_moves_atime() {
+            return reply.error(errors::noted("opendir", ino.0, FuseErrno::ENOSYS));
+        }
+        match self
+            .node(ino)
+            .and_then(|n| self.union.touch_dir_atime(&n).map_err(err))
+        {
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errors::noted("opendir", ino.0, e)),
+        }
     }
 
     fn readdir(
