@@ -352,7 +352,8 @@ FUSE and mount flags:
   dev, nodev, suid, nosuid, exec, noexec
                                as mount(8)
   atime, relatime, noatime     as mount(8)
-  diratime, nodiratime, strictatime, lazytime, sync, async, dirsync
+  diratime, nodiratime, strictatime, lazytime, sync, async, dirsync,
+  symfollow, nosymfollow
                                as mount(8): flags of the FUSE mount
   mand, nomand, iversion, noiversion, silent, loud, defaults
                                accepted, as mount(8) passes them

@@ -227,6 +227,7 @@ fn session_options(req: &MountRequest) -> SessionOptions {
         lazytime: req.lazytime,
         sync: req.sync,
         dirsync: req.dirsync,
+        nosymfollow: req.nosymfollow,
         devices_and_setid: root,
     }
 }

@@ -180,14 +180,15 @@ fn vfs_options_are_flags_of_the_mount_as_on_the_kernel() {
         ",noatime,nodiratime,sync,dirsync,lazytime",
         ",strictatime",
         ",relatime,diratime,atime,async,nolazytime",
+        ",nosymfollow",
         ",ro",
     ];
     for extra in sets {
-        let setup = Setup::new(vec![Layer::new().file_with(
-            "run.sh",
-            "#!/bin/sh\nexit 0\n",
-            support::Meta::mode(0o755),
-        )])
+        let setup = Setup::new(vec![
+            Layer::new()
+                .file_with("run.sh", "#!/bin/sh\nexit 0\n", support::Meta::mode(0o755))
+                .symlink("link", "run.sh"),
+        ])
         .upper(Layer::new())
         .kernel_extra(extra)
         .union_extra(extra);
@@ -199,6 +200,9 @@ fn vfs_options_are_flags_of_the_mount_as_on_the_kernel() {
             "super-block flags with {extra}: kernel (left), unionmount (right)"
         );
         let _ = b.same(&format!("exec with {extra}"), |m| exec(&m.join("run.sh")));
+        let _ = b.same(&format!("open through a symlink with {extra}"), |m| {
+            fs::read(m.join("link"))
+        });
         let _ = b.same(&format!("create with {extra}"), |m| {
             fs::write(m.join("new"), "n")
         });

@@ -87,6 +87,7 @@ pub struct MountRequest {
     pub lazytime: bool,
     pub sync: bool,
     pub dirsync: bool,
+    pub nosymfollow: bool,
     /// Unknown options ignored, as fuse-overlayfs ignores them (one warning).
     pub ignored_options: Vec<String>,
     pub nodev: bool,

@@ -93,6 +93,8 @@ fn apply_flag(name: &str, opts: &mut Options) -> Result<(), String> {
         "sync" => req.sync = true,
         "async" => req.sync = false,
         "dirsync" => req.dirsync = true,
+        "nosymfollow" => req.nosymfollow = true,
+        "symfollow" => req.nosymfollow = false,
         // The kernel's defaults, or no meaning for this mount: relatime is
         // what a mount gets without noatime or strictatime; Linux has no
         // mandatory locks; i_version and message levels are the kernel's.
@@ -336,7 +338,7 @@ mod tests {
             userxattr,context=x,noacl,fsync=0,timeout=1.5,redirect_dir=on,index=off,\
             metacopy=off,xino=auto,rw,dev,nodev,suid,nosuid,exec,noexec,atime,relatime,\
             noatime,diratime,nodiratime,norelatime,nostrictatime,strictatime,nolazytime,\
-            lazytime,async,sync,dirsync,mand,nomand,silent,loud,iversion,noiversion,defaults,\
+            lazytime,async,sync,dirsync,symfollow,nosymfollow,mand,nomand,silent,loud,iversion,noiversion,defaults,\
             allow_other,allow_root,default_permissions,fsname=myfs,subtype=um,\
             max_write=131072,auto_unmount,cow,statfs_omit_ro,hide_meta_files,\
             max_files=4096,direct_io,kernel_cache,use_ino,nonempty,big_writes";
@@ -364,6 +366,7 @@ mod tests {
         assert_eq!(req.timeout, Some(Duration::from_millis(1500)));
         assert!(req.nodev && req.nosuid && req.noexec && req.noatime);
         assert!(req.nodiratime && req.strictatime && req.lazytime && req.sync && req.dirsync);
+        assert!(req.nosymfollow);
         assert!(req.ignored_options.is_empty(), "{:?}", req.ignored_options);
         assert!(req.allow_other && req.allow_root && req.default_permissions);
         assert!(req.auto_unmount && !req.read_only);

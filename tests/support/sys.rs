@@ -305,6 +305,8 @@ pub fn vfs_flags(options: &str) -> (libc::c_ulong, String) {
             "nostrictatime" => (0, libc::MS_STRICTATIME),
             "lazytime" => (libc::MS_LAZYTIME, 0),
             "nolazytime" => (0, libc::MS_LAZYTIME),
+            "nosymfollow" => (libc::MS_NOSYMFOLLOW, 0),
+            "symfollow" => (0, libc::MS_NOSYMFOLLOW),
             "" => (0, 0),
             other => {
                 data.push(other);

@@ -196,6 +196,7 @@ fn vfs_flag(word: &str) -> MountFlags {
         "nodiratime" => MountFlags::NODIRATIME,
         "strictatime" => MountFlags::STRICTATIME,
         "lazytime" => MountFlags::LAZYTIME,
+        "nosymfollow" => MountFlags::NOSYMFOLLOW,
         _ => MountFlags::empty(),
     }
 }

@@ -30,6 +30,7 @@ pub struct SessionOptions {
     pub lazytime: bool,
     pub sync: bool,
     pub dirsync: bool,
+    pub nosymfollow: bool,
     /// Device files and set-id bits work unless `nodev`/`nosuid` (root only:
     /// the kernel refuses them to a mount without privilege).
     pub devices_and_setid: bool,
@@ -98,6 +99,7 @@ fn fuser_config(opts: &SessionOptions) -> fuser::Config {
         (opts.nodiratime, MountOption::CUSTOM("nodiratime".into())),
         (opts.strictatime, MountOption::CUSTOM("strictatime".into())),
         (opts.lazytime, MountOption::CUSTOM("lazytime".into())),
+        (opts.nosymfollow, MountOption::CUSTOM("nosymfollow".into())),
     ] {
         if flag {
             list.push(opt);
