@@ -137,6 +137,20 @@ fn setattrs_that_change_nothing_update_ctime_as_the_kernel_does() {
             fs::OpenOptions::new().write(true).open(p)?.set_len(len)
         })
     });
+    b.ok("utimes to the times it has", |m| {
+        ctime_changes(m, "up", |p| {
+            let st = sys::lstat(p)?;
+            sys::lutimes(
+                p,
+                (st.st_atime, st.st_atime_nsec),
+                (st.st_mtime, st.st_mtime_nsec),
+            )
+        })
+    });
+    b.ok("setxattr to the value it has", |m| {
+        sys::lsetxattr(&m.join("up"), "user.same", b"v")?;
+        ctime_changes(m, "up", |p| sys::lsetxattr(p, "user.same", b"v"))
+    });
     b.ok("utimensat with both times omitted", |m| {
         ctime_changes(m, "up", utimens_omit)
     });
