@@ -400,6 +400,13 @@ FUSE and mount flags:
   dev, nodev, suid, nosuid, exec, noexec
                                as mount(8)
   atime, relatime, noatime     as mount(8)
+  diratime, nodiratime, strictatime, lazytime, sync, async, dirsync,
+  symfollow, nosymfollow
+                               as mount(8): flags of the FUSE mount
+  mand, nomand, iversion, noiversion, silent, loud, defaults
+                               accepted, as mount(8) passes them
+  anything else                ignored with a warning (refused if it looks
+                               like a misspelt option or has a path value)
   allow_other                  other users may use the mount
   allow_root                   root may use the mount too
   default_permissions          the kernel checks permissions

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use unionfs::fuse::{Session, SessionOptions};
-use unionfs::{BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
+use unionfs::{Atime, BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
 
 use crate::options::{IdMapping, MountRequest, parse_mount_args, validate};
 
@@ -25,12 +25,31 @@ const READY_FD_ENV: &str = "UNIONMOUNT_READY_FD";
 pub fn run_mount_command(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let req = parse_mount_args(args).map_err(anyhow::Error::msg)?;
     validate(&req).map_err(anyhow::Error::msg)?;
+    warn_ignored(&req);
     let ready = ready_fd_from_env();
     if req.foreground || ready.is_some() {
         serve(&req, ready)?;
         return Ok(ExitCode::SUCCESS);
     }
     spawn_daemon(args)
+}
+
+/// One line for every unknown option ignored (fuse-overlayfs ignores them
+/// silently; a word here saves hunting for a misspelt one).
+fn warn_ignored(req: &MountRequest) {
+    if req.ignored_options.is_empty() || std::env::var_os(READY_FD_ENV).is_some() {
+        return;
+    }
+    let list: Vec<String> = req
+        .ignored_options
+        .iter()
+        .map(|o| format!("'{}'", o.escape_debug()))
+        .collect();
+    eprintln!(
+        "unionmount: warning: ignoring unknown option{} {}",
+        if list.len() == 1 { "" } else { "s" },
+        list.join(", ")
+    );
 }
 
 /// Are we a daemon child whose stdout is the readiness pipe of the parent?
@@ -183,6 +202,14 @@ pub fn union_config(req: &MountRequest) -> Config {
         gids: id_map(&req.gid_mapping, req.squash_to_gid.or(root_squash)),
         volatile: req.volatile,
         metacopy: req.metacopy,
+        atime: if req.noatime {
+            Atime::Never
+        } else if req.strictatime {
+            Atime::Strict
+        } else {
+            Atime::Relative
+        },
+        nodiratime: req.nodiratime,
     }
 }
 
@@ -199,6 +226,12 @@ fn session_options(req: &MountRequest) -> SessionOptions {
         nosuid: req.nosuid,
         noexec: req.noexec,
         noatime: req.noatime,
+        nodiratime: req.nodiratime,
+        strictatime: req.strictatime,
+        lazytime: req.lazytime,
+        sync: req.sync,
+        dirsync: req.dirsync,
+        nosymfollow: req.nosymfollow,
         devices_and_setid: root,
     }
 }

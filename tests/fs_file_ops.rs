@@ -606,12 +606,13 @@ fn open_flags_on_lower_and_upper_files() {
 #[test]
 fn o_tmpfile_is_refused_cleanly() {
     // Kernel overlayfs supports O_TMPFILE and the FUSE protocol has had an
-    // opcode for it since 7.37 (FUSE_TMPFILE), but the fuser crate the daemon is
-    // built on does not implement that request yet, so the kernel answers
-    // EOPNOTSUPP for us — the error programs take as "make a named temporary
-    // file instead". This test pins that behaviour (a clean error, nothing left
-    // in the tree); when fuser gains FUSE_TMPFILE it must compare with the
-    // kernel instead.
+    // opcode for it since 7.37 (FUSE_TMPFILE, Linux 6.1), but fuser 0.18, the
+    // crate the daemon is built on, does not know opcode 51: its dispatcher
+    // answers ENOSYS without asking the filesystem, and the kernel then
+    // answers EOPNOTSUPP itself for the rest of the mount's life — the error
+    // programs take as "make a named temporary file instead". This test pins
+    // that behaviour (a clean error, nothing left in the tree); when fuser
+    // gains FUSE_TMPFILE it must compare with the kernel instead.
     let Some(b) = fixture() else { return };
     for side in b.sides() {
         let c = cstr(&side.p("dir"));
@@ -687,4 +688,76 @@ fn mmap_shared_write_is_seen_by_read() {
         Ok(v)
     });
     b.check_trees("mmap");
+}
+
+/// ioctl(fd, cmd, buf): the buffer as the kernel left it, or the errno.
+fn ioctl_buf(fd: i32, cmd: libc::c_ulong, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let r = unsafe { libc::ioctl(fd, cmd as _, buf.as_mut_ptr()) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(buf)
+    }
+}
+
+/// `_IOWR('f', 11, struct fiemap)` and `_IOWR(0x94, 54, struct file_dedupe_range)`.
+const FS_IOC_FIEMAP: libc::c_ulong = 0xC020_660B;
+const FIDEDUPERANGE: libc::c_ulong = 0xC018_9436;
+
+/// FIDEDUPERANGE of `f`'s first 64 KiB onto `g`'s: the call's errno, or the
+/// status the kernel left for the one destination.
+fn dedupe(f: &fs::File, g: &fs::File) -> std::io::Result<i32> {
+    let mut arg = vec![0u8; 24 + 32];
+    arg[8..16].copy_from_slice(&65536u64.to_ne_bytes());
+    arg[16..18].copy_from_slice(&1u16.to_ne_bytes());
+    arg[24..32].copy_from_slice(&i64::from(g.as_raw_fd()).to_ne_bytes());
+    let out = ioctl_buf(f.as_raw_fd(), FIDEDUPERANGE, arg)?;
+    Ok(i32::from_ne_bytes(out[48..52].try_into().unwrap()))
+}
+
+#[test]
+fn what_the_fuse_module_itself_refuses() {
+    // The kernel's FUSE module answers these without asking the daemon
+    // (README, known limits): collapse and insert range (fuse_file_fallocate
+    // takes KEEP_SIZE, PUNCH_HOLE and ZERO_RANGE only), FIEMAP (no ->fiemap)
+    // and FIDEDUPERANGE (no ->remap_file_range). This pins that, and that
+    // kernel overlayfs does the first three on the same filesystem; when the
+    // FUSE module gains them, compare with the kernel instead.
+    let Some(b) = fixture() else { return };
+    let modes = [
+        ("collapse range", libc::FALLOC_FL_COLLAPSE_RANGE),
+        ("insert range", libc::FALLOC_FL_INSERT_RANGE),
+    ];
+    for side in b.sides() {
+        let kernel = side.imp == Impl::Kernel;
+        let f = open_rw(&side.p("f")).unwrap();
+        for (what, mode) in modes {
+            let r = sys::fallocate(f.as_raw_fd(), mode, 65536, 65536);
+            match (kernel, r) {
+                (true, Ok(())) => {}
+                (false, Err(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+                (_, r) => panic!("{}: {what}: {r:?}", side.name),
+            }
+        }
+        let fiemap = ioctl_buf(f.as_raw_fd(), FS_IOC_FIEMAP, {
+            let mut arg = vec![0u8; 32];
+            arg[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
+            arg
+        });
+        match (kernel, fiemap) {
+            (true, Ok(_)) => {}
+            (false, Err(e)) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            (_, r) => panic!("{}: FIEMAP: {r:?}", side.name),
+        }
+        fs::copy(side.p("f"), side.p("f2")).unwrap();
+        let g = open_rw(&side.p("f2")).unwrap();
+        let deduped = dedupe(&f, &g);
+        if !kernel {
+            let refused = match &deduped {
+                Err(e) => e.raw_os_error() == Some(libc::EOPNOTSUPP),
+                Ok(status) => *status == -libc::EOPNOTSUPP,
+            };
+            assert!(refused, "{}: FIDEDUPERANGE: {deduped:?}", side.name);
+        }
+    }
 }

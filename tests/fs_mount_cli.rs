@@ -477,15 +477,17 @@ fn bad_input_fails_with_one_line_and_mounts_nothing() {
         ],
         &d.mnt,
     );
-    expect_failure(
-        "unknown option",
-        &[
-            "-o".into(),
-            format!("{},bogus_opt=1", ov(&l, &d.up, &d.work).to_string_lossy()).into(),
-            m.clone(),
-        ],
-        &d.mnt,
-    );
+    for typo in ["uperdir=/x", "lowerdirs=/x", "noexce", "bogus=/a/path"] {
+        expect_failure(
+            &format!("unknown option {typo} that ignoring would change the mount"),
+            &[
+                "-o".into(),
+                format!("{},{typo}", ov(&l, &d.up, &d.work).to_string_lossy()).into(),
+                m.clone(),
+            ],
+            &d.mnt,
+        );
+    }
 
     // A busy mountpoint: something is mounted there already.
     let other = Mount::kernel(
@@ -726,4 +728,86 @@ fn a_killed_daemon_leaves_its_upper_free() {
     fs::write(mnt2.join("f"), "x").unwrap();
     drop(second);
     drop(first);
+}
+
+#[test]
+fn unknown_options_are_ignored_with_one_warning_line() {
+    let Some(d) = dirs() else { return };
+    let opts = format!(
+        "{},bogus_opt=1,x-systemd.device-timeout=5,_netdev",
+        d.overlay_opts()
+    );
+    let mut cmd = Command::new(bin());
+    cmd.arg("-o").arg(&opts).arg(&d.mnt);
+    let (code, out, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let g = Mount::union_guard(&d.mnt, None, None);
+    assert_eq!(code, 0, "unknown options: {err}");
+    assert_eq!(out, "");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one warning line: {err:?}");
+    assert!(
+        lines[0].contains("warning")
+            && lines[0].contains("'bogus_opt'")
+            && lines[0].contains("'_netdev'"),
+        "{err:?}"
+    );
+    assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
+    drop(g);
+}
+
+/// `mount -t fuse 'BIN#SRC' MNT -o …`: mount(8) and its FUSE helper start
+/// the daemon with the options as a user wrote them in fstab; the VFS ones
+/// end up as flags of the mount and unknown ones are ignored.
+#[test]
+fn mount_8_with_vfs_and_unknown_options() {
+    let helper = [
+        "/sbin/mount.fuse3",
+        "/usr/sbin/mount.fuse3",
+        "/sbin/mount.fuse",
+    ]
+    .iter()
+    .any(|p| Path::new(p).exists());
+    let missing: Vec<String> = if helper {
+        Vec::new()
+    } else {
+        vec!["mount.fuse3 (package fuse3) not installed".into()]
+    };
+    if !support::can_run("mount(8) with the FUSE helper", &missing) {
+        return;
+    }
+    let Some(d) = dirs() else { return };
+    let opts = format!(
+        "{},noexec,nodiratime,noatime,dirsync,lazytime,bogus",
+        d.overlay_opts()
+    );
+    let mut cmd = Command::new("mount");
+    cmd.args(["-t", "fuse"])
+        .arg(format!("{}#unionmount", bin()))
+        .arg(&d.mnt)
+        .arg("-o")
+        .arg(&opts);
+    let (code, _, err) = run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let g = Mount::union_guard(&d.mnt, None, None);
+    assert_eq!(code, 0, "mount(8): {err}");
+    assert!(
+        err.contains("'bogus'"),
+        "the warning reaches the user: {err:?}"
+    );
+    let mi = mount_at(&d.mnt).unwrap();
+    assert_eq!(mi.fstype, "fuse.unionmount");
+    for w in ["dirsync", "lazytime"] {
+        assert!(mi.super_opts.split(',').any(|o| o == w), "{w}: {mi:?}");
+    }
+    let c = support::sys::cstr(&d.mnt);
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let want = libc::ST_NOEXEC | libc::ST_NODIRATIME | libc::ST_NOATIME;
+    assert_eq!(
+        st.f_flag & want,
+        want,
+        "flags of the mount: {:#x}",
+        st.f_flag
+    );
+    assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
+    drop(g);
 }

@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::Criterion;
-use unionfs::{BranchConfig, Config, IdMap, ROOT_ID, Union, XattrNs};
+use unionfs::{Atime, BranchConfig, Config, IdMap, ROOT_ID, Union, XattrNs};
 
 use crate::fixture;
 
@@ -89,6 +89,8 @@ fn make() -> Fixture {
         gids: IdMap::default(),
         volatile: false,
         metacopy: false,
+        atime: Atime::Relative,
+        nodiratime: false,
     })
     .expect("a union over the layers");
     let (dir, _) = union

@@ -49,6 +49,32 @@ pub struct SetAttr {
     pub fh: Option<u64>,
 }
 
+impl SetAttr {
+    /// Nothing to change: a chown(-1, -1), which the kernel still counts as a
+    /// change of the inode (its ctime), as the real filesystem under kernel
+    /// overlayfs does.
+    fn changes_nothing(&self) -> bool {
+        self.mode.is_none()
+            && self.uid.is_none()
+            && self.gid.is_none()
+            && self.size.is_none()
+            && self.atime.is_none()
+            && self.mtime.is_none()
+    }
+}
+
+/// Move an object's ctime and nothing else: a chmod to the mode it has (a
+/// chown(-1, -1) would also clear set-id bits); a symlink has none to lose.
+fn touch_ctime(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let st = stat_at(dir, name)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
+        return rustix::fs::chownat(dir, name, None, None, AtFlags::SYMLINK_NOFOLLOW);
+    }
+    let fd = layer::open_path_at(dir, name)?;
+    let path = sys::proc_fd_path(fd.as_fd());
+    rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(st.st_mode & 0o7777))
+}
+
 const UTIME_OMIT: i64 = (1 << 30) - 2;
 const UTIME_NOW: i64 = (1 << 30) - 1;
 
@@ -308,6 +334,9 @@ impl Union {
         let (parent, name) = split(&path);
         let dir = layer.dir(parent)?;
         let name = name.unwrap_or(OsStr::new("."));
+        if req.changes_nothing() {
+            touch_ctime(dir.as_fd(), name)?;
+        }
         if req.uid.is_some() || req.gid.is_some() {
             let uid = req
                 .uid

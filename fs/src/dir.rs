@@ -115,6 +115,11 @@ impl Union {
                 return Err(Errno::EXIST);
             }
         }
+        if is_whiteout_node(&obj) {
+            // As kernel overlayfs: a 0/0 character device is a whiteout in
+            // the upper, so making one would delete the name instead.
+            return Err(Errno::PERM);
+        }
         self.prepare_dir(&parent)?;
         let who = self.inherit_setgid(&parent, &mut obj, who)?;
         let _ns = sync::read(&self.namespace);
@@ -736,6 +741,12 @@ pub const SHARED_WHITEOUT: &str = "#whiteout";
 #[derive(Default)]
 pub(crate) struct SharedWhiteout {
     made: bool,
+}
+
+/// A character device 0/0: what a whiteout is on disk.
+fn is_whiteout_node(obj: &NewObject<'_>) -> bool {
+    matches!(obj, NewObject::Node { mode, rdev: 0 }
+        if FileType::from_raw_mode(*mode) == FileType::CharacterDevice)
 }
 
 pub(crate) fn check_name(name: &OsStr) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,7 @@ use rustix::io::Errno;
 use crate::Branch;
 use crate::copy_up::CopyUp;
 use crate::inode::Node;
+use crate::layer::Atime;
 use crate::sync;
 use crate::{Result, Union};
 
@@ -119,10 +121,7 @@ impl Union {
             } else {
                 self.data_entry(node, &node.snapshot())?
             };
-            let fd = match self
-                .branch(li)?
-                .open_beneath(&path, flags | OFlags::NOFOLLOW)
-            {
+            let fd = match self.open_data(li, &path, flags | OFlags::NOFOLLOW) {
                 // A whiteout (device 0/0): the node's name went away meanwhile.
                 Err(Errno::NXIO) => {
                     log::debug!(
@@ -152,8 +151,41 @@ impl Union {
         })
     }
 
+    /// Open a branch's file or directory to read or write it. Kernel
+    /// overlayfs opens its real files O_NOATIME: a lower object's atime never
+    /// moves, an upper one's only as the mount's atime options allow. That
+    /// needs the owner or CAP_FOWNER; without, the object is opened as asked.
+    pub(crate) fn open_data(&self, li: Branch, path: &Path, flags: OFlags) -> Result<OwnedFd> {
+        let layer = self.branch(li)?;
+        if layer.atime_by_mount() {
+            return layer.open_io(path, flags);
+        }
+        let dir = flags.contains(OFlags::DIRECTORY);
+        let spare =
+            !layer.writable || self.cfg.atime == Atime::Never || (dir && self.cfg.nodiratime);
+        if !spare || flags.contains(OFlags::PATH) {
+            return layer.open_beneath(path, flags);
+        }
+        match layer.open_beneath(path, flags | OFlags::NOATIME) {
+            Err(Errno::PERM) => layer.open_beneath(path, flags),
+            other => other,
+        }
+    }
+
+    /// Must the daemon itself read upper files so that the mount's atime
+    /// options hold (a noatime mount whose upper has no clone to read through)?
+    pub(crate) fn reads_for_atime(&self) -> bool {
+        self.cfg.atime == Atime::Never && !self.upper().atime_by_mount()
+    }
+
     /// Register a descriptor made by create().
     pub fn adopt(&self, node: &Node, fd: OwnedFd) -> u64 {
+        if self.reads_for_atime()
+            && let Ok(flags) = rustix::fs::fcntl_getfl(&fd)
+        {
+            // As open_data opens: reads through this handle leave atime alone.
+            let _ = rustix::fs::fcntl_setfl(&fd, flags | OFlags::NOATIME);
+        }
         self.handles.insert(Handle {
             node: node.id,
             fd: Arc::new(fd),
@@ -187,8 +219,7 @@ impl Union {
         let new = {
             let _ns = sync::read(&self.namespace);
             let (li, path) = self.data_entry(&node, &node.snapshot())?;
-            self.branch(li)?
-                .open_beneath(&path, flags | OFlags::NOFOLLOW)?
+            self.open_data(li, &path, flags | OFlags::NOFOLLOW)?
         };
         let new = Arc::new(new);
         self.handles.moved(fh, new.clone());

@@ -34,7 +34,30 @@ pub struct Layer {
     /// never changes, so a path names the same directory for the mount's
     /// life, and resolving a name costs no path walk from the root.
     dirs: Option<Mutex<LruCache<PathBuf, Arc<OwnedFd>>>>,
+    /// The root in a private clone of the layer's mount that carries the
+    /// union mount's atime options, to open files to read and write through:
+    /// their atime then moves as it would under kernel overlayfs.
+    io_root: Option<OwnedFd>,
 }
+
+/// How reading through the mount moves atimes: its atime options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Atime {
+    /// `relatime`, the default: only while atime is not newer than mtime or
+    /// ctime, or is a day old.
+    #[default]
+    Relative,
+    /// `strictatime`: on every access.
+    Strict,
+    /// `noatime`: never.
+    Never,
+}
+
+/// `MOUNT_ATTR_*` of linux/mount.h.
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 
 /// Directory descriptors a read-only layer keeps: a share of the descriptor
 /// limit, so open files never run short for them.
@@ -83,7 +106,61 @@ impl Layer {
             ino_prefix: 0,
             uuid,
             dirs: (!writable).then(|| Mutex::new(LruCache::new(dirs_kept()))),
+            io_root: None,
         })
+    }
+
+    /// Open files through a private clone of the layer's mount with these
+    /// atime options. Cloning a mount takes CAP_SYS_ADMIN: false when it
+    /// could not be made (the files are then opened through the layer's own
+    /// mount).
+    pub fn atime_through_clone(&mut self, atime: Atime, nodiratime: bool) -> bool {
+        use rustix::mount::{OpenTreeFlags, open_tree};
+        let set = match atime {
+            Atime::Relative => 0,
+            Atime::Strict => MOUNT_ATTR_STRICTATIME,
+            Atime::Never => MOUNT_ATTR_NOATIME,
+        } | if nodiratime { MOUNT_ATTR_NODIRATIME } else { 0 };
+        let flags = OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC;
+        let made =
+            open_tree(&self.root, "", flags | OpenTreeFlags::AT_EMPTY_PATH).and_then(|tree| {
+                sys::mount_setattr(tree.as_fd(), set, MOUNT_ATTR_ATIME_MASK)?;
+                Ok(tree)
+            });
+        match made {
+            Ok(tree) => {
+                self.io_root = Some(tree);
+                true
+            }
+            Err(e) => {
+                log::debug!(
+                    "{}: no mount clone for atime options: {e}",
+                    self.path.display()
+                );
+                false
+            }
+        }
+    }
+
+    /// Does this layer's descriptor open files under the mount's atime options?
+    pub fn atime_by_mount(&self) -> bool {
+        self.io_root.is_some()
+    }
+
+    /// `open_beneath`, through the clone with the mount's atime options when
+    /// there is one: for descriptors that only read, write and stat (never
+    /// used as the directory of a rename or link, which cannot cross mounts).
+    pub fn open_io(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd> {
+        let Some(root) = &self.io_root else {
+            return self.open_beneath(rel, flags);
+        };
+        rustix::fs::openat2(
+            root,
+            rel_arg(rel),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
     }
 
     /// Open `rel` (relative to the layer root) with `flags`, never leaving the layer

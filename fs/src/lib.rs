@@ -9,6 +9,7 @@ mod claim;
 mod copy_up;
 mod dir;
 mod file;
+mod flags;
 pub mod fuse;
 mod hardlink;
 mod inode;
@@ -35,8 +36,10 @@ pub use rustix::io::Errno;
 // in-process tests in fs/tests/).
 pub use crate::attr::{SetAttr, SetTime};
 pub use crate::dir::{Caller, NewObject, SHARED_WHITEOUT};
+pub use crate::flags::FlagsIoctl;
 pub use crate::inode::ROOT_ID;
 use crate::inode::{InodeTable, Node};
+pub use crate::layer::Atime;
 use crate::layer::Layer;
 pub use crate::names::{IdMap, IdRange};
 pub use ondisk::xattr::XattrNs;
@@ -99,6 +102,11 @@ pub struct Config {
     /// for writing. Kernel overlayfs reads such an upper with `metacopy=on`
     /// only, so it is off unless asked for. Uppers made so are read either way.
     pub metacopy: bool,
+    /// The mount's atime option: how reads through it move the atime of
+    /// upper objects (lower ones never get theirs moved, as with the kernel).
+    pub atime: Atime,
+    /// A `nodiratime` mount: the same for upper directories.
+    pub nodiratime: bool,
 }
 
 /// The merged filesystem: branches, the inode table and open handles.
@@ -145,6 +153,11 @@ impl Union {
             layers.push(layer);
         }
         assign_ino_prefixes(&mut layers);
+        for layer in layers.iter_mut().filter(|l| l.writable) {
+            if cfg.atime != Atime::Relative || cfg.nodiratime {
+                layer.atime_through_clone(cfg.atime, cfg.nodiratime);
+            }
+        }
         let (work, index, claim) = if cfg.cow && layers[0].writable {
             let (work, index, claim) =
                 prepare_workdir(&layers[0], cfg.workdir.as_deref(), cfg.volatile)?;

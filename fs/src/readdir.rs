@@ -95,6 +95,30 @@ fn position(name: &OsString) -> u64 {
 }
 
 impl Union {
+    /// Does opening a directory move its atime here? Under `strictatime`
+    /// every listing does, and the kernel answers listings from its cache.
+    pub fn opendir_moves_atime(&self) -> bool {
+        self.cfg.atime == crate::layer::Atime::Strict
+    }
+
+    /// Move the atime of a directory's upper copy as listing it would (the
+    /// kernel then lists it from its cache): read it once through the
+    /// upper's mount clone. Lower copies never get theirs moved.
+    pub fn touch_dir_atime(&self, node: &Node) -> Result<()> {
+        let _ns = sync::read(&self.namespace);
+        let st = node.snapshot();
+        if !st.upper || !st.is_dir {
+            return Ok(());
+        }
+        let (li, path) = self.top_entry(node, &st)?;
+        let fd = self.open_data(li, &path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut dir = rustix::fs::Dir::read_from(&fd)?;
+        if let Some(entry) = dir.read() {
+            entry?;
+        }
+        Ok(())
+    }
+
     /// The listing of directory `node_id` after position `offset` (0 for the
     /// start).
     pub fn listing_page(&self, node_id: u64, offset: u64) -> Result<Page> {
@@ -242,8 +266,11 @@ impl Union {
         dirs.extend(st.lowers.iter().map(|(l, p)| (*l, p.as_path())));
         for (li, dpath) in dirs {
             let is_upper = li == 0 && self.has_upper();
-            let layer = self.branch(Branch::Layer(li))?;
-            let fd = match layer.open_beneath(dpath, OFlags::RDONLY | OFlags::DIRECTORY) {
+            let fd = match self.open_data(
+                Branch::Layer(li),
+                dpath,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+            ) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) => continue,
                 Err(e) => return Err(e),

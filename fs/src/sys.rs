@@ -119,3 +119,53 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
     // A formatted integer never holds a NUL byte.
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
+
+/// `mount_setattr(2)` of the mount `fd` (from `open_tree`) alone: set the
+/// attributes `set` after clearing `clear` (`MOUNT_ATTR_*`).
+pub fn mount_setattr(fd: BorrowedFd<'_>, set: u64, clear: u64) -> Result<(), Errno> {
+    /// `struct mount_attr` of linux/mount.h.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the path is an empty NUL-terminated string, `attr` lives across
+    // the call and its size is passed with it; the kernel only reads it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::INVAL))
+    } else {
+        Ok(())
+    }
+}
+
+/// `ioctl(fd, cmd, arg)` for a request whose argument is a buffer the kernel
+/// reads and writes, at most `arg.len()` bytes of it (the caller sizes it to
+/// the request).
+pub fn ioctl_arg(fd: BorrowedFd<'_>, cmd: u32, arg: &mut [u8]) -> Result<(), Errno> {
+    // SAFETY: `arg` is valid for reads and writes of its length, which the
+    // caller made the size of the request's argument.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, arg.as_mut_ptr()) };
+    if r < 0 {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::INVAL))
+    } else {
+        Ok(())
+    }
+}

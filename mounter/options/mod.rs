@@ -80,6 +80,16 @@ pub struct MountRequest {
     pub default_permissions: bool,
     pub max_write: Option<u32>,
     pub noatime: bool,
+    /// Mount flags of the FUSE mount itself, as mount(8) spells them: the
+    /// kernel applies them to the mount as it does for kernel overlayfs.
+    pub nodiratime: bool,
+    pub strictatime: bool,
+    pub lazytime: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+    pub nosymfollow: bool,
+    /// Unknown options ignored, as fuse-overlayfs ignores them (one warning).
+    pub ignored_options: Vec<String>,
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,

@@ -82,8 +82,24 @@ fn apply_flag(name: &str, opts: &mut Options) -> Result<(), String> {
         "nosuid" => req.nosuid = true,
         "exec" => req.noexec = false,
         "noexec" => req.noexec = true,
-        "atime" | "relatime" => req.noatime = false,
+        "atime" => req.noatime = false,
         "noatime" => req.noatime = true,
+        "diratime" => req.nodiratime = false,
+        "nodiratime" => req.nodiratime = true,
+        "strictatime" => req.strictatime = true,
+        "nostrictatime" => req.strictatime = false,
+        "lazytime" => req.lazytime = true,
+        "nolazytime" => req.lazytime = false,
+        "sync" => req.sync = true,
+        "async" => req.sync = false,
+        "dirsync" => req.dirsync = true,
+        "nosymfollow" => req.nosymfollow = true,
+        "symfollow" => req.nosymfollow = false,
+        // The kernel's defaults, or no meaning for this mount: relatime is
+        // what a mount gets without noatime or strictatime; Linux has no
+        // mandatory locks; i_version and message levels are the kernel's.
+        "relatime" | "norelatime" | "defaults" | "mand" | "nomand" | "silent" | "loud"
+        | "iversion" | "noiversion" => {}
         "allow_other" => req.allow_other = true,
         "allow_root" => req.allow_root = true,
         "default_permissions" => req.default_permissions = true,
@@ -92,9 +108,54 @@ fn apply_flag(name: &str, opts: &mut Options) -> Result<(), String> {
         "noacl" | "statfs_omit_ro" | "hide_meta_files" | "direct_io" | "kernel_cache"
         | "use_ino" | "nonempty" | "big_writes" => {}
         _ if VALUED.contains(&name) => return Err(format!("option '{name}' needs a value")),
-        _ => return Err(unknown_option(name)),
+        _ => return ignore_unknown(name, None, opts),
     }
     Ok(())
+}
+
+/// As fuse-overlayfs, an unknown option is ignored (the caller warns once),
+/// unless ignoring it could change what is mounted: one that looks like a
+/// misspelt known option, or whose value is a path.
+fn ignore_unknown(name: &str, value: Option<&[u8]>, opts: &mut Options) -> Result<(), String> {
+    if let Some(known) = close_known_option(name) {
+        return Err(format!("unknown option '{name}' (did you mean '{known}'?)"));
+    }
+    if value.is_some_and(|v| v.contains(&b'/')) {
+        return Err(format!("unknown option '{name}' with a path value"));
+    }
+    opts.req.ignored_options.push(name.to_string());
+    Ok(())
+}
+
+/// Options whose loss would change what is mounted or who may write it.
+const SEMANTIC: &[&str] = &[
+    "lowerdir",
+    "upperdir",
+    "workdir",
+    "chroot",
+    "uidmapping",
+    "gidmapping",
+    "squash_to_uid",
+    "squash_to_gid",
+    "squash_to_root",
+    "volatile",
+    "userxattr",
+    "metacopy",
+    "noexec",
+    "nosuid",
+    "nodev",
+    "noatime",
+    "default_permissions",
+    "allow_other",
+];
+
+/// A known option `name` is one or two edits away from (a likely typo).
+fn close_known_option(name: &str) -> Option<&'static str> {
+    let limit = if name.len() < 6 { 1 } else { 2 };
+    SEMANTIC
+        .iter()
+        .copied()
+        .find(|known| strsim::damerau_levenshtein(name, known) <= limit)
 }
 
 fn apply_valued(name: &str, value: &[u8], opts: &mut Options) -> Result<(), String> {
@@ -122,12 +183,18 @@ fn apply_valued(name: &str, value: &[u8], opts: &mut Options) -> Result<(), Stri
         // the kernel or fuse-overlayfs keep working; the union has one behaviour.
         "context" | "redirect_dir" | "index" | "xino" => {}
         // A flag given a value: applying it to a scratch set tells whether it exists.
-        _ if apply_flag(name, &mut Options::default()).is_ok() => {
+        _ if is_known_flag(name) => {
             return Err(format!("option '{name}' takes no value"));
         }
-        _ => return Err(unknown_option(name)),
+        _ => return ignore_unknown(name, Some(value), opts),
     }
     Ok(())
+}
+
+/// A flag: applying it to a scratch set takes it, and ignores nothing.
+fn is_known_flag(name: &str) -> bool {
+    let mut scratch = Options::default();
+    apply_flag(name, &mut scratch).is_ok() && scratch.req.ignored_options.is_empty()
 }
 
 /// `on` or `off`, as kernel overlayfs spells its switches.
@@ -270,7 +337,9 @@ mod tests {
             squash_to_root,squash_to_uid=5,squash_to_gid=6,xattr_permissions=2,\
             userxattr,context=x,noacl,fsync=0,timeout=1.5,redirect_dir=on,index=off,\
             metacopy=off,xino=auto,rw,dev,nodev,suid,nosuid,exec,noexec,atime,relatime,\
-            noatime,allow_other,allow_root,default_permissions,fsname=myfs,subtype=um,\
+            noatime,diratime,nodiratime,norelatime,nostrictatime,strictatime,nolazytime,\
+            lazytime,async,sync,dirsync,symfollow,nosymfollow,mand,nomand,silent,loud,iversion,noiversion,defaults,\
+            allow_other,allow_root,default_permissions,fsname=myfs,subtype=um,\
             max_write=131072,auto_unmount,cow,statfs_omit_ro,hide_meta_files,\
             max_files=4096,direct_io,kernel_cache,use_ino,nonempty,big_writes";
         let opts = format!("{},{extra}", t.overlay_opts());
@@ -296,11 +365,24 @@ mod tests {
         assert_eq!(req.xattr_permissions, 2);
         assert_eq!(req.timeout, Some(Duration::from_millis(1500)));
         assert!(req.nodev && req.nosuid && req.noexec && req.noatime);
+        assert!(req.nodiratime && req.strictatime && req.lazytime && req.sync && req.dirsync);
+        assert!(req.nosymfollow);
+        assert!(req.ignored_options.is_empty(), "{:?}", req.ignored_options);
         assert!(req.allow_other && req.allow_root && req.default_permissions);
         assert!(req.auto_unmount && !req.read_only);
         assert_eq!(req.fsname.as_deref(), Some("myfs"));
         assert_eq!(req.subtype.as_deref(), Some("um"));
         assert_eq!(req.max_write, Some(131072));
+    }
+    #[test]
+    fn unknown_options_are_ignored_as_fuse_overlayfs_does() {
+        let t = Tree::new();
+        let opts = format!("{},foo,bar=1,x-systemd.automount,_netdev", t.overlay_opts());
+        let req = parse(&["-o", &opts, &t.s("mnt")]).unwrap();
+        assert_eq!(
+            req.ignored_options,
+            ["foo", "bar", "x-systemd.automount", "_netdev"]
+        );
     }
     #[test]
     fn metacopy_is_off_unless_asked_for() {
@@ -377,8 +459,23 @@ mod tests {
         let t = Tree::new();
         let mnt = t.s("mnt");
         let with = |extra: &str| err(&["-o", &format!("{},{extra}", t.overlay_opts()), &mnt]);
-        assert_eq!(with("foo"), "unknown option 'foo'");
-        assert_eq!(with("foo=1"), "unknown option 'foo'");
+        assert_eq!(
+            with("uperdir=x"),
+            "unknown option 'uperdir' (did you mean 'upperdir'?)"
+        );
+        assert_eq!(
+            with("lowredir=x"),
+            "unknown option 'lowredir' (did you mean 'lowerdir'?)"
+        );
+        assert_eq!(
+            with("noexex"),
+            "unknown option 'noexex' (did you mean 'noexec'?)"
+        );
+        assert_eq!(
+            with("upper=/somewhere"),
+            "unknown option 'upper' with a path value"
+        );
+        assert_eq!(with("sync=1"), "option 'sync' takes no value");
         assert_eq!(with("cow=1"), "option 'cow' takes no value");
         assert_eq!(with("fsname"), "option 'fsname' needs a value");
         assert_eq!(

@@ -258,12 +258,64 @@ pub fn umount2(p: &Path, flags: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
-pub fn mount_overlay(mnt: &Path, data: &str) -> io::Result<()> {
+/// Kernel overlayfs with mount(8)'s options: the VFS ones (nosuid, noatime,
+/// …) become mount flags as mount(8) makes them, the rest is overlayfs's data.
+pub fn mount_overlay(mnt: &Path, options: &str) -> io::Result<()> {
     let c = cstr(mnt);
     let src = cname("overlay");
-    let d = cname(data);
-    check(unsafe { libc::mount(src.as_ptr(), c.as_ptr(), src.as_ptr(), 0, d.as_ptr().cast()) })?;
+    let (flags, data) = vfs_flags(options);
+    let d = cname(&data);
+    check(unsafe {
+        libc::mount(
+            src.as_ptr(),
+            c.as_ptr(),
+            src.as_ptr(),
+            flags,
+            d.as_ptr().cast(),
+        )
+    })?;
     Ok(())
+}
+
+/// mount(8)'s split of an option list into mount flags and the data left
+/// for the filesystem.
+pub fn vfs_flags(options: &str) -> (libc::c_ulong, String) {
+    let mut flags: libc::c_ulong = 0;
+    let mut data = Vec::new();
+    for o in options.split(',') {
+        let (set, clear) = match o {
+            "ro" => (libc::MS_RDONLY, 0),
+            "rw" => (0, libc::MS_RDONLY),
+            "nosuid" => (libc::MS_NOSUID, 0),
+            "suid" => (0, libc::MS_NOSUID),
+            "nodev" => (libc::MS_NODEV, 0),
+            "dev" => (0, libc::MS_NODEV),
+            "noexec" => (libc::MS_NOEXEC, 0),
+            "exec" => (0, libc::MS_NOEXEC),
+            "sync" => (libc::MS_SYNCHRONOUS, 0),
+            "async" => (0, libc::MS_SYNCHRONOUS),
+            "dirsync" => (libc::MS_DIRSYNC, 0),
+            "noatime" => (libc::MS_NOATIME, 0),
+            "atime" => (0, libc::MS_NOATIME),
+            "nodiratime" => (libc::MS_NODIRATIME, 0),
+            "diratime" => (0, libc::MS_NODIRATIME),
+            "relatime" => (libc::MS_RELATIME, 0),
+            "norelatime" => (0, libc::MS_RELATIME),
+            "strictatime" => (libc::MS_STRICTATIME, 0),
+            "nostrictatime" => (0, libc::MS_STRICTATIME),
+            "lazytime" => (libc::MS_LAZYTIME, 0),
+            "nolazytime" => (0, libc::MS_LAZYTIME),
+            "nosymfollow" => (libc::MS_NOSYMFOLLOW, 0),
+            "symfollow" => (0, libc::MS_NOSYMFOLLOW),
+            "" => (0, 0),
+            other => {
+                data.push(other);
+                (0, 0)
+            }
+        };
+        flags = (flags | set) & !clear;
+    }
+    (flags, data.join(","))
 }
 
 /// Mount a tmpfs at `mnt` with `data` (e.g. "size=8m,mode=0755").

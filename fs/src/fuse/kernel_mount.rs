@@ -183,10 +183,22 @@ fn flags(options: &[MountOption]) -> MountFlags {
             MountOption::NoAtime => MountFlags::NOATIME,
             MountOption::Sync => MountFlags::SYNCHRONOUS,
             MountOption::DirSync => MountFlags::DIRSYNC,
+            MountOption::CUSTOM(word) => vfs_flag(word),
             _ => MountFlags::empty(),
         };
     }
     flags
+}
+
+/// The mount flags fuser has no option for, by their mount(8) names.
+fn vfs_flag(word: &str) -> MountFlags {
+    match word {
+        "nodiratime" => MountFlags::NODIRATIME,
+        "strictatime" => MountFlags::STRICTATIME,
+        "lazytime" => MountFlags::LAZYTIME,
+        "nosymfollow" => MountFlags::NOSYMFOLLOW,
+        _ => MountFlags::empty(),
+    }
 }
 
 /// fusermount's `-o` list for the same options.
@@ -213,6 +225,7 @@ fn fusermount_word(o: &MountOption) -> Option<String> {
         MountOption::NoAtime => "noatime".into(),
         MountOption::Sync => "sync".into(),
         MountOption::DirSync => "dirsync".into(),
+        MountOption::CUSTOM(word) if !vfs_flag(word).is_empty() => word.clone(),
         _ => return None,
     })
 }
@@ -319,6 +332,27 @@ mod tests {
         assert_eq!(
             fusermount_options(&[MountOption::RO, MountOption::NoExec], true),
             "ro,noexec,allow_other"
+        );
+        let atime = [
+            MountOption::CUSTOM("strictatime".into()),
+            MountOption::CUSTOM("nodiratime".into()),
+            MountOption::CUSTOM("lazytime".into()),
+            MountOption::Sync,
+            MountOption::DirSync,
+        ];
+        assert_eq!(
+            flags(&atime),
+            MountFlags::NODEV
+                | MountFlags::NOSUID
+                | MountFlags::STRICTATIME
+                | MountFlags::NODIRATIME
+                | MountFlags::LAZYTIME
+                | MountFlags::SYNCHRONOUS
+                | MountFlags::DIRSYNC
+        );
+        assert_eq!(
+            fusermount_options(&atime, false),
+            "strictatime,nodiratime,lazytime,sync,dirsync"
         );
     }
 }

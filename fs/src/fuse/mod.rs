@@ -17,7 +17,7 @@ use rustix::fs::{FileType as RawType, OFlags, Stat, Timespec};
 use crate::attr::{SetAttr, SetTime};
 use crate::dir::{Caller, NewObject};
 use crate::inode::Node;
-use crate::{Errno, Union};
+use crate::{Errno, FlagsIoctl, Union};
 
 mod errors;
 pub mod kernel_mount;
@@ -182,7 +182,11 @@ impl Filesystem for UnionFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Passthrough needs CAP_SYS_ADMIN; backing files may be one level deep
         // (layers on an ordinary filesystem), so the mount itself stays stackable.
+        // The kernel reads a backing file with the opener's flags and the
+        // backing file's mount: without a clone of the upper's mount carrying
+        // noatime, noatime reads go through the daemon (files opened O_NOATIME).
         if rustix::process::geteuid().is_root()
+            && !self.union.reads_for_atime()
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok()
         {
@@ -494,7 +498,21 @@ impl Filesystem for UnionFuse {
         // merged directory's names change only by operations on that
         // directory through this mount (layers are immutable, the upper is
         // ours), and each of them makes the kernel drop its cached listing.
-        reply.error(errors::noted("opendir", ino.0, FuseErrno::ENOSYS));
+        // Under strictatime each opendir moves the upper's atime as a listing
+        // would, and the listing still comes from the cache.
+        if !self.union.opendir_moves_atime() {
+            return reply.error(errors::noted("opendir", ino.0, FuseErrno::ENOSYS));
+        }
+        match self
+            .node(ino)
+            .and_then(|n| self.union.touch_dir_atime(&n).map_err(err))
+        {
+            Ok(()) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(e) => reply.error(errors::noted("opendir", ino.0, e)),
+        }
     }
 
     fn readdir(
@@ -716,12 +734,23 @@ impl Filesystem for UnionFuse {
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(errors::noted("ioctl", ino.0, FuseErrno::ENOTTY));
+        // Only the inode-flag requests (chattr, lsattr): the kernel sends
+        // them with a handle of its own, so the node says which object.
+        let Some(op) = FlagsIoctl::from_cmd(cmd) else {
+            return reply.error(errors::noted("ioctl", ino.0, FuseErrno::ENOTTY));
+        };
+        match self
+            .node(ino)
+            .and_then(|n| self.union.flags_ioctl(&n, op, in_data).map_err(err))
+        {
+            Ok(out) => reply.ioctl(0, &out[..out.len().min(out_size as usize)]),
+            Err(e) => reply.error(errors::noted("ioctl", ino.0, e)),
+        }
     }
 
     fn fallocate(

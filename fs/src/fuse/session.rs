@@ -25,6 +25,12 @@ pub struct SessionOptions {
     pub nosuid: bool,
     pub noexec: bool,
     pub noatime: bool,
+    pub nodiratime: bool,
+    pub strictatime: bool,
+    pub lazytime: bool,
+    pub sync: bool,
+    pub dirsync: bool,
+    pub nosymfollow: bool,
     /// Device files and set-id bits work unless `nodev`/`nosuid` (root only:
     /// the kernel refuses them to a mount without privilege).
     pub devices_and_setid: bool,
@@ -88,6 +94,12 @@ fn fuser_config(opts: &SessionOptions) -> fuser::Config {
         (opts.nosuid, MountOption::NoSuid),
         (opts.noexec, MountOption::NoExec),
         (opts.noatime, MountOption::NoAtime),
+        (opts.sync, MountOption::Sync),
+        (opts.dirsync, MountOption::DirSync),
+        (opts.nodiratime, MountOption::CUSTOM("nodiratime".into())),
+        (opts.strictatime, MountOption::CUSTOM("strictatime".into())),
+        (opts.lazytime, MountOption::CUSTOM("lazytime".into())),
+        (opts.nosymfollow, MountOption::CUSTOM("nosymfollow".into())),
     ] {
         if flag {
             list.push(opt);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, OFlags, RenameFlags};
 use rustix::io::Errno;
-use unionfs::{BranchConfig, Caller, Config, IdMap, NewObject, Union, XattrNs};
+use unionfs::{Atime, BranchConfig, Caller, Config, IdMap, NewObject, Union, XattrNs};
 
 mod attrs;
 mod changes;
@@ -81,6 +81,8 @@ impl Branches {
             gids: IdMap::default(),
             volatile: false,
             metacopy: false,
+            atime: Atime::Relative,
+            nodiratime: false,
         })
         .unwrap()
     }
