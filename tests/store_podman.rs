@@ -228,7 +228,13 @@ fn podman_loads_saved_docker_and_oci_archives() {
         "--from",
         "v3",
     ]);
-    assert!(out.starts_with("Committed committed"), "{out}");
+    // The new image's short id, as `image ls` shows it.
+    let id = out.trim();
+    assert!(
+        id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{out}"
+    );
+    assert!(env.um(&["image", "ls"]).contains(id), "{out}");
     let inspect = env.um(&["image", "inspect", "committed"]);
     assert!(inspect.contains("tar+zstd"), "{inspect}");
     check_podman_load(&env, &pm, "committed", "committed", None);
