@@ -99,11 +99,17 @@ fn try_lock(fd: BorrowedFd<'_>, work: BorrowedFd<'_>) -> rustix::io::Result<()> 
     }
 }
 
-/// Does the workdir's record name the lock's holder, at a mountpoint where
-/// the holder's own mount namespace has no FUSE mount any more? (Its mount
-/// may live in a namespace of its own, as a container's does.)
+/// Is the lock's holder going: gone from `/proc/locks` already, or named by
+/// the workdir's record at a mountpoint where its own mount namespace has
+/// no FUSE mount any more? (Its mount may live in a namespace of its own,
+/// as a container's does.)
 fn holder_unmounted(fd: BorrowedFd<'_>, work: BorrowedFd<'_>) -> bool {
-    let (Some(pid), Some((recorded, mnt))) = (lock_holder_pid(fd), recorded_holder(work)) else {
+    let Some(pid) = lock_holder_pid(fd) else {
+        // Not listed: let go between our try and this look (or held from
+        // a pid namespace this one cannot see, which the bound ends).
+        return true;
+    };
+    let Some((recorded, mnt)) = recorded_holder(work) else {
         return false;
     };
     let Ok(table) = std::fs::read(format!("/proc/{pid}/mountinfo")) else {
