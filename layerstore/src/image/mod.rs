@@ -15,9 +15,11 @@ use crate::unpack::{Compression, split_path};
 use crate::{Context, Error, Result};
 
 mod load;
+mod outgoing;
 mod save;
 
 pub use load::{Loaded, import, load, new_config, store_image};
+pub use outgoing::{OutBlob, Outgoing, outgoing};
 pub(crate) use save::recompress;
 pub use save::{SaveFormat, save};
 

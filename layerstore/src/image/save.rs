@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{Descriptor, DockerEntry, Index, REF_NAME, Sink, blob_path, to_json};
+use super::{DockerEntry, Index, REF_NAME, Sink, blob_path, to_json};
 use crate::store::{Store, layer_pairs};
 use crate::unpack::{self, Compression};
 use crate::util::{create_unique, remove_all, unique_name};
@@ -94,48 +94,12 @@ fn write_oci(
     compress: Compression,
 ) -> Result<()> {
     sink.add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    let blobs = store.blobs();
-    let cfg = &info.manifest.config.digest;
-    sink.add_file(&blob_path(cfg), &blobs.path(cfg))?;
-    let mut manifest = info.manifest.clone();
-    let mut desc: Descriptor = info.manifest_desc.clone();
-    let mut written = std::collections::BTreeSet::new();
-    for layer in &mut manifest.layers {
-        let src = blobs.path(&layer.digest);
-        let (comp, _) = unpack::decompress(File::open(&src).at(&src)?).at(&src)?;
-        match compress {
-            want if want != comp => {
-                let what = format!("layer blob {}", layer.digest);
-                let (d, size, tmp) = recompress(store, &src, &what, want)?;
-                let res = if written.insert(d.clone()) {
-                    sink.add_file(&blob_path(&d), &tmp)
-                } else {
-                    Ok(())
-                };
-                let _ = fs::remove_file(&tmp);
-                res?;
-                layer.media_type = super::layer_type(want).to_string();
-                layer.digest = d;
-                layer.size = size;
-            }
-            _ => {
-                if written.insert(layer.digest.clone()) {
-                    sink.add_file(&blob_path(&layer.digest), &src)?;
-                }
-            }
-        }
+    let out = super::outgoing(store, info, Some(compress))?;
+    for blob in out.blobs() {
+        sink.add_file(&blob_path(&blob.desc.digest), &blob.path)?;
     }
-    if manifest.layers == info.manifest.layers {
-        let d = &info.manifest_desc.digest;
-        sink.add_file(&blob_path(d), &blobs.path(d))?;
-    } else {
-        manifest.media_type = Some(super::OCI_MANIFEST.to_string());
-        let bytes = to_json(&manifest);
-        let d = crate::Digest::of_bytes(&bytes);
-        sink.add_bytes(&blob_path(&d), &bytes)?;
-        desc = Descriptor::new(super::OCI_MANIFEST, d, bytes.len() as u64);
-    }
-    desc.annotations.clear();
+    sink.add_bytes(&blob_path(&out.manifest.digest), &out.manifest_bytes)?;
+    let mut desc = out.manifest.clone();
     if let Some(t) = tag {
         desc.annotations.insert(REF_NAME.to_string(), t.to_string());
     }
