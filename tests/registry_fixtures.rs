@@ -194,7 +194,7 @@ fn plain_registry_serves_skopeo_and_podman_what_skopeo_pushed() {
 
     // podman pulls it with the registry's options, same digest.
     let pdir = scratch.dir("podman");
-    let image = format!("{}/img:v3", reg.addr());
+    let image = reg.reference("img:v3");
     let mut args = vec![s("pull"), s("-q")];
     args.extend(reg.client_args());
     args.push(image.clone());
@@ -306,6 +306,58 @@ fn tls_registry_wants_its_ca_and_the_password() {
 }
 
 #[test]
+fn registry_and_proxy_are_gone_after_a_panicking_test() {
+    if !need(&[]) {
+        return;
+    }
+    let seen = std::sync::Mutex::new(None);
+    let result = std::panic::catch_unwind(|| {
+        let reg = Registry::plain();
+        let proxy = TamperProxy::start(&reg.addr());
+        *seen.lock().unwrap() = Some((reg.pid().unwrap(), proxy.addr()));
+        panic!("a test failing with a registry and a proxy up");
+    });
+    assert!(result.is_err());
+    let (pid, proxy_addr) = seen.into_inner().unwrap().expect("started");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "registry {pid} outlived its test"
+    );
+    assert!(
+        std::net::TcpStream::connect(&proxy_addr).is_err(),
+        "the proxy still listens on {proxy_addr}"
+    );
+}
+
+#[test]
+fn deleting_a_blob_leaves_a_manifest_that_cannot_be_pulled() {
+    if !need(&[]) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let (layout, tag, _) = multi_layer_oci(scratch.path());
+    let reg = Registry::plain();
+    push_with_skopeo(&layout, &tag, &reg, "img:v3");
+    let gone = layer_digests(&layout, &tag)[1].clone();
+    assert_eq!(reg.delete(&format!("/v2/img/blobs/{gone}")).status, 202);
+    assert_eq!(reg.head(&format!("/v2/img/blobs/{gone}"), &[]).status, 404);
+    let m = reg.get("/v2/img/manifests/v3", &[OCI_MANIFEST]);
+    assert_eq!(m.status, 200, "the manifest stays");
+    let out = copy_out(
+        &reg.skopeo_src_args(),
+        &reg.addr(),
+        "img:v3",
+        &scratch.dir("out"),
+        "x",
+    );
+    assert!(
+        !out.status.success(),
+        "skopeo copied an image missing a blob"
+    );
+    assert!(stderr(&out).contains(&gone[7..]), "{}", stderr(&out));
+}
+
+#[test]
 fn stopped_registry_refuses_then_restarts_on_its_storage() {
     if !need(&[]) {
         return;
@@ -378,6 +430,19 @@ fn tamper_proxy_passes_images_and_injects_each_fault() {
             .requests()
             .iter()
             .any(|r| r.method == "GET" && r.path.ends_with(&big)),
+        "{:?}",
+        proxy.requests()
+    );
+
+    // Pushes go through it too (upload bodies, Location of the session).
+    let mut args = vec![s("copy"), s("--dest-tls-verify=false")];
+    args.push(format!("oci:{}:{tag}", layout.display()));
+    args.push(format!("docker://{}/pushed:1", proxy.addr()));
+    ok("skopeo copy to the proxy", skopeo(&args));
+    let m = reg.head("/v2/pushed/manifests/1", &[OCI_MANIFEST]);
+    assert_eq!(m.status, 200, "pushed through the proxy");
+    assert!(
+        proxy.requests().iter().any(|r| r.method == "PUT"),
         "{:?}",
         proxy.requests()
     );

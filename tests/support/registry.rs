@@ -95,7 +95,9 @@ impl Response {
     }
 }
 
-/// A running (or stopped) `docker-registry` on 127.0.0.1.
+/// A running (or stopped) `docker-registry` on 127.0.0.1. The process gets
+/// SIGKILL should the thread that started it end first (a test killed
+/// before its Drop ran): start and keep it in the test's own thread.
 pub struct Registry {
     scratch: Scratch,
     port: u16,
@@ -149,6 +151,11 @@ impl Registry {
     /// "127.0.0.1:PORT", as a reference's registry part.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// "127.0.0.1:PORT/REPO:TAG" (or "…/REPO@sha256:…") of `repo_tag`.
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.addr())
     }
 
     pub fn port(&self) -> u16 {
@@ -302,6 +309,13 @@ impl Registry {
     /// types: the registry answers 404 for an OCI manifest not accepted.
     pub fn head(&self, path: &str, accept: &[&str]) -> Response {
         self.curl("HEAD", path, accept, true)
+    }
+
+    /// DELETE `path` with the registry's credentials and CA (deletes are
+    /// enabled): `/v2/REPO/blobs/DIGEST` leaves a manifest whose blob is
+    /// missing, `/v2/REPO/manifests/DIGEST` removes an image.
+    pub fn delete(&self, path: &str) -> Response {
+        self.curl("DELETE", path, &[], true)
     }
 
     /// GET `path` without credentials (a registry with auth answers 401).

@@ -116,6 +116,11 @@ impl TamperProxy {
         self.addr.clone()
     }
 
+    /// "PROXY:PORT/REPO:TAG" of `repo_tag`, for a client to go through it.
+    pub fn reference(&self, repo_tag: &str) -> String {
+        format!("{}/{repo_tag}", self.addr)
+    }
+
     /// Apply `fault` to every request for blob `digest` ("sha256:…").
     pub fn fault(&self, digest: &str, fault: Fault) {
         self.add_rule(digest, fault, None);
