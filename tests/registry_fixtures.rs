@@ -3,8 +3,8 @@
 //! podman; the TLS registry wants its CA and the password (401 without);
 //! a stopped registry comes back with its storage; the access log shows
 //! every request and nothing more; the tamper proxy passes images through
-//! untouched until told otherwise, and each fault it injects is seen by a
-//! client; the multi-layer image has its whiteout, opaque directory and
+//! untouched until told otherwise, each fault it injects is seen by a
+//! client, and a held blob waits for the test's word; the multi-layer image has its whiteout, opaque directory and
 //! hard links; the multi-arch index is served as an index.
 
 use std::fs;
@@ -504,6 +504,83 @@ fn tamper_proxy_passes_images_and_injects_each_fault() {
         copy_out(&src, &proxy.addr(), "img:v3", &once, "x"),
     );
     assert_eq!(layer_digests(&once, "x"), layers);
+}
+
+/// `skopeo copy` from `addr` in the background (stdout and stderr kept).
+fn spawn_copy_out(addr: &str, layout: &Path) -> std::process::Child {
+    Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{addr}/img:v3"))
+        .arg(format!("oci:{}:x", layout.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("skopeo runs")
+}
+
+#[test]
+fn tamper_proxy_holds_a_blob_until_released_or_cut() {
+    if !need(&[]) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let (layout, tag, _) = multi_layer_oci(scratch.path());
+    let mut reg = Registry::plain();
+    push_with_skopeo(&layout, &tag, &reg, "img:v3");
+    let proxy = TamperProxy::start(&reg.addr());
+    let layers = layer_digests(&layout, &tag);
+    proxy.fault(&layers[0], Fault::StallAfter(1000));
+
+    // Held, then released: skopeo waits, then gets the whole blob.
+    let released = scratch.dir("released");
+    let mut child = spawn_copy_out(&proxy.addr(), &released);
+    assert!(
+        proxy.wait_stalled(1),
+        "the blob's GET never reached the stall"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "skopeo finished while its blob was held"
+    );
+    proxy.release();
+    ok(
+        "skopeo copy after release",
+        child.wait_with_output().unwrap(),
+    );
+    assert_eq!(layer_digests(&released, "x"), layers);
+
+    // Held, the registry stopped, then cut: the copy fails mid-blob.
+    let cut = scratch.dir("cut");
+    let child = spawn_copy_out(&proxy.addr(), &cut);
+    assert!(
+        proxy.wait_stalled(2),
+        "the second GET never reached the stall"
+    );
+    reg.stop();
+    proxy.cut_stalled();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "skopeo finished a cut blob");
+    let held = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.fault == Some(Fault::StallAfter(1000)))
+        .count();
+    assert_eq!(held, 2, "{:?}", proxy.requests());
+
+    // The registry back and the fault gone: the copy completes.
+    reg.start();
+    proxy.clear();
+    ok(
+        "skopeo copy after restart",
+        copy_out(
+            &[s("--src-tls-verify=false")],
+            &proxy.addr(),
+            "img:v3",
+            &cut,
+            "x",
+        ),
+    );
+    assert_eq!(layer_digests(&cut, "x"), layers);
 }
 
 #[test]

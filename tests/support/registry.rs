@@ -344,18 +344,32 @@ impl Registry {
         parse_http_response(&out.stdout)
     }
 
+    /// The registry's config.yml. A fixed secret keeps upload sessions
+    /// valid across `stop()`/`start()`, and upload purging is off so a
+    /// half-done upload stays for a test to resume.
     fn config(&self) -> String {
-        let dir = self.scratch.path().display().to_string();
+        let dir = self.scratch.path().display();
+        let port = self.port;
         let mut yml = format!(
-            "version: 0.1\n\
-             log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {dir}/storage\n\
-             \x20 delete:\n    enabled: true\n\
-             \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: unionmount-test-fixture\n",
-            port = self.port
+            r#"version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {dir}/storage
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+  secret: unionmount-test-fixture
+"#
         );
-        // A fixed secret keeps upload sessions valid across stop()/start().
         if self.tls {
             yml += &format!(
                 "  tls:\n    certificate: {dir}/certs/server.crt\n    key: {dir}/certs/server.key\n"

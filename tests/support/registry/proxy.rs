@@ -2,14 +2,16 @@
 //! forwards every request, one per connection (it rewrites `Connection:
 //! close` both ways), and can be told to misbehave for one blob: flip a byte
 //! of it, cut the connection after N bytes of it, answer 404 for it; or to
-//! ignore Range headers as a server without range support does. It records
-//! the requests it saw, with their Range header, so a test can check that a
-//! client resumed.
+//! ignore Range headers as a server without range support does; or hold a
+//! blob's response after N bytes until the test lets it go on or cuts it
+//! (a pull stopped at a known point, to kill the client or stop the
+//! registry there). It records the requests it saw, with their Range
+//! header, so a test can check that a client resumed.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,6 +28,16 @@ pub enum Fault {
     CutAfter(u64),
     /// GET and HEAD: answer 404 BLOB_UNKNOWN without asking the registry
     NotFound,
+    /// GET: send the head and this many bytes of the body, then hold the
+    /// connection until `release()` (the rest follows) or `cut_stalled()`
+    StallAfter(u64),
+}
+
+/// What `release()` and `cut_stalled()` tell held connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    Continue,
+    Cut,
 }
 
 /// One request the proxy received.
@@ -52,6 +64,41 @@ struct State {
     rules: Vec<Rule>,
     ignore_ranges: bool,
     seen: Vec<ProxyRequest>,
+    /// connections that have reached their stall point, ever
+    stalled: usize,
+    /// bumped by release()/cut_stalled(); a held connection waits for it
+    resume_gen: u64,
+    resume: Option<Resume>,
+    stopping: bool,
+}
+
+/// What the accept loop and every connection share.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count a connection as held, then wait for the test's word.
+    fn stall(&self) -> Resume {
+        let mut st = self.lock();
+        st.stalled += 1;
+        let asked = st.resume_gen;
+        self.changed.notify_all();
+        while st.resume_gen == asked && !st.stopping {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        if st.stopping {
+            Resume::Cut
+        } else {
+            st.resume.unwrap_or(Resume::Continue)
+        }
+    }
 }
 
 impl State {
@@ -70,10 +117,10 @@ impl State {
     }
 }
 
-/// The proxy; stops accepting on Drop.
+/// The proxy; on Drop it stops accepting and cuts held connections.
 pub struct TamperProxy {
     addr: String,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
     accept: Option<JoinHandle<()>>,
 }
@@ -84,28 +131,28 @@ impl TamperProxy {
     pub fn start(upstream: &str) -> TamperProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address").to_string();
-        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::new(Shared::default());
         let stop = Arc::new(AtomicBool::new(false));
         let accept = {
-            let (state, stop, upstream) = (state.clone(), stop.clone(), upstream.to_string());
+            let (shared, stop, upstream) = (shared.clone(), stop.clone(), upstream.to_string());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (state, upstream) = (state.clone(), upstream.clone());
+                    let (shared, upstream) = (shared.clone(), upstream.clone());
                     std::thread::spawn(move || {
                         // A client or registry hanging up early is what
                         // some tests do on purpose: nothing to report.
-                        let _ = serve(conn, &upstream, &state);
+                        let _ = serve(conn, &upstream, &shared);
                     });
                 }
             })
         };
         TamperProxy {
             addr,
-            state,
+            shared,
             stop,
             accept: Some(accept),
         }
@@ -157,14 +204,45 @@ impl TamperProxy {
         });
     }
 
+    /// Wait (up to 60 s) until `n` connections in all have been held by
+    /// `StallAfter`; whether they were.
+    pub fn wait_stalled(&self, n: usize) -> bool {
+        let st = self.state();
+        let (st, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(st, IDLE, |st| st.stalled < n)
+            .unwrap_or_else(|e| e.into_inner());
+        st.stalled >= n
+    }
+
+    /// Held connections go on: the rest of the body follows.
+    pub fn release(&self) {
+        self.resume(Resume::Continue);
+    }
+
+    /// Held connections are closed where they stand, mid-body.
+    pub fn cut_stalled(&self) {
+        self.resume(Resume::Cut);
+    }
+
+    fn resume(&self, how: Resume) {
+        let mut st = self.state();
+        st.resume_gen += 1;
+        st.resume = Some(how);
+        self.shared.changed.notify_all();
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.lock()
     }
 }
 
 impl Drop for TamperProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.state().stopping = true;
+        self.shared.changed.notify_all();
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect(&self.addr);
         if let Some(t) = self.accept.take() {
@@ -203,7 +281,7 @@ impl Head {
 /// Headers about this hop's connection, which the proxy sets itself.
 const HOP: &[&str] = &["connection", "keep-alive", "proxy-connection", "expect"];
 
-fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> io::Result<()> {
+fn serve(client: TcpStream, upstream: &str, shared: &Shared) -> io::Result<()> {
     client.set_read_timeout(Some(IDLE))?;
     client.set_write_timeout(Some(IDLE))?;
     let mut from_client = BufReader::new(client.try_clone()?);
@@ -219,7 +297,7 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> io::Result<
     let target = words.next().unwrap_or_default().to_string();
     let digest = blob_digest(&target);
     let (fault, ignore_ranges) = {
-        let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = shared.lock();
         let fault = st.take_fault(&method, digest.as_deref());
         st.seen.push(ProxyRequest {
             method: method.clone(),
@@ -247,7 +325,7 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> io::Result<
     let (status, len) = forward_response_head(&mut from_up, &mut client)?;
     let no_body = method == "HEAD" || status == 204 || status == 304;
     if !no_body {
-        copy_response_body(&mut from_up, &mut client, len, fault)?;
+        copy_response_body(&mut from_up, &mut client, len, fault, shared)?;
     }
     client.flush()?;
     client.shutdown(Shutdown::Both)
@@ -282,6 +360,7 @@ fn copy_response_body(
     client: &mut TcpStream,
     len: Option<u64>,
     fault: Option<Fault>,
+    shared: &Shared,
 ) -> io::Result<()> {
     let Some(len) = len else {
         io::copy(from_up, client)?;
@@ -292,13 +371,28 @@ fn copy_response_body(
         Some(Fault::CutAfter(n)) => n.min(len),
         _ => len,
     };
+    let mut stall_at = match fault {
+        Some(Fault::StallAfter(n)) => Some(n.min(len)),
+        _ => None,
+    };
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent: u64 = 0;
-    while sent < limit {
-        let want = buf.len().min((limit - sent) as usize);
+    loop {
+        if stall_at == Some(sent) {
+            stall_at = None;
+            client.flush()?;
+            if shared.stall() == Resume::Cut {
+                return Ok(());
+            }
+        }
+        if sent >= limit {
+            return Ok(());
+        }
+        let end = stall_at.unwrap_or(limit);
+        let want = buf.len().min((end - sent) as usize);
         let n = from_up.read(&mut buf[..want])?;
         if n == 0 {
-            break;
+            return Ok(());
         }
         if let Some(at) = flip_at
             && (sent..sent + n as u64).contains(&at)
@@ -308,7 +402,6 @@ fn copy_response_body(
         client.write_all(&buf[..n])?;
         sent += n as u64;
     }
-    Ok(())
 }
 
 /// The request body: Content-Length bytes, or chunks as they come.
