@@ -17,12 +17,15 @@ mod support;
 use support::registry::images::{blob, layer_digests, manifest_digest};
 use support::registry::{
     Fault, Registry, TamperProxy, http_request, missing, multi_arch_index, multi_layer_oci,
-    push_with_skopeo,
+    push_with_skopeo, push_with_skopeo_as,
 };
 use support::{Scratch, assert_trees_eq, can_run, snapshot, tools::ok};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_GZIP_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 
 fn need(extra: &[&str]) -> bool {
     let mut tools = vec!["docker-registry", "curl", "skopeo", "umoci", "tar"];
@@ -219,6 +222,66 @@ fn plain_registry_serves_skopeo_and_podman_what_skopeo_pushed() {
             .any(|r| r.method == "PUT" && r.path == "/v2/img/manifests/v3" && r.status == 201),
         "skopeo's manifest PUT is in the access log: {seen:?}"
     );
+}
+
+#[test]
+fn images_go_up_as_docker_schema2_and_with_zstd_layers() {
+    if !need(&[]) {
+        return;
+    }
+    let scratch = Scratch::new();
+    let (layout, tag, reference) = multi_layer_oci(scratch.path());
+    let cases = [
+        (
+            "docker:1",
+            "--format",
+            "v2s2",
+            DOCKER_MANIFEST,
+            DOCKER_GZIP_LAYER,
+        ),
+        (
+            "zstd:1",
+            "--dest-compress-format",
+            "zstd",
+            OCI_MANIFEST,
+            OCI_ZSTD_LAYER,
+        ),
+    ];
+    for (repo_tag, opt, val, manifest_type, layer_type) in cases {
+        // A registry each: skopeo would mount the blobs the other push left.
+        let reg = Registry::plain();
+        let digest = push_with_skopeo_as(&layout, &tag, &reg, repo_tag, &[opt, val]);
+        let path = format!(
+            "/v2/{}/manifests/{digest}",
+            repo_tag.split(':').next().unwrap()
+        );
+        let m = reg.get(&path, &[manifest_type]);
+        assert_eq!(m.status, 200, "{repo_tag}: {}", m.text());
+        assert_eq!(m.header("content-type"), Some(manifest_type), "{repo_tag}");
+        let json: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        let types: Vec<&str> = json["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["mediaType"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, [layer_type; 3], "{repo_tag}");
+        // Still the same files once unpacked (umoci reads only gzip).
+        let back = scratch.path().join(format!("back-{val}"));
+        let mut args = reg.skopeo_src_args();
+        args.push(s("--dest-compress-format=gzip"));
+        let out = copy_out(&args, &reg.addr(), repo_tag, &back, "x");
+        ok("skopeo copy back", out);
+        let bundle = scratch.path().join(format!("bundle-{val}"));
+        umoci_unpack(&back, "x", &bundle);
+        assert_trees_eq(
+            repo_tag,
+            "umoci reference",
+            &snapshot(&reference),
+            "pushed and pulled back",
+            &snapshot(&bundle.join("rootfs")),
+        );
+    }
 }
 
 #[test]

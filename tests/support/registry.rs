@@ -25,7 +25,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use images::{MultiArch, multi_arch_index, multi_layer_oci, push_with_skopeo};
+pub use images::{
+    MultiArch, multi_arch_index, multi_layer_oci, push_with_skopeo, push_with_skopeo_as,
+};
 pub use proxy::{Fault, ProxyRequest, TamperProxy};
 
 use super::Scratch;

@@ -134,15 +134,30 @@ pub fn multi_layer_oci(dir: &Path) -> (PathBuf, String, PathBuf) {
 /// to `registry` as `repo_tag` ("repo:tag"); the pushed manifest's (or
 /// index's) digest, which equals `manifest_digest(layout, tag)`.
 pub fn push_with_skopeo(layout: &Path, tag: &str, registry: &Registry, repo_tag: &str) -> String {
+    push_with_skopeo_as(layout, tag, registry, repo_tag, &["--preserve-digests"])
+}
+
+/// Like `push_with_skopeo`, converted on the way by skopeo options in
+/// `extra`: `--format v2s2` (a Docker schema2 manifest), or
+/// `--dest-compress-format zstd` (zstd layers). The pushed digest. skopeo
+/// reuses blobs the registry has already: convert into a fresh registry.
+pub fn push_with_skopeo_as(
+    layout: &Path,
+    tag: &str,
+    registry: &Registry,
+    repo_tag: &str,
+    extra: &[&str],
+) -> String {
     let digestfile = layout.with_extension(format!("pushed-{}", repo_tag.replace([':', '/'], "-")));
     run(
-        &format!("skopeo copy to {}/{repo_tag}", registry.addr()),
+        &format!("skopeo copy to {}", registry.reference(repo_tag)),
         Command::new("skopeo")
-            .args(["copy", "--all", "--preserve-digests", "--digestfile"])
+            .args(["copy", "--all", "--digestfile"])
             .arg(&digestfile)
+            .args(extra)
             .args(registry.skopeo_dest_args())
             .arg(format!("oci:{}", image_ref(layout, tag)))
-            .arg(format!("docker://{}/{repo_tag}", registry.addr())),
+            .arg(format!("docker://{}", registry.reference(repo_tag))),
     );
     fs::read_to_string(&digestfile)
         .expect("skopeo's digest file")
