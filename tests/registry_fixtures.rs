@@ -16,22 +16,16 @@ mod support;
 
 use support::registry::images::{blob, layer_digests, manifest_digest};
 use support::registry::{
-    Fault, Registry, TamperProxy, http_request, missing, multi_arch_index, multi_layer_oci,
-    push_with_skopeo, push_with_skopeo_as,
+    Fault, Registry, TamperProxy, http_request, multi_arch_index, multi_layer_oci,
+    push_with_skopeo, push_with_skopeo_as, require,
 };
-use support::{Scratch, assert_trees_eq, can_run, snapshot, tools::ok};
+use support::{Scratch, assert_trees_eq, snapshot, tools::ok};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_ZSTD_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const DOCKER_GZIP_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-
-fn need(extra: &[&str]) -> bool {
-    let mut tools = vec!["docker-registry", "curl", "skopeo", "umoci", "tar"];
-    tools.extend_from_slice(extra);
-    can_run("registry fixture test", &missing(&tools))
-}
 
 fn skopeo(args: &[String]) -> Output {
     Command::new("skopeo")
@@ -96,7 +90,7 @@ fn layer_entries(layout: &Path, tag: &str) -> Vec<(usize, String, bool)> {
 
 #[test]
 fn multi_layer_image_has_whiteout_opaque_dir_and_hard_links() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();
@@ -165,7 +159,7 @@ fn podman(dir: &Path, args: &[String]) -> Output {
 
 #[test]
 fn plain_registry_serves_skopeo_and_podman_what_skopeo_pushed() {
-    if !need(&["podman"]) {
+    if !require(&["podman"]) {
         return;
     }
     let scratch = Scratch::new();
@@ -226,7 +220,7 @@ fn plain_registry_serves_skopeo_and_podman_what_skopeo_pushed() {
 
 #[test]
 fn images_go_up_as_docker_schema2_and_with_zstd_layers() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();
@@ -286,7 +280,7 @@ fn images_go_up_as_docker_schema2_and_with_zstd_layers() {
 
 #[test]
 fn requests_lists_each_request_and_nothing_when_idle() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let reg = Registry::plain();
@@ -312,7 +306,7 @@ fn requests_lists_each_request_and_nothing_when_idle() {
 
 #[test]
 fn tls_registry_wants_its_ca_and_the_password() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();
@@ -370,7 +364,7 @@ fn tls_registry_wants_its_ca_and_the_password() {
 
 #[test]
 fn registry_and_proxy_are_gone_after_a_panicking_test() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let seen = std::sync::Mutex::new(None);
@@ -394,7 +388,7 @@ fn registry_and_proxy_are_gone_after_a_panicking_test() {
 
 #[test]
 fn deleting_a_blob_leaves_a_manifest_that_cannot_be_pulled() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();
@@ -422,7 +416,7 @@ fn deleting_a_blob_leaves_a_manifest_that_cannot_be_pulled() {
 
 #[test]
 fn stopped_registry_refuses_then_restarts_on_its_storage() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();
@@ -467,7 +461,7 @@ fn blob_path(digest: &str) -> String {
 
 #[test]
 fn tamper_proxy_passes_images_and_injects_each_fault() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();
@@ -583,7 +577,7 @@ fn spawn_copy_out(addr: &str, layout: &Path) -> std::process::Child {
 
 #[test]
 fn tamper_proxy_holds_a_blob_until_released_or_cut() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();
@@ -648,7 +642,7 @@ fn tamper_proxy_holds_a_blob_until_released_or_cut() {
 
 #[test]
 fn multi_arch_index_is_served_as_an_index() {
-    if !need(&[]) {
+    if !require(&[]) {
         return;
     }
     let scratch = Scratch::new();

@@ -9,7 +9,8 @@
 //! - `requests()`: the requests the registry has answered so far, from its
 //!   access log, so a test can assert that nothing touched the network.
 //! - `proxy::TamperProxy`: an HTTP proxy in front of a plain registry that
-//!   flips a byte of a blob, cuts a blob short, ignores Range or hides a blob.
+//!   flips a byte of a blob, cuts a blob short, ignores Range, hides a blob,
+//!   or holds a blob mid-body until the test lets it go on or cuts it.
 //! - `images`: OCI layouts made with umoci (several layers, a whiteout, an
 //!   opaque directory, a hard-link group; a two-platform index) and pushing
 //!   them with skopeo.
@@ -34,7 +35,16 @@ use super::Scratch;
 use super::mount::wait_until;
 
 /// The tools every registry test needs (for `support::can_run`).
-pub const TOOLS: &[&str] = &["docker-registry", "curl", "skopeo", "umoci"];
+pub const TOOLS: &[&str] = &["docker-registry", "curl", "skopeo", "umoci", "tar"];
+
+/// Root, `TOOLS` and `extra` (e.g. "podman"): true when all are there.
+/// Under CI a missing one fails the test; elsewhere it is skipped.
+#[must_use]
+pub fn require(extra: &[&str]) -> bool {
+    let mut tools = TOOLS.to_vec();
+    tools.extend_from_slice(extra);
+    super::can_run("this registry test", &missing(&tools))
+}
 
 /// Which of `tools` (plus root) this machine lacks, as `can_run` wants them.
 pub fn missing(tools: &[&str]) -> Vec<String> {
