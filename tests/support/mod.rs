@@ -4,6 +4,8 @@
 //!   fails under `CI=true` with one line, and elsewhere skips with one line.
 //! - `store`, `run`, `tools`: helpers of the layer store, runner and real-tool
 //!   tests; `crash`: the kill -9 loop of the daemon's crash tests.
+//! - `registry`: `docker-registry` on loopback (plain, or TLS with Basic
+//!   auth), a tampering proxy in front of it, and images to push to it.
 //!
 //! - `Scratch`, `Mount`: guards that always clean up (see `mount`).
 //! - `Layer`, `Dialect`: describe a layer and write it in any whiteout dialect.
@@ -27,6 +29,7 @@ pub mod crash;
 pub mod layer;
 pub mod mount;
 pub mod ops;
+pub mod registry;
 pub mod run;
 pub mod snapshot;
 pub mod store;
