@@ -33,6 +33,9 @@ const SUBCOMMANDS: &[&str] = &[
     "container",
     "bench",
     "bundle",
+    "push",
+    "login",
+    "logout",
     "help",
     "--help",
     "-h",
@@ -120,6 +123,15 @@ enum Command {
     Export(ExportArgs),
     /// Make a one-layer image from a root filesystem tar, as `docker import`; prints its id.
     Import(ImportArgs),
+    /// Send an image to a registry (layers gzip unless told otherwise); prints its digest.
+    Push(PushArgs),
+    /// Check and keep credentials for a registry (in podman's auth.json).
+    Login(LoginArgs),
+    /// Forget the credentials kept for a registry.
+    Logout {
+        /// The registry (host[:port])
+        registry: String,
+    },
     /// Containers: move one to another store with its changes and settings.
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -159,6 +171,11 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Export(args) => crate::export::export(args.into()),
         Command::Import(args) => crate::image_cmd::import(args.into()),
         Command::Container(cmd) => run_container(cmd),
+        Command::Push(a) => crate::push_cmd::push(a.into()),
+        Command::Login(a) => {
+            crate::push_cmd::login(&a.registry, a.username, a.password_stdin, a.tls_verify)
+        }
+        Command::Logout { registry } => crate::push_cmd::logout(&registry),
         #[cfg(feature = "bench")]
         Command::Bench(args) => crate::bench::run(args.into()),
         Command::Bundle(args) => crate::bundle::run(args.into()),
@@ -417,6 +434,53 @@ FUSE and mount flags:
   max_write=BYTES              largest write request
   direct_io, kernel_cache, use_ino, nonempty, big_writes
                                accepted for compatibility; no effect";
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The image in the store (name, id or id prefix)
+    image: String,
+    /// Where to: [REGISTRY/]REPOSITORY[:TAG] (default: the image's name)
+    destination: Option<String>,
+    /// Layer compression: gzip (the default, read by every tool), zstd or none
+    #[arg(long, value_name = "gzip|zstd|none")]
+    compression: Option<String>,
+    /// Verify the registry's certificate (default: yes, but for loopback registries)
+    #[arg(long = "tls-verify", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    tls_verify: Option<bool>,
+    /// Print only the manifest digest
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+impl From<PushArgs> for crate::push_cmd::PushRequest {
+    fn from(a: PushArgs) -> Self {
+        crate::push_cmd::PushRequest {
+            image: a.image,
+            destination: a.destination,
+            compression: a.compression,
+            tls_verify: a.tls_verify,
+            quiet: a.quiet,
+            store: a.store.into(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The registry (host[:port])
+    registry: String,
+    /// The user name (asked on the terminal without it)
+    #[arg(short, long)]
+    username: Option<String>,
+    /// Read the password from standard input (one line)
+    #[arg(long)]
+    password_stdin: bool,
+    /// Verify the registry's certificate (default: yes, but for loopback registries)
+    #[arg(long = "tls-verify", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    tls_verify: Option<bool>,
+}
 
 /// Where the store is: `--store DIR`, else `UNIONMOUNT_STORE`, else the default.
 #[derive(Args, Clone, Debug)]

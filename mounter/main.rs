@@ -16,6 +16,7 @@ mod mount;
 mod ns_mounts;
 mod options;
 mod progress;
+mod push_cmd;
 mod runner;
 mod store_dir;
 mod sys;

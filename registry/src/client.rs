@@ -62,6 +62,10 @@ impl Options {
     }
 }
 
+/// A digest no blob has (sha256 of nothing is a real blob; all zeros is not).
+const NO_SUCH_BLOB: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 /// A client for `registry` over `t`.
 pub fn build(registry: &str, t: Transport, opts: &Options) -> Client {
     let mut cfg = ClientConfig {
@@ -177,8 +181,11 @@ pub fn one_line(s: &str) -> String {
     out.trim().to_string()
 }
 
-/// The credential a `login` stores is checked first: Basic to `/v2/` (or
-/// the token service) must be accepted.
+/// The credential a `login` stores is checked first: the token service
+/// must take it, and an authenticated request must not be refused. (A
+/// registry speaking Basic auth issues no token: only a request shows
+/// whether it takes the password. A HEAD of a blob that cannot exist
+/// answers 404 to a good one and 401 to a bad one.)
 pub async fn check_login(
     r: &Reference,
     user: &str,
@@ -190,11 +197,18 @@ pub async fn check_login(
     let mut last = String::new();
     for t in opts.transports(r) {
         let client = build(&r.registry, t, opts);
-        match client
+        let checked = match client
             .auth(&reference, &auth, RegistryOperation::Pull)
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => client
+                .blob_exists(&reference, NO_SUCH_BLOB)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(()) => return Ok(()),
             Err(e) => last = error_chain(&e),
         }
     }

@@ -102,10 +102,13 @@ async fn push_blob(
     source: Option<&oci_client::Reference>,
 ) -> Result<Fate, String> {
     let digest = blob.desc.digest.to_string();
-    let what = |e: &OciDistributionError| {
-        format!("{}: blob {digest}: {}", dest.whole(), error_chain(e))
-    };
-    if client.blob_exists(dest, &digest).await.map_err(|e| what(&e))? {
+    let what =
+        |e: &OciDistributionError| format!("{}: blob {digest}: {}", dest.whole(), error_chain(e));
+    if client
+        .blob_exists(dest, &digest)
+        .await
+        .map_err(|e| what(&e))?
+    {
         return Ok(Fate::Present);
     }
     // A mount the registry refuses (it lacks the blob there, or mounts are
@@ -127,8 +130,7 @@ async fn push_blob(
 /// The bytes of `path` as a stream of chunks, read as they are sent.
 fn file_chunks(
     path: PathBuf,
-) -> impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static
-{
+) -> impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
     stream::try_unfold(None::<tokio::fs::File>, move |file| {
         let path = path.clone();
         async move {
