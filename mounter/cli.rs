@@ -33,6 +33,7 @@ const SUBCOMMANDS: &[&str] = &[
     "container",
     "bench",
     "bundle",
+    "pull",
     "help",
     "--help",
     "-h",
@@ -120,6 +121,8 @@ enum Command {
     Export(ExportArgs),
     /// Make a one-layer image from a root filesystem tar, as `docker import`; prints its id.
     Import(ImportArgs),
+    /// Pull an image from a registry into the store; prints its id.
+    Pull(PullArgs),
     /// Containers: move one to another store with its changes and settings.
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -138,8 +141,15 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Umount { mountpoint, force } => crate::mount::unmount(&mountpoint, force),
         Command::Image(cmd) => run_image(cmd),
         Command::Commit(args) => crate::image_cmd::commit(args.into()),
-        Command::Run(args) => crate::container::lifecycle::run(args.into()),
-        Command::Create(args) => crate::container::lifecycle::create_cmd(args.into()),
+        Command::Run(mut args) => {
+            args.image = crate::registry_cmd::for_run(&args)?;
+            crate::container::lifecycle::run(args.into())
+        }
+        Command::Create(mut args) => {
+            args.image = crate::registry_cmd::for_run(&args)?;
+            crate::container::lifecycle::create_cmd(args.into())
+        }
+        Command::Pull(args) => crate::registry_cmd::pull(args.into()),
         Command::Start {
             container,
             interactive,
@@ -512,6 +522,9 @@ pub struct RunArgs {
     /// Attach stdin (without it the command reads /dev/null)
     #[arg(short = 'i', long = "interactive")]
     pub interactive: bool,
+    /// Pull the image from its registry: when the store lacks it (missing), always, or never
+    #[arg(long, value_enum, default_value = "missing", value_name = "POLICY")]
+    pub pull: PullPolicy,
     #[command(flatten)]
     pub store: StoreArg,
     /// Image name or id
@@ -655,6 +668,53 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
+}
+
+/// `run --pull`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Pull only a registry reference the store does not have
+    Missing,
+    /// Pull a registry reference every time
+    Always,
+    /// Use what the store has
+    Never,
+}
+
+/// `unionmount pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Image reference: NAME[:TAG][@DIGEST] (`alpine` is docker.io/library/alpine:latest)
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// The platform to pick from a multi-platform image (default: this machine's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Every tag of the repository
+    #[arg(short = 'a', long = "all-tags")]
+    pub all_tags: bool,
+    /// No progress; only the image id
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Verify TLS certificates (default: true, except for loopback registries);
+    /// `--tls-verify=false` also allows plain HTTP
+    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub tls_verify: Option<bool>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+impl From<PullArgs> for crate::registry_cmd::PullRequest {
+    fn from(a: PullArgs) -> Self {
+        crate::registry_cmd::PullRequest {
+            reference: a.reference,
+            platform: a.platform,
+            all_tags: a.all_tags,
+            quiet: a.quiet,
+            tls_verify: a.tls_verify,
+            store: a.store.into(),
+        }
+    }
 }
 
 /// `unionmount import` and `unionmount image import` (`docker import`).

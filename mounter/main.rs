@@ -16,6 +16,7 @@ mod mount;
 mod ns_mounts;
 mod options;
 mod progress;
+mod registry_cmd;
 mod runner;
 mod store_dir;
 mod sys;

@@ -103,7 +103,14 @@ impl Store {
     }
 
     fn open_with(root: &Path, exclusive: bool) -> Result<Store> {
-        for d in ["blobs/sha256", "layers", "tmp", "containers", "locks"] {
+        for d in [
+            "blobs/sha256",
+            "layers",
+            "tmp",
+            "containers",
+            "locks",
+            "partial",
+        ] {
             let p = root.join(d);
             fs::create_dir_all(&p).ctx(|| format!("store {}: {d}", root.display()))?;
         }
@@ -175,6 +182,13 @@ impl Store {
 
     pub fn progress(&self) -> &Progress {
         &self.progress
+    }
+
+    /// Blobs being downloaded (`partial/<hex>`: the first bytes of the blob
+    /// of that digest). Kept across commands so a pull resumes; not part of
+    /// any image until a transaction adopts them; `prune` removes them.
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
     }
 
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {

@@ -1,0 +1,93 @@
+//! `unionmount pull`, and the pull that `run --pull` does: thin wrappers
+//! over the registry crate.
+
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use layerstore::Store;
+use layerstore::progress::Progress;
+use registry::Reference;
+use registry::client::Options;
+use registry::pull::{PullOptions, Pulled};
+
+use crate::cli::{PullPolicy, RunArgs};
+use crate::store_dir::StoreDir;
+
+/// `pull`.
+#[derive(Debug)]
+pub struct PullRequest {
+    pub reference: String,
+    pub platform: Option<String>,
+    pub all_tags: bool,
+    pub quiet: bool,
+    pub tls_verify: Option<bool>,
+    pub store: StoreDir,
+}
+
+/// `pull`: prints each pulled image's id, as `image ls` shows it.
+pub fn pull(req: PullRequest) -> anyhow::Result<ExitCode> {
+    let r = Reference::parse(&req.reference)?;
+    let mut s = req.store.open_or_create()?;
+    let opts = PullOptions {
+        platform: req.platform.clone(),
+        all_tags: req.all_tags,
+        client: Options {
+            tls_verify: req.tls_verify,
+            ..Default::default()
+        },
+        bars: (!req.quiet).then(crate::progress::layer_bars).flatten(),
+        ..Default::default()
+    };
+    if req.quiet {
+        s.set_progress(Progress::default());
+    }
+    for p in run_pull(&s, &r, &opts)? {
+        let mut out = std::io::stdout().lock();
+        let _ = std::io::Write::write_fmt(&mut out, format_args!("{}\n", p.id.short()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_pull(s: &Store, r: &Reference, opts: &PullOptions) -> anyhow::Result<Vec<Pulled>> {
+    registry::pull::pull(s, r, opts).map_err(|e| anyhow!("pull {r}: {e}"))
+}
+
+/// `run`/`create --pull`: the name to run, after pulling it if the policy
+/// says so. A name the store has is never pulled with `missing`; only a
+/// name that is a registry reference is ever pulled.
+pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
+    let name = args.image.clone();
+    if args.pull == PullPolicy::Never {
+        return Ok(name);
+    }
+    let store = StoreDir::from(args.store.clone());
+    let local = |s: &Store, n: &str| s.resolve(n).is_ok();
+    let Ok(r) = Reference::parse(&name) else {
+        return Ok(name);
+    };
+    let tag = r.store_tag();
+    if args.pull == PullPolicy::Missing && store.listing_root()?.is_some() {
+        let s = store.open()?;
+        if local(&s, &name) {
+            return Ok(name);
+        }
+        // `docker.io/library/alpine` is stored as `alpine:latest`.
+        if let Some(t) = tag.as_ref().filter(|t| local(&s, t)) {
+            return Ok(t.clone());
+        }
+    }
+    let s = store.open_or_create()?;
+    let opts = PullOptions {
+        bars: crate::progress::layer_bars(),
+        ..Default::default()
+    };
+    if opts.bars.is_some() {
+        eprintln!("Pulling {r}");
+    }
+    let pulled = run_pull(&s, &r, &opts)?;
+    Ok(match (tag, pulled.first()) {
+        (Some(t), _) => t,
+        (None, Some(p)) => p.manifest.to_string(),
+        (None, None) => name,
+    })
+}
