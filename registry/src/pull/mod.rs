@@ -170,7 +170,10 @@ fn pull_one(
 ) -> Result<Pulled, String> {
     let res = manifest::resolve(ctx, r, want)?;
     let m = &res.manifest;
-    let cfg_bytes = small_blob(ctx, &m.config)?;
+    let cfg_bytes = match store.blobs().read_verified(&m.config.digest) {
+        Ok(b) => b,
+        Err(_) => small_blob(ctx, &m.config)?,
+    };
     let cwhat = format!("config {}", m.config.digest);
     let cfg: ConfigView = image::parse_json(&cfg_bytes, &cwhat).map_err(|e| e.to_string())?;
     if cfg.rootfs.diff_ids.len() != m.layers.len() {

@@ -1,0 +1,531 @@
+//! `unionmount pull` against Debian's docker-registry (the distribution
+//! registry) on loopback: images pushed by skopeo (made with umoci) come
+//! out as `umoci unpack` shows them; multi-platform indexes; resumed and
+//! killed pulls; missing and corrupt blobs; `run --pull`.
+
+mod support;
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use layerstore::serde_json::{self, Value};
+use support::store::*;
+
+/// A docker-registry on 127.0.0.1 at a free port, with its storage and log
+/// in a directory of the test; stopped by pid when dropped.
+struct Registry {
+    child: Child,
+    port: u16,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let data = dir.join("registry-data");
+        let cfg = dir.join("registry.yml");
+        fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("registry.log");
+        let out = fs::File::create(&log).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("starting docker-registry");
+        let reg = Registry {
+            child,
+            port,
+            data,
+            log,
+        };
+        let up = support::wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "docker-registry did not listen: {}", reg.log_text());
+        reg
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Access-log lines (one per request).
+    fn requests(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("\"GET /v2") || l.contains("\"HEAD /v2"))
+            // Ours only, not skopeo's pushes.
+            .filter(|l| l.contains("unionmount/"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Where the registry keeps blob `hex`.
+    fn blob_file(&self, hex: &str) -> PathBuf {
+        self.data
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// skopeo pushes `src` (a skopeo source) as `repo:tag`, digests as they are.
+    fn push(&self, src: &str, repo_tag: &str, all: bool) {
+        let mut c = Command::new("skopeo");
+        c.args([
+            "copy",
+            "-q",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
+        if all {
+            c.arg("--all");
+        }
+        c.arg(src)
+            .arg(format!("docker://{}/{repo_tag}", self.addr()));
+        run(&mut c);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ready(test: &str) -> bool {
+    need_root(test) && need_tools(test, &["umoci", "skopeo", "docker-registry"])
+}
+
+/// `image ls --format json` entry named `name`.
+fn listed(env: &Env, name: &str) -> Value {
+    let v: Value = serde_json::from_str(&env.um(&["image", "ls", "--format", "json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+        .clone()
+}
+
+/// Mount the image with unionmount and compare with `want`.
+fn assert_mounted_tree(env: &Env, image: &str, want: &Path, name: &str) {
+    let mnt = env.path().join(format!("mnt-{name}"));
+    fs::create_dir_all(&mnt).unwrap();
+    env.um(&["image", "mount", image, &mnt.display().to_string()]);
+    let _m = UnionMount(mnt.clone());
+    assert_same_tree(&mnt, want);
+}
+
+/// A unionmount mount, unmounted on drop.
+struct UnionMount(PathBuf);
+
+impl Drop for UnionMount {
+    fn drop(&mut self) {
+        let ok = Command::new(bin())
+            .arg("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            unmount(&self.0);
+        }
+    }
+}
+
+/// The layer blobs of manifest `tag` in OCI layout `oci`.
+fn layout_manifest(oci: &Path, tag: &str) -> Value {
+    let idx: Value = serde_json::from_slice(&fs::read(oci.join("index.json")).unwrap()).unwrap();
+    let d = idx["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let m: Value =
+        serde_json::from_slice(&fs::read(oci.join("blobs/sha256").join(&d[7..])).unwrap()).unwrap();
+    serde_json::json!({"digest": d, "manifest": m})
+}
+
+fn partial_files(env: &Env) -> Vec<String> {
+    fs::read_dir(env.store().join("partial"))
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn pulled_gzip_zstd_and_plain_images_match_umoci() {
+    let test = "pulled_gzip_zstd_and_plain_images_match_umoci";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    let reg = Registry::start(t);
+    sh(&format!(
+        "cd {} && skopeo copy -q --dest-compress-format zstd oci:oci:v3 oci:oci-zstd:v3 \
+         && skopeo copy -q --dest-decompress oci:oci:v3 dir:plain \
+         && skopeo copy -q --dest-oci-accept-uncompressed-layers dir:plain oci:oci-plain:v3",
+        t.display()
+    ));
+    reg.push(&format!("oci:{}:v3", fx.oci.display()), "img:v3", false);
+    reg.push(
+        &format!("oci:{}/oci-zstd:v3", t.display()),
+        "img:zstd",
+        false,
+    );
+    reg.push(
+        &format!("oci:{}/oci-plain:v3", t.display()),
+        "img:plain",
+        false,
+    );
+    let name = format!("{}/img:v3", reg.addr());
+    let id = env.um(&["pull", "-q", &name]);
+    assert_eq!(
+        id.trim(),
+        env.short_id(&name),
+        "pull prints the id image ls shows"
+    );
+    assert_mounted_tree(&env, &name, &fx.reference, "gzip");
+    // Where it came from: the reference and the digest the registry gave.
+    let want_digest = layout_manifest(&fx.oci, "v3")["digest"].clone();
+    let e = listed(&env, &name);
+    assert_eq!(e["source"], Value::String(name.clone()));
+    assert_eq!(e["sourceDigest"], want_digest);
+    assert_eq!(e["digest"], want_digest);
+    // The same layers compressed otherwise: other blobs, the same diff ids
+    // (so the trees unpacked for v3 serve them).
+    for tag in ["zstd", "plain"] {
+        let n = format!("{}/img:{tag}", reg.addr());
+        env.um(&["pull", "-q", &n]);
+        assert_mounted_tree(&env, &n, &fx.reference, tag);
+        let kind = layout_manifest(&t.join(format!("oci-{tag}")), "v3")["manifest"]["layers"][0]
+            ["mediaType"]
+            .clone();
+        let got: Value = serde_json::from_str(&env.um(&["image", "inspect", &n])).unwrap();
+        assert!(
+            got.to_string().contains(kind.as_str().unwrap()),
+            "{tag}: {kind} in {got}"
+        );
+    }
+    let out = env.um(&["image", "fsck"]);
+    assert!(out.contains("clean"), "{out}");
+    // Pulling again fetches no blob: the store has them all.
+    let before = reg.requests().len();
+    env.um(&["pull", "-q", &name]);
+    let new: Vec<String> = reg.requests()[before..].to_vec();
+    assert!(
+        new.iter().all(|l| !l.contains("/blobs/")),
+        "blobs fetched again: {new:#?}"
+    );
+    assert!(partial_files(&env).is_empty(), "{:?}", partial_files(&env));
+}
+
+#[test]
+fn a_multi_platform_index_gives_the_platform_asked() {
+    let test = "a_multi_platform_index_gives_the_platform_asked";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    // A second platform: the same layers, another config.
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:v3", fx.oci.display()),
+        "--tag",
+        "arm",
+        "--architecture",
+        "arm64",
+    ]));
+    let host = layerstore::image::host_arch();
+    let entry = |tag: &str, arch: &str| {
+        let m = layout_manifest(&fx.oci, tag);
+        let bytes = fs::read(
+            fx.oci
+                .join("blobs/sha256")
+                .join(&m["digest"].as_str().unwrap()[7..]),
+        )
+        .unwrap();
+        serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": m["digest"],
+            "size": bytes.len(),
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let other = if host == "arm64" { "amd64" } else { "arm64" };
+    let (host_tag, other_tag) = if host == "arm64" {
+        ("arm", "v3")
+    } else {
+        ("v3", "arm")
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(host_tag, host), entry(other_tag, other)],
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let d = layerstore::Digest::of_bytes(&bytes);
+    fs::write(fx.oci.join("blobs/sha256").join(d.hex()), &bytes).unwrap();
+    let mut idx: Value =
+        serde_json::from_slice(&fs::read(fx.oci.join("index.json")).unwrap()).unwrap();
+    idx["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": d.to_string(),
+            "size": bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"},
+        }));
+    fs::write(fx.oci.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+    let reg = Registry::start(t);
+    reg.push(&format!("oci:{}:multi", fx.oci.display()), "multi:1", true);
+    let name = format!("{}/multi:1", reg.addr());
+    let config_of =
+        |tag: &str| layout_manifest(&fx.oci, tag)["manifest"]["config"]["digest"].clone();
+
+    // The host's platform by default; the index's digest is recorded.
+    env.um(&["pull", "-q", &name]);
+    let e = listed(&env, &name);
+    assert_eq!(e["id"], config_of(host_tag));
+    assert_eq!(e["sourceDigest"], Value::String(d.to_string()));
+    // Another platform when asked (the tag now names that one).
+    env.um(&["pull", "-q", "--platform", &format!("linux/{other}"), &name]);
+    assert_eq!(listed(&env, &name)["id"], config_of(other_tag));
+    let err = env.um_fail(&["pull", "--platform", "linux/s390x", &name]);
+    assert!(
+        err.contains("linux/s390x")
+            && err.contains(&format!("linux/{host}"))
+            && err.contains(&format!("linux/{other}")),
+        "{err}"
+    );
+    let err = env.um_fail(&["pull", "--platform", "linux", &name]);
+    assert!(err.contains("OS/ARCH"), "{err}");
+    let out = env.um(&["image", "fsck"]);
+    assert!(out.contains("clean"), "{out}");
+}
+
+#[test]
+fn a_partial_blob_resumes_with_a_range_and_a_bad_one_is_refused() {
+    let test = "a_partial_blob_resumes_with_a_range_and_a_bad_one_is_refused";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    let reg = Registry::start(t);
+    reg.push(&format!("oci:{}:v3", fx.oci.display()), "img:v3", false);
+    let name = format!("{}/img:v3", reg.addr());
+    let m = layout_manifest(&fx.oci, "v3");
+    let big = m["manifest"]["layers"][0]["digest"].as_str().unwrap()[7..].to_string();
+    let blob = fs::read(reg.blob_file(&big)).unwrap();
+    env.init_store();
+    let partial = env.store().join("partial").join(&big);
+
+    // A wrong first half: the whole is refused, and nothing of it is kept.
+    let mut bad = blob[..blob.len() / 2].to_vec();
+    bad[100] ^= 0xff;
+    fs::write(&partial, &bad).unwrap();
+    let err = env.um_fail(&["pull", "-q", &name]);
+    assert!(
+        err.contains("digest mismatch") && err.contains(&big),
+        "{err}"
+    );
+    assert_eq!(env.contents(), (vec![], vec![]), "nothing stored");
+    assert!(!partial.exists(), "the refused download was removed");
+
+    // The right first half (a pull killed there): continued with a Range.
+    fs::write(&partial, &blob[..blob.len() / 2]).unwrap();
+    let before = reg.requests().len();
+    env.um(&["pull", "-q", &name]);
+    let fetched: Vec<String> = reg.requests()[before..]
+        .iter()
+        .filter(|l| l.contains(&big))
+        .cloned()
+        .collect();
+    assert!(
+        fetched.len() == 1 && fetched[0].contains("\" 206 "),
+        "one ranged GET of the rest: {fetched:#?}"
+    );
+    assert_mounted_tree(&env, &name, &fx.reference, "resumed");
+    assert!(!partial.exists());
+    let out = env.um(&["image", "fsck"]);
+    assert!(out.contains("clean"), "{out}");
+}
+
+#[test]
+fn killed_pulls_leave_nothing_half_made_and_a_retry_completes() {
+    let test = "killed_pulls_leave_nothing_half_made_and_a_retry_completes";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    // A big incompressible layer, so kills land inside downloads too.
+    sh(&format!(
+        "cd {t} && rm -rf b && umoci unpack --image oci:v3 b >/dev/null \
+         && head -c 48M /dev/urandom > b/rootfs/big && umoci repack --image oci:big b",
+        t = t.display()
+    ));
+    let reg = Registry::start(t);
+    reg.push(&format!("oci:{}:big", fx.oci.display()), "img:big", false);
+    let name = format!("{}/img:big", reg.addr());
+    env.init_store();
+    for (round, ms) in [0u64, 5, 20, 50, 100, 150, 250, 400, 700]
+        .into_iter()
+        .enumerate()
+    {
+        let mut child = Command::new(bin())
+            .args(["pull", "-q", &name])
+            .env("UNIONMOUNT_STORE", env.store())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // Whatever the point: the image is whole or absent, and fsck is clean.
+        let ls = env.um(&["image", "ls", "--format", "json"]);
+        let v: Value = serde_json::from_str(&ls).unwrap();
+        assert!(v.as_array().unwrap().len() <= 1, "round {round}: {ls}");
+        let out = env.um(&["image", "fsck"]);
+        assert!(out.contains("clean"), "round {round} ({ms} ms): {out}");
+        if !v.as_array().unwrap().is_empty() {
+            // Finished before the kill: start again from an empty store.
+            env.um(&["image", "rm", &name]);
+            env.um(&["image", "prune"]);
+        }
+    }
+    env.um(&["pull", "-q", &name]);
+    let out = env.um(&["image", "fsck"]);
+    assert!(out.contains("clean"), "{out}");
+    let want = t.join("big-ref");
+    run(Command::new("umoci").args([
+        "unpack",
+        "--image",
+        &format!("{}:big", fx.oci.display()),
+        &want.display().to_string(),
+    ]));
+    assert_mounted_tree(&env, &name, &want.join("rootfs"), "big");
+    // prune takes what downloads left behind.
+    fs::write(env.store().join("partial").join("0".repeat(64)), "x").unwrap();
+    let out = env.um(&["image", "prune"]);
+    assert!(out.contains("1 partial downloads"), "{out}");
+    assert!(partial_files(&env).is_empty());
+}
+
+#[test]
+fn a_missing_blob_is_one_line_and_stores_nothing() {
+    let test = "a_missing_blob_is_one_line_and_stores_nothing";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    let reg = Registry::start(t);
+    reg.push(&format!("oci:{}:v3", fx.oci.display()), "img:v3", false);
+    let m = layout_manifest(&fx.oci, "v3");
+    let gone = m["manifest"]["layers"][1]["digest"].as_str().unwrap()[7..].to_string();
+    fs::remove_file(reg.blob_file(&gone)).unwrap();
+    env.init_store();
+    let err = env.um_fail(&["pull", &format!("{}/img:v3", reg.addr())]);
+    assert!(err.contains(&gone) && err.contains("not found"), "{err}");
+    assert_eq!(env.contents(), (vec![], vec![]), "nothing stored");
+    // The other layers' downloads are kept for the next pull, each whole;
+    // of the missing one there is nothing.
+    let kept = partial_files(&env);
+    assert!(!kept.contains(&gone), "{kept:?}");
+    for k in &kept {
+        let bytes = fs::read(env.store().join("partial").join(k)).unwrap();
+        assert_eq!(&layerstore::Digest::of_bytes(&bytes).hex(), k);
+    }
+    let out = env.um(&["image", "fsck"]);
+    assert!(out.contains("clean"), "{out}");
+    // A tag the registry does not have, and a registry nobody runs.
+    let err = env.um_fail(&["pull", &format!("{}/img:nope", reg.addr())]);
+    assert!(err.contains("not found"), "{err}");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = env.um_fail(&["pull", &format!("127.0.0.1:{port}/img:v3")]);
+    assert!(err.contains("cannot connect"), "{err}");
+    let err = env.um_fail(&["pull", "Bad/Name"]);
+    assert!(err.contains("lowercase"), "{err}");
+}
+
+#[test]
+fn run_pulls_what_it_lacks_once() {
+    let test = "run_pulls_what_it_lacks_once";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    let reg = Registry::start(t);
+    reg.push(&format!("oci:{}:v3", fx.oci.display()), "img:v3", false);
+    let name = format!("{}/img:v3", reg.addr());
+    env.init_store();
+    // never: the store lacks it, and nothing is asked of the registry.
+    let err = env.um_fail(&["run", "--rm", "--pull", "never", &name, "/bin/true"]);
+    assert!(err.contains("img"), "{err}");
+    assert!(reg.requests().is_empty(), "{:#?}", reg.requests());
+    // missing (the default): pulled, then run.
+    let out = env.um(&["run", "--rm", &name, "/bin/cat", "/some/dir/y"]);
+    assert_eq!(out, "new\n");
+    let after_first = reg.requests().len();
+    assert!(after_first > 0);
+    // Present now: a second run sends no request at all.
+    env.um(&["run", "--rm", &name, "/bin/true"]);
+    assert_eq!(reg.requests().len(), after_first, "{:#?}", reg.requests());
+    // A local name that exists is never pulled, even if it could be a reference.
+    env.um(&["image", "tag", &name, "local:1"]);
+    env.um(&["run", "--rm", "local:1", "/bin/true"]);
+    assert_eq!(reg.requests().len(), after_first);
+    // always: asks the registry again (the manifest; the blobs are here).
+    env.um(&["run", "--rm", "--pull", "always", &name, "/bin/true"]);
+    let new: Vec<String> = reg.requests()[after_first..].to_vec();
+    assert!(
+        new.iter().any(|l| l.contains("/manifests/")) && new.iter().all(|l| !l.contains("/blobs/")),
+        "{new:#?}"
+    );
+}
