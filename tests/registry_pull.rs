@@ -529,3 +529,123 @@ fn run_pulls_what_it_lacks_once() {
         "{new:#?}"
     );
 }
+
+/// A TCP proxy in front of the registry that cuts a connection once it
+/// has passed `cut_after` bytes to the client, `cuts` times in all (then
+/// it forwards whole).
+struct CuttingProxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CuttingProxy {
+    fn start(upstream: u16, cut_after: u64, cuts: usize) -> CuttingProxy {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let left = Arc::new(AtomicUsize::new(cuts));
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = c else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &c2, &mut &s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                let left = left.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 16384];
+                    let mut sent = 0u64;
+                    loop {
+                        let n = match (&server).read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if (&client).write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        if sent > cut_after
+                            && left
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |x| {
+                                    x.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        CuttingProxy { port, stop }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[test]
+fn a_connection_cut_mid_blob_resumes_and_gives_up_after_bounded_retries() {
+    let test = "a_connection_cut_mid_blob_resumes_and_gives_up_after_bounded_retries";
+    if !ready(test) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    let reg = Registry::start(t);
+    reg.push(&format!("oci:{}:v3", fx.oci.display()), "img:v3", false);
+    let big = layout_manifest(&fx.oci, "v3")["manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()[7..]
+        .to_string();
+
+    // Cut once, mid-blob: the pull reconnects and asks for the rest.
+    let once = CuttingProxy::start(reg.port, 256 << 10, 1);
+    let name = format!("{}/img:v3", once.addr());
+    env.um(&["pull", "-q", &name]);
+    let ranged = reg
+        .requests()
+        .iter()
+        .filter(|l| l.contains(&big) && l.contains("\" 206 "))
+        .count();
+    assert_eq!(ranged, 1, "{:#?}", reg.requests());
+    assert_mounted_tree(&env, &name, &fx.reference, "cut-once");
+
+    // Cut every time: one line after a bounded number of tries, nothing
+    // stored, what came kept for the next pull, which completes.
+    let env2 = Env::new();
+    env2.init_store();
+    let always = CuttingProxy::start(reg.port, 64 << 10, usize::MAX);
+    let err = env2.um_fail(&["pull", "-q", &format!("{}/img:v3", always.addr())]);
+    assert!(err.contains(&big) && err.contains("4 times"), "{err}");
+    assert_eq!(env2.contents(), (vec![], vec![]), "nothing stored");
+    let kept = env2.store().join("partial").join(&big);
+    assert!(kept.is_file(), "the part received is kept");
+    let direct = format!("{}/img:v3", reg.addr());
+    env2.um(&["pull", "-q", &direct]);
+    assert_mounted_tree(&env2, &direct, &fx.reference, "after-cuts");
+    let out = env2.um(&["image", "fsck"]);
+    assert!(out.contains("clean"), "{out}");
+}

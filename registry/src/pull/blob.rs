@@ -122,7 +122,7 @@ impl<'a> BlobReader<'a> {
                 None => self.connect().map(|()| None),
                 Some(s) => match self.ctx.rt.block_on(s.next()) {
                     Some(Ok(b)) => Ok(Some(b)),
-                    Some(Err(e)) => Err(e.to_string()),
+                    Some(Err(e)) => Err(error_chain(&e)),
                     None => Err(format!(
                         "connection closed after {} of {} bytes",
                         self.offset, self.desc.size

@@ -258,11 +258,18 @@ fn plan<'a>(
 fn stage(txn: &mut Txn<'_>, fetched: &[Fetched]) -> layerstore::Result<()> {
     for f in fetched {
         let staged = txn.dir().join(format!("pulled-{}", f.digest.hex()));
-        fs::hard_link(&f.blob, &staged).map_err(|e| layerstore::Error::Io {
-            what: format!("blob {}", f.digest),
-            error: e,
-        })?;
-        txn.add_staged(staged, f.digest.clone());
+        match fs::hard_link(&f.blob, &staged) {
+            Ok(()) => txn.add_staged(staged, f.digest.clone()),
+            // Another pull of the same blob committed it and removed the
+            // download while we read it: the store has it now.
+            Err(_) if txn.has_blob(&f.digest) => {}
+            Err(e) => {
+                return Err(layerstore::Error::Io {
+                    what: format!("blob {}", f.digest),
+                    error: e,
+                });
+            }
+        }
         if let Some((dir, diff)) = &f.tree {
             txn.adopt_layer(dir.clone(), diff.clone())?;
         }
