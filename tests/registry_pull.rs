@@ -25,6 +25,32 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, "", "")
+    }
+
+    /// With TLS (a self-signed certificate for 127.0.0.1) and htpasswd Basic
+    /// auth: user `tester`, password `secret`.
+    fn start_tls_auth(dir: &Path) -> Registry {
+        sh(&format!(
+            "cd {} && openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem \
+             -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 2>/dev/null",
+            dir.display()
+        ));
+        // bcrypt of "secret" (cost 4): docker-registry reads only bcrypt.
+        fs::write(
+            dir.join("htpasswd"),
+            "tester:$2b$04$sEj7glkDuU04c5oXxotG4.ZLiI1ZwH5AUI7cUKT2J6i88jrYHBLfq\n",
+        )
+        .unwrap();
+        let d = dir.display();
+        Registry::start_with(
+            dir,
+            &format!("auth:\n  htpasswd:\n    realm: test\n    path: {d}/htpasswd\n"),
+            &format!("  tls:\n    certificate: {d}/cert.pem\n    key: {d}/key.pem\n"),
+        )
+    }
+
+    fn start_with(dir: &Path, top: &str, http: &str) -> Registry {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -34,7 +60,7 @@ impl Registry {
         fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{top}http:\n  addr: 127.0.0.1:{port}\n{http}",
                 data.display()
             ),
         )
@@ -648,4 +674,91 @@ fn a_connection_cut_mid_blob_resumes_and_gives_up_after_bounded_retries() {
     assert_mounted_tree(&env2, &direct, &fx.reference, "after-cuts");
     let out = env2.um(&["image", "fsck"]);
     assert!(out.contains("clean"), "{out}");
+}
+
+#[test]
+fn basic_auth_over_tls_uses_podman_and_docker_credentials() {
+    let test = "basic_auth_over_tls_uses_podman_and_docker_credentials";
+    if !ready(test) || !need_tools(test, &["openssl"]) {
+        return;
+    }
+    let env = Env::new();
+    let t = env.path();
+    let fx = umoci_fixture(t);
+    let reg = Registry::start_tls_auth(t);
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "tester:secret",
+        &format!("oci:{}:v3", fx.oci.display()),
+        &format!("docker://{}/img:v3", reg.addr()),
+    ]));
+    let name = format!("{}/img:v3", reg.addr());
+    let pull = |auth: Option<&Path>, home: &Path, extra: &[&str]| {
+        let mut c = Command::new(bin());
+        c.arg("pull").arg("-q").args(extra).arg(&name);
+        c.env("UNIONMOUNT_STORE", env.store())
+            .env("HOME", home)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("DOCKER_CONFIG");
+        match auth {
+            Some(a) => c.env("REGISTRY_AUTH_FILE", a),
+            None => c.env("REGISTRY_AUTH_FILE", t.join("no-such-auth.json")),
+        };
+        c.output().unwrap()
+    };
+    let one_line = |o: &std::process::Output| {
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(!o.status.success(), "expected a failure");
+        assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+        e
+    };
+    let home = t.join("home");
+    fs::create_dir_all(&home).unwrap();
+    // No credentials: one line saying so.
+    let e = one_line(&pull(None, &home, &[]));
+    assert!(e.contains("unauthorized"), "{e}");
+    // podman's auth.json (what `podman login` writes).
+    let b64 = |s: &str| {
+        use std::io::Write;
+        let mut c = Command::new("base64")
+            .arg("-w0")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let auth = t.join("auth.json");
+    let entry = |pw: &str| {
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            reg.addr(),
+            b64(&format!("tester:{pw}"))
+        )
+    };
+    fs::write(&auth, entry("wrong")).unwrap();
+    let e = one_line(&pull(Some(&auth), &home, &[]));
+    assert!(
+        e.contains("unauthorized") || e.contains("authentication"),
+        "{e}"
+    );
+    fs::write(&auth, entry("secret")).unwrap();
+    let o = pull(Some(&auth), &home, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_mounted_tree(&env, &name, &fx.reference, "tls");
+    // Docker's config.json when podman's file has nothing.
+    env.um(&["image", "rm", &name]);
+    env.um(&["image", "prune"]);
+    fs::create_dir_all(home.join(".docker")).unwrap();
+    fs::write(home.join(".docker/config.json"), entry("secret")).unwrap();
+    let o = pull(None, &home, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A certificate nobody vouches for is refused when verification is asked.
+    let e = one_line(&pull(Some(&auth), &home, &["--tls-verify=true"]));
+    assert!(e.contains("certificate"), "{e}");
 }
