@@ -274,6 +274,17 @@ fn pulled_gzip_zstd_and_plain_images_match_umoci() {
         "blobs fetched again: {new:#?}"
     );
     assert!(partial_files(&env).is_empty(), "{:?}", partial_files(&env));
+    // Every tag of the repository: one id each (all the same image here).
+    env.um(&["image", "rm", &format!("{}/img:zstd", reg.addr())]);
+    let ids = env.um(&["pull", "-q", "--all-tags", &format!("{}/img", reg.addr())]);
+    assert_eq!(ids.lines().count(), 3, "{ids}");
+    listed(&env, &format!("{}/img:zstd", reg.addr()));
+    let err = env.um_fail(&[
+        "pull",
+        "-a",
+        &format!("{name}@{}", want_digest.as_str().unwrap()),
+    ]);
+    assert!(err.contains("--all-tags"), "{err}");
 }
 
 #[test]
@@ -469,6 +480,13 @@ fn killed_pulls_leave_nothing_half_made_and_a_retry_completes() {
         &want.display().to_string(),
     ]));
     assert_mounted_tree(&env, &name, &want.join("rootfs"), "big");
+    // fsck knows partial/: anything there not named by a digest is a problem.
+    fs::create_dir(env.store().join("partial/stray")).unwrap();
+    let out = env.um_out(&["image", "fsck"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stray"));
+    env.um(&["image", "fsck", "--repair"]);
+    assert!(partial_files(&env).is_empty());
     // prune takes what downloads left behind.
     fs::write(env.store().join("partial").join("0".repeat(64)), "x").unwrap();
     let out = env.um(&["image", "prune"]);

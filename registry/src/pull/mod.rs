@@ -37,14 +37,24 @@ pub const SOURCE_DIGEST: &str = "io.unionmount.source.digest";
 /// Layers downloaded at once by default.
 pub const JOBS: usize = 3;
 
-/// Layer media types Docker does not fetch from the registry (they live
-/// elsewhere, for Windows base images).
-const FOREIGN: &[&str] = &[
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-];
+/// Docker's foreign layers: Windows base layers that registries do not
+/// serve (Docker fetches them from their `urls`, which we do not follow:
+/// a manifest must not send us to arbitrary hosts). OCI's
+/// non-distributable types are deprecated and pulled like any layer.
+const FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+
+/// Why a layer of this media type cannot be pulled, if it cannot.
+fn refuse_layer(l: &Descriptor) -> Option<String> {
+    let what = format!("layer {}", l.digest);
+    if l.media_type == FOREIGN {
+        return Some(format!(
+            "{what}: a foreign layer (a Windows base layer registries do not serve); not pulled"
+        ));
+    }
+    image::check_layer_type(&l.media_type, &what)
+        .err()
+        .map(|e| e.to_string())
+}
 
 /// Progress of the layer downloads (one bar each, on a terminal).
 pub trait Bars: Send + Sync {
@@ -183,14 +193,8 @@ fn pull_one(
             m.layers.len()
         ));
     }
-    for l in &m.layers {
-        let what = format!("layer {}", l.digest);
-        if FOREIGN.contains(&l.media_type.as_str()) {
-            return Err(format!(
-                "{what}: a foreign (non-distributable) layer, which registries do not serve; such images are for Windows"
-            ));
-        }
-        image::check_layer_type(&l.media_type, &what).map_err(|e| e.to_string())?;
+    if let Some(why) = m.layers.iter().find_map(refuse_layer) {
+        return Err(why);
     }
     let mut txn = Txn::new(store).map_err(|e| e.to_string())?;
     let (jobs, local) = plan(store, m.layers.iter().zip(&cfg.rootfs.diff_ids));
@@ -408,4 +412,57 @@ fn small_blob(ctx: &Ctx, d: &Descriptor) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(kind: &str) -> Descriptor {
+        Descriptor::new(kind, Digest::of_bytes(kind.as_bytes()), 1)
+    }
+
+    #[test]
+    fn foreign_and_unknown_layers_are_refused_in_one_line() {
+        for ok in [
+            image::OCI_LAYER,
+            image::OCI_LAYER_GZIP,
+            image::OCI_LAYER_ZSTD,
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        ] {
+            assert_eq!(refuse_layer(&layer(ok)), None, "{ok}");
+        }
+        let e = refuse_layer(&layer(FOREIGN)).unwrap();
+        assert!(e.contains("foreign") && !e.contains('\n'), "{e}");
+        let e = refuse_layer(&layer("application/x-rar")).unwrap();
+        assert!(e.contains("unsupported layer media type"), "{e}");
+    }
+
+    #[test]
+    fn the_plan_skips_what_the_store_has() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let have = store.blobs().put_bytes(store.tmp(), b"blob").unwrap();
+        let (a, b, c) = (
+            layer("a"),
+            layer("b"),
+            Descriptor::new("c", have.clone(), 4),
+        );
+        let (d1, d2) = (Digest::of_bytes(b"d1"), Digest::of_bytes(b"d2"));
+        fs::create_dir_all(store.layer_dir(&d2)).unwrap();
+        let layers = [(&a, &d1), (&a, &d1), (&b, &d2), (&c, &d1)];
+        let (jobs, local) = plan(&store, layers.iter().map(|(x, y)| (*x, *y)));
+        // One fetch of a repeated blob, unpacked; a layer unpacked already
+        // (by diff id) only fetched; a blob the store has not fetched.
+        let got: Vec<(Digest, bool)> = jobs
+            .iter()
+            .map(|j| (j.desc.digest.clone(), j.unpack))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(a.digest.clone(), true), (b.digest.clone(), false)]
+        );
+        assert_eq!(local, vec![(have, d1)]);
+    }
 }
