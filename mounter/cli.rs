@@ -141,14 +141,20 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Umount { mountpoint, force } => crate::mount::unmount(&mountpoint, force),
         Command::Image(cmd) => run_image(cmd),
         Command::Commit(args) => crate::image_cmd::commit(args.into()),
-        Command::Run(mut args) => {
-            args.image = crate::registry_cmd::for_run(&args)?;
-            crate::container::lifecycle::run(args.into())
-        }
-        Command::Create(mut args) => {
-            args.image = crate::registry_cmd::for_run(&args)?;
-            crate::container::lifecycle::create_cmd(args.into())
-        }
+        Command::Run(mut args) => match crate::registry_cmd::for_run(&args) {
+            Ok(image) => {
+                args.image = image;
+                crate::container::lifecycle::run(args.into())
+            }
+            Err(e) => runner_failed(&e),
+        },
+        Command::Create(mut args) => match crate::registry_cmd::for_run(&args) {
+            Ok(image) => {
+                args.image = image;
+                crate::container::lifecycle::create_cmd(args.into())
+            }
+            Err(e) => runner_failed(&e),
+        },
         Command::Pull(args) => crate::registry_cmd::pull(args.into()),
         Command::Start {
             container,
@@ -173,6 +179,13 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(args.into()),
         Command::Bundle(args) => crate::bundle::run(args.into()),
     }
+}
+
+/// `run` and `create` that cannot get their image end as the runner's
+/// failures do: one line, status 125 (as Docker's failed pull).
+fn runner_failed(e: &anyhow::Error) -> anyhow::Result<ExitCode> {
+    eprintln!("unionmount: {e:#}");
+    Ok(ExitCode::from(crate::container::lifecycle::RUNNER_FAILED))
 }
 
 /// Run an image command.

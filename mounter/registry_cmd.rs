@@ -53,27 +53,30 @@ fn run_pull(s: &Store, r: &Reference, opts: &PullOptions) -> anyhow::Result<Vec<
 }
 
 /// `run`/`create --pull`: the name to run, after pulling it if the policy
-/// says so. A name the store has is never pulled with `missing`; only a
-/// name that is a registry reference is ever pulled.
+/// says so. Only a reference that names its registry is pulled (see
+/// `names_registry`); with `missing`, only when the store has no image of
+/// that name. Anything else the store cannot resolve (an ambiguous id
+/// prefix, a missing `--store`) is left for `run` to report.
 pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
     let name = args.image.clone();
-    if args.pull == PullPolicy::Never {
+    if args.pull == PullPolicy::Never || !registry::reference::names_registry(&name) {
         return Ok(name);
     }
+    let r = Reference::parse(&name)?;
+    let tag = r.store_tag();
     let store = StoreDir::from(args.store.clone());
-    let local = |s: &Store, n: &str| s.resolve(n).is_ok();
-    let Ok(r) = Reference::parse(&name) else {
+    let Ok(existing) = store.listing_root() else {
         return Ok(name);
     };
-    let tag = r.store_tag();
-    if args.pull == PullPolicy::Missing && store.listing_root()?.is_some() {
+    if args.pull == PullPolicy::Missing && existing.is_some() {
         let s = store.open()?;
-        if local(&s, &name) {
-            return Ok(name);
-        }
         // `docker.io/library/alpine` is stored as `alpine:latest`.
-        if let Some(t) = tag.as_ref().filter(|t| local(&s, t)) {
-            return Ok(t.clone());
+        for n in std::iter::once(name.clone()).chain(tag.clone()) {
+            match s.resolve(&n) {
+                Ok(_) => return Ok(n),
+                Err(layerstore::Error::NotFound { .. }) => {}
+                Err(_) => return Ok(name),
+            }
         }
     }
     let s = store.open_or_create()?;
@@ -84,7 +87,8 @@ pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
     if opts.bars.is_some() {
         eprintln!("Pulling {r}");
     }
-    let pulled = run_pull(&s, &r, &opts)?;
+    let pulled = registry::pull::pull(&s, &r, &opts)
+        .map_err(|e| anyhow!("image {name}: not in the store, and pull {r}: {e}"))?;
     Ok(match (tag, pulled.first()) {
         (Some(t), _) => t,
         (None, Some(p)) => p.manifest.to_string(),

@@ -565,6 +565,27 @@ fn run_pulls_what_it_lacks_once() {
     env.um(&["image", "tag", &name, "local:1"]);
     env.um(&["run", "--rm", "local:1", "/bin/true"]);
     assert_eq!(reg.requests().len(), after_first);
+    // A short name is never pulled (it may be a local name or an id prefix;
+    // podman without search registries does not pull it either).
+    let out = env.um_out(&["run", "--rm", "img:v3", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(reg.requests().len(), after_first);
+    // A pull that fails: one line, status 125, as Docker's.
+    let out = env.um_out(&[
+        "run",
+        "--rm",
+        &format!("{}/img:nope", reg.addr()),
+        "/bin/true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.trim_end().lines().count() == 1
+            && err.contains("img:nope")
+            && err.contains("not found"),
+        "{err}"
+    );
+    let after_first = reg.requests().len();
     // always: asks the registry again (the manifest; the blobs are here).
     env.um(&["run", "--rm", "--pull", "always", &name, "/bin/true"]);
     let new: Vec<String> = reg.requests()[after_first..].to_vec();
