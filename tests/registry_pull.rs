@@ -274,10 +274,29 @@ fn pulled_gzip_zstd_and_plain_images_match_umoci() {
         "blobs fetched again: {new:#?}"
     );
     assert!(partial_files(&env).is_empty(), "{:?}", partial_files(&env));
+    // Docker's schema 2 (skopeo converts): the same image id.
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v3", fx.oci.display()),
+        &format!("docker://{}/img:v2s2", reg.addr()),
+    ]));
+    let n = format!("{}/img:v2s2", reg.addr());
+    assert_eq!(env.um(&["pull", "-q", &n]), id);
+    let got: Value = serde_json::from_str(&env.um(&["image", "inspect", &n])).unwrap();
+    assert!(
+        got.to_string()
+            .contains("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        "{got}"
+    );
+    assert_mounted_tree(&env, &n, &fx.reference, "v2s2");
     // Every tag of the repository: one id each (all the same image here).
     env.um(&["image", "rm", &format!("{}/img:zstd", reg.addr())]);
     let ids = env.um(&["pull", "-q", "--all-tags", &format!("{}/img", reg.addr())]);
-    assert_eq!(ids.lines().count(), 3, "{ids}");
+    assert_eq!(ids.lines().count(), 4, "{ids}");
     listed(&env, &format!("{}/img:zstd", reg.addr()));
     let err = env.um_fail(&[
         "pull",
@@ -369,6 +388,22 @@ fn a_multi_platform_index_gives_the_platform_asked() {
             && err.contains(&format!("linux/{other}")),
         "{err}"
     );
+    // The same as Docker's manifest list.
+    run(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--all",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", fx.oci.display()),
+        &format!("docker://{}/multi:list", reg.addr()),
+    ]));
+    let list = format!("{}/multi:list", reg.addr());
+    env.um(&["pull", "-q", "--platform", &format!("linux/{other}"), &list]);
+    assert_eq!(listed(&env, &list)["id"], config_of(other_tag));
+    let err = env.um_fail(&["pull", "--platform", "linux/s390x", &list]);
+    assert!(err.contains(&format!("linux/{other}")), "{err}");
     let err = env.um_fail(&["pull", "--platform", "linux", &name]);
     assert!(err.contains("OS/ARCH"), "{err}");
     let out = env.um(&["image", "fsck"]);
