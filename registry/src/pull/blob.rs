@@ -115,7 +115,9 @@ impl<'a> BlobReader<'a> {
 
     fn next_network_chunk(&mut self) -> io::Result<bytes::Bytes> {
         loop {
-            if self.offset == self.desc.size {
+            // At the size the descriptor gives we stop reading: more would
+            // not be this blob (a byte too many was kept so the hash refuses it).
+            if self.offset >= self.desc.size {
                 return Ok(bytes::Bytes::new());
             }
             let got = match self.stream.as_mut() {
