@@ -121,7 +121,12 @@ impl<'a> BlobReader<'a> {
                 return Ok(bytes::Bytes::new());
             }
             let got = match self.stream.as_mut() {
-                None => self.connect().map(|()| None),
+                None => match self.connect() {
+                    Ok(()) => Ok(None),
+                    // Retrying will not make it appear.
+                    Err((false, msg)) => return Err(io::Error::other(msg)),
+                    Err((true, msg)) => Err(msg),
+                },
                 Some(s) => match self.ctx.rt.block_on(s.next()) {
                     Some(Ok(b)) => Ok(Some(b)),
                     Some(Err(e)) => Err(error_chain(&e)),
@@ -169,7 +174,8 @@ impl<'a> BlobReader<'a> {
         Ok(())
     }
 
-    fn connect(&mut self) -> Result<(), String> {
+    /// Open the stream from `offset`; an error says whether to retry.
+    fn connect(&mut self) -> Result<(), (bool, String)> {
         let s = &self.ctx.session;
         let layer = oci_desc(self.desc);
         let fut = async {
@@ -194,15 +200,8 @@ impl<'a> BlobReader<'a> {
                 self.stream = Some(st);
                 Ok(())
             }
-            Err(e) => {
-                let msg = error_chain(&e);
-                if is_not_found(&e) {
-                    // Retrying will not make it appear.
-                    self.failures = TRIES;
-                    return Err(format!("not found in {} ({msg})", self.ctx.repo));
-                }
-                Err(msg)
-            }
+            Err(e) if is_not_found(&e) => Err((false, format!("not found in {}", self.ctx.repo))),
+            Err(e) => Err((true, error_chain(&e))),
         }
     }
 }
