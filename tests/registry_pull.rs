@@ -495,7 +495,7 @@ fn killed_pulls_leave_nothing_half_made_and_a_retry_completes() {
     reg.push(&format!("oci:{}:big", fx.oci.display()), "img:big", false);
     let name = format!("{}/img:big", reg.addr());
     env.init_store();
-    for (round, ms) in [0u64, 5, 20, 50, 100, 150, 250, 400, 700]
+    for (round, ms) in [0u64, 5, 20, 50, 80, 100, 120, 150, 200, 250, 300, 400, 700]
         .into_iter()
         .enumerate()
     {
@@ -532,6 +532,27 @@ fn killed_pulls_leave_nothing_half_made_and_a_retry_completes() {
         &want.display().to_string(),
     ]));
     assert_mounted_tree(&env, &name, &want.join("rootfs"), "big");
+    // Two pulls of one image at once: one downloads each blob, the other
+    // waits for it; both succeed.
+    env.um(&["image", "rm", &name]);
+    env.um(&["image", "prune"]);
+    let two: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(bin())
+                .args(["pull", "-q", &name])
+                .env("UNIONMOUNT_STORE", env.store())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in two {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out = env.um(&["image", "fsck"]);
+    assert!(out.contains("clean"), "{out}");
     // fsck knows partial/: anything there not named by a digest is a problem.
     fs::create_dir(env.store().join("partial/stray")).unwrap();
     let out = env.um_out(&["image", "fsck"]);
