@@ -34,6 +34,8 @@ const SUBCOMMANDS: &[&str] = &[
     "bench",
     "bundle",
     "pull",
+    "login",
+    "logout",
     "help",
     "--help",
     "-h",
@@ -123,6 +125,13 @@ enum Command {
     Import(ImportArgs),
     /// Pull an image from a registry into the store; prints its id.
     Pull(PullArgs),
+    /// Check a registry credential and store it where podman and pull read it.
+    Login(LoginArgs),
+    /// Remove a registry's stored credential.
+    Logout {
+        /// The registry (host[:port])
+        registry: String,
+    },
     /// Containers: move one to another store with its changes and settings.
     #[command(subcommand)]
     Container(ContainerCommand),
@@ -156,6 +165,14 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             Err(e) => runner_failed(&e),
         },
         Command::Pull(args) => crate::registry_cmd::pull(args.into()),
+        Command::Login(args) => crate::registry_cmd::login(
+            &args.registry,
+            args.username.as_deref(),
+            args.password.as_deref(),
+            args.password_stdin,
+            args.tls_verify,
+        ),
+        Command::Logout { registry } => crate::registry_cmd::logout(&registry),
         Command::Start {
             container,
             interactive,
@@ -715,6 +732,25 @@ pub struct PullArgs {
     pub tls_verify: Option<bool>,
     #[command(flatten)]
     pub store: StoreArg,
+}
+
+/// `unionmount login`.
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The registry (host[:port]; docker.io for Docker Hub)
+    pub registry: String,
+    /// User name
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password (visible in the process list: prefer --password-stdin)
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Read the password from standard input
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    /// Verify TLS certificates (default: true, except for loopback registries)
+    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub tls_verify: Option<bool>,
 }
 
 impl From<PullArgs> for crate::registry_cmd::PullRequest {

@@ -1,9 +1,9 @@
-//! `unionmount pull`, and the pull that `run --pull` does: thin wrappers
-//! over the registry crate.
+//! `unionmount pull`, `login` and `logout`, and the pull that `run --pull`
+//! does: thin wrappers over the registry crate.
 
 use std::process::ExitCode;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use layerstore::Store;
 use layerstore::progress::Progress;
 use registry::Reference;
@@ -94,4 +94,44 @@ pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
         (None, Some(p)) => p.manifest.to_string(),
         (None, None) => name,
     })
+}
+
+/// `login`: the password from `-p` or standard input (never prompted for:
+/// a script must not hang on a terminal it does not have).
+pub fn login(
+    registry: &str,
+    user: Option<&str>,
+    password: Option<&str>,
+    password_stdin: bool,
+    tls_verify: Option<bool>,
+) -> anyhow::Result<ExitCode> {
+    let Some(user) = user else {
+        bail!("login {registry}: give the user name with -u");
+    };
+    let pass = match (password, password_stdin) {
+        (Some(p), _) => p.to_string(),
+        (None, true) => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+            s.trim_end_matches(['\n', '\r']).to_string()
+        }
+        (None, false) => bail!("login {registry}: give the password with --password-stdin (or -p)"),
+    };
+    let opts = Options {
+        tls_verify,
+        ..Default::default()
+    };
+    registry::login::login(registry, user, &pass, &opts).map_err(anyhow::Error::msg)?;
+    println!("Login Succeeded!");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `logout`.
+pub fn logout(registry: &str) -> anyhow::Result<ExitCode> {
+    if registry::login::logout(registry, &Options::default()).map_err(anyhow::Error::msg)? {
+        println!("Removed login credentials for {registry}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        bail!("logout {registry}: not logged in")
+    }
 }

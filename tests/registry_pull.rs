@@ -896,4 +896,57 @@ fn basic_auth_over_tls_uses_podman_and_docker_credentials() {
     // A certificate nobody vouches for is refused when verification is asked.
     let e = one_line(&pull(Some(&auth), &home, &["--tls-verify=true"]));
     assert!(e.contains("certificate"), "{e}");
+
+    // login checks the password with the registry, then writes podman's file.
+    let written = t.join("run/containers/auth.json");
+    let login = |pw: &str| {
+        use std::io::Write;
+        let mut c = Command::new(bin())
+            .args(["login", &reg.addr(), "-u", "tester", "--password-stdin"])
+            .env("REGISTRY_AUTH_FILE", &written)
+            .env("HOME", &home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{pw}\n").as_bytes())
+            .unwrap();
+        c.wait_with_output().unwrap()
+    };
+    let e = one_line(&login("wrong"));
+    assert!(e.contains("refused") && e.contains("tester"), "{e}");
+    assert!(!written.exists(), "a refused login writes nothing");
+    let o = login("secret");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&written).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let v: Value = serde_json::from_slice(&fs::read(&written).unwrap()).unwrap();
+    assert_eq!(
+        v["auths"][reg.addr()]["auth"],
+        Value::String(b64("tester:secret"))
+    );
+    env.um(&["image", "rm", &name]);
+    env.um(&["image", "prune"]);
+    let empty_home = t.join("empty-home");
+    fs::create_dir_all(&empty_home).unwrap();
+    let o = pull(Some(&written), &empty_home, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // logout removes it: pulls are unauthorized again.
+    let o = Command::new(bin())
+        .args(["logout", &reg.addr()])
+        .env("REGISTRY_AUTH_FILE", &written)
+        .env("HOME", &empty_home)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.um(&["image", "rm", &name]);
+    let e = one_line(&pull(Some(&written), &empty_home, &[]));
+    assert!(e.contains("unauthorized"), "{e}");
 }

@@ -12,7 +12,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 
-use crate::auth::{self, AuthFiles};
+use crate::auth::AuthFiles;
 use crate::reference::Reference;
 
 /// How to reach registries.
@@ -98,7 +98,16 @@ pub async fn connect(
     op: RegistryOperation,
     opts: &Options,
 ) -> Result<Session, String> {
-    let auth = opts.credentials(r)?;
+    connect_as(r, op, opts, opts.credentials(r)?).await
+}
+
+/// `connect` with the given credentials.
+pub async fn connect_as(
+    r: &Reference,
+    op: RegistryOperation,
+    opts: &Options,
+    auth: RegistryAuth,
+) -> Result<Session, String> {
     let reference = r.to_oci();
     let mut errors = Vec::new();
     for t in opts.transports(r) {
@@ -175,35 +184,6 @@ pub fn one_line(s: &str) -> String {
         out.push('…');
     }
     out.trim().to_string()
-}
-
-/// The credential a `login` stores is checked first: Basic to `/v2/` (or
-/// the token service) must be accepted.
-pub async fn check_login(
-    r: &Reference,
-    user: &str,
-    pass: &str,
-    opts: &Options,
-) -> Result<(), String> {
-    let auth = RegistryAuth::Basic(user.to_string(), pass.to_string());
-    let reference = r.to_oci();
-    let mut last = String::new();
-    for t in opts.transports(r) {
-        let client = build(&r.registry, t, opts);
-        match client
-            .auth(&reference, &auth, RegistryOperation::Pull)
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(e) => last = error_chain(&e),
-        }
-    }
-    Err(format!("registry {}: login failed: {last}", r.registry))
-}
-
-/// Store a credential (after `check_login`).
-pub fn save_login(registry: &str, user: &str, pass: &str) -> Result<std::path::PathBuf, String> {
-    auth::store(registry, user, pass).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

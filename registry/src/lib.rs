@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod login;
 pub mod pull;
 pub mod reference;
 
