@@ -70,12 +70,19 @@ pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
     };
     if args.pull == PullPolicy::Missing && existing.is_some() {
         let s = store.open()?;
-        // `docker.io/library/alpine` is stored as `alpine:latest`.
-        for n in std::iter::once(name.clone()).chain(tag.clone()) {
-            match s.resolve(&n) {
-                Ok(_) => return Ok(n),
-                Err(layerstore::Error::NotFound { .. }) => {}
-                Err(_) => return Ok(name),
+        if let Some(d) = &r.digest {
+            // Pinned: only an image of that digest will do.
+            if let Some(found) = pulled_as(&s, d)? {
+                return Ok(found);
+            }
+        } else {
+            // `docker.io/library/alpine` is stored as `alpine:latest`.
+            for n in std::iter::once(name.clone()).chain(tag.clone()) {
+                match s.resolve(&n) {
+                    Ok(_) => return Ok(n),
+                    Err(layerstore::Error::NotFound { .. }) => {}
+                    Err(_) => return Ok(name),
+                }
             }
         }
     }
@@ -89,11 +96,28 @@ pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
     }
     let pulled = registry::pull::pull(&s, &r, &opts)
         .map_err(|e| anyhow!("image {name}: not in the store, and pull {r}: {e}"))?;
-    Ok(match (tag, pulled.first()) {
-        (Some(t), _) => t,
-        (None, Some(p)) => p.manifest.to_string(),
-        (None, None) => name,
-    })
+    // By its tag, unless pinned by digest (the tag may move).
+    if let Some(t) = tag.filter(|_| r.digest.is_none()) {
+        return Ok(t);
+    }
+    Ok(pulled.first().map_or(name, |p| p.manifest.to_string()))
+}
+
+/// The manifest digest of the store's image for registry digest `d`: its
+/// own manifest's, or the one a pull recorded (an index's, for a
+/// multi-platform image).
+fn pulled_as(s: &Store, d: &str) -> anyhow::Result<Option<String>> {
+    Ok(s.index()?
+        .manifests
+        .iter()
+        .find(|e| {
+            e.digest.to_string() == d
+                || e.annotations
+                    .get(registry::pull::SOURCE_DIGEST)
+                    .map(String::as_str)
+                    == Some(d)
+        })
+        .map(|e| e.digest.to_string()))
 }
 
 /// `login`: the password from `-p` or standard input (never prompted for:

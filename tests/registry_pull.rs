@@ -661,6 +661,16 @@ fn run_pulls_what_it_lacks_once() {
     env.um(&["image", "tag", &name, "local:1"]);
     env.um(&["run", "--rm", "local:1", "/bin/true"]);
     assert_eq!(reg.requests().len(), after_first);
+    // Pinned by digest: pulled once, then found by that digest.
+    let m = layout_manifest(&fx.oci, "v3");
+    let pinned = format!("{}/img@{}", reg.addr(), m["digest"].as_str().unwrap());
+    env.um(&["image", "rm", &name, "local:1"]);
+    let before = reg.requests().len();
+    env.um(&["run", "--rm", &pinned, "/bin/true"]);
+    let after_first = reg.requests().len();
+    assert!(after_first > before, "pulled");
+    env.um(&["run", "--rm", &pinned, "/bin/true"]);
+    assert_eq!(reg.requests().len(), after_first, "{:#?}", reg.requests());
     // A short name is never pulled (it may be a local name or an id prefix;
     // podman without search registries does not pull it either).
     let out = env.um_out(&["run", "--rm", "img:v3", "/bin/true"]);
