@@ -22,8 +22,6 @@ pub struct Options {
     pub tls_verify: Option<bool>,
     /// Where credentials are looked up (`None`: as podman and Docker do).
     pub auth_files: Option<AuthFiles>,
-    /// Most blobs in flight at once.
-    pub max_downloads: Option<usize>,
 }
 
 /// One way of speaking to a registry.
@@ -63,8 +61,8 @@ impl Options {
 }
 
 /// A client for `registry` over `t`.
-pub fn build(registry: &str, t: Transport, opts: &Options) -> Client {
-    let mut cfg = ClientConfig {
+pub fn build(registry: &str, t: Transport) -> Client {
+    let cfg = ClientConfig {
         protocol: match t {
             Transport::Http => ClientProtocol::HttpsExcept(vec![registry.to_string()]),
             _ => ClientProtocol::Https,
@@ -77,9 +75,6 @@ pub fn build(registry: &str, t: Transport, opts: &Options) -> Client {
         user_agent: concat!("unionmount/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
-    if let Some(n) = opts.max_downloads {
-        cfg.max_concurrent_download = n;
-    }
     Client::new(cfg)
 }
 
@@ -111,7 +106,7 @@ pub async fn connect_as(
     let reference = r.to_oci();
     let mut errors = Vec::new();
     for t in opts.transports(r) {
-        let client = build(&r.registry, t, opts);
+        let client = build(&r.registry, t);
         match client.auth(&reference, &auth, op).await {
             Ok(_) => {
                 return Ok(Session {

@@ -21,6 +21,7 @@ use layerstore::image::Descriptor;
 use oci_client::client::{BlobResponse, SizedStream};
 
 use super::Ctx;
+use super::manifest::describe;
 use crate::client::error_chain;
 
 /// Tries of one blob when the connection breaks (the first one included).
@@ -201,7 +202,9 @@ impl<'a> BlobReader<'a> {
                 Ok(())
             }
             Err(e) if is_not_found(&e) => Err((false, format!("not found in {}", self.ctx.repo))),
-            Err(e) => Err((true, error_chain(&e))),
+            Err(e) if is_transient(&e) => Err((true, error_chain(&e))),
+            // Refused (unauthorized, denied): asking again will not help.
+            Err(e) => Err((false, describe(&e))),
         }
     }
 }
@@ -274,6 +277,17 @@ fn is_not_found(e: &oci_client::errors::OciDistributionError) -> bool {
     }
 }
 
+/// A failure another try may not meet: the connection, or the server's
+/// own trouble (5xx, 429).
+fn is_transient(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::RequestError(_) | E::IoError(_) => true,
+        E::ServerError { code, .. } => *code >= 500 || *code == 429,
+        _ => false,
+    }
+}
+
 /// The descriptor in oci-client's form (digest and size are what it uses).
 pub fn oci_desc(d: &Descriptor) -> oci_client::manifest::OciDescriptor {
     oci_client::manifest::OciDescriptor {
@@ -281,5 +295,31 @@ pub fn oci_desc(d: &Descriptor) -> oci_client::manifest::OciDescriptor {
         digest: d.digest.to_string(),
         size: d.size as i64,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_client::errors::OciDistributionError as E;
+
+    fn server(code: u16) -> E {
+        E::ServerError {
+            code,
+            url: "u".into(),
+            message: "m".into(),
+        }
+    }
+
+    #[test]
+    fn only_connection_and_server_trouble_is_retried() {
+        assert!(is_transient(&E::IoError(io::Error::other("reset"))));
+        assert!(is_transient(&server(503)));
+        assert!(is_transient(&server(429)));
+        for code in [400, 401, 403, 416] {
+            assert!(!is_transient(&server(code)), "{code}");
+        }
+        assert!(is_not_found(&server(404)));
+        assert!(!is_not_found(&server(500)));
     }
 }
