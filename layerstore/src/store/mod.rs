@@ -513,6 +513,35 @@ mod tests {
     }
 
     #[test]
+    fn adopted_layers_appear_at_commit_once() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("s")).unwrap();
+        assert!(store.partial_dir().is_dir(), "made with the store");
+        let diff = Digest::of_bytes(b"layer");
+        let mut txn = Txn::new(&store).unwrap();
+        let outside = t.path().join("elsewhere");
+        fs::create_dir(&outside).unwrap();
+        assert!(txn.adopt_layer(outside, diff.clone()).is_err());
+        for n in 0..2 {
+            let dir = txn.dir().join(format!("tree{n}"));
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("f"), format!("{n}")).unwrap();
+            txn.adopt_layer(dir.clone(), diff.clone()).unwrap();
+            // The second tree of the same layer is dropped at once.
+            assert_eq!(dir.exists(), n == 0);
+        }
+        assert!(
+            !store.layer_dir(&diff).exists(),
+            "not visible before commit"
+        );
+        txn.commit().unwrap();
+        assert_eq!(
+            fs::read_to_string(store.layer_dir(&diff).join("f")).unwrap(),
+            "0"
+        );
+    }
+
+    #[test]
     fn checks_tags() {
         assert!(check_tag("localhost/img:v3").is_ok());
         assert!(check_tag("").is_err());
