@@ -296,12 +296,9 @@ fn run_jobs(
     let bars: Vec<Option<Box<dyn Bar>>> = jobs
         .iter()
         .map(|j| {
-            opts.bars.as_ref().map(|b| {
-                b.add(
-                    &j.desc.digest.short()[..12.min(j.desc.digest.short().len())],
-                    j.desc.size,
-                )
-            })
+            opts.bars
+                .as_ref()
+                .map(|b| b.add(j.desc.digest.short(), j.desc.size))
         })
         .collect();
     let workers = opts
