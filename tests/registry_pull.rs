@@ -710,7 +710,9 @@ struct CuttingProxy {
 }
 
 impl CuttingProxy {
-    fn start(upstream: u16, cut_after: u64, cuts: usize) -> CuttingProxy {
+    /// With `strip_range`, requests lose their Range header (renamed), as
+    /// a registry or proxy without Range support would ignore it.
+    fn start(upstream: u16, cut_after: u64, cuts: usize, strip_range: bool) -> CuttingProxy {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -729,7 +731,19 @@ impl CuttingProxy {
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut &c2, &mut &s2);
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = (&c2).read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if strip_range {
+                            rename_range_header(&mut buf[..n]);
+                        }
+                        if (&s2).write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = s2.shutdown(std::net::Shutdown::Write);
                 });
                 let left = left.clone();
@@ -769,6 +783,16 @@ impl CuttingProxy {
     }
 }
 
+/// `\r\nRange:` → `\r\nX-nop:` (same length) in a request's bytes.
+fn rename_range_header(b: &mut [u8]) {
+    let pat = b"\r\nrange:";
+    for i in 0..b.len().saturating_sub(pat.len() - 1) {
+        if b[i..i + pat.len()].eq_ignore_ascii_case(pat) {
+            b[i + 2..i + pat.len()].copy_from_slice(b"x-nop:");
+        }
+    }
+}
+
 impl Drop for CuttingProxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -793,7 +817,7 @@ fn a_connection_cut_mid_blob_resumes_and_gives_up_after_bounded_retries() {
         .to_string();
 
     // Cut once, mid-blob: the pull reconnects and asks for the rest.
-    let once = CuttingProxy::start(reg.port, 256 << 10, 1);
+    let once = CuttingProxy::start(reg.port, 256 << 10, 1, false);
     let name = format!("{}/img:v3", once.addr());
     env.um(&["pull", "-q", &name]);
     let ranged = reg
@@ -808,7 +832,7 @@ fn a_connection_cut_mid_blob_resumes_and_gives_up_after_bounded_retries() {
     // stored, what came kept for the next pull, which completes.
     let env2 = Env::new();
     env2.init_store();
-    let always = CuttingProxy::start(reg.port, 64 << 10, usize::MAX);
+    let always = CuttingProxy::start(reg.port, 64 << 10, usize::MAX, false);
     let err = env2.um_fail(&["pull", "-q", &format!("{}/img:v3", always.addr())]);
     assert!(err.contains(&big) && err.contains("4 times"), "{err}");
     assert_eq!(env2.contents(), (vec![], vec![]), "nothing stored");
@@ -819,6 +843,28 @@ fn a_connection_cut_mid_blob_resumes_and_gives_up_after_bounded_retries() {
     assert_mounted_tree(&env2, &direct, &fx.reference, "after-cuts");
     let out = env2.um(&["image", "fsck"]);
     assert!(out.contains("clean"), "{out}");
+
+    // A registry that ignores Range answers with the whole blob: the part
+    // already held is skipped, not doubled.
+    let env3 = Env::new();
+    env3.init_store();
+    let blob = fs::read(reg.blob_file(&big)).unwrap();
+    fs::write(
+        env3.store().join("partial").join(&big),
+        &blob[..blob.len() / 3],
+    )
+    .unwrap();
+    let plain = CuttingProxy::start(reg.port, u64::MAX, 0, true);
+    let n = format!("{}/img:v3", plain.addr());
+    let before = reg.requests().len();
+    env3.um(&["pull", "-q", &n]);
+    let got: Vec<String> = reg.requests()[before..]
+        .iter()
+        .filter(|l| l.contains(&big))
+        .cloned()
+        .collect();
+    assert!(got.len() == 1 && got[0].contains("\" 200 "), "{got:#?}");
+    assert_mounted_tree(&env3, &n, &fx.reference, "no-range");
 }
 
 #[test]
