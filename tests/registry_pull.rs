@@ -213,6 +213,21 @@ fn a_multi_platform_index_gives_the_platform_asked() {
     assert_eq!(listed(&env, &list)["id"], config_of(other_tag));
     let err = env.um_fail(&["pull", "--platform", "linux/s390x", &list]);
     assert!(err.contains(&format!("linux/{other}")), "{err}");
+    // A single-platform image is what it is: asked for another, one line.
+    reg.push(&format!("oci:{}:v3", fx.oci.display()), "single:1", false);
+    let single = format!("{}/single:1", reg.addr());
+    let err = env.um_fail(&["pull", "--platform", &format!("linux/{other}"), &single]);
+    assert!(
+        err.contains(&format!("linux/{other}")) && err.contains(&format!("linux/{host}")),
+        "{err}"
+    );
+    env.um(&[
+        "pull",
+        "-q",
+        "--platform",
+        &format!("linux/{host}"),
+        &single,
+    ]);
     let err = env.um_fail(&["pull", "--platform", "linux", &name]);
     assert!(err.contains("OS/ARCH"), "{err}");
     let out = env.um(&["image", "fsck"]);

@@ -196,6 +196,12 @@ fn pull_one(
     if let Some(why) = m.layers.iter().find_map(refuse_layer) {
         return Err(why);
     }
+    // A single-platform image asked for by --platform must be that one
+    // (an index was already picked from; without --platform, as Docker, any).
+    let single = res.repo_digest == res.desc.digest;
+    if opts.platform.is_some() && single {
+        check_platform(&cfg, want, r)?;
+    }
     let mut txn = Txn::new(store).map_err(|e| e.to_string())?;
     let (jobs, local) = plan(store, m.layers.iter().zip(&cfg.rootfs.diff_ids));
     let fetched = run_jobs(ctx, &jobs, txn.dir(), store.unpack_options(), opts)?;
@@ -227,6 +233,18 @@ fn pull_one(
         id: m.config.digest.clone(),
         fetched: fetched.len(),
     })
+}
+
+/// The image's config names the platform asked for.
+fn check_platform(cfg: &ConfigView, want: &Platform, r: &Reference) -> Result<(), String> {
+    let os = cfg.os.as_deref().unwrap_or("linux");
+    let arch = cfg.architecture.as_deref().unwrap_or("");
+    if os == want.os && arch == want.arch {
+        return Ok(());
+    }
+    Err(format!(
+        "{r}: the image is for {os}/{arch}, not the platform asked, {want}"
+    ))
 }
 
 /// Which layers to fetch (and unpack), and which blobs the store has but
