@@ -34,6 +34,7 @@ const SUBCOMMANDS: &[&str] = &[
     "bench",
     "bundle",
     "push",
+    "pull",
     "login",
     "logout",
     "help",
@@ -123,11 +124,13 @@ enum Command {
     Export(ExportArgs),
     /// Make a one-layer image from a root filesystem tar, as `docker import`; prints its id.
     Import(ImportArgs),
+    /// Pull an image from a registry into the store; prints its id.
+    Pull(PullArgs),
     /// Send an image to a registry (layers gzip unless told otherwise); prints its digest.
     Push(PushArgs),
-    /// Check and keep credentials for a registry (in podman's auth.json).
+    /// Check a registry credential and store it where podman and pull read it.
     Login(LoginArgs),
-    /// Forget the credentials kept for a registry.
+    /// Remove a registry's stored credential.
     Logout {
         /// The registry (host[:port])
         registry: String,
@@ -150,8 +153,29 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Umount { mountpoint, force } => crate::mount::unmount(&mountpoint, force),
         Command::Image(cmd) => run_image(cmd),
         Command::Commit(args) => crate::image_cmd::commit(args.into()),
-        Command::Run(args) => crate::container::lifecycle::run(args.into()),
-        Command::Create(args) => crate::container::lifecycle::create_cmd(args.into()),
+        Command::Run(mut args) => match crate::registry_cmd::for_run(&args) {
+            Ok(image) => {
+                args.image = image;
+                crate::container::lifecycle::run(args.into())
+            }
+            Err(e) => runner_failed(&e),
+        },
+        Command::Create(mut args) => match crate::registry_cmd::for_run(&args) {
+            Ok(image) => {
+                args.image = image;
+                crate::container::lifecycle::create_cmd(args.into())
+            }
+            Err(e) => runner_failed(&e),
+        },
+        Command::Pull(args) => crate::registry_cmd::pull(args.into()),
+        Command::Login(args) => crate::registry_cmd::login(
+            &args.registry,
+            args.username.as_deref(),
+            args.password.as_deref(),
+            args.password_stdin,
+            args.tls_verify,
+        ),
+        Command::Logout { registry } => crate::registry_cmd::logout(&registry),
         Command::Start {
             container,
             interactive,
@@ -172,14 +196,17 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Import(args) => crate::image_cmd::import(args.into()),
         Command::Container(cmd) => run_container(cmd),
         Command::Push(a) => crate::push_cmd::push(a.into()),
-        Command::Login(a) => {
-            crate::push_cmd::login(&a.registry, a.username, a.password_stdin, a.tls_verify)
-        }
-        Command::Logout { registry } => crate::push_cmd::logout(&registry),
         #[cfg(feature = "bench")]
         Command::Bench(args) => crate::bench::run(args.into()),
         Command::Bundle(args) => crate::bundle::run(args.into()),
     }
+}
+
+/// `run` and `create` that cannot get their image end as the runner's
+/// failures do: one line, status 125 (as Docker's failed pull).
+fn runner_failed(e: &anyhow::Error) -> anyhow::Result<ExitCode> {
+    eprintln!("unionmount: {e:#}");
+    Ok(ExitCode::from(crate::container::lifecycle::RUNNER_FAILED))
 }
 
 /// Run an image command.
@@ -467,21 +494,6 @@ impl From<PushArgs> for crate::push_cmd::PushRequest {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct LoginArgs {
-    /// The registry (host[:port])
-    registry: String,
-    /// The user name (asked on the terminal without it)
-    #[arg(short, long)]
-    username: Option<String>,
-    /// Read the password from standard input (one line)
-    #[arg(long)]
-    password_stdin: bool,
-    /// Verify the registry's certificate (default: yes, but for loopback registries)
-    #[arg(long = "tls-verify", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    tls_verify: Option<bool>,
-}
-
 /// Where the store is: `--store DIR`, else `UNIONMOUNT_STORE`, else the default.
 #[derive(Args, Clone, Debug)]
 pub struct StoreArg {
@@ -576,6 +588,9 @@ pub struct RunArgs {
     /// Attach stdin (without it the command reads /dev/null)
     #[arg(short = 'i', long = "interactive")]
     pub interactive: bool,
+    /// Pull the image from its registry: when the store lacks it (missing), always, or never
+    #[arg(long, value_enum, default_value = "missing", value_name = "POLICY")]
+    pub pull: PullPolicy,
     #[command(flatten)]
     pub store: StoreArg,
     /// Image name or id
@@ -719,6 +734,72 @@ pub struct ExportArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub store: StoreArg,
+}
+
+/// `run --pull`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// Pull only a registry reference the store does not have
+    Missing,
+    /// Pull a registry reference every time
+    Always,
+    /// Use what the store has
+    Never,
+}
+
+/// `unionmount pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Image reference: NAME[:TAG][@DIGEST] (`alpine` is docker.io/library/alpine:latest)
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// The platform to pick from a multi-platform image (default: this machine's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Every tag of the repository
+    #[arg(short = 'a', long = "all-tags")]
+    pub all_tags: bool,
+    /// No progress; only the image id
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Verify TLS certificates (default: true, except for loopback registries);
+    /// `--tls-verify=false` also allows plain HTTP
+    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub tls_verify: Option<bool>,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `unionmount login`.
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// The registry (host[:port]; docker.io for Docker Hub)
+    pub registry: String,
+    /// User name
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password (visible in the process list: prefer --password-stdin)
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Read the password from standard input
+    #[arg(long = "password-stdin")]
+    pub password_stdin: bool,
+    /// Verify TLS certificates (default: true, except for loopback registries)
+    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub tls_verify: Option<bool>,
+}
+
+impl From<PullArgs> for crate::registry_cmd::PullRequest {
+    fn from(a: PullArgs) -> Self {
+        crate::registry_cmd::PullRequest {
+            reference: a.reference,
+            platform: a.platform,
+            all_tags: a.all_tags,
+            quiet: a.quiet,
+            tls_verify: a.tls_verify,
+            store: a.store.into(),
+        }
+    }
 }
 
 /// `unionmount import` and `unionmount image import` (`docker import`).

@@ -188,8 +188,12 @@ pub fn save(store: &StoreDir, req: &SaveRequest) -> anyhow::Result<()> {
 /// `image prune`.
 pub fn prune(store: &StoreDir) -> anyhow::Result<()> {
     let r = store.open_exclusive()?.prune()?;
+    let partial = match r.partial {
+        0 => String::new(),
+        n => format!(" and {n} partial downloads"),
+    };
     say!(
-        "Removed {} blobs ({}) and {} layers",
+        "Removed {} blobs ({}) and {} layers{partial}",
         r.blobs,
         human(r.bytes),
         r.layers
@@ -308,6 +312,10 @@ fn ls(s: Option<&Store>, format: Option<&str>) -> anyhow::Result<()> {
                         "layers": i.manifest.layers.len(),
                         "size": i.size,
                         "created": i.config.created,
+                        // Where `pull` got it: the reference and the digest
+                        // it resolved to (null for images made here).
+                        "source": d.annotations.get(registry::pull::SOURCE_REF),
+                        "sourceDigest": d.annotations.get(registry::pull::SOURCE_DIGEST),
                     }),
                     Err(e) => serde_json::json!({
                         "name": d.ref_name(),

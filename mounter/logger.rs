@@ -14,7 +14,9 @@ impl log::Log for StderrLogger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        if is_unwanted_reply(record) && log::max_level() < log::LevelFilter::Debug {
+        if (is_unwanted_reply(record) || is_network_stack(record))
+            && log::max_level() < log::LevelFilter::Debug
+        {
             return;
         }
         let line = format!(
@@ -54,6 +56,26 @@ fn is_unwanted_reply(record: &log::Record<'_>) -> bool {
         && (msg.ends_with("(os error 2)") || msg.ends_with("(os error 19)"))
 }
 
+/// The HTTP and TLS crates under `pull` log their failures (a certificate
+/// refused) as errors, and the same failure comes back to the command,
+/// which reports it in its one line: theirs are shown only when debugging.
+fn is_network_stack(record: &log::Record<'_>) -> bool {
+    const CRATES: &[&str] = &[
+        "rustls",
+        "rustls_platform_verifier",
+        "reqwest",
+        "hyper",
+        "hyper_util",
+        "h2",
+        "oci_client",
+        "tokio",
+        "tower",
+        "http_auth",
+    ];
+    let root = record.target().split("::").next().unwrap_or("");
+    CRATES.contains(&root)
+}
+
 static LOGGER: StderrLogger = StderrLogger;
 
 pub fn init(args: &[OsString]) {
@@ -83,6 +105,24 @@ mod tests {
                 .args(format_args!("{msg}"))
                 .build(),
         )
+    }
+
+    #[test]
+    fn the_network_stack_is_quiet_unless_debugging() {
+        let rec = |target: &'static str| {
+            is_network_stack(
+                &log::Record::builder()
+                    .level(log::Level::Error)
+                    .target(target)
+                    .args(format_args!("failed to verify TLS certificate"))
+                    .build(),
+            )
+        };
+        assert!(rec("rustls::conn"));
+        assert!(rec("hyper_util::client"));
+        assert!(rec("oci_client::client"));
+        assert!(!rec("unionmount::mount"));
+        assert!(!rec("fuser::reply"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod ns_mounts;
 mod options;
 mod progress;
 mod push_cmd;
+mod registry_cmd;
 mod runner;
 mod store_dir;
 mod sys;

@@ -86,3 +86,43 @@ impl Observer for Bars {
         self.task().clear();
     }
 }
+
+/// One bar per layer of a pull, drawn together (as podman draws them), on
+/// a terminal only.
+pub fn layer_bars() -> Option<Box<dyn registry::pull::Bars>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(Box::new(LayerBars(
+        indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+    )))
+}
+
+struct LayerBars(indicatif::MultiProgress);
+
+struct LayerBar(ProgressBar);
+
+impl registry::pull::Bars for LayerBars {
+    fn add(&self, name: &str, total: u64) -> Box<dyn registry::pull::Bar> {
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(
+                "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let bar = self.0.add(bar.with_message(format!("blob {name}")));
+        Box::new(LayerBar(bar))
+    }
+}
+
+impl registry::pull::Bar for LayerBar {
+    fn set(&self, done: u64) {
+        self.0.set_position(done);
+    }
+
+    fn finish(&self, msg: &str) {
+        self.0
+            .finish_with_message(format!("{} {msg}", self.0.message()));
+    }
+}

@@ -12,7 +12,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, RegistryOperation};
 
-use crate::auth::{self, AuthFiles};
+use crate::auth::AuthFiles;
 use crate::reference::Reference;
 
 /// How to reach registries.
@@ -22,8 +22,6 @@ pub struct Options {
     pub tls_verify: Option<bool>,
     /// Where credentials are looked up (`None`: as podman and Docker do).
     pub auth_files: Option<AuthFiles>,
-    /// Most blobs in flight at once.
-    pub max_downloads: Option<usize>,
 }
 
 /// One way of speaking to a registry.
@@ -62,13 +60,9 @@ impl Options {
     }
 }
 
-/// A digest no blob has (sha256 of nothing is a real blob; all zeros is not).
-const NO_SUCH_BLOB: &str =
-    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-
 /// A client for `registry` over `t`.
-pub fn build(registry: &str, t: Transport, opts: &Options) -> Client {
-    let mut cfg = ClientConfig {
+pub fn build(registry: &str, t: Transport) -> Client {
+    let cfg = ClientConfig {
         protocol: match t {
             Transport::Http => ClientProtocol::HttpsExcept(vec![registry.to_string()]),
             _ => ClientProtocol::Https,
@@ -81,9 +75,6 @@ pub fn build(registry: &str, t: Transport, opts: &Options) -> Client {
         user_agent: concat!("unionmount/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
-    if let Some(n) = opts.max_downloads {
-        cfg.max_concurrent_download = n;
-    }
     Client::new(cfg)
 }
 
@@ -102,11 +93,20 @@ pub async fn connect(
     op: RegistryOperation,
     opts: &Options,
 ) -> Result<Session, String> {
-    let auth = opts.credentials(r)?;
+    connect_as(r, op, opts, opts.credentials(r)?).await
+}
+
+/// `connect` with the given credentials.
+pub async fn connect_as(
+    r: &Reference,
+    op: RegistryOperation,
+    opts: &Options,
+    auth: RegistryAuth,
+) -> Result<Session, String> {
     let reference = r.to_oci();
     let mut errors = Vec::new();
     for t in opts.transports(r) {
-        let client = build(&r.registry, t, opts);
+        let client = build(&r.registry, t);
         match client.auth(&reference, &auth, op).await {
             Ok(_) => {
                 return Ok(Session {
@@ -179,45 +179,6 @@ pub fn one_line(s: &str) -> String {
         out.push('…');
     }
     out.trim().to_string()
-}
-
-/// The credential a `login` stores is checked first: the token service
-/// must take it, and an authenticated request must not be refused. (A
-/// registry speaking Basic auth issues no token: only a request shows
-/// whether it takes the password. A HEAD of a blob that cannot exist
-/// answers 404 to a good one and 401 to a bad one.)
-pub async fn check_login(
-    r: &Reference,
-    user: &str,
-    pass: &str,
-    opts: &Options,
-) -> Result<(), String> {
-    let auth = RegistryAuth::Basic(user.to_string(), pass.to_string());
-    let reference = r.to_oci();
-    let mut last = String::new();
-    for t in opts.transports(r) {
-        let client = build(&r.registry, t, opts);
-        let checked = match client
-            .auth(&reference, &auth, RegistryOperation::Pull)
-            .await
-        {
-            Ok(_) => client
-                .blob_exists(&reference, NO_SUCH_BLOB)
-                .await
-                .map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match checked {
-            Ok(()) => return Ok(()),
-            Err(e) => last = error_chain(&e),
-        }
-    }
-    Err(format!("registry {}: login failed: {last}", r.registry))
-}
-
-/// Store a credential (after `check_login`).
-pub fn save_login(registry: &str, user: &str, pass: &str) -> Result<std::path::PathBuf, String> {
-    auth::store(registry, user, pass).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 
 pub mod auth;
 pub mod client;
+pub mod login;
+pub mod pull;
 pub mod push;
 pub mod reference;
 

@@ -159,11 +159,15 @@ impl fmt::Display for Reference {
     }
 }
 
-/// Does `s` look like a registry reference rather than a local name? True
-/// when it names a registry host, or a digest; `run` only pulls those or
-/// plain names that parse.
-pub fn looks_remote(s: &str) -> bool {
-    Reference::parse(s).is_ok()
+/// Does `s` name its registry (`host[:port]/…`, `localhost/…`,
+/// `docker.io/…`) and parse? `run` pulls only such references: a short name
+/// (`alpine`) may be a local image or an id prefix, and podman without
+/// search registries does not pull short names either.
+pub fn names_registry(s: &str) -> bool {
+    let explicit = s.split_once('/').is_some_and(|(first, _)| {
+        first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first
+    });
+    explicit && Reference::parse(s).is_ok()
 }
 
 /// `host[:port]` is loopback.
@@ -396,6 +400,29 @@ mod tests {
         }
         assert!(Reference::parse(&format!("img:{}", "t".repeat(129))).is_err());
         assert!(Reference::parse("x/a__b.c-d---e/x_y").is_ok());
+    }
+
+    #[test]
+    fn only_references_with_a_host_name_their_registry() {
+        for s in [
+            "127.0.0.1:5000/img",
+            "localhost/a:b",
+            "docker.io/library/alpine",
+            "reg.example/x/y",
+        ] {
+            assert!(names_registry(s), "{s}");
+        }
+        for s in [
+            "alpine",
+            "user/app",
+            "nosuch-image",
+            "5",
+            "img:v3",
+            "localhost",
+            "Reg.example/Bad",
+        ] {
+            assert!(!names_registry(s), "{s}");
+        }
     }
 
     #[test]

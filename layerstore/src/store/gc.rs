@@ -14,6 +14,8 @@ use crate::{Context, Result};
 pub struct PruneReport {
     pub blobs: usize,
     pub layers: usize,
+    /// Partial downloads removed.
+    pub partial: usize,
     pub bytes: u64,
 }
 
@@ -80,6 +82,14 @@ impl Store {
                 report.layers += 1;
             }
         }
+        // Downloads that never finished (or finished and were adopted by a
+        // commit a kill interrupted): nothing refers to them.
+        let partial = self.partial_dir();
+        for e in fs::read_dir(&partial).at(&partial)?.flatten() {
+            report.bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+            remove_all(&e.path())?;
+            report.partial += 1;
+        }
         // Layer lock files are made on demand; with the store held alone none
         // is in use, so all can go (also those of loads that failed).
         let locks = self.root.join("locks");
@@ -134,6 +144,18 @@ impl Store {
                 bad_blobs.insert(d.clone());
                 if repair {
                     self.blobs.remove(&d)?;
+                }
+            }
+        }
+        // partial/ holds only files named by a digest (a pull's downloads).
+        let partial = self.partial_dir();
+        for e in fs::read_dir(&partial).at(&partial)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let is_file = e.file_type().is_ok_and(|t| t.is_file());
+            if Digest::from_hex(&name).is_err() || !is_file {
+                problems.push(format!("partial download {name:?}: not a blob download"));
+                if repair {
+                    remove_all(&e.path())?;
                 }
             }
         }

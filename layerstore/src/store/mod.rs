@@ -103,7 +103,14 @@ impl Store {
     }
 
     fn open_with(root: &Path, exclusive: bool) -> Result<Store> {
-        for d in ["blobs/sha256", "layers", "tmp", "containers", "locks"] {
+        for d in [
+            "blobs/sha256",
+            "layers",
+            "tmp",
+            "containers",
+            "locks",
+            "partial",
+        ] {
             let p = root.join(d);
             fs::create_dir_all(&p).ctx(|| format!("store {}: {d}", root.display()))?;
         }
@@ -175,6 +182,13 @@ impl Store {
 
     pub fn progress(&self) -> &Progress {
         &self.progress
+    }
+
+    /// Blobs being downloaded (`partial/<hex>`: the first bytes of the blob
+    /// of that digest). Kept across commands so a pull resumes; not part of
+    /// any image until a transaction adopts them; `prune` removes them.
+    pub fn partial_dir(&self) -> PathBuf {
+        self.root.join("partial")
     }
 
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
@@ -496,6 +510,35 @@ mod tests {
         add_ref(&mut idx, bt);
         assert_eq!(idx.manifests.len(), 1);
         assert_eq!(idx.manifests[0].digest, b.digest);
+    }
+
+    #[test]
+    fn adopted_layers_appear_at_commit_once() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("s")).unwrap();
+        assert!(store.partial_dir().is_dir(), "made with the store");
+        let diff = Digest::of_bytes(b"layer");
+        let mut txn = Txn::new(&store).unwrap();
+        let outside = t.path().join("elsewhere");
+        fs::create_dir(&outside).unwrap();
+        assert!(txn.adopt_layer(outside, diff.clone()).is_err());
+        for n in 0..2 {
+            let dir = txn.dir().join(format!("tree{n}"));
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("f"), format!("{n}")).unwrap();
+            txn.adopt_layer(dir.clone(), diff.clone()).unwrap();
+            // The second tree of the same layer is dropped at once.
+            assert_eq!(dir.exists(), n == 0);
+        }
+        assert!(
+            !store.layer_dir(&diff).exists(),
+            "not visible before commit"
+        );
+        txn.commit().unwrap();
+        assert_eq!(
+            fs::read_to_string(store.layer_dir(&diff).join("f")).unwrap(),
+            "0"
+        );
     }
 
     #[test]

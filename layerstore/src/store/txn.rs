@@ -204,6 +204,26 @@ impl<'s> Txn<'s> {
         Ok((teed.digest, teed.len, diff))
     }
 
+    /// Adopt a layer tree unpacked (by the caller, e.g. while downloading)
+    /// into a directory under this transaction's directory, whose tar
+    /// stream hashed to `diff`. If the store or this transaction has the
+    /// layer already, the tree is dropped.
+    pub fn adopt_layer(&mut self, dir: PathBuf, diff: Digest) -> Result<()> {
+        if !dir.starts_with(&self.dir) {
+            return Err(Error::invalid(
+                dir.display().to_string(),
+                "not in the transaction's directory",
+            ));
+        }
+        self.lock_layer(&diff)?;
+        if self.layers.contains_key(&diff) || self.store.layer_dir(&diff).is_dir() {
+            remove_all(&dir)
+        } else {
+            self.layers.insert(diff, dir);
+            Ok(())
+        }
+    }
+
     /// Make everything staged visible: blobs, layers, then index entries.
     pub fn commit(mut self) -> Result<()> {
         let store = self.store;
