@@ -335,8 +335,28 @@ impl Registry {
         self.curl("GET", path, &[], false)
     }
 
+    /// PUT `body` as `content_type` at `path` with the registry's
+    /// credentials and CA: e.g. a manifest that skopeo would not send.
+    pub fn put(&self, path: &str, content_type: &str, body: &[u8]) -> Response {
+        let file = self.scratch.path().join("put-body");
+        fs::write(&file, body).expect("write the PUT body");
+        let mut cmd = self.curl_cmd("PUT", path, &[], true);
+        cmd.args(["-H", &format!("Content-Type: {content_type}")])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()));
+        parse_http_response(&cmd.output().expect("curl runs").stdout)
+    }
+
     /// One request by curl; status 0 when nothing answered.
     fn curl(&self, method: &str, path: &str, accept: &[&str], creds: bool) -> Response {
+        let out = self
+            .curl_cmd(method, path, accept, creds)
+            .output()
+            .expect("curl runs");
+        parse_http_response(&out.stdout)
+    }
+
+    fn curl_cmd(&self, method: &str, path: &str, accept: &[&str], creds: bool) -> Command {
         let mut cmd = Command::new("curl");
         cmd.args(["-s", "-D", "-", "--max-time", "30", "-X", method]);
         if method == "HEAD" {
@@ -352,8 +372,7 @@ impl Registry {
             cmd.args(["-H", &format!("Accept: {a}")]);
         }
         cmd.arg(format!("{}{path}", self.url()));
-        let out = cmd.output().expect("curl runs");
-        parse_http_response(&out.stdout)
+        cmd
     }
 
     /// The registry's config.yml. A fixed secret keeps upload sessions
