@@ -1,7 +1,8 @@
 //! `unionmount pull` against Debian's docker-registry (the distribution
 //! registry) on loopback: images pushed by skopeo (made with umoci) come
 //! out as `umoci unpack` shows them; multi-platform indexes; resumed and
-//! killed pulls; missing and corrupt blobs; `run --pull`.
+//! killed pulls; missing, cut and tampered blobs; a registry stopped
+//! mid-pull; `run --pull`.
 
 mod support;
 
@@ -485,6 +486,61 @@ fn a_missing_blob_is_one_line_and_stores_nothing() {
     assert!(err.contains("cannot connect"), "{err}");
     let err = env.um_fail(&["pull", "Bad/Name"]);
     assert!(err.contains("lowercase"), "{err}");
+}
+
+#[test]
+fn a_tampered_blob_is_refused_in_one_line_and_nothing_of_it_is_kept() {
+    let Some(c) = Case::new() else { return };
+    let env = &c.env;
+    let proxy = c.proxy();
+    let name = proxy.reference("img:v3");
+    let (digest, hex, _) = c.layer("v3", 1);
+    proxy.fault(&digest, Fault::FlipByte);
+    env.init_store();
+    let err = env.um_fail(&["pull", "-q", &name]);
+    assert!(
+        err.contains(&digest) && err.contains("digest mismatch"),
+        "{err}"
+    );
+    // No image, no layer (dir or blob), and no download of it to resume.
+    env.assert_nothing_stored("a tampered blob");
+    assert!(
+        !env.partial_files().contains(&hex),
+        "{:?}",
+        env.partial_files()
+    );
+    env.assert_fsck_clean("after a tampered blob");
+    // Served honestly, the blob is fetched whole again and the pull works.
+    proxy.clear();
+    let asked = pull_through(env, &proxy, &name, &digest);
+    assert!(asked.len() == 1 && asked[0].range.is_none(), "{asked:#?}");
+    c.assert_v3(env, &name, "untampered");
+    env.assert_fsck_clean("after the honest pull");
+}
+
+#[test]
+fn a_registry_stopped_mid_pull_is_one_line_and_a_restart_resumes() {
+    let Some(mut c) = Case::new() else { return };
+    let proxy = c.proxy();
+    let name = proxy.reference("img:v3");
+    let (digest, hex, size) = c.layer("v3", 0);
+    c.env.init_store();
+    // Held halfway through the first layer; the registry goes away there.
+    proxy.fault_times(&digest, Fault::StallAfter(size / 2), 1);
+    let child = spawn_pull(&c.env, &name);
+    assert!(proxy.wait_stalled(1), "{digest} never held");
+    wait_partial(&c.env, &hex, size / 2);
+    c.reg.stop();
+    proxy.cut_stalled();
+    let e = one_line(&child.wait_with_output().unwrap());
+    assert!(e.contains(&digest) && e.contains("4 times"), "{e}");
+    c.env.assert_nothing_stored("a stopped registry");
+    assert_eq!(partial_len(&c.env, &hex), size / 2, "what came is kept");
+    // Back on the same storage: the pull asks only for the rest.
+    c.reg.start();
+    assert_resumed_at(&pull_through(&c.env, &proxy, &name, &digest), size / 2);
+    c.assert_v3(&c.env, &name, "restarted");
+    c.env.assert_fsck_clean("after the restart");
 }
 
 #[test]
