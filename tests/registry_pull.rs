@@ -31,12 +31,18 @@ struct Case {
 impl Case {
     /// None when the test cannot run here (skipped, or failed under CI).
     fn new() -> Option<Case> {
+        Case::with(Registry::plain)
+    }
+
+    /// With the registry `start` gives (TLS, auth); skopeo pushes with
+    /// its credentials.
+    fn with(start: impl FnOnce() -> Registry) -> Option<Case> {
         if !support::registry::require(&[]) {
             return None;
         }
         let env = Env::new();
         let fx = umoci_fixture(env.path());
-        let reg = Registry::plain();
+        let reg = start();
         push_with_skopeo(&fx.oci, "v3", &reg, "img:v3");
         Some(Case { env, fx, reg })
     }
@@ -665,15 +671,12 @@ fn a_connection_cut_mid_blob_resumes_and_gives_up_after_bounded_retries() {
     c.assert_v3(&env3, &name, "no-range");
 }
 
-/// `unionmount pull -q [extra] REF` with only the credential files given:
-/// podman's auth file `auth` (or none), Docker's under `home`.
-fn pull_with_auth(env: &Env, auth: Option<&Path>, home: &Path, extra: &[&str], r: &str) -> Output {
+/// `unionmount ARGS` with `env`'s store and only the credential files
+/// given: podman's auth file `auth` (or none), Docker's under `home`.
+fn um_with_auth(env: &Env, auth: Option<&Path>, home: &Path, args: &[&str]) -> Output {
     let none = env.path().join("no-such-auth.json");
     Command::new(bin())
-        .arg("pull")
-        .arg("-q")
-        .args(extra)
-        .arg(r)
+        .args(args)
         .env("UNIONMOUNT_STORE", env.store())
         .env("HOME", home)
         .env("REGISTRY_AUTH_FILE", auth.unwrap_or(&none))
@@ -681,6 +684,14 @@ fn pull_with_auth(env: &Env, auth: Option<&Path>, home: &Path, extra: &[&str], r
         .env_remove("DOCKER_CONFIG")
         .output()
         .unwrap()
+}
+
+/// `unionmount pull -q [extra] REF` as `um_with_auth` runs it.
+fn pull_with_auth(env: &Env, auth: Option<&Path>, home: &Path, extra: &[&str], r: &str) -> Output {
+    let mut args = vec!["pull", "-q"];
+    args.extend_from_slice(extra);
+    args.push(r);
+    um_with_auth(env, auth, home, &args)
 }
 
 /// `unionmount ARGS` with `stdin` as input and REGISTRY_AUTH_FILE, HOME set.
@@ -712,23 +723,25 @@ fn b64(s: &str) -> String {
     String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap()
 }
 
+/// podman's auth.json (what `podman login` writes) with one entry.
+fn auth_json(addr: &str, user: &str, pw: &str) -> String {
+    let auth = b64(&format!("{user}:{pw}"));
+    format!(r#"{{"auths":{{"{addr}":{{"auth":"{auth}"}}}}}}"#)
+}
+
 fn assert_ok(o: &Output) {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 #[test]
 fn basic_auth_over_tls_uses_podman_and_docker_credentials() {
-    if !support::registry::require(&[]) {
+    let Some(c) = Case::with(|| Registry::tls_with_auth("tester", "secret")) else {
         return;
-    }
-    let env = Env::new();
-    let t = env.path();
-    let fx = umoci_fixture(t);
-    let reg = Registry::tls_with_auth("tester", "secret");
-    push_with_skopeo(&fx.oci, "v3", &reg, "img:v3");
-    let name = reg.reference("img:v3");
+    };
+    let (env, fx, reg, t) = (&c.env, &c.fx, &c.reg, c.env.path());
+    let name = c.name("v3");
     let pull = |auth: Option<&Path>, home: &Path, extra: &[&str]| {
-        pull_with_auth(&env, auth, home, extra, &name)
+        pull_with_auth(env, auth, home, extra, &name)
     };
     let home = t.join("home");
     fs::create_dir_all(&home).unwrap();
@@ -737,13 +750,7 @@ fn basic_auth_over_tls_uses_podman_and_docker_credentials() {
     assert!(e.contains("unauthorized"), "{e}");
     // podman's auth.json (what `podman login` writes).
     let auth = t.join("auth.json");
-    let entry = |pw: &str| {
-        format!(
-            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
-            reg.addr(),
-            b64(&format!("tester:{pw}"))
-        )
-    };
+    let entry = |pw: &str| auth_json(&reg.addr(), "tester", pw);
     fs::write(&auth, entry("wrong")).unwrap();
     let e = one_line(&pull(Some(&auth), &home, &[]));
     assert!(
@@ -799,4 +806,42 @@ fn basic_auth_over_tls_uses_podman_and_docker_credentials() {
     env.um(&["image", "rm", &name]);
     let e = one_line(&pull(Some(&written), &empty_home, &[]));
     assert!(e.contains("unauthorized"), "{e}");
+}
+
+#[test]
+fn bearer_token_auth_pulls_and_pushes_with_podman_credentials() {
+    // skopeo (the independent client) gets its tokens from the same server.
+    let Some(c) = Case::with(|| Registry::token_auth("tester", "secret")) else {
+        return;
+    };
+    let (env, fx, reg, t) = (&c.env, &c.fx, &c.reg, c.env.path());
+    let name = c.name("v3");
+    let home = t.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let auth = t.join("auth.json");
+    // No credentials, or wrong ones: one line saying so; nothing stored.
+    let e = one_line(&pull_with_auth(env, None, &home, &[], &name));
+    assert!(e.contains("unauthorized") || e.contains("denied"), "{e}");
+    fs::write(&auth, auth_json(&reg.addr(), "tester", "wrong")).unwrap();
+    let e = one_line(&pull_with_auth(env, Some(&auth), &home, &[], &name));
+    assert!(
+        e.contains("unauthorized") || e.contains("authentication"),
+        "{e}"
+    );
+    assert!(env.images().is_empty(), "{:?}", env.images());
+    // podman's auth file: the pull gets a token and the image.
+    fs::write(&auth, auth_json(&reg.addr(), "tester", "secret")).unwrap();
+    assert_ok(&pull_with_auth(env, Some(&auth), &home, &[], &name));
+    env.assert_mounted_tree(&name, &fx.reference, "bearer");
+    // push: to another repository of the registry, with and without them.
+    let copy = reg.reference("copy:1");
+    let push = |auth: Option<&Path>| um_with_auth(env, auth, &home, &["push", &name, &copy]);
+    let e = one_line(&push(None));
+    assert!(e.contains(&copy) && e.contains("401 Unauthorized"), "{e}");
+    assert_ok(&push(Some(&auth)));
+    // What was pushed reads back whole, through another store.
+    let env2 = Env::new();
+    assert_ok(&pull_with_auth(&env2, Some(&auth), &home, &[], &copy));
+    env2.assert_mounted_tree(&copy, &fx.reference, "bearer-pushed");
+    env2.assert_fsck_clean("after the Bearer pull");
 }
