@@ -400,22 +400,6 @@ fn tag_rm_prune_and_errors() {
     assert!(e.contains("nope"), "{e}");
 }
 
-/// A unionmount mount, unmounted on drop.
-struct UnionMount(std::path::PathBuf);
-
-impl Drop for UnionMount {
-    fn drop(&mut self) {
-        let ok = Command::new(bin())
-            .arg("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            unmount(&self.0);
-        }
-    }
-}
-
 #[test]
 fn image_mount_through_unionmount_matches_umoci_and_commits() {
     if !need_root("image_mount…") || !need_tools("image_mount…", &["umoci"]) {

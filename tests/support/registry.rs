@@ -6,6 +6,8 @@
 //!   TLS with a certificate made by the test (a CA and a leaf for 127.0.0.1
 //!   and localhost) and htpasswd Basic auth. Both stop by pid on Drop, even
 //!   when the test panics, and `stop()`/`start()` restart on the same storage.
+//! - `Registry::token_auth(user, pass)`: plain HTTP with Bearer token auth,
+//!   its tokens from a `token::TokenServer` of the test.
 //! - `requests()`: the requests the registry has answered so far, from its
 //!   access log, so a test can assert that nothing touched the network.
 //! - `proxy::TamperProxy`: an HTTP proxy in front of a plain registry that
@@ -17,6 +19,7 @@
 
 pub mod images;
 pub mod proxy;
+pub mod token;
 
 use std::fs;
 use std::net::TcpListener;
@@ -115,6 +118,8 @@ pub struct Registry {
     port: u16,
     tls: bool,
     creds: Option<(String, String)>,
+    /// with Bearer token auth: the server its clients get tokens from
+    token: Option<token::TokenServer>,
     child: Option<Child>,
     probes: AtomicU64,
 }
@@ -122,28 +127,41 @@ pub struct Registry {
 impl Registry {
     /// Plain HTTP, no auth, deletes enabled.
     pub fn plain() -> Registry {
-        Registry::launch(false, None)
+        Registry::launch(false, None, false)
+    }
+
+    /// Plain HTTP with Bearer token auth: clients get tokens from a token
+    /// server of the test, with Basic credentials of one user. (`get` and
+    /// the other curl helpers send Basic credentials: they get 401 here.)
+    pub fn token_auth(user: &str, pass: &str) -> Registry {
+        Registry::launch(false, Some((user.to_string(), pass.to_string())), true)
     }
 
     /// TLS (certificate for 127.0.0.1 and localhost, signed by a CA made
     /// here: `ca_cert_path()`) and htpasswd Basic auth for one user.
     pub fn tls_with_auth(user: &str, pass: &str) -> Registry {
-        Registry::launch(true, Some((user.to_string(), pass.to_string())))
+        Registry::launch(true, Some((user.to_string(), pass.to_string())), false)
     }
 
-    fn launch(tls: bool, creds: Option<(String, String)>) -> Registry {
+    fn launch(tls: bool, creds: Option<(String, String)>, bearer: bool) -> Registry {
         let scratch = Scratch::new();
         if tls {
             write_certs(&scratch.dir("certs"));
         }
+        let mut token = None;
         if let Some((user, pass)) = &creds {
-            write_htpasswd(&scratch.path().join("htpasswd"), user, pass);
+            if bearer {
+                token = Some(token::TokenServer::start(scratch.path(), user, pass));
+            } else {
+                write_htpasswd(&scratch.path().join("htpasswd"), user, pass);
+            }
         }
         let mut reg = Registry {
             scratch,
             port: 0,
             tls,
             creds,
+            token,
             child: None,
             probes: AtomicU64::new(0),
         };
@@ -335,8 +353,28 @@ impl Registry {
         self.curl("GET", path, &[], false)
     }
 
+    /// PUT `body` as `content_type` at `path` with the registry's
+    /// credentials and CA: e.g. a manifest that skopeo would not send.
+    pub fn put(&self, path: &str, content_type: &str, body: &[u8]) -> Response {
+        let file = self.scratch.path().join("put-body");
+        fs::write(&file, body).expect("write the PUT body");
+        let mut cmd = self.curl_cmd("PUT", path, &[], true);
+        cmd.args(["-H", &format!("Content-Type: {content_type}")])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()));
+        parse_http_response(&cmd.output().expect("curl runs").stdout)
+    }
+
     /// One request by curl; status 0 when nothing answered.
     fn curl(&self, method: &str, path: &str, accept: &[&str], creds: bool) -> Response {
+        let out = self
+            .curl_cmd(method, path, accept, creds)
+            .output()
+            .expect("curl runs");
+        parse_http_response(&out.stdout)
+    }
+
+    fn curl_cmd(&self, method: &str, path: &str, accept: &[&str], creds: bool) -> Command {
         let mut cmd = Command::new("curl");
         cmd.args(["-s", "-D", "-", "--max-time", "30", "-X", method]);
         if method == "HEAD" {
@@ -352,8 +390,7 @@ impl Registry {
             cmd.args(["-H", &format!("Accept: {a}")]);
         }
         cmd.arg(format!("{}{path}", self.url()));
-        let out = cmd.output().expect("curl runs");
-        parse_http_response(&out.stdout)
+        cmd
     }
 
     /// The registry's config.yml. A fixed secret keeps upload sessions
@@ -387,7 +424,15 @@ http:
                 "  tls:\n    certificate: {dir}/certs/server.crt\n    key: {dir}/certs/server.key\n"
             );
         }
-        if self.creds.is_some() {
+        if let Some(t) = &self.token {
+            yml += &format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm(),
+                token::SERVICE,
+                token::ISSUER,
+                t.cert_path().display()
+            );
+        } else if self.creds.is_some() {
             yml += &format!(
                 "auth:\n  htpasswd:\n    realm: unionmount-test\n    path: {dir}/htpasswd\n"
             );

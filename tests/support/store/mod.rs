@@ -156,6 +156,53 @@ impl Env {
             .map(|l| PathBuf::from(l["dir"].as_str().expect("dir")))
             .collect()
     }
+    /// The `image ls --format json` entries.
+    pub fn images(&self) -> Vec<layerstore::serde_json::Value> {
+        let ls = self.um(&["image", "ls", "--format", "json"]);
+        match layerstore::serde_json::from_str(&ls) {
+            Ok(layerstore::serde_json::Value::Array(v)) => v,
+            _ => panic!("image ls JSON is not a list: {ls}"),
+        }
+    }
+    /// The `image ls --format json` entry of the image named `name`.
+    pub fn listed(&self, name: &str) -> layerstore::serde_json::Value {
+        let all = self.images();
+        all.iter()
+            .find(|i| i["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no image {name} in {all:?}"))
+    }
+    /// Names of the files in the store's `partial/` (unfinished downloads).
+    pub fn partial_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.store().join("partial"))
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+    /// `image fsck` finds nothing wrong (`what` says when, for the message).
+    pub fn assert_fsck_clean(&self, what: &str) {
+        let out = self.um(&["image", "fsck"]);
+        assert!(out.contains("clean"), "{what}: {out}");
+    }
+    /// No image, no blob, no layer directory in the store.
+    pub fn assert_nothing_stored(&self, what: &str) {
+        assert_eq!(self.contents(), (vec![], vec![]), "{what}: nothing stored");
+        assert!(self.images().is_empty(), "{what}: {:?}", self.images());
+    }
+    /// Mount `image` with `unionmount image mount` and compare with `want`
+    /// (`label` names the mount point).
+    pub fn assert_mounted_tree(&self, image: &str, want: &Path, label: &str) {
+        let mnt = self.path().join(format!("mnt-{label}"));
+        fs::create_dir_all(&mnt).expect("mkdir mount point");
+        self.um(&["image", "mount", image, &mnt.display().to_string()]);
+        let _m = UnionMount(mnt.clone());
+        assert_same_tree(&mnt, want);
+    }
     /// Names of the store's blobs and layers (to check that nothing was stored).
     pub fn contents(&self) -> (Vec<String>, Vec<String>) {
         let names = |d: PathBuf| -> Vec<String> {
@@ -369,6 +416,22 @@ pub fn assert_same_tree(got: &Path, want: &Path) {
         want.display(),
         diffs.join("\n")
     );
+}
+
+/// A unionmount mount, unmounted on drop.
+pub struct UnionMount(pub PathBuf);
+
+impl Drop for UnionMount {
+    fn drop(&mut self) {
+        let ok = Command::new(bin())
+            .arg("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            unmount(&self.0);
+        }
+    }
 }
 
 /// A kernel overlayfs mount, unmounted on drop.
