@@ -14,7 +14,8 @@ use layerstore::unpack::Compression;
 use oci_client::errors::OciDistributionError;
 use oci_client::{Client, RegistryOperation};
 
-use crate::client::{self, Options, error_chain};
+use crate::client::{self, Options};
+use crate::pull::manifest::describe;
 use crate::reference::Reference;
 
 /// Blobs sent at once.
@@ -75,7 +76,7 @@ pub async fn push(
         .client
         .push_manifest_raw(dest, out.manifest_bytes.clone(), media_type)
         .await
-        .map_err(|e| format!("{}: manifest: {}", target.name(), error_chain(&e)))?;
+        .map_err(|e| format!("{}: manifest: {}", target, describe(&e)))?;
     let mut pushed = Pushed {
         manifest: out.manifest.digest.to_string(),
         ..Pushed::default()
@@ -103,7 +104,7 @@ async fn push_blob(
 ) -> Result<Fate, String> {
     let digest = blob.desc.digest.to_string();
     let what =
-        |e: &OciDistributionError| format!("{}: blob {digest}: {}", dest.whole(), error_chain(e));
+        |e: &OciDistributionError| format!("{}: blob {digest}: {}", dest.whole(), describe(e));
     if client
         .blob_exists(dest, &digest)
         .await

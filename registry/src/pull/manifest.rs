@@ -214,6 +214,10 @@ pub fn describe(e: &oci_client::errors::OciDistributionError) -> String {
                 .to_string()
         }
         E::ServerError { code: 404, .. } => "not found in the registry".to_string(),
+        E::RequestError(r) if r.status().is_some_and(|s| s.as_u16() == 401) => {
+            "unauthorized: no or wrong credentials (use `unionmount login` or `podman login`)"
+                .to_string()
+        }
         E::RegistryError { envelope, .. }
             if envelope.errors.iter().any(|x| {
                 matches!(
