@@ -848,3 +848,38 @@ fn bearer_token_auth_pulls_and_pushes_with_podman_credentials() {
     env2.assert_mounted_tree(&copy, &fx.reference, "bearer-pushed");
     env2.assert_fsck_clean("after the Bearer pull");
 }
+
+#[test]
+fn a_terminal_gets_a_bar_per_layer_and_a_pipe_only_the_id() {
+    let Some(c) = Case::new() else { return };
+    if !need_tools("a_terminal_gets_a_bar_per_layer", &["script"]) {
+        return;
+    }
+    let name = c.name("v3");
+    // Piped: the image id alone, nothing on stderr.
+    let out = c.env.um_out(&["pull", &name]);
+    assert!(out.status.success(), "{}", one_line(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let id = c.env.short_id(&name);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{id}\n"));
+    // On a terminal (`script` gives one and keeps what is drawn), into a
+    // fresh store: a bar for every layer, named by its digest.
+    let env = Env::new();
+    let typescript = env.path().join("typescript");
+    let cmd = format!("{} pull {name}", bin());
+    run(Command::new("script")
+        .args(["-q", "-e", "-c", &cmd])
+        .arg(&typescript)
+        .env("UNIONMOUNT_STORE", env.store())
+        .stdin(Stdio::null()));
+    let seen = String::from_utf8_lossy(&fs::read(&typescript).expect("typescript")).into_owned();
+    assert!(seen.contains(&id), "{seen}");
+    let layers = c.manifest("v3")["layers"].as_array().unwrap().len();
+    for i in 0..layers {
+        let (_, hex, _) = c.layer("v3", i);
+        assert!(
+            seen.contains(&hex[..12]),
+            "no bar for layer {i} ({hex}):\n{seen}"
+        );
+    }
+}
