@@ -9,6 +9,7 @@
 
 mod chart;
 mod layers;
+mod registry_rows;
 mod report;
 mod store;
 mod target;

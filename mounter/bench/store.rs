@@ -41,14 +41,27 @@ pub static STORE_WORKLOADS: &[StoreWorkload] = &[
         baseline: None,
         goal: "< 0.5 s",
     },
+    StoreWorkload {
+        name: "pull",
+        about: "pull of the layer's image from a loopback registry",
+        baseline: Some("podman pull"),
+        goal: "< 1×",
+    },
+    StoreWorkload {
+        name: "push",
+        about: "push of the layer's image to a loopback registry (gzip)",
+        baseline: Some("skopeo copy"),
+        goal: "≤ 1×",
+    },
 ];
 
 /// What the store rows work on, made once per bench run.
 pub struct Inputs {
     tar: PathBuf,
     zst: PathBuf,
-    /// A store holding `tar` as image `base`, and an upper with one change.
-    commit_store: PathBuf,
+    /// A store holding `tar` as image `base`, and an upper with one change
+    /// (the registry rows pull and push that image).
+    pub commit_store: PathBuf,
     upper: PathBuf,
     work: PathBuf,
     pub describe: String,
@@ -104,7 +117,7 @@ impl Inputs {
 }
 
 /// Run `unionmount SUB... --store STORE PATHS... REST...`.
-fn um(store: &Path, sub: &[&str], paths: &[&Path], rest: &[&str]) -> anyhow::Result<()> {
+pub fn um(store: &Path, sub: &[&str], paths: &[&Path], rest: &[&str]) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the unionmount binary")?;
     let mut cmd = Command::new(exe);
     cmd.args(sub).arg("--store").arg(store);
@@ -186,6 +199,7 @@ fn one_run(w: &StoreWorkload, inputs: &Inputs, run: usize) -> anyhow::Result<(Op
             }
             Ok((Some(b), u))
         }
+        "pull" | "push" => super::registry_rows::one_run(w.name, inputs, &scratch, run),
         _ => {
             let tag = format!("commit{run}");
             let u = timed(|| {
@@ -203,7 +217,7 @@ fn one_run(w: &StoreWorkload, inputs: &Inputs, run: usize) -> anyhow::Result<(Op
     result
 }
 
-fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+pub fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<f64> {
     let t0 = Instant::now();
     f()?;
     Ok(t0.elapsed().as_secs_f64())
