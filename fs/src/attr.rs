@@ -137,6 +137,7 @@ impl Union {
         // lower one's directory is still there below its whiteout).
         if st.is_dir
             && st.names.is_empty()
+            && node.id != crate::ROOT_ID
             && let Some(removed) = self.inodes.removed_dir(node.id)
         {
             return Ok(removed);

@@ -322,10 +322,17 @@ impl InodeTable {
             if left == 0
                 && let Some(node) = map.remove(&id)
             {
-                for name in node.state().names.iter() {
+                let state = node.state();
+                for name in state.names.iter() {
                     self.unindex(name, id);
                 }
-                sync::lock(&self.removed_dirs).remove(&id);
+                // Only a directory without a name can be a removed one: a
+                // forget of any other node takes no second lock.
+                let nameless = state.names.is_empty();
+                drop(state);
+                if nameless {
+                    sync::lock(&self.removed_dirs).remove(&id);
+                }
                 dropped = true;
             }
         }
