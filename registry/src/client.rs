@@ -73,6 +73,9 @@ pub fn build(registry: &str, t: Transport) -> Client {
         connect_timeout: Some(std::time::Duration::from_secs(30)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
         user_agent: concat!("unionmount/", env!("CARGO_PKG_VERSION")),
+        // One streamed PUT a blob: chunked uploads cost a round trip (and
+        // a registry-side append) every 4 MiB.
+        use_monolithic_push: true,
         ..Default::default()
     };
     Client::new(cfg)

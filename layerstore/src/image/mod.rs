@@ -16,11 +16,12 @@ use crate::{Context, Error, Result};
 
 mod load;
 mod outgoing;
+mod recompress;
 mod save;
 
 pub use load::{Loaded, import, load, new_config, store_image};
 pub use outgoing::{OutBlob, Outgoing, outgoing};
-pub(crate) use save::recompress;
+pub(crate) use recompress::recompress;
 pub use save::{SaveFormat, save};
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -122,6 +123,19 @@ pub struct RootFs {
 
 pub fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| Error::invalid(what, format!("bad JSON: {e}")))
+}
+
+/// `m` with other layer blobs than its own (recompressed, or the store's
+/// blob of the same diff id): an OCI manifest, since the new layers may be
+/// of OCI types. Its descriptor and exact bytes. The config is unchanged,
+/// so the image id is too.
+pub fn relayered(mut m: Manifest, layers: Vec<Descriptor>) -> (Descriptor, Vec<u8>, Manifest) {
+    m.layers = layers;
+    m.media_type = Some(OCI_MANIFEST.to_string());
+    m.config.media_type = OCI_CONFIG.to_string();
+    let bytes = to_json(&m);
+    let desc = Descriptor::new(OCI_MANIFEST, Digest::of_bytes(&bytes), bytes.len() as u64);
+    (desc, bytes, m)
 }
 
 pub fn to_json<T: Serialize>(v: &T) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::PathBuf;
 
-use super::{Descriptor, OCI_CONFIG, OCI_MANIFEST, save::recompress, to_json};
+use super::{Descriptor, recompress};
 use crate::store::{ImageInfo, Store};
 use crate::unpack::{self, Compression};
 use crate::{Context, Digest, Result};
@@ -105,13 +105,11 @@ pub fn outgoing(
         let d = &info.manifest_desc.digest;
         out.manifest_bytes = blobs.read_verified(d)?;
     } else {
-        // Layers of OCI types: the manifest and its config say OCI too.
-        manifest.media_type = Some(OCI_MANIFEST.to_string());
-        manifest.config.media_type = OCI_CONFIG.to_string();
-        out.config.desc.media_type = OCI_CONFIG.to_string();
-        out.manifest_bytes = to_json(&manifest);
-        let d = Digest::of_bytes(&out.manifest_bytes);
-        out.manifest = Descriptor::new(OCI_MANIFEST, d, out.manifest_bytes.len() as u64);
+        let layers = std::mem::take(&mut manifest.layers);
+        let (desc, bytes, m) = super::relayered(manifest, layers);
+        out.config.desc.media_type = m.config.media_type;
+        out.manifest = desc;
+        out.manifest_bytes = bytes;
     }
     out.manifest.annotations.clear();
     out.manifest.platform = None;

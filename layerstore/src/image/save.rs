@@ -111,48 +111,6 @@ fn write_oci(
     sink.finish()
 }
 
-/// The layer at `src` in another compression, as a file in the store's tmp/:
-/// its digest, size and path.
-pub(crate) fn recompress(
-    store: &Store,
-    src: &Path,
-    what: &str,
-    want: Compression,
-) -> Result<(crate::Digest, u64, PathBuf)> {
-    use std::io::Write;
-    let what = || what.to_string();
-    let (_, mut plain) = unpack::decompress(File::open(src).at(src)?).at(src)?;
-    let (f, tmp) = create_unique(store.tmp(), "layer")?;
-    let res = (|| {
-        let mut w = crate::digest::HashingWriter::new(std::io::BufWriter::new(f));
-        match want {
-            Compression::None => {
-                std::io::copy(&mut plain, &mut w).ctx(what)?;
-            }
-            Compression::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(&mut w, flate2::Compression::default());
-                std::io::copy(&mut plain, &mut enc).ctx(what)?;
-                enc.finish().ctx(what)?;
-            }
-            Compression::Zstd => {
-                let mut enc = zstd::stream::write::Encoder::new(&mut w, 3).ctx(what)?;
-                std::io::copy(&mut plain, &mut enc).ctx(what)?;
-                enc.finish().ctx(what)?;
-            }
-        }
-        w.flush().ctx(what)?;
-        let (d, n, _) = w.finish();
-        Ok((d, n))
-    })();
-    match res {
-        Ok((d, n)) => Ok((d, n, tmp)),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
 fn write_docker(
     store: &Store,
     info: &crate::store::ImageInfo,
