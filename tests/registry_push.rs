@@ -325,3 +325,52 @@ fn login_keeps_checked_credentials_and_logout_forgets_them() {
     let out = um(&store, &["logout", &reg.addr()]);
     assert!(!out.status.success(), "a second logout: {}", text(&out));
 }
+
+/// The id and layer blobs `image inspect` gives for `name`.
+fn id_and_layers(store: &Path, name: &str) -> (String, serde_json::Value) {
+    let out = um(store, &["image", "inspect", name]);
+    assert!(out.status.success(), "inspect {name}: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    (v["id"].to_string(), v["manifest"]["layers"].clone())
+}
+
+#[test]
+fn a_pull_takes_the_layers_the_store_has_by_diff_id() {
+    if !require(&[]) {
+        return;
+    }
+    let s = Scratch::new();
+    let (store, reference) = store_with_image(s.path());
+    let reg = Registry::plain();
+    // In the registry as zstd: other blobs, the same diff ids.
+    let name = reg.reference("z:v1");
+    pushed(&store, "img", &name, &["--compression", "zstd"]);
+    let before = reg.requests().len();
+    let out = um(&store, &["pull", "-q", &name]);
+    assert!(out.status.success(), "pull: {}", text(&out));
+    let asked: Vec<String> = reg.requests()[before..]
+        .iter()
+        .filter(|r| r.path.contains("/blobs/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(asked.is_empty(), "blobs fetched: {asked:#?}");
+    // The same image (id), on the store's own blobs.
+    let (id, layers) = id_and_layers(&store, &name);
+    assert_eq!((id, layers), id_and_layers(&store, "img"));
+    let fsck = um(&store, &["image", "fsck"]);
+    assert!(fsck.status.success(), "fsck: {}", text(&fsck));
+    // Removing the first image keeps what the pulled one uses.
+    let rm = um(&store, &["image", "rm", "img"]);
+    assert!(rm.status.success(), "rm: {}", text(&rm));
+    let gc = um(&store, &["image", "prune"]);
+    assert!(gc.status.success(), "prune: {}", text(&gc));
+    let fsck = um(&store, &["image", "fsck"]);
+    assert!(fsck.status.success(), "fsck after rm: {}", text(&fsck));
+    let mine = s.path().join("mine");
+    fs::create_dir_all(&mine).unwrap();
+    let out = um(&store, &["image", "mount", &name, mine.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}", text(&out));
+    let _mounted = support::store::UnionMount(mine.clone());
+    support::store::assert_same_tree(&mine, &reference);
+}

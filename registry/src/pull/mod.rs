@@ -11,7 +11,7 @@
 mod blob;
 pub mod manifest;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -82,6 +82,8 @@ pub struct PullOptions {
 #[derive(Clone, Debug)]
 pub struct Pulled {
     pub reference: Reference,
+    /// The manifest's digest in the store: the registry's, unless the
+    /// store had some layers under blobs of its own (`plan`).
     pub manifest: Digest,
     /// The config digest (the image id).
     pub id: Digest,
@@ -203,13 +205,20 @@ fn pull_one(
         check_platform(&cfg, want, r)?;
     }
     let mut txn = Txn::new(store).map_err(|e| e.to_string())?;
-    let (jobs, local) = plan(store, m.layers.iter().zip(&cfg.rootfs.diff_ids));
-    let fetched = run_jobs(ctx, &jobs, txn.dir(), store.unpack_options(), opts)?;
+    let known = known_layers(store);
+    let plan = plan(store, m.layers.iter().zip(&cfg.rootfs.diff_ids), &known);
+    let fetched = run_jobs(ctx, &plan.jobs, txn.dir(), store.unpack_options(), opts)?;
     stage(&mut txn, &fetched).map_err(|e| e.to_string())?;
-    txn.unpack_layers(&local).map_err(|e| e.to_string())?;
+    txn.unpack_layers(&plan.local).map_err(|e| e.to_string())?;
     txn.add_bytes(&cfg_bytes).map_err(|e| e.to_string())?;
-    txn.add_bytes(&res.bytes).map_err(|e| e.to_string())?;
-    let mut desc = res.desc.clone();
+    let mut desc = if plan.swaps.is_empty() {
+        txn.add_bytes(&res.bytes).map_err(|e| e.to_string())?;
+        res.desc.clone()
+    } else {
+        let (local, bytes) = swap_layers(m, &plan.swaps, &res.desc);
+        txn.add_bytes(&bytes).map_err(|e| e.to_string())?;
+        local
+    };
     if let Some(t) = r.store_tag() {
         desc.annotations.insert(REF_NAME.to_string(), t);
     }
@@ -221,6 +230,7 @@ fn pull_one(
         .insert(SOURCE_REF.to_string(), source.to_string());
     desc.annotations
         .insert(SOURCE_DIGEST.to_string(), res.repo_digest.to_string());
+    let desc_digest = desc.digest.clone();
     txn.add_ref(desc);
     txn.commit().map_err(|e| e.to_string())?;
     // Adopted (linked into blobs/): the download copies can go.
@@ -229,10 +239,29 @@ fn pull_one(
     }
     Ok(Pulled {
         reference: r.clone(),
-        manifest: res.desc.digest,
+        manifest: desc_digest,
         id: m.config.digest.clone(),
         fetched: fetched.len(),
     })
+}
+
+/// The manifest the store keeps when it has some layers under its own
+/// blobs: `m` naming those, with `registry`'s platform. The registry's
+/// digest stays on the index entry (`SOURCE_DIGEST`), so a pinned name
+/// still finds the image.
+fn swap_layers(
+    m: &image::Manifest,
+    swaps: &HashMap<Digest, Descriptor>,
+    registry: &Descriptor,
+) -> (Descriptor, Vec<u8>) {
+    let layers = m
+        .layers
+        .iter()
+        .map(|l| swaps.get(&l.digest).unwrap_or(l).clone())
+        .collect();
+    let (mut desc, bytes, _) = image::relayered(m.clone(), layers);
+    desc.platform = registry.platform.clone();
+    (desc, bytes)
 }
 
 /// The image's config names the platform asked for.
@@ -247,15 +276,30 @@ fn check_platform(cfg: &ConfigView, want: &Platform, r: &Reference) -> Result<()
     ))
 }
 
-/// Which layers to fetch (and unpack), and which blobs the store has but
-/// not unpacked. A blob the store has is never fetched; a layer the store
-/// has unpacked (by diff id) is not unpacked again, only its blob fetched.
+/// What a pull does with each layer of the manifest.
+#[derive(Default)]
+struct Plan<'a> {
+    /// Layers to download (and unpack when the store lacks their tree).
+    jobs: Vec<Job<'a>>,
+    /// (blob, diff id): blobs the store has but has not unpacked.
+    local: Vec<(Digest, Digest)>,
+    /// Layers the store has under another blob (the same diff id,
+    /// compressed otherwise): the registry's descriptor's digest, and the
+    /// store's descriptor that replaces it.
+    swaps: HashMap<Digest, Descriptor>,
+}
+
+/// Which layers to fetch (and unpack), and which the store has. A blob the
+/// store has is never fetched. Nor is a layer the store has unpacked with
+/// a blob of its own (`known`, by diff id), as Docker skips by diff id: the
+/// image then names that blob. A layer unpacked without a blob left is
+/// fetched but not unpacked again.
 fn plan<'a>(
     store: &Store,
     layers: impl Iterator<Item = (&'a Descriptor, &'a Digest)>,
-) -> (Vec<Job<'a>>, Vec<(Digest, Digest)>) {
-    let mut jobs = Vec::new();
-    let mut local = Vec::new();
+    known: &HashMap<Digest, Descriptor>,
+) -> Plan<'a> {
+    let mut p = Plan::default();
     let mut seen = BTreeSet::new();
     let mut unpacking = BTreeSet::new();
     for (desc, diff) in layers {
@@ -265,14 +309,36 @@ fn plan<'a>(
         let unpacked = store.layer_dir(diff).is_dir();
         if store.blobs().contains(&desc.digest) {
             if !unpacked {
-                local.push((desc.digest.clone(), diff.clone()));
+                p.local.push((desc.digest.clone(), diff.clone()));
             }
             continue;
         }
+        if let Some(mine) = known.get(diff).filter(|_| unpacked) {
+            p.swaps.insert(desc.digest.clone(), mine.clone());
+            continue;
+        }
         let unpack = !unpacked && unpacking.insert(diff.clone());
-        jobs.push(Job { desc, diff, unpack });
+        p.jobs.push(Job { desc, diff, unpack });
     }
-    (jobs, local)
+    p
+}
+
+/// The store's layer blobs by diff id, from the images it holds.
+fn known_layers(store: &Store) -> HashMap<Digest, Descriptor> {
+    let mut known = HashMap::new();
+    for info in store.images().unwrap_or_default() {
+        let pairs = info
+            .manifest
+            .layers
+            .iter()
+            .zip(&info.config.rootfs.diff_ids);
+        for (desc, diff) in pairs {
+            if store.blobs().contains(&desc.digest) {
+                known.entry(diff.clone()).or_insert_with(|| desc.clone());
+            }
+        }
+    }
+    known
 }
 
 /// Adopt the fetched blobs (a hard link: `partial/` keeps its copy until
@@ -467,7 +533,12 @@ mod tests {
         let (d1, d2) = (Digest::of_bytes(b"d1"), Digest::of_bytes(b"d2"));
         fs::create_dir_all(store.layer_dir(&d2)).unwrap();
         let layers = [(&a, &d1), (&a, &d1), (&b, &d2), (&c, &d1)];
-        let (jobs, local) = plan(&store, layers.iter().map(|(x, y)| (*x, *y)));
+        let p = plan(
+            &store,
+            layers.iter().map(|(x, y)| (*x, *y)),
+            &HashMap::new(),
+        );
+        let (jobs, local) = (p.jobs, p.local);
         // One fetch of a repeated blob, unpacked; a layer unpacked already
         // (by diff id) only fetched; a blob the store has not fetched.
         let got: Vec<(Digest, bool)> = jobs
@@ -478,6 +549,14 @@ mod tests {
             got,
             vec![(a.digest.clone(), true), (b.digest.clone(), false)]
         );
-        assert_eq!(local, vec![(have, d1)]);
+        assert_eq!(local, vec![(have.clone(), d1.clone())]);
+        // With a blob of its own for d2 (unpacked): b is not fetched but
+        // swapped for it.
+        let mine = Descriptor::new(image::OCI_LAYER_ZSTD, have, 4);
+        let known = HashMap::from([(d2.clone(), mine.clone())]);
+        let p = plan(&store, layers.iter().map(|(x, y)| (*x, *y)), &known);
+        let fetched: Vec<&Digest> = p.jobs.iter().map(|j| &j.desc.digest).collect();
+        assert_eq!(fetched, vec![&a.digest]);
+        assert_eq!(p.swaps, HashMap::from([(b.digest.clone(), mine)]));
     }
 }
