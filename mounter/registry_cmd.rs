@@ -54,16 +54,18 @@ fn run_pull(s: &Store, r: &Reference, opts: &PullOptions) -> anyhow::Result<Vec<
 }
 
 /// `run`/`create --pull`: the name to run, after pulling it if the policy
-/// says so. Only a reference that names its registry is pulled (see
-/// `names_registry`); with `missing`, only when the store has no image of
-/// that name. Anything else the store cannot resolve (an ambiguous id
-/// prefix, a missing `--store`) is left for `run` to report.
+/// says so. As Docker: with `missing`, a name the store has (a name, a tag,
+/// an id prefix) is run as it is, and a reference it lacks is pulled, a
+/// short one (`alpine`) from Docker Hub. Anything else (not a reference,
+/// an ambiguous id prefix, a missing `--store`) is left for `run` to report.
 pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
     let name = args.image.clone();
-    if args.pull == PullPolicy::Never || !registry::reference::names_registry(&name) {
+    if args.pull == PullPolicy::Never {
         return Ok(name);
     }
-    let r = Reference::parse(&name)?;
+    let Ok(r) = Reference::parse(&name) else {
+        return Ok(name);
+    };
     let tag = r.store_tag();
     let store = StoreDir::from(args.store.clone());
     let Ok(existing) = store.listing_root() else {
@@ -96,7 +98,7 @@ pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
         eprintln!("Pulling {r}");
     }
     let pulled = registry::pull::pull(&s, &r, &opts)
-        .map_err(|e| anyhow!("image {name}: not in the store, and pull {r}: {e}"))?;
+        .map_err(|e| anyhow!("image {name}: not found in the store, and pull {r} failed: {e}"))?;
     // By its tag, unless pinned by digest (the tag may move).
     if let Some(t) = tag.filter(|_| r.digest.is_none()) {
         return Ok(t);

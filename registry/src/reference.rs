@@ -159,17 +159,6 @@ impl fmt::Display for Reference {
     }
 }
 
-/// Does `s` name its registry (`host[:port]/…`, `localhost/…`,
-/// `docker.io/…`) and parse? `run` pulls only such references: a short name
-/// (`alpine`) may be a local image or an id prefix, and podman without
-/// search registries does not pull short names either.
-pub fn names_registry(s: &str) -> bool {
-    let explicit = s.split_once('/').is_some_and(|(first, _)| {
-        first.contains(['.', ':']) || first == "localhost" || first.to_lowercase() != first
-    });
-    explicit && Reference::parse(s).is_ok()
-}
-
 /// `host[:port]` is loopback.
 pub fn is_loopback_host(registry: &str) -> bool {
     let host = match registry.strip_prefix('[') {
@@ -400,29 +389,6 @@ mod tests {
         }
         assert!(Reference::parse(&format!("img:{}", "t".repeat(129))).is_err());
         assert!(Reference::parse("x/a__b.c-d---e/x_y").is_ok());
-    }
-
-    #[test]
-    fn only_references_with_a_host_name_their_registry() {
-        for s in [
-            "127.0.0.1:5000/img",
-            "localhost/a:b",
-            "docker.io/library/alpine",
-            "reg.example/x/y",
-        ] {
-            assert!(names_registry(s), "{s}");
-        }
-        for s in [
-            "alpine",
-            "user/app",
-            "nosuch-image",
-            "5",
-            "img:v3",
-            "localhost",
-            "Reg.example/Bad",
-        ] {
-            assert!(!names_registry(s), "{s}");
-        }
     }
 
     #[test]
