@@ -50,8 +50,13 @@ pub fn push(req: PushRequest) -> anyhow::Result<ExitCode> {
     if req.quiet {
         println!("{}", pushed.manifest);
     } else {
+        // Docker's word for a layer it leaves to its urls.
+        let foreign = match pushed.foreign {
+            0 => String::new(),
+            n => format!(", {n} foreign skipped"),
+        };
         println!(
-            "Pushed {} ({}): {} blobs sent ({}), {} already there, {} mounted",
+            "Pushed {} ({}): {} blobs sent ({}), {} already there, {} mounted{foreign}",
             target,
             pushed.manifest,
             pushed.sent,

@@ -11,6 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 mod support;
 
+use support::registry::images::{NONDISTRIBUTABLE_GZIP, layer_digests, with_foreign_base};
 use support::registry::{Registry, multi_layer_oci, require};
 use support::{Scratch, assert_trees_eq, bin, snapshot};
 
@@ -373,4 +374,60 @@ fn a_pull_takes_the_layers_the_store_has_by_diff_id() {
     assert!(out.status.success(), "mount: {}", text(&out));
     let _mounted = support::store::UnionMount(mine.clone());
     support::store::assert_same_tree(&mine, &reference);
+}
+
+#[test]
+fn foreign_layers_are_not_pushed_and_are_pulled_from_the_registry() {
+    if !require(&[]) {
+        return;
+    }
+    let s = Scratch::new();
+    let (layout, tag, reference) = multi_layer_oci(s.path());
+    let url = "https://foreign.invalid/base.tar.gz";
+    with_foreign_base(&layout, &tag, "foreign", url);
+    let store = s.path().join("store");
+    let out = um(&store, &["image", "load", layout.to_str().unwrap()]);
+    assert!(out.status.success(), "load: {}", text(&out));
+    let base = layer_digests(&layout, &tag)[0].clone();
+    let reg = Registry::plain();
+    // As Docker: the foreign layer is not sent (its urls serve it), even
+    // with another compression asked, and the manifest keeps it as it is.
+    let name = reg.reference("f:v1");
+    let out = pushed(&store, "foreign", &name, &["--compression", "zstd"]);
+    assert!(out.contains("1 foreign skipped"), "{out}");
+    let asked: Vec<_> = reg
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains(&base[7..]))
+        .collect();
+    assert!(asked.is_empty(), "{asked:#?}");
+    let m = manifest(&reg, "f", "v1");
+    assert_eq!(m["layers"][0]["digest"], base.as_str());
+    assert_eq!(m["layers"][0]["mediaType"], NONDISTRIBUTABLE_GZIP);
+    assert_eq!(m["layers"][0]["urls"][0], url);
+    // A pull takes it from the registry only, never from its urls: one line
+    // while the registry lacks it.
+    let other = s.path().join("other");
+    let out = um(&other, &["pull", "-q", &name]);
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        !out.status.success() && err.lines().count() == 1,
+        "{}",
+        text(&out)
+    );
+    assert!(
+        err.contains(&base) && err.contains("foreign layer"),
+        "{err}"
+    );
+    // Once the registry has it (the plain image pushed to the repository),
+    // the pull completes, and the tree is umoci's.
+    pushed(&store, &tag, &reg.reference("f:plain"), &[]);
+    let out = um(&other, &["pull", "-q", &name]);
+    assert!(out.status.success(), "pull: {}", text(&out));
+    let mnt = s.path().join("mnt");
+    fs::create_dir_all(&mnt).unwrap();
+    let out = um(&other, &["image", "mount", &name, mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "mount: {}", text(&out));
+    let _mounted = support::store::UnionMount(mnt.clone());
+    support::store::assert_same_tree(&mnt, &reference);
 }

@@ -33,6 +33,8 @@ pub struct Pushed {
     pub present: usize,
     /// Blobs mounted from another repository of the registry.
     pub mounted: usize,
+    /// Foreign layers, not sent (as Docker skips them): their urls serve them.
+    pub foreign: usize,
     /// The manifest's digest in the registry.
     pub manifest: String,
 }
@@ -42,6 +44,7 @@ enum Fate {
     Sent(u64),
     Present,
     Mounted,
+    Foreign,
 }
 
 /// Push image `image` of `store` to `target`, its layers in `compress`
@@ -89,19 +92,24 @@ pub async fn push(
             }
             Fate::Present => pushed.present += 1,
             Fate::Mounted => pushed.mounted += 1,
+            Fate::Foreign => pushed.foreign += 1,
         }
     }
     Ok(pushed)
 }
 
-/// One blob: nothing when the registry has it, a mount when a sibling
-/// repository has it, else an upload streamed from its file.
+/// One blob: nothing when it is a foreign layer or the registry has it, a
+/// mount when a sibling repository has it, else an upload streamed from
+/// its file.
 async fn push_blob(
     client: &Client,
     dest: &oci_client::Reference,
     blob: &OutBlob,
     source: Option<&oci_client::Reference>,
 ) -> Result<Fate, String> {
+    if blob.desc.is_foreign() {
+        return Ok(Fate::Foreign);
+    }
     let digest = blob.desc.digest.to_string();
     let what =
         |e: &OciDistributionError| format!("{}: blob {digest}: {}", dest.whole(), describe(e));

@@ -395,7 +395,9 @@ impl Registry {
 
     /// The registry's config.yml. A fixed secret keeps upload sessions
     /// valid across `stop()`/`start()`, and upload purging is off so a
-    /// half-done upload stays for a test to resume.
+    /// half-done upload stays for a test to resume. Foreign layers' urls
+    /// are allowed (the registry refuses any by default), as registries
+    /// that hold Windows images allow them.
     fn config(&self) -> String {
         let dir = self.scratch.path().display();
         let port = self.port;
@@ -414,6 +416,11 @@ storage:
   maintenance:
     uploadpurging:
       enabled: false
+validation:
+  manifests:
+    urls:
+      allow:
+        - ^https?://
 http:
   addr: 127.0.0.1:{port}
   secret: unionmount-test-fixture

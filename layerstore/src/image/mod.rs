@@ -27,6 +27,8 @@ pub use save::{SaveFormat, save};
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+/// Docker's foreign layer: a Windows base layer registries need not serve.
+pub const DOCKER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -45,6 +47,9 @@ pub struct Descriptor {
     pub annotations: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<Value>,
+    /// Where a foreign (non-distributable) layer lives besides registries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub urls: Vec<String>,
 }
 
 impl Descriptor {
@@ -55,7 +60,16 @@ impl Descriptor {
             size,
             annotations: BTreeMap::new(),
             platform: None,
+            urls: Vec::new(),
         }
+    }
+
+    /// A foreign layer (Docker's Windows base layers, OCI's
+    /// non-distributable types) that names where else it lives. Docker
+    /// does not push these, and keeps their blobs as they are.
+    pub fn is_foreign(&self) -> bool {
+        let t = &self.media_type;
+        !self.urls.is_empty() && (t == DOCKER_FOREIGN || t.contains(".nondistributable."))
     }
 
     pub fn ref_name(&self) -> Option<&str> {
@@ -163,7 +177,7 @@ pub fn check_layer_type(media_type: &str, what: &str) -> Result<()> {
         "application/vnd.docker.image.rootfs.diff.tar",
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
         "application/vnd.docker.image.rootfs.diff.tar.zstd",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        DOCKER_FOREIGN,
     ];
     if OK.contains(&media_type) {
         Ok(())

@@ -84,7 +84,8 @@ pub fn outgoing(
         let (comp, _) = unpack::decompress(File::open(&src).at(&src)?).at(&src)?;
         let old = layer.digest.clone();
         let path = match compress {
-            Some(want) if want != comp => {
+            // A foreign layer's digest is what its urls serve: kept as is.
+            Some(want) if want != comp && !layer.is_foreign() => {
                 let what = format!("layer blob {}", layer.digest);
                 let (d, size, tmp) = recompress(store, &src, &what, want)?;
                 out.temporary.push(tmp.clone());

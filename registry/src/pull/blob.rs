@@ -288,7 +288,8 @@ fn is_transient(e: &oci_client::errors::OciDistributionError) -> bool {
     }
 }
 
-/// The descriptor in oci-client's form (digest and size are what it uses).
+/// The descriptor in oci-client's form (digest and size are what it uses;
+/// without `urls`, which it would try before the registry).
 pub fn oci_desc(d: &Descriptor) -> oci_client::manifest::OciDescriptor {
     oci_client::manifest::OciDescriptor {
         media_type: d.media_type.clone(),

@@ -37,20 +37,12 @@ pub const SOURCE_DIGEST: &str = "io.unionmount.source.digest";
 /// Layers downloaded at once by default.
 pub const JOBS: usize = 3;
 
-/// Docker's foreign layers: Windows base layers that registries do not
-/// serve (Docker fetches them from their `urls`, which we do not follow:
-/// a manifest must not send us to arbitrary hosts). OCI's
-/// non-distributable types are deprecated and pulled like any layer.
-const FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
-
-/// Why a layer of this media type cannot be pulled, if it cannot.
+/// Why a layer of this media type cannot be pulled, if it cannot. Foreign
+/// (non-distributable) layers are pulled from the registry, as Docker on
+/// Linux pulls them; their `urls` are not followed: a manifest must not
+/// send us to arbitrary hosts.
 fn refuse_layer(l: &Descriptor) -> Option<String> {
     let what = format!("layer {}", l.digest);
-    if l.media_type == FOREIGN {
-        return Some(format!(
-            "{what}: a foreign layer (a Windows base layer registries do not serve); not pulled"
-        ));
-    }
     image::check_layer_type(&l.media_type, &what)
         .err()
         .map(|e| e.to_string())
@@ -432,6 +424,16 @@ fn fetch_layer(
     uopts: UnpackOptions,
     tick: blob::Tick<'_>,
 ) -> Result<Fetched, String> {
+    fetch_and_unpack(ctx, job, tmp, uopts, tick).map_err(|e| foreign(job.desc, e))
+}
+
+fn fetch_and_unpack(
+    ctx: &Ctx,
+    job: &Job<'_>,
+    tmp: &Path,
+    uopts: UnpackOptions,
+    tick: blob::Tick<'_>,
+) -> Result<Fetched, String> {
     let mut rd = blob::BlobReader::open(ctx, job.desc, tick)?;
     if !job.unpack {
         let path = rd.finish()?;
@@ -472,6 +474,15 @@ fn fetch_layer(
     })
 }
 
+/// A foreign layer's error says that its urls were not tried.
+fn foreign(d: &Descriptor, e: String) -> String {
+    if d.is_foreign() {
+        format!("{e} (a foreign layer: its urls are not followed)")
+    } else {
+        e
+    }
+}
+
 /// A config: small, read whole, checked against its digest.
 fn small_blob(ctx: &Ctx, d: &Descriptor) -> Result<Vec<u8>, String> {
     let what = format!("config {}", d.digest);
@@ -504,18 +515,17 @@ mod tests {
     }
 
     #[test]
-    fn foreign_and_unknown_layers_are_refused_in_one_line() {
+    fn unknown_layers_are_refused_in_one_line() {
         for ok in [
             image::OCI_LAYER,
             image::OCI_LAYER_GZIP,
             image::OCI_LAYER_ZSTD,
+            image::DOCKER_FOREIGN,
             "application/vnd.docker.image.rootfs.diff.tar.gzip",
             "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
         ] {
             assert_eq!(refuse_layer(&layer(ok)), None, "{ok}");
         }
-        let e = refuse_layer(&layer(FOREIGN)).unwrap();
-        assert!(e.contains("foreign") && !e.contains('\n'), "{e}");
         let e = refuse_layer(&layer("application/x-rar")).unwrap();
         assert!(e.contains("unsupported layer media type"), "{e}");
     }

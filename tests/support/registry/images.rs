@@ -254,7 +254,12 @@ pub fn multi_arch_index(dir: &Path) -> MultiArch {
         "manifests": manifests,
     });
     let tag = "multi";
-    let index_digest = add_to_layout(&layout, &index, tag);
+    let index_digest = add_to_layout(
+        &layout,
+        &index,
+        "application/vnd.oci.image.index.v1+json",
+        tag,
+    );
     MultiArch {
         layout,
         tag: tag.to_string(),
@@ -263,8 +268,9 @@ pub fn multi_arch_index(dir: &Path) -> MultiArch {
     }
 }
 
-/// Store `index` as a blob of `layout` and tag it; its digest.
-fn add_to_layout(layout: &Path, index: &Value, tag: &str) -> String {
+/// Store `index` (or a manifest, as `media_type` says) as a blob of
+/// `layout` and tag it; its digest.
+fn add_to_layout(layout: &Path, index: &Value, media_type: &str, tag: &str) -> String {
     let bytes = serde_json::to_vec(index).expect("serialize index");
     let hex: String = Sha256::digest(&bytes)
         .iter()
@@ -279,11 +285,26 @@ fn add_to_layout(layout: &Path, index: &Value, tag: &str) -> String {
         .as_array_mut()
         .expect("index.json manifests")
         .push(json!({
-            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "mediaType": media_type,
             "digest": digest,
             "size": bytes.len(),
             "annotations": {"org.opencontainers.image.ref.name": tag},
         }));
     fs::write(&top_path, serde_json::to_vec(&top).expect("JSON")).expect("write index.json");
     digest
+}
+
+/// OCI's non-distributable gzip layer type.
+pub const NONDISTRIBUTABLE_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+/// Tag `to` in `layout`: the image `from` with its bottom layer made a
+/// foreign layer (OCI's non-distributable type, served at `url`), as
+/// Windows base images are. Same blobs and config; a new manifest.
+pub fn with_foreign_base(layout: &Path, from: &str, to: &str, url: &str) {
+    let mut m: Value =
+        serde_json::from_slice(&blob(layout, &manifest_digest(layout, from))).expect("manifest");
+    m["layers"][0]["mediaType"] = json!(NONDISTRIBUTABLE_GZIP);
+    m["layers"][0]["urls"] = json!([url]);
+    add_to_layout(layout, &m, "application/vnd.oci.image.manifest.v1+json", to);
 }
