@@ -108,16 +108,15 @@ pub fn run(args: BenchOptions) -> anyhow::Result<ExitCode> {
         "unionmount bench: preparing layers in {}",
         base.path().display()
     );
-    let layers = match (&args.lower, &args.image) {
-        (Some(dir), _) => layers::Layers::from_dir(dir, base.path())?,
-        (None, Some(name)) => {
-            let store = match &args.store {
-                Some(s) => s.clone(),
-                None => layerstore::Store::default_root()?,
-            };
-            layers::Layers::from_image(&store, name, base.path())?
-        }
-        (None, None) => layers::Layers::generate(&sizes, base.path())?,
+    let image_store = match (&args.image, &args.store) {
+        (None, _) => None,
+        (Some(_), Some(s)) => Some(s.clone()),
+        (Some(_), None) => Some(layerstore::Store::default_root()?),
+    };
+    let layers = match (&args.lower, &args.image, &image_store) {
+        (Some(dir), _, _) => layers::Layers::from_dir(dir, base.path())?,
+        (None, Some(name), Some(store)) => layers::Layers::from_image(store, name, base.path())?,
+        _ => layers::Layers::generate(&sizes, base.path())?,
     };
     let need_dir = targets.iter().any(|t| matches!(t.kind, target::Kind::Dir));
     let merged = if need_dir {
@@ -162,7 +161,11 @@ pub fn run(args: BenchOptions) -> anyhow::Result<ExitCode> {
     } else {
         bar.set_message("preparing the layer store rows");
         let bottom = layers.lowers.last().context("no lower layer")?;
-        let inputs = store::Inputs::prepare(bottom, base.path())?;
+        let mut inputs = store::Inputs::prepare(bottom, base.path())?;
+        if let (Some(name), Some(store)) = (&args.image, &image_store) {
+            inputs.registry_image = (store.clone(), name.clone());
+            inputs.describe += &format!("; the registry rows on image {name}");
+        }
         let rows: Vec<store::StoreRow> = store_workloads
             .iter()
             .map(|w| {

@@ -162,12 +162,13 @@ fn quick_bench_reports_every_workload_on_every_target() {
         "chown -R: unionmount's upper ({ours} KiB) is not smaller than the kernel's ({kernel} KiB)"
     );
     // The layer-store rows: imports against tar -x, a commit, and pull and
-    // push through a loopback registry against podman and skopeo.
+    // push through a loopback registry against podman and skopeo (copy +
+    // load for the pull too).
     let store: Vec<&str> = text.lines().filter(|l| l.contains("\"name\": ")).collect();
     let names: Vec<&str> = store.iter().map(|l| l.split('"').nth(3).unwrap()).collect();
     assert_eq!(
         names,
-        ["import-tar", "import-zstd", "commit-1file", "pull", "push"],
+        ["import-tar", "import-zstd", "commit-1file", "pull", "pull-skopeo", "push"],
         "{text}"
     );
     for line in &store {
@@ -323,7 +324,8 @@ fn image_layers_are_stacked_top_first_and_left_untouched() {
     let work = tmp.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let json = tmp.path().join("out.json");
-    let workloads = "stat-warm,seqread-cold,append-copyup,rm-rf,rename-dir,git,commit-1file";
+    let workloads =
+        "stat-warm,seqread-cold,append-copyup,rm-rf,rename-dir,git,commit-1file,pull-skopeo";
     let out = unionmount_ok(
         &[
             "bench",
@@ -367,7 +369,7 @@ fn image_layers_are_stacked_top_first_and_left_untouched() {
     let lines = result_lines(&text);
     let mut expect: Vec<&str> = workloads
         .split(',')
-        .filter(|w| !w.starts_with("commit"))
+        .filter(|w| !w.starts_with("commit") && !w.starts_with("pull"))
         .collect();
     if !git_installed() {
         expect.retain(|w| *w != "git");
@@ -392,6 +394,14 @@ fn image_layers_are_stacked_top_first_and_left_untouched() {
         .find(|l| l.contains("\"name\": \"commit-1file\""))
         .unwrap_or_else(|| panic!("no commit row:\n{text}"));
     assert!(store_row.contains("\"ok\": true"), "{store_row}");
+    // The registry rows move the image given, not the generated layer.
+    let pull_row = text
+        .lines()
+        .find(|l| l.contains("\"name\": \"pull-skopeo\""))
+        .unwrap_or_else(|| panic!("no pull-skopeo row:\n{text}"));
+    assert!(pull_row.contains("\"ok\": true"), "{pull_row}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("the registry rows on image two"), "{stdout}");
 
     // rm -rf, rename, append and git went to fresh uppers, never to the store.
     assert_eq!(listing(&store.join("layers")), layers_before);

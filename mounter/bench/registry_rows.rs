@@ -1,6 +1,8 @@
 //! Registry rows of the layer-store rows: `unionmount pull` against
-//! `podman pull`, and `unionmount push` against `skopeo copy`, of the store
-//! rows' layer image, through Debian's `docker-registry` on loopback. Each
+//! `podman pull` and against `skopeo copy` + `image load`, and `unionmount
+//! push` against `skopeo copy`, of the store rows' layer image (or the
+//! `--image` the bench was given), through Debian's `docker-registry` on
+//! loopback. Each
 //! run starts from a registry with empty storage (push) or a store and a
 //! podman root that are empty (pull), so every blob crosses the wire; the
 //! two sides take turns going first.
@@ -107,18 +109,21 @@ pub fn one_run(
     }
     std::fs::create_dir_all(scratch)?;
     let (mut b, mut u) = (0.0, 0.0);
+    let (src_store, image) = (&inputs.registry_image.0, inputs.registry_image.1.as_str());
     match name {
-        "pull" => {
+        "pull" | "pull-skopeo" => {
             let reg = Loopback::start(&scratch.join("registry"))?;
             // Not timed: the image goes up once, gzip, as registries hold it.
             let dest = format!("{}/{PULLED}", reg.addr);
-            um(&inputs.commit_store, &["push", "base", &dest], &[], &[])?;
+            um(src_store, &["push", image, &dest], &[], &[])?;
             for side in [run % 2, 1 - run % 2] {
-                if side == 0 {
+                let store = scratch.join(format!("store-{side}"));
+                if side == 1 {
+                    u = timed(|| um(&store, &["pull", "-q", &dest], &[], &[]))?;
+                } else if name == "pull" {
                     b = timed(|| podman_pull(&scratch.join("podman"), &dest))?;
                 } else {
-                    let store = scratch.join("store");
-                    u = timed(|| um(&store, &["pull", "-q", &dest], &[], &[]))?;
+                    b = timed(|| skopeo_and_load(&store, &scratch.join("layout"), &dest))?;
                 }
             }
         }
@@ -129,9 +134,9 @@ pub fn one_run(
                 let reg = Loopback::start(&scratch.join(format!("registry-{side}")))?;
                 let dest = format!("{}/bench/pushed:1", reg.addr);
                 if side == 0 {
-                    b = timed(|| skopeo_push(&inputs.commit_store, &dest))?;
+                    b = timed(|| skopeo_push(src_store, image, &dest))?;
                 } else {
-                    u = timed(|| um(&inputs.commit_store, &["push", "base", &dest], &[], &[]))?;
+                    u = timed(|| um(src_store, &["push", image, &dest], &[], &[]))?;
                 }
             }
         }
@@ -183,9 +188,21 @@ fn podman_pull(root: &Path, reference: &str) -> anyhow::Result<()> {
     result
 }
 
+/// The two-step way in: `skopeo copy` to an OCI layout, then `image load`
+/// of that layout into an empty store.
+fn skopeo_and_load(store: &Path, layout: &Path, reference: &str) -> anyhow::Result<()> {
+    run_cmd(
+        Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:pulled", layout.display())),
+    )?;
+    um(store, &["image", "load"], &[layout], &[])
+}
+
 /// `skopeo copy` of the store's image (the store is an OCI layout) with its
 /// layers recompressed to gzip, as `unionmount push` sends them.
-fn skopeo_push(store: &Path, dest: &str) -> anyhow::Result<()> {
+fn skopeo_push(store: &Path, image: &str, dest: &str) -> anyhow::Result<()> {
     run_cmd(
         Command::new("skopeo")
             .args([
@@ -196,7 +213,7 @@ fn skopeo_push(store: &Path, dest: &str) -> anyhow::Result<()> {
                 "gzip",
                 "--dest-compress",
             ])
-            .arg(format!("oci:{}:base", store.display()))
+            .arg(format!("oci:{}:{image}", store.display()))
             .arg(format!("docker://{dest}")),
     )
 }

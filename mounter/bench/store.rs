@@ -43,13 +43,19 @@ pub static STORE_WORKLOADS: &[StoreWorkload] = &[
     },
     StoreWorkload {
         name: "pull",
-        about: "pull of the layer's image from a loopback registry",
+        about: "pull of the registry image from a loopback registry",
         baseline: Some("podman pull"),
         goal: "< 1×",
     },
     StoreWorkload {
+        name: "pull-skopeo",
+        about: "pull of the same image, against a copy to an OCI layout and a load",
+        baseline: Some("skopeo copy + image load"),
+        goal: "< 1×",
+    },
+    StoreWorkload {
         name: "push",
-        about: "push of the layer's image to a loopback registry (gzip)",
+        about: "push of the registry image to a loopback registry (gzip)",
         baseline: Some("skopeo copy"),
         goal: "≤ 1×",
     },
@@ -65,6 +71,9 @@ pub struct Inputs {
     upper: PathBuf,
     work: PathBuf,
     pub describe: String,
+    /// The image the registry rows push and pull: (store, name). The
+    /// layer's image (`commit_store`, `base`) unless `--image` names one.
+    pub registry_image: (PathBuf, String),
 }
 
 impl Inputs {
@@ -108,6 +117,7 @@ impl Inputs {
         Ok(Inputs {
             tar,
             zst,
+            registry_image: (commit_store.clone(), "base".to_string()),
             commit_store,
             upper,
             work: dir,
@@ -199,7 +209,9 @@ fn one_run(w: &StoreWorkload, inputs: &Inputs, run: usize) -> anyhow::Result<(Op
             }
             Ok((Some(b), u))
         }
-        "pull" | "push" => super::registry_rows::one_run(w.name, inputs, &scratch, run),
+        "pull" | "pull-skopeo" | "push" => {
+            super::registry_rows::one_run(w.name, inputs, &scratch, run)
+        }
         _ => {
             let tag = format!("commit{run}");
             let u = timed(|| {
