@@ -173,7 +173,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
             args.username.as_deref(),
             args.password.as_deref(),
             args.password_stdin,
-            args.tls_verify,
+            args.tls.tls_verify,
         ),
         Command::Logout { registry } => crate::registry_cmd::logout(&registry),
         Command::Start {
@@ -471,9 +471,8 @@ pub struct PushArgs {
     /// Layer compression: gzip (the default, read by every tool), zstd or none
     #[arg(long, value_name = "gzip|zstd|none")]
     compression: Option<String>,
-    /// Verify the registry's certificate (default: yes, but for loopback registries)
-    #[arg(long = "tls-verify", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    tls_verify: Option<bool>,
+    #[command(flatten)]
+    tls: TlsArg,
     /// Print only the manifest digest
     #[arg(short, long)]
     quiet: bool,
@@ -487,7 +486,7 @@ impl From<PushArgs> for crate::push_cmd::PushRequest {
             image: a.image,
             destination: a.destination,
             compression: a.compression,
-            tls_verify: a.tls_verify,
+            tls_verify: a.tls.tls_verify,
             quiet: a.quiet,
             store: a.store.into(),
         }
@@ -591,6 +590,8 @@ pub struct RunArgs {
     /// Pull the image from its registry: when the store lacks it (missing), always, or never
     #[arg(long, value_enum, default_value = "missing", value_name = "POLICY")]
     pub pull: PullPolicy,
+    #[command(flatten)]
+    pub tls: TlsArg,
     #[command(flatten)]
     pub store: StoreArg,
     /// Image name or id
@@ -762,12 +763,19 @@ pub struct PullArgs {
     /// No progress; only the image id
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub tls: TlsArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+/// `--tls-verify[=BOOL]` of the commands that reach a registry.
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct TlsArg {
     /// Verify TLS certificates (default: true, except for loopback registries);
     /// `--tls-verify=false` also allows plain HTTP
     #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub tls_verify: Option<bool>,
-    #[command(flatten)]
-    pub store: StoreArg,
 }
 
 /// `unionmount login`.
@@ -784,9 +792,8 @@ pub struct LoginArgs {
     /// Read the password from standard input
     #[arg(long = "password-stdin")]
     pub password_stdin: bool,
-    /// Verify TLS certificates (default: true, except for loopback registries)
-    #[arg(long = "tls-verify", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
-    pub tls_verify: Option<bool>,
+    #[command(flatten)]
+    pub tls: TlsArg,
 }
 
 impl From<PullArgs> for crate::registry_cmd::PullRequest {
@@ -796,7 +803,7 @@ impl From<PullArgs> for crate::registry_cmd::PullRequest {
             platform: a.platform,
             all_tags: a.all_tags,
             quiet: a.quiet,
-            tls_verify: a.tls_verify,
+            tls_verify: a.tls.tls_verify,
             store: a.store.into(),
         }
     }

@@ -92,6 +92,10 @@ pub fn for_run(args: &RunArgs) -> anyhow::Result<String> {
     let s = store.open_or_create()?;
     let opts = PullOptions {
         bars: crate::progress::layer_bars(),
+        client: Options {
+            tls_verify: args.tls.tls_verify,
+            ..Default::default()
+        },
         ..Default::default()
     };
     if opts.bars.is_some() {

@@ -168,7 +168,14 @@ fn quick_bench_reports_every_workload_on_every_target() {
     let names: Vec<&str> = store.iter().map(|l| l.split('"').nth(3).unwrap()).collect();
     assert_eq!(
         names,
-        ["import-tar", "import-zstd", "commit-1file", "pull", "pull-skopeo", "push"],
+        [
+            "import-tar",
+            "import-zstd",
+            "commit-1file",
+            "pull",
+            "pull-skopeo",
+            "push"
+        ],
         "{text}"
     );
     for line in &store {
@@ -401,7 +408,10 @@ fn image_layers_are_stacked_top_first_and_left_untouched() {
         .unwrap_or_else(|| panic!("no pull-skopeo row:\n{text}"));
     assert!(pull_row.contains("\"ok\": true"), "{pull_row}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("the registry rows on image two"), "{stdout}");
+    assert!(
+        stdout.contains("the registry rows on image two"),
+        "{stdout}"
+    );
 
     // rm -rf, rename, append and git went to fresh uppers, never to the store.
     assert_eq!(listing(&store.join("layers")), layers_before);

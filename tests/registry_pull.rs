@@ -785,6 +785,15 @@ fn basic_auth_over_tls_uses_podman_and_docker_credentials() {
     // A certificate nobody vouches for is refused when verification is asked.
     let e = one_line(&pull(Some(&auth), &home, &["--tls-verify=true"]));
     assert!(e.contains("certificate"), "{e}");
+    // And by `run`, which pulls on the same terms.
+    env.um(&["image", "rm", &name]);
+    let run = |extra: &str| {
+        let args = ["run", "--rm", extra, name.as_str(), "/bin/true"];
+        um_with_auth(env, Some(&auth), &home, &args)
+    };
+    let e = one_line(&run("--tls-verify=true"));
+    assert!(e.contains("certificate"), "{e}");
+    assert_ok(&run("--tls-verify=false"));
 
     // login checks the password with the registry, then writes podman's file.
     let written = t.join("run/containers/auth.json");
