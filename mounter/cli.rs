@@ -128,6 +128,8 @@ enum Command {
     Pull(PullArgs),
     /// Send an image to a registry (layers gzip unless told otherwise); prints its digest.
     Push(PushArgs),
+    /// Serve containerd's Snapshots API on a unix socket (a proxy plugin), snapshots in the store.
+    Snapshotter(SnapshotterArgs),
     /// Check a registry credential and store it where podman and pull read it.
     Login(LoginArgs),
     /// Remove a registry's stored credential.
@@ -196,6 +198,7 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Import(args) => crate::image_cmd::import(args.into()),
         Command::Container(cmd) => run_container(cmd),
         Command::Push(a) => crate::push_cmd::push(a.into()),
+        Command::Snapshotter(a) => crate::snapshotter_cmd::serve(a.into()),
         #[cfg(feature = "bench")]
         Command::Bench(args) => crate::bench::run(args.into()),
         Command::Bundle(args) => crate::bundle::run(args.into()),
@@ -461,6 +464,45 @@ FUSE and mount flags:
   max_write=BYTES              largest write request
   direct_io, kernel_cache, use_ino, nonempty, big_writes
                                accepted for compatibility; no effect";
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotterArgs {
+    /// The socket containerd's proxy_plugins entry names
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        default_value = "/run/unionmount/snapshotter.sock"
+    )]
+    address: PathBuf,
+    /// Log level, as containerd's
+    #[arg(long, value_enum, value_name = "LEVEL", default_value = "info")]
+    log_level: LogLevel,
+    #[command(flatten)]
+    store: StoreArg,
+}
+
+impl From<SnapshotterArgs> for crate::snapshotter_cmd::SnapshotterRequest {
+    fn from(a: SnapshotterArgs) -> Self {
+        crate::snapshotter_cmd::SnapshotterRequest {
+            address: a.address,
+            store: a.store.into(),
+            log_level: match a.log_level {
+                LogLevel::Error => log::LevelFilter::Error,
+                LogLevel::Warn => log::LevelFilter::Warn,
+                LogLevel::Info => log::LevelFilter::Info,
+                LogLevel::Debug => log::LevelFilter::Debug,
+            },
+        }
+    }
+}
 
 #[derive(Args, Debug)]
 pub struct PushArgs {

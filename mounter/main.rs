@@ -19,6 +19,7 @@ mod progress;
 mod push_cmd;
 mod registry_cmd;
 mod runner;
+mod snapshotter_cmd;
 mod store_dir;
 mod sys;
 mod transfer;

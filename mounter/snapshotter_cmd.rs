@@ -1,0 +1,28 @@
+//! `unionmount snapshotter`: containerd's snapshotter service (a proxy
+//! plugin), with its snapshots in the store's `snapshots/` directory.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::store_dir::StoreDir;
+
+pub struct SnapshotterRequest {
+    pub address: PathBuf,
+    pub store: StoreDir,
+    pub log_level: log::LevelFilter,
+}
+
+pub fn serve(req: SnapshotterRequest) -> anyhow::Result<ExitCode> {
+    log::set_max_level(req.log_level);
+    let store = req.store.open_or_create()?;
+    let root = store.root().join("snapshots");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the service runtime")?;
+    rt.block_on(snapshotter::serve(&root, &req.address))
+        .with_context(|| format!("snapshotter on {}", req.address.display()))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,269 @@
+//! The snapshot operations, on the records (`meta`) and the directories
+//! `<root>/<id>/fs` (the snapshot's own tree: an upper in kernel overlayfs
+//! format, a layer once committed) and `<root>/<id>/work` (the union's
+//! workdir while active). One lock serializes the changes, which are
+//! quick: containerd's parallel calls see each other whole.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use containerd_snapshots::api::types::Mount;
+
+use crate::error::{Context, Error, Result};
+use crate::filter::Filters;
+use crate::meta::{Db, Kind, Record};
+
+pub struct Snapshots {
+    root: PathBuf,
+    db: Mutex<Db>,
+}
+
+type Labels = BTreeMap<String, String>;
+
+impl Snapshots {
+    /// Open the snapshot area `root` (made if missing).
+    pub fn open(root: &Path) -> Result<Snapshots> {
+        fs::create_dir_all(root).at(root.display())?;
+        let db = Db::load(&root.join("metadata.json"))?;
+        Ok(Snapshots {
+            root: root.to_path_buf(),
+            db: Mutex::new(db),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn save(&self, db: &Db) -> Result<()> {
+        db.save(&self.root.join("metadata.json"))
+    }
+
+    pub fn fs_dir(&self, id: u64) -> PathBuf {
+        self.root.join(id.to_string()).join("fs")
+    }
+
+    fn work_dir(&self, id: u64) -> PathBuf {
+        self.root.join(id.to_string()).join("work")
+    }
+
+    /// Prepare (`Kind::Active`) or View: a new snapshot `key` over the
+    /// committed snapshot `parent` ("" for none); its mounts.
+    pub fn create(
+        &self,
+        kind: Kind,
+        key: &str,
+        parent: &str,
+        labels: Labels,
+    ) -> Result<Vec<Mount>> {
+        if key.is_empty() {
+            return Err(Error::InvalidArgument("a snapshot key is empty".into()));
+        }
+        let mut db = self.lock();
+        if db.snapshots.contains_key(key) {
+            return Err(Error::AlreadyExists(key.to_string()));
+        }
+        if !parent.is_empty() && db.get(parent)?.kind != Kind::Committed {
+            return Err(Error::FailedPrecondition(format!(
+                "parent {parent:?} of {key:?} is not committed"
+            )));
+        }
+        let id = db.next_id.max(1);
+        db.next_id = id + 1;
+        self.make_dirs(id, kind)?;
+        let now = SystemTime::now();
+        let rec = Record {
+            id,
+            kind,
+            parent: parent.to_string(),
+            labels,
+            created: now,
+            updated: now,
+        };
+        db.snapshots.insert(key.to_string(), rec);
+        if let Err(e) = self.save(&db) {
+            db.snapshots.remove(key);
+            let _ = fs::remove_dir_all(self.root.join(id.to_string()));
+            return Err(e);
+        }
+        self.mounts_of(&db, key)
+    }
+
+    /// `<id>/fs` and, for an active snapshot, `<id>/work`. A directory of
+    /// this id left by a crash before its record was written goes first.
+    fn make_dirs(&self, id: u64, kind: Kind) -> Result<()> {
+        let dir = self.root.join(id.to_string());
+        if dir.exists() {
+            fs::remove_dir_all(&dir).at(dir.display())?;
+        }
+        fs::create_dir_all(self.fs_dir(id)).at(dir.display())?;
+        if kind == Kind::Active {
+            fs::create_dir(self.work_dir(id)).at(dir.display())?;
+        }
+        Ok(())
+    }
+
+    pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
+        self.mounts_of(&self.lock(), key)
+    }
+
+    fn mounts_of(&self, db: &Db, key: &str) -> Result<Vec<Mount>> {
+        let rec = db.get(key)?;
+        if rec.kind == Kind::Committed {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} is committed: it has no mounts"
+            )));
+        }
+        let lowers: Vec<PathBuf> = db
+            .chain(&rec.parent)?
+            .into_iter()
+            .map(|id| self.fs_dir(id))
+            .collect();
+        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
+        Ok(crate::mounts::mounts(
+            rec.kind,
+            &self.fs_dir(rec.id),
+            &self.work_dir(rec.id),
+            &lowers,
+        ))
+    }
+
+    /// The active snapshot `key` becomes the committed snapshot `name`: its
+    /// tree is synced to disk first, then one record change names it.
+    pub fn commit(&self, name: &str, key: &str, labels: Labels) -> Result<()> {
+        let mut db = self.lock();
+        let rec = db.get(key)?.clone();
+        if rec.kind != Kind::Active {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} is not active: only an active snapshot can be committed"
+            )));
+        }
+        if db.snapshots.contains_key(name) {
+            return Err(Error::AlreadyExists(name.to_string()));
+        }
+        let fs_dir = self.fs_dir(rec.id);
+        let d = fs::File::open(&fs_dir).at(fs_dir.display())?;
+        rustix::fs::syncfs(&d).at(fs_dir.display())?;
+        let now = SystemTime::now();
+        let committed = Record {
+            kind: Kind::Committed,
+            labels,
+            created: now,
+            updated: now,
+            ..rec.clone()
+        };
+        db.snapshots.remove(key);
+        db.snapshots.insert(name.to_string(), committed);
+        if let Err(e) = self.save(&db) {
+            db.snapshots.remove(name);
+            db.snapshots.insert(key.to_string(), rec);
+            return Err(e);
+        }
+        let _ = fs::remove_dir_all(self.work_dir(db.get(name)?.id));
+        Ok(())
+    }
+
+    /// Remove `key` (not a parent of another): its record, then its
+    /// directories.
+    pub fn remove(&self, key: &str) -> Result<()> {
+        let mut db = self.lock();
+        let rec = db.get(key)?.clone();
+        if db.has_children(key) {
+            return Err(Error::FailedPrecondition(format!(
+                "snapshot {key:?} has children: remove them first"
+            )));
+        }
+        db.snapshots.remove(key);
+        if let Err(e) = self.save(&db) {
+            db.snapshots.insert(key.to_string(), rec);
+            return Err(e);
+        }
+        drop(db);
+        let dir = self.root.join(rec.id.to_string());
+        fs::remove_dir_all(&dir).at(dir.display())
+    }
+
+    pub fn stat(&self, key: &str) -> Result<Record> {
+        Ok(self.lock().get(key)?.clone())
+    }
+
+    /// Update: only labels can change. `fieldpaths` empty or `labels`:
+    /// all of them; `labels.KEY`: that one (set, or removed when absent).
+    pub fn update(&self, key: &str, labels: Labels, fieldpaths: &[String]) -> Result<Record> {
+        let mut db = self.lock();
+        let mut rec = db.get(key)?.clone();
+        if fieldpaths.is_empty() {
+            rec.labels = labels.clone();
+        }
+        for path in fieldpaths {
+            if path == "labels" {
+                rec.labels = labels.clone();
+            } else if let Some(k) = path.strip_prefix("labels.") {
+                match labels.get(k) {
+                    Some(v) => rec.labels.insert(k.to_string(), v.clone()),
+                    None => rec.labels.remove(k),
+                };
+            } else {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot {key:?}: field {path:?} cannot be updated (only labels can)"
+                )));
+            }
+        }
+        rec.updated = SystemTime::now();
+        let old = db.snapshots.insert(key.to_string(), rec.clone());
+        if let Err(e) = self.save(&db) {
+            if let Some(old) = old {
+                db.snapshots.insert(key.to_string(), old);
+            }
+            return Err(e);
+        }
+        Ok(rec)
+    }
+
+    /// Bytes and inodes of the snapshot's own tree (its parents not
+    /// counted).
+    pub fn usage(&self, key: &str) -> Result<(i64, i64)> {
+        let id = self.lock().get(key)?.id;
+        crate::usage::disk_usage(&self.fs_dir(id))
+    }
+
+    /// Every snapshot `filters` select, by name.
+    pub fn list(&self, filters: &[String]) -> Result<Vec<(String, Record)>> {
+        let f = Filters::parse(filters)?;
+        let db = self.lock();
+        Ok(db
+            .snapshots
+            .iter()
+            .filter(|(name, r)| f.matches(name, r))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect())
+    }
+
+    /// Cleanup: remove what no record names (directories left by a crash
+    /// between making them and recording them, or between a remove's
+    /// record change and its deletion). The number removed.
+    pub fn cleanup(&self) -> Result<usize> {
+        let db = self.lock();
+        let known: std::collections::HashSet<String> =
+            db.snapshots.values().map(|r| r.id.to_string()).collect();
+        let mut removed = 0;
+        for e in fs::read_dir(&self.root).at(self.root.display())? {
+            let e = e.at(self.root.display())?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let orphan = name.parse::<u64>().is_ok() && !known.contains(&name);
+            if orphan || name == "metadata.tmp" {
+                let p = e.path();
+                if p.is_dir() {
+                    fs::remove_dir_all(&p).at(p.display())?;
+                } else {
+                    fs::remove_file(&p).at(p.display())?;
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
