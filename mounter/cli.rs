@@ -37,6 +37,7 @@ const SUBCOMMANDS: &[&str] = &[
     "pull",
     "login",
     "logout",
+    "snapshotter",
     "help",
     "--help",
     "-h",

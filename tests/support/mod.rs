@@ -32,6 +32,7 @@ pub mod ops;
 pub mod registry;
 pub mod run;
 pub mod snapshot;
+pub mod snapshotter;
 pub mod store;
 pub mod sys;
 pub mod tools;

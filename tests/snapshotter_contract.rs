@@ -1,0 +1,356 @@
+//! The snapshot contract, through the real binary and its socket: the
+//! behaviours containerd's own snapshotter test suite checks (existing
+//! keys, commits of views, removes of parents, usage, label filters,
+//! read-only views), the mounts it is handed (a union through the real
+//! daemon; committed layers that kernel overlayfs reads as well), and a
+//! snapshotter killed with -9 restarting into its records.
+
+mod support;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use snapshotter::api::snapshots::v1::snapshots_client::SnapshotsClient;
+use snapshotter::api::snapshots::v1::*;
+use snapshotter::api::types::Mount as SnapMount;
+use snapshotter::tonic::{Code, Status, transport::Channel};
+use support::snapshotter::{NAME, Snapshotter};
+use support::{Mount, Scratch};
+
+const VIEW: i32 = 1;
+const ACTIVE: i32 = 2;
+const COMMITTED: i32 = 3;
+
+/// A client and the runtime it runs on, with short names for each call.
+struct Api {
+    rt: tokio::runtime::Runtime,
+    c: SnapshotsClient<Channel>,
+}
+
+type R<T> = Result<T, Status>;
+
+fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Api {
+    fn new(s: &Snapshotter) -> Api {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let c = s.client(&rt);
+        Api { rt, c }
+    }
+    fn prepare(&mut self, key: &str, parent: &str) -> R<Vec<SnapMount>> {
+        let req = PrepareSnapshotRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: HashMap::new(),
+        };
+        Ok(self.rt.block_on(self.c.prepare(req))?.into_inner().mounts)
+    }
+    fn view(&mut self, key: &str, parent: &str) -> R<Vec<SnapMount>> {
+        let req = ViewSnapshotRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: HashMap::new(),
+        };
+        Ok(self.rt.block_on(self.c.view(req))?.into_inner().mounts)
+    }
+    fn mounts(&mut self, key: &str) -> R<Vec<SnapMount>> {
+        let req = MountsRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+        };
+        Ok(self.rt.block_on(self.c.mounts(req))?.into_inner().mounts)
+    }
+    fn commit(&mut self, name: &str, key: &str, l: &[(&str, &str)]) -> R<()> {
+        let req = CommitSnapshotRequest {
+            snapshotter: NAME.into(),
+            name: name.into(),
+            key: key.into(),
+            labels: labels(l),
+        };
+        self.rt.block_on(self.c.commit(req)).map(|_| ())
+    }
+    fn remove(&mut self, key: &str) -> R<()> {
+        let req = RemoveSnapshotRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+        };
+        self.rt.block_on(self.c.remove(req)).map(|_| ())
+    }
+    fn stat(&mut self, key: &str) -> R<Info> {
+        let req = StatSnapshotRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+        };
+        Ok(self
+            .rt
+            .block_on(self.c.stat(req))?
+            .into_inner()
+            .info
+            .unwrap())
+    }
+    fn update(&mut self, key: &str, l: &[(&str, &str)], paths: &[&str]) -> R<Info> {
+        let info = Info {
+            name: key.into(),
+            labels: labels(l),
+            ..Info::default()
+        };
+        let mask = (!paths.is_empty()).then(|| prost_types::FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        });
+        let req = UpdateSnapshotRequest {
+            snapshotter: NAME.into(),
+            info: Some(info),
+            update_mask: mask,
+        };
+        Ok(self
+            .rt
+            .block_on(self.c.update(req))?
+            .into_inner()
+            .info
+            .unwrap())
+    }
+    fn usage(&mut self, key: &str) -> R<(i64, i64)> {
+        let req = UsageRequest {
+            snapshotter: NAME.into(),
+            key: key.into(),
+        };
+        let u = self.rt.block_on(self.c.usage(req))?.into_inner();
+        Ok((u.size, u.inodes))
+    }
+    fn walk(&mut self, filters: &[&str]) -> R<Vec<String>> {
+        let req = ListSnapshotsRequest {
+            snapshotter: NAME.into(),
+            filters: filters.iter().map(|f| f.to_string()).collect(),
+        };
+        self.rt.block_on(async {
+            let mut stream = self.c.list(req).await?.into_inner();
+            let mut names = Vec::new();
+            while let Some(page) = stream.message().await? {
+                names.extend(page.info.into_iter().map(|i| i.name));
+            }
+            names.sort();
+            Ok(names)
+        })
+    }
+    fn cleanup(&mut self) -> R<()> {
+        let req = CleanupRequest {
+            snapshotter: NAME.into(),
+        };
+        self.rt.block_on(self.c.cleanup(req)).map(|_| ())
+    }
+}
+
+fn code<T: std::fmt::Debug>(r: R<T>) -> Code {
+    r.expect_err("an error").code()
+}
+
+/// The one mount of a snapshot; its option `name=`'s value.
+fn opt<'a>(m: &'a SnapMount, name: &str) -> Option<&'a str> {
+    m.options
+        .iter()
+        .find_map(|o| o.strip_prefix(&format!("{name}=")))
+}
+
+/// Mount what containerd would, through the real binary (the form
+/// `mount.fuse3` gives it: source, target, -o options).
+fn mount_union(m: &SnapMount, at: &Path) -> Mount {
+    assert_eq!(m.r#type, "fuse3.unionmount");
+    fs::create_dir_all(at).unwrap();
+    let args: Vec<OsString> = vec![
+        m.source.clone().into(),
+        "-o".into(),
+        m.options.join(",").into(),
+    ];
+    Mount::union_foreground(at, &args).expect("unionmount mounts the snapshot")
+}
+
+fn write(dir: &Path, rel: &str, data: &str) {
+    let p = dir.join(rel);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, data).unwrap();
+}
+
+fn setup(s: &Scratch) -> Option<(Snapshotter, PathBuf)> {
+    if !support::require_mounts() {
+        return None;
+    }
+    let store = s.path().join("store");
+    let sn = Snapshotter::start(&s.path().join("sn.sock"), &store);
+    Some((sn, store))
+}
+
+#[test]
+fn the_snapshot_contract_holds() {
+    let s = Scratch::new();
+    let Some((sn, _)) = setup(&s) else { return };
+    let mut api = Api::new(&sn);
+    // A first layer: no parent, so its own directory, bound read-write.
+    let m = api.prepare("l1-active", "").unwrap();
+    assert_eq!((m.len(), m[0].r#type.as_str()), (1, "bind"));
+    assert!(m[0].options.contains(&"rw".into()), "{m:?}");
+    let l1 = PathBuf::from(&m[0].source);
+    write(&l1, "etc/motd", "layer one\n");
+    write(&l1, "data/gone", "deleted above\n");
+    write(&l1, "data/dir/old", "hidden by an opaque dir\n");
+    assert_eq!(code(api.prepare("l1-active", "")), Code::AlreadyExists);
+    assert_eq!(api.stat("l1-active").unwrap().kind, ACTIVE);
+    api.commit("l1", "l1-active", &[("layer", "1")]).unwrap();
+    assert_eq!(code(api.stat("l1-active")), Code::NotFound);
+    let st = api.stat("l1").unwrap();
+    assert_eq!((st.kind, st.parent.as_str()), (COMMITTED, ""));
+    assert_eq!(st.labels.get("layer").map(String::as_str), Some("1"));
+    assert_eq!(code(api.mounts("l1")), Code::FailedPrecondition);
+    assert_eq!(code(api.commit("l1", "l1", &[])), Code::FailedPrecondition);
+
+    // A second layer over it: a union through the real daemon, whose
+    // upper records a whiteout and an opaque directory.
+    let m = api.prepare("l2-active", "l1").unwrap();
+    assert_eq!(opt(&m[0], "lowerdir"), Some(l1.to_str().unwrap()));
+    let mnt = s.path().join("l2");
+    {
+        let _u = mount_union(&m[0], &mnt);
+        assert_eq!(
+            fs::read_to_string(mnt.join("etc/motd")).unwrap(),
+            "layer one\n"
+        );
+        fs::remove_file(mnt.join("data/gone")).unwrap();
+        fs::remove_dir_all(mnt.join("data/dir")).unwrap();
+        write(&mnt, "data/dir/new", "only this\n");
+        write(&mnt, "etc/motd", "layer two\n");
+    }
+    assert_eq!(
+        code(api.commit("l1", "l2-active", &[])),
+        Code::AlreadyExists
+    );
+    api.commit("l2", "l2-active", &[]).unwrap();
+    let l2 = PathBuf::from(opt(&m[0], "upperdir").unwrap());
+
+    // Committed layers are kernel overlayfs layers.
+    let k = s.path().join("kernel");
+    fs::create_dir_all(&k).unwrap();
+    let opts = support::kernel_opts(&[l2.clone(), l1.clone()], None);
+    {
+        let _k = Mount::kernel(&k, &opts).expect("kernel overlayfs on the committed layers");
+        assert_eq!(
+            fs::read_to_string(k.join("etc/motd")).unwrap(),
+            "layer two\n"
+        );
+        assert!(!k.join("data/gone").exists());
+        let dir: Vec<_> = fs::read_dir(k.join("data/dir"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(
+            dir.len(),
+            1,
+            "the opaque directory shows only its own entry"
+        );
+    }
+
+    // Views: of one layer a read-only bind, of a chain a read-only union.
+    let v1 = api.view("v1", "l1").unwrap();
+    assert_eq!(
+        (v1[0].r#type.as_str(), v1[0].source.as_str()),
+        ("bind", l1.to_str().unwrap())
+    );
+    assert!(v1[0].options.contains(&"ro".into()), "{v1:?}");
+    let v2 = api.view("v2", "l2").unwrap();
+    assert_eq!(api.stat("v2").unwrap().kind, VIEW);
+    assert_eq!(api.mounts("v2").unwrap(), v2, "Mounts gives what View gave");
+    let vm = s.path().join("v2");
+    {
+        let _u = mount_union(&v2[0], &vm);
+        assert_eq!(
+            fs::read_to_string(vm.join("etc/motd")).unwrap(),
+            "layer two\n"
+        );
+        let e = fs::write(vm.join("etc/new"), "x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "a view is read-only");
+    }
+    assert_eq!(code(api.commit("v2c", "v2", &[])), Code::FailedPrecondition);
+
+    // A parent is not removed before its children; Prepare needs a
+    // committed parent.
+    assert_eq!(code(api.remove("l1")), Code::FailedPrecondition);
+    assert_eq!(code(api.prepare("x", "nosuch")), Code::NotFound);
+    api.prepare("a", "l2").unwrap();
+    assert_eq!(code(api.prepare("y", "a")), Code::FailedPrecondition);
+    assert_eq!(code(api.remove("nosuch")), Code::NotFound);
+
+    // Usage counts the snapshot's own tree: l1 holds 3 files in 4 dirs.
+    let (bytes, inodes) = api.usage("l1").unwrap();
+    assert_eq!(
+        inodes,
+        1 + 3 + 3,
+        "the root, etc data data/dir, three files"
+    );
+    assert!(bytes >= 3 * 4096, "{bytes}");
+
+    // Labels: updated one by one or all at once; Walk filters by them.
+    let i = api.update("l2", &[("gc", "keep")], &["labels.gc"]).unwrap();
+    assert_eq!(i.labels, labels(&[("gc", "keep")]));
+    api.update("l1", &[("gc", "keep"), ("layer", "1")], &[])
+        .unwrap();
+    assert_eq!(api.walk(&["labels.gc==keep"]).unwrap(), ["l1", "l2"]);
+    assert_eq!(api.walk(&["labels.layer==1"]).unwrap(), ["l1"]);
+    assert_eq!(
+        api.walk(&[r#"labels."gc""#, "kind==view"]).unwrap().len(),
+        4
+    );
+    assert_eq!(api.walk(&[]).unwrap(), ["a", "l1", "l2", "v1", "v2"]);
+    assert_eq!(
+        code(api.update("l1", &[], &["parent"])),
+        Code::InvalidArgument
+    );
+    assert_eq!(code(api.walk(&["labels.gc~=k.*"])), Code::InvalidArgument);
+
+    // Removing children first, then the parents, leaves nothing.
+    for k in ["a", "v1", "v2", "l2", "l1"] {
+        api.remove(k).unwrap();
+    }
+    assert!(api.walk(&[]).unwrap().is_empty());
+    assert!(!l1.exists() && !l2.exists());
+}
+
+#[test]
+fn a_killed_snapshotter_restarts_into_its_records_and_cleanup_removes_orphans() {
+    let s = Scratch::new();
+    let Some((mut sn, store)) = setup(&s) else {
+        return;
+    };
+    let mut api = Api::new(&sn);
+    let m = api.prepare("base-active", "").unwrap();
+    write(Path::new(&m[0].source), "f", "kept\n");
+    api.commit("base", "base-active", &[]).unwrap();
+    api.prepare("work", "base").unwrap();
+    sn.kill9();
+    // What a crash between making a directory and recording it leaves.
+    let orphan = store.join("snapshots/999");
+    fs::create_dir_all(orphan.join("fs")).unwrap();
+    sn.restart();
+    let mut api = Api::new(&sn);
+    assert_eq!(api.walk(&[]).unwrap(), ["base", "work"]);
+    assert_eq!(api.stat("work").unwrap().parent, "base");
+    assert!(!orphan.exists(), "a start cleans up what a crash left");
+    fs::create_dir_all(orphan.join("fs")).unwrap();
+    api.cleanup().unwrap();
+    assert!(!orphan.exists(), "Cleanup removes an orphan");
+    let m = api.mounts("work").unwrap();
+    assert_eq!(
+        opt(&m[0], "lowerdir")
+            .map(|l| Path::new(l).join("f"))
+            .map(|f| fs::read_to_string(f).unwrap()),
+        Some("kept\n".into())
+    );
+    // SIGTERM: a clean exit, the socket gone.
+    assert!(sn.stop().success(), "{}", sn.log_text());
+    assert!(!sn.socket.exists());
+}
