@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use snapshotter::api::snapshots::v1::snapshots_client::SnapshotsClient;
 use snapshotter::api::snapshots::v1::*;
 use snapshotter::api::types::Mount as SnapMount;
-use snapshotter::tonic::{Code, Status, transport::Channel};
+use snapshotter::tonic::{Code, transport::Channel};
 use support::snapshotter::{NAME, Snapshotter};
 use support::{Mount, Scratch};
 
@@ -29,7 +29,8 @@ struct Api {
     c: SnapshotsClient<Channel>,
 }
 
-type R<T> = Result<T, Status>;
+/// A call's result: containerd acts on the code alone.
+type R<T> = Result<T, Code>;
 
 fn labels(kv: &[(&str, &str)]) -> HashMap<String, String> {
     kv.iter()
@@ -50,7 +51,12 @@ impl Api {
             parent: parent.into(),
             labels: HashMap::new(),
         };
-        Ok(self.rt.block_on(self.c.prepare(req))?.into_inner().mounts)
+        Ok(self
+            .rt
+            .block_on(self.c.prepare(req))
+            .map_err(|s| s.code())?
+            .into_inner()
+            .mounts)
     }
     fn view(&mut self, key: &str, parent: &str) -> R<Vec<SnapMount>> {
         let req = ViewSnapshotRequest {
@@ -59,14 +65,24 @@ impl Api {
             parent: parent.into(),
             labels: HashMap::new(),
         };
-        Ok(self.rt.block_on(self.c.view(req))?.into_inner().mounts)
+        Ok(self
+            .rt
+            .block_on(self.c.view(req))
+            .map_err(|s| s.code())?
+            .into_inner()
+            .mounts)
     }
     fn mounts(&mut self, key: &str) -> R<Vec<SnapMount>> {
         let req = MountsRequest {
             snapshotter: NAME.into(),
             key: key.into(),
         };
-        Ok(self.rt.block_on(self.c.mounts(req))?.into_inner().mounts)
+        Ok(self
+            .rt
+            .block_on(self.c.mounts(req))
+            .map_err(|s| s.code())?
+            .into_inner()
+            .mounts)
     }
     fn commit(&mut self, name: &str, key: &str, l: &[(&str, &str)]) -> R<()> {
         let req = CommitSnapshotRequest {
@@ -75,14 +91,20 @@ impl Api {
             key: key.into(),
             labels: labels(l),
         };
-        self.rt.block_on(self.c.commit(req)).map(|_| ())
+        self.rt
+            .block_on(self.c.commit(req))
+            .map(|_| ())
+            .map_err(|s| s.code())
     }
     fn remove(&mut self, key: &str) -> R<()> {
         let req = RemoveSnapshotRequest {
             snapshotter: NAME.into(),
             key: key.into(),
         };
-        self.rt.block_on(self.c.remove(req)).map(|_| ())
+        self.rt
+            .block_on(self.c.remove(req))
+            .map(|_| ())
+            .map_err(|s| s.code())
     }
     fn stat(&mut self, key: &str) -> R<Info> {
         let req = StatSnapshotRequest {
@@ -91,7 +113,8 @@ impl Api {
         };
         Ok(self
             .rt
-            .block_on(self.c.stat(req))?
+            .block_on(self.c.stat(req))
+            .map_err(|s| s.code())?
             .into_inner()
             .info
             .unwrap())
@@ -112,7 +135,8 @@ impl Api {
         };
         Ok(self
             .rt
-            .block_on(self.c.update(req))?
+            .block_on(self.c.update(req))
+            .map_err(|s| s.code())?
             .into_inner()
             .info
             .unwrap())
@@ -122,7 +146,11 @@ impl Api {
             snapshotter: NAME.into(),
             key: key.into(),
         };
-        let u = self.rt.block_on(self.c.usage(req))?.into_inner();
+        let u = self
+            .rt
+            .block_on(self.c.usage(req))
+            .map_err(|s| s.code())?
+            .into_inner();
         Ok((u.size, u.inodes))
     }
     fn walk(&mut self, filters: &[&str]) -> R<Vec<String>> {
@@ -131,9 +159,9 @@ impl Api {
             filters: filters.iter().map(|f| f.to_string()).collect(),
         };
         self.rt.block_on(async {
-            let mut stream = self.c.list(req).await?.into_inner();
+            let mut stream = self.c.list(req).await.map_err(|s| s.code())?.into_inner();
             let mut names = Vec::new();
-            while let Some(page) = stream.message().await? {
+            while let Some(page) = stream.message().await.map_err(|s| s.code())? {
                 names.extend(page.info.into_iter().map(|i| i.name));
             }
             names.sort();
@@ -144,12 +172,15 @@ impl Api {
         let req = CleanupRequest {
             snapshotter: NAME.into(),
         };
-        self.rt.block_on(self.c.cleanup(req)).map(|_| ())
+        self.rt
+            .block_on(self.c.cleanup(req))
+            .map(|_| ())
+            .map_err(|s| s.code())
     }
 }
 
 fn code<T: std::fmt::Debug>(r: R<T>) -> Code {
-    r.expect_err("an error").code()
+    r.expect_err("an error")
 }
 
 /// The one mount of a snapshot; its option `name=`'s value.
