@@ -25,6 +25,7 @@
 //! why and pass, except under `CI=true`, where they fail.
 #![allow(dead_code, unused_imports)]
 
+pub mod containerd;
 pub mod crash;
 pub mod layer;
 pub mod mount;
