@@ -50,10 +50,12 @@ fn listing(root: &Path) -> String {
     )
 }
 
+/// Dropped in this order: containerd (its tasks and mounts), the
+/// snapshotter, then the scratch directory.
 struct Setup {
-    s: Scratch,
-    sn: Snapshotter,
     cd: Containerd,
+    sn: Snapshotter,
+    s: Scratch,
     archive: PathBuf,
     reference: PathBuf,
 }
@@ -198,4 +200,169 @@ fn an_imported_image_runs_as_umoci_unpacks_it_and_writes_go_to_its_upper() {
     t.wait_gone(&upper);
     assert_eq!(t.layers(), before);
     let _ = &t.s;
+}
+
+#[test]
+fn two_containers_of_one_image_and_one_removed_while_the_other_runs() {
+    let Some(t) = setup() else { return };
+    t.import();
+    for c in ["a", "b"] {
+        t.cd.ok(&[
+            "run",
+            "-d",
+            "--snapshotter",
+            NAME,
+            IMAGE,
+            c,
+            "sh",
+            "-c",
+            &format!("echo {c} > /who; sleep 600"),
+        ]);
+    }
+    let (ua, ub) = (t.snapshot_dir("a"), t.snapshot_dir("b"));
+    let written =
+        |u: &Path| support::wait_until(Duration::from_secs(30), || u.join("who").exists());
+    assert!(written(&ua) && written(&ub));
+    assert_eq!(fs::read_to_string(ua.join("who")).unwrap(), "a\n");
+    assert_eq!(fs::read_to_string(ub.join("who")).unwrap(), "b\n");
+    // a goes while b runs.
+    t.cd.ok(&["tasks", "kill", "-s", "KILL", "a"]);
+    let stopped = support::wait_until(Duration::from_secs(30), || {
+        !t.cd
+            .ok(&["tasks", "ls"])
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("RUNNING"))
+    });
+    assert!(stopped, "{}", t.cd.ok(&["tasks", "ls"]));
+    t.cd.ok(&["tasks", "rm", "a"]);
+    t.cd.ok(&["containers", "rm", "a"]);
+    t.wait_gone(&ua);
+    let out = t.cd.ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "b",
+        "cat",
+        "/who",
+        "/data/keep",
+    ]);
+    assert_eq!(out, "b\nkeep v2\n");
+    t.cd.ok(&["tasks", "kill", "-s", "KILL", "b"]);
+}
+
+#[test]
+fn ctr_snapshots_shows_the_chain_and_usage_and_refuses_to_remove_a_parent() {
+    let Some(t) = setup() else { return };
+    t.import();
+    let sn = |args: &[&str]| {
+        let mut all = vec!["snapshots", "--snapshotter", NAME];
+        all.extend_from_slice(args);
+        t.cd.ctr(&all)
+    };
+    let text = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    // The chain, bottom to top, as containerd names the layers.
+    let ls = text(sn(&["ls"]));
+    let rows: Vec<Vec<String>> = ls
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect();
+    let bottom = rows
+        .iter()
+        .find(|r| r.len() == 2)
+        .expect("a layer without parent");
+    let middle = rows
+        .iter()
+        .find(|r| r.len() == 3 && r[1] == bottom[0])
+        .expect("its child");
+    let top = rows
+        .iter()
+        .find(|r| r.len() == 3 && r[1] == middle[0])
+        .expect("the top");
+    // info, through containerd (which asks the snapshotter for Stat).
+    let info: serde_json::Value = serde_json::from_str(&text(sn(&["info", &top[0]]))).unwrap();
+    assert_eq!(info["Parent"], middle[0].as_str(), "{info}");
+    assert_eq!(info["Kind"], "Committed", "{info}");
+    // A container's snapshot: usage counts its own bytes and inodes.
+    t.cd.ok(&[
+        "snapshots",
+        "--snapshotter",
+        NAME,
+        "prepare",
+        "mine",
+        &top[0],
+    ]);
+    let upper = t.snapshot_dir("mine");
+    fs::write(upper.join("big"), vec![7u8; 1 << 20]).unwrap();
+    let usage = text(sn(&["usage", "mine"]));
+    let row: Vec<&str> = usage.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["mine", "1.0", "MiB", "2"], "{usage}");
+    // A parent is not removed; a leaf is.
+    let out = sn(&["rm", &bottom[0]]);
+    assert!(!out.status.success(), "{}", text(out));
+    assert!(t.snapshot_dir(&bottom[0]).exists());
+    t.cd.ok(&["snapshots", "--snapshotter", NAME, "rm", "mine"]);
+    t.wait_gone(&upper);
+}
+
+#[test]
+fn a_snapshotter_killed_during_an_import_restarts_and_the_next_import_completes() {
+    let Some(mut t) = setup() else { return };
+    let a = t.archive.display().to_string();
+    let mut import =
+        t.cd.command(&["images", "import", "--snapshotter", NAME, &a])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    // Kill it once the first layer is being unpacked (a record is made).
+    let meta = t.sn.store.join("snapshots/metadata.json");
+    let started = support::wait_until(Duration::from_secs(30), || meta.exists());
+    assert!(started, "no Prepare reached the snapshotter");
+    t.sn.kill9();
+    let _ = import.wait();
+    t.sn.restart();
+    // containerd's connection to the plugin backs off after the kill: the
+    // import is retried while it answers "unavailable", as a client would.
+    let done = support::wait_until(Duration::from_secs(60), || {
+        let out = t.cd.ctr(&["images", "import", "--snapshotter", NAME, &a]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success() || err.contains("unavailable"),
+            "import: {err}"
+        );
+        out.status.success()
+    });
+    assert!(done, "the import did not complete after the restart");
+    let out = t.cd.ok(&[
+        "run",
+        "--snapshotter",
+        NAME,
+        "--rm",
+        IMAGE,
+        "c1",
+        "sh",
+        "-c",
+        LIST,
+    ]);
+    assert_eq!(out, listing(&t.reference));
+    // Cleanup (containerd's garbage collector calls it; ctr 1.6 cannot):
+    // every directory is named by a record.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut client = t.sn.client(&rt);
+    let req = snapshotter::api::snapshots::v1::CleanupRequest {
+        snapshotter: NAME.into(),
+    };
+    rt.block_on(client.cleanup(req)).expect("Cleanup");
+    let ids: Vec<String> = t.records().iter().map(|r| r.1.to_string()).collect();
+    let dirs: Vec<String> = fs::read_dir(t.sn.store.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "metadata.json")
+        .collect();
+    for d in &dirs {
+        assert!(ids.contains(d), "orphan {d}: records {:?}", t.records());
+    }
 }

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 use super::bin;
 use super::snapshotter::NAME;
 
-/// The namespace the tests use.
-pub const NS: &str = "test";
-
 pub struct Containerd {
     dir: PathBuf,
+    /// A namespace of its own: runc keeps container state per namespace
+    /// in one directory for every containerd of the machine.
+    pub ns: String,
     child: Option<Child>,
 }
+
+static INSTANCES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn path_with_bin() -> String {
     let dir = Path::new(bin()).parent().unwrap().display().to_string();
@@ -53,8 +55,10 @@ impl Containerd {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start containerd");
+        let n = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let c = Containerd {
             dir: dir.to_path_buf(),
+            ns: format!("um-test-{}-{n}", std::process::id()),
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -73,17 +77,29 @@ impl Containerd {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
-    /// `ctr -a SOCKET -n test ARGS`.
-    pub fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr")
-            .arg("-a")
+    /// `ctr -a SOCKET -n NS ARGS`, not run yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("-a")
             .arg(self.dir.join("containerd.sock"))
-            .args(["-n", NS])
+            .args(["-n", &self.ns])
             .args(args)
             .env("PATH", path_with_bin())
-            .stdin(Stdio::null())
-            .output()
-            .expect("ctr runs")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `ctr -a SOCKET -n NS ARGS`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("ctr runs")
+    }
+
+    fn lines(&self, args: &[&str]) -> Vec<String> {
+        let out = self.ctr(args);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// `ctr ARGS`, which must succeed: its stdout.
@@ -102,17 +118,14 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Tasks first: their shims outlive containerd otherwise.
-        if let Ok(out) = Command::new("ctr")
-            .arg("-a")
-            .arg(self.dir.join("containerd.sock"))
-            .args(["-n", NS, "tasks", "ls", "-q"])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = self.ctr(&["tasks", "kill", "-s", "KILL", id]);
-                let _ = self.ctr(&["tasks", "rm", "-f", id]);
-            }
+        // Tasks and containers first: their shims and runc state outlive
+        // containerd otherwise.
+        for id in self.lines(&["tasks", "ls", "-q"]) {
+            let _ = self.ctr(&["tasks", "kill", "-s", "KILL", &id]);
+            let _ = self.ctr(&["tasks", "rm", "-f", &id]);
+        }
+        for id in self.lines(&["containers", "ls", "-q"]) {
+            let _ = self.ctr(&["containers", "rm", &id]);
         }
         if let Some(mut c) = self.child.take() {
             let _ = Command::new("kill")
@@ -128,5 +141,6 @@ impl Drop for Containerd {
         for m in super::mount::mounts_under(&self.dir).into_iter().rev() {
             let _ = super::sys::umount2(&m, libc::MNT_DETACH);
         }
+        let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(&self.ns));
     }
 }
