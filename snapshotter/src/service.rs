@@ -90,6 +90,7 @@ impl Snapshotter for Service {
         labels: HashMap<String, String>,
     ) -> Result<Vec<Mount>> {
         log::info!("prepare {key} over {parent:?}");
+        log::debug!("prepare {key}: labels {labels:?}");
         self.blocking(move |s| s.create(Kind::Active, &key, &parent, sorted(labels)))
             .await
     }

@@ -128,6 +128,7 @@ impl Snapshots {
             &self.fs_dir(rec.id),
             &self.work_dir(rec.id),
             &lowers,
+            crate::mounts::is_extract(key),
         ))
     }
 
