@@ -8,6 +8,7 @@
 //! layer-store rows, `report` and `chart` write the results.
 
 mod chart;
+mod containerd_rows;
 mod layers;
 mod registry_rows;
 mod report;

@@ -163,7 +163,8 @@ fn quick_bench_reports_every_workload_on_every_target() {
     );
     // The layer-store rows: imports against tar -x, a commit, and pull and
     // push through a loopback registry against podman and skopeo (copy +
-    // load for the pull too).
+    // load for the pull too), and containerd with the snapshotter against
+    // its overlayfs snapshotter.
     let store: Vec<&str> = text.lines().filter(|l| l.contains("\"name\": ")).collect();
     let names: Vec<&str> = store.iter().map(|l| l.split('"').nth(3).unwrap()).collect();
     assert_eq!(
@@ -174,6 +175,8 @@ fn quick_bench_reports_every_workload_on_every_target() {
             "commit-1file",
             "pull",
             "pull-skopeo",
+            "ctr-import",
+            "ctr-run",
             "push"
         ],
         "{text}"

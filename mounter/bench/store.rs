@@ -54,6 +54,18 @@ pub static STORE_WORKLOADS: &[StoreWorkload] = &[
         goal: "< 1×",
     },
     StoreWorkload {
+        name: "ctr-import",
+        about: "ctr images import of the registry image, unionmount snapshotter",
+        baseline: Some("containerd's overlayfs snapshotter"),
+        goal: "≤ 1.5×",
+    },
+    StoreWorkload {
+        name: "ctr-run",
+        about: "ctr run --rm of that image (true): start to exit",
+        baseline: Some("containerd's overlayfs snapshotter"),
+        goal: "≤ 1.5×",
+    },
+    StoreWorkload {
         name: "push",
         about: "push of the registry image to a loopback registry (gzip)",
         baseline: Some("skopeo copy"),
@@ -212,6 +224,7 @@ fn one_run(w: &StoreWorkload, inputs: &Inputs, run: usize) -> anyhow::Result<(Op
         "pull" | "pull-skopeo" | "push" => {
             super::registry_rows::one_run(w.name, inputs, &scratch, run)
         }
+        "ctr-import" | "ctr-run" => super::containerd_rows::one_run(w.name, inputs, &scratch, run),
         _ => {
             let tag = format!("commit{run}");
             let u = timed(|| {
