@@ -16,8 +16,11 @@ pub struct SnapshotterRequest {
 
 pub fn serve(req: SnapshotterRequest) -> anyhow::Result<ExitCode> {
     log::set_max_level(req.log_level);
-    let store = req.store.open_or_create()?;
-    let root = store.root().join("snapshots");
+    // The store is made if need be, then let go: a service that held its
+    // shared lock for its whole life would keep `image prune` (which takes
+    // it exclusively) waiting forever. Its snapshots/ is the snapshotter's
+    // own, which prune never touches.
+    let root = req.store.open_or_create()?.root().join("snapshots");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

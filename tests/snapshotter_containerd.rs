@@ -366,3 +366,51 @@ fn a_snapshotter_killed_during_an_import_restarts_and_the_next_import_completes(
         assert!(ids.contains(d), "orphan {d}: records {:?}", t.records());
     }
 }
+
+#[test]
+fn the_stores_own_commands_leave_containerds_snapshots_alone() {
+    let Some(t) = setup() else { return };
+    t.import();
+    let before = t.layers();
+    let store = t.sn.store.clone();
+    let um = |args: &[&str]| {
+        let out = Command::new(support::bin())
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .unwrap();
+        support::tools::ok(&format!("unionmount {}", args.join(" ")), out)
+    };
+    // An image of the store's own, removed again, and its content pruned.
+    let tar = t.s.path().join("rootfs.tar");
+    support::tools::ok(
+        "tar",
+        Command::new("tar")
+            .arg("-C")
+            .arg(&t.reference)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .unwrap(),
+    );
+    um(&["image", "import", tar.to_str().unwrap(), "--tag", "mine"]);
+    assert!(um(&["image", "ls"]).contains("mine"));
+    um(&["image", "rm", "mine"]);
+    um(&["image", "prune"]);
+    um(&["image", "fsck"]);
+    assert_eq!(t.layers(), before, "prune and fsck leave the snapshots");
+    let out = t.cd.ok(&[
+        "run",
+        "--snapshotter",
+        NAME,
+        "--rm",
+        IMAGE,
+        "c1",
+        "sh",
+        "-c",
+        LIST,
+    ]);
+    assert_eq!(out, listing(&t.reference));
+}

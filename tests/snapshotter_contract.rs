@@ -385,3 +385,62 @@ fn a_killed_snapshotter_restarts_into_its_records_and_cleanup_removes_orphans() 
     assert!(sn.stop().success(), "{}", sn.log_text());
     assert!(!sn.socket.exists());
 }
+
+#[test]
+fn parallel_calls_see_each_other_whole() {
+    let s = Scratch::new();
+    let Some((mut sn, _)) = setup(&s) else { return };
+    // Eight clients at once: each prepares and commits a chain of its own,
+    // and all race to prepare one shared key.
+    let results: Vec<(usize, Code)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let sn = &sn;
+                sc.spawn(move || {
+                    let mut api = Api::new(sn);
+                    let mut parent = String::new();
+                    for n in 0..5 {
+                        let key = format!("c{i}-{n}-active");
+                        api.prepare(&key, &parent).unwrap();
+                        let name = format!("c{i}-{n}");
+                        api.commit(&name, &key, &[]).unwrap();
+                        parent = name;
+                    }
+                    let won = match api.prepare("shared", "") {
+                        Ok(_) => Code::Ok,
+                        Err(c) => c,
+                    };
+                    (i, won)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won = results.iter().filter(|r| r.1 == Code::Ok).count();
+    let lost = results
+        .iter()
+        .filter(|r| r.1 == Code::AlreadyExists)
+        .count();
+    assert_eq!((won, lost), (1, 7), "{results:?}");
+    // Every chain whole, each snapshot its own directory, after a restart.
+    sn.kill9();
+    sn.restart();
+    let mut api = Api::new(&sn);
+    assert_eq!(api.walk(&[]).unwrap().len(), 8 * 5 + 1);
+    let mut dirs = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        for n in 0..5 {
+            let st = api.stat(&format!("c{i}-{n}")).unwrap();
+            let want = if n == 0 {
+                String::new()
+            } else {
+                format!("c{i}-{}", n - 1)
+            };
+            assert_eq!((st.kind, st.parent), (COMMITTED, want));
+        }
+        let m = api.prepare(&format!("top{i}"), &format!("c{i}-4")).unwrap();
+        let lowers = opt(&m[0], "lowerdir").unwrap().split(':').count();
+        assert_eq!(lowers, 5);
+        assert!(dirs.insert(opt(&m[0], "upperdir").unwrap().to_string()));
+    }
+}
