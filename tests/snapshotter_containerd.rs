@@ -220,11 +220,14 @@ fn two_containers_of_one_image_and_one_removed_while_the_other_runs() {
         ]);
     }
     let (ua, ub) = (t.snapshot_dir("a"), t.snapshot_dir("b"));
-    let written =
-        |u: &Path| support::wait_until(Duration::from_secs(30), || u.join("who").exists());
-    assert!(written(&ua) && written(&ub));
-    assert_eq!(fs::read_to_string(ua.join("who")).unwrap(), "a\n");
-    assert_eq!(fs::read_to_string(ub.join("who")).unwrap(), "b\n");
+    // The shell creates the file before it writes: wait for the content.
+    let wrote = |u: &Path, who: &str| {
+        support::wait_until(Duration::from_secs(30), || {
+            fs::read_to_string(u.join("who")).is_ok_and(|t| t == format!("{who}\n"))
+        })
+    };
+    assert!(wrote(&ua, "a"), "a's write is not in its upper");
+    assert!(wrote(&ub, "b"), "b's write is not in its upper");
     // a goes while b runs.
     t.cd.ok(&["tasks", "kill", "-s", "KILL", "a"]);
     let stopped = support::wait_until(Duration::from_secs(30), || {
