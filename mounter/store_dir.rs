@@ -79,9 +79,17 @@ impl StoreDir {
         with_progress(Store::open(&self.locate()?.root)?)
     }
 
-    /// Open an existing store alone (no other command using it).
+    /// Open an existing store alone (no other command using it): waits for
+    /// the others, and says so once rather than hang without a word.
     pub fn open_exclusive(&self) -> anyhow::Result<Store> {
-        with_progress(Store::open_exclusive(&self.existing_root()?)?)
+        let root = self.existing_root()?;
+        let say = || {
+            eprintln!(
+                "unionmount: waiting for the other commands using the store at {} to finish",
+                root.display()
+            )
+        };
+        with_progress(Store::open_exclusive_or_say(&root, say)?)
     }
 }
 

@@ -405,3 +405,43 @@ fn image_save_defaults_to_docker_archive_and_gzip_layers() {
     let err = env.um_fail(&["image", "save", "img", "--compression", "zstd", "x.tar"]);
     assert!(err.contains("docker-archive"), "{err}");
 }
+
+/// `image prune` needs the store to itself: while another command holds
+/// it, prune says in one line what it waits for, then runs.
+#[test]
+fn prune_says_what_it_waits_for() {
+    if !need_tools("prune_says_what_it_waits_for", &["flock"]) {
+        return;
+    }
+    let env = Env::new();
+    env.init_store();
+    let held = env.path().join("held");
+    let lock = env.store().join("lock");
+    let mut holder = Command::new("flock")
+        .arg("-s")
+        .arg(&lock)
+        .arg("-c")
+        .arg(format!("touch {} && sleep 2", held.display()))
+        .spawn()
+        .expect("flock");
+    assert!(support::wait_until(
+        std::time::Duration::from_secs(20),
+        || held.exists()
+    ));
+    let out = env.um_out(&["image", "prune"]);
+    let _ = holder.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("waiting for the other commands using the store"),
+        "{err}"
+    );
+    // Alone, it says nothing of the kind.
+    let out = env.um_out(&["image", "prune"]);
+    assert!(
+        out.status.success() && stderr(&out).is_empty(),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -94,15 +94,21 @@ impl Store {
 
     /// Open (creating if needed) the store at `root` for ordinary commands.
     pub fn open(root: &Path) -> Result<Store> {
-        Store::open_with(root, false)
+        Store::open_with(root, false, || {})
     }
 
     /// Open the store alone: waits until no other command uses it.
     pub fn open_exclusive(root: &Path) -> Result<Store> {
-        Store::open_with(root, true)
+        Store::open_with(root, true, || {})
     }
 
-    fn open_with(root: &Path, exclusive: bool) -> Result<Store> {
+    /// `open_exclusive`, calling `waiting` first when other commands hold
+    /// the store (so that a caller can say why it does not return yet).
+    pub fn open_exclusive_or_say(root: &Path, waiting: impl FnOnce()) -> Result<Store> {
+        Store::open_with(root, true, waiting)
+    }
+
+    fn open_with(root: &Path, exclusive: bool, waiting: impl FnOnce()) -> Result<Store> {
         for d in [
             "blobs/sha256",
             "layers",
@@ -118,7 +124,13 @@ impl Store {
         let tmp = root.join("tmp");
         let lock_path = root.join("lock");
         let lock = if exclusive {
-            let l = Lock::exclusive(&lock_path)?;
+            let l = match Lock::try_exclusive(&lock_path)? {
+                Some(l) => l,
+                None => {
+                    waiting();
+                    Lock::exclusive(&lock_path)?
+                }
+            };
             clean_tmp(&tmp)?;
             l
         } else if let Some(l) = Lock::try_exclusive(&lock_path)? {
