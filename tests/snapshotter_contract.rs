@@ -17,6 +17,9 @@ use snapshotter::api::snapshots::v1::*;
 use snapshotter::api::types::Mount as SnapMount;
 use snapshotter::tonic::{Code, transport::Channel};
 use support::snapshotter::{NAME, Snapshotter};
+
+/// containerd's label naming the snapshot a Prepare unpacks to.
+const TARGET: &str = "containerd.io/snapshot.ref";
 use support::{Mount, Scratch};
 
 const VIEW: i32 = 1;
@@ -45,11 +48,19 @@ impl Api {
         Api { rt, c }
     }
     fn prepare(&mut self, key: &str, parent: &str) -> R<Vec<SnapMount>> {
+        self.prepare_labelled(key, parent, &[])
+    }
+    fn prepare_labelled(
+        &mut self,
+        key: &str,
+        parent: &str,
+        l: &[(&str, &str)],
+    ) -> R<Vec<SnapMount>> {
         let req = PrepareSnapshotRequest {
             snapshotter: NAME.into(),
             key: key.into(),
             parent: parent.into(),
-            labels: HashMap::new(),
+            labels: labels(l),
         };
         Ok(self
             .rt
@@ -443,4 +454,119 @@ fn parallel_calls_see_each_other_whole() {
         assert_eq!(lowers, 5);
         assert!(dirs.insert(opt(&m[0], "upperdir").unwrap().to_string()));
     }
+}
+
+/// `unionmount ARGS --store STORE`, which must succeed: its stdout.
+fn um(store: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(support::bin())
+        .args(args)
+        .arg("--store")
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "unionmount {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// OCI's chain id of `parent` (a chain id, or none) and `diff`.
+fn chain(parent: Option<&str>, diff: &str) -> String {
+    match parent {
+        None => diff.to_string(),
+        Some(p) => layerstore::Digest::of_bytes(format!("{p} {diff}").as_bytes()).to_string(),
+    }
+}
+
+#[test]
+fn a_target_the_store_has_is_its_own_layer_kept_through_prune() {
+    let s = Scratch::new();
+    if !support::require_mounts() {
+        return;
+    }
+    // A two-layer image of the store's own: a rootfs, then a commit.
+    let store = s.path().join("store");
+    let root = s.path().join("root");
+    write(&root, "etc/motd", "base\n");
+    let tar = s.path().join("root.tar");
+    let ok = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    um(
+        &store,
+        &["image", "import", tar.to_str().unwrap(), "--tag", "base"],
+    );
+    let upper = s.path().join("upper");
+    write(&upper, "etc/motd", "two\n");
+    um(
+        &store,
+        &["commit", upper.to_str().unwrap(), "two", "--from", "base"],
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&um(&store, &["image", "inspect", "two"])).unwrap();
+    let info = if info.is_array() {
+        info[0].clone()
+    } else {
+        info
+    };
+    let diffs: Vec<String> = info["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["diffId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(diffs.len(), 2);
+    let c1 = chain(None, &diffs[0]);
+    let c2 = chain(Some(&c1), &diffs[1]);
+    let layer = |d: &str| store.join("layers").join(&d["sha256:".len()..]);
+
+    let sn = Snapshotter::start(&s.path().join("sn.sock"), &store);
+    let mut api = Api::new(&sn);
+    // What containerd's CRI sends for each layer: the target's name ends
+    // in its chain id. The store has both: AlreadyExists, nothing unpacked.
+    let (t1, t2) = (format!("k8s/2/{c1}"), format!("k8s/4/{c2}"));
+    let got = api.prepare_labelled(&format!("k8s/1/extract-1 {c1}"), "", &[(TARGET, &t1)]);
+    assert_eq!(code(got), Code::AlreadyExists);
+    let got = api.prepare_labelled(&format!("k8s/3/extract-2 {c2}"), &t1, &[(TARGET, &t2)]);
+    assert_eq!(code(got), Code::AlreadyExists);
+    let st = api.stat(&t2).unwrap();
+    assert_eq!((st.kind, st.parent.as_str()), (COMMITTED, t1.as_str()));
+    // A chain the store lacks is unpacked as usual.
+    let none = format!("sha256:{}", "0".repeat(64));
+    let other = format!("k8s/6/{none}");
+    api.prepare_labelled(&format!("k8s/5/extract-3 {none}"), "", &[(TARGET, &other)])
+        .unwrap();
+    // A container over the shared layers stacks the store's trees.
+    let m = api.prepare("k8s/7/c", &t2).unwrap();
+    let want = format!(
+        "{}:{}",
+        layer(&diffs[1]).display(),
+        layer(&diffs[0]).display()
+    );
+    assert_eq!(opt(&m[0], "lowerdir"), Some(want.as_str()));
+    {
+        let mnt = s.path().join("c");
+        let _u = mount_union(&m[0], &mnt);
+        assert_eq!(fs::read_to_string(mnt.join("etc/motd")).unwrap(), "two\n");
+    }
+    // The images go and prune runs: the layers the snapshots use stay.
+    um(&store, &["image", "rm", "two", "base"]);
+    um(&store, &["image", "prune"]);
+    assert!(layer(&diffs[0]).is_dir() && layer(&diffs[1]).is_dir());
+    // Removing the snapshots leaves the store's trees to the store.
+    let third = format!("k8s/5/extract-3 {none}");
+    for k in ["k8s/7/c", &third, &t2, &t1] {
+        api.remove(k).unwrap();
+    }
+    assert!(layer(&diffs[0]).is_dir() && layer(&diffs[1]).is_dir());
+    um(&store, &["image", "prune"]);
+    assert!(!layer(&diffs[0]).exists() && !layer(&diffs[1]).exists());
 }

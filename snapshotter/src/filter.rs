@@ -184,6 +184,7 @@ mod tests {
                 .collect::<BTreeMap<_, _>>(),
             created: SystemTime::UNIX_EPOCH,
             updated: SystemTime::UNIX_EPOCH,
+            layer: None,
         }
     }
 

@@ -7,6 +7,7 @@
 //!   records and directories;
 //! - `mounts`: what containerd is told to mount for a snapshot;
 //! - `filter`: containerd's filter expressions, for Walk;
+//! - `share`: snapshots that stand on the store's own layer trees;
 //! - `service`: the gRPC trait, errors as the codes containerd acts on;
 //! - `serve`: the socket and a graceful stop.
 
@@ -16,6 +17,7 @@ mod meta;
 mod mounts;
 mod serve;
 mod service;
+mod share;
 mod snapshots;
 mod usage;
 

@@ -34,6 +34,10 @@ pub struct Record {
     pub labels: BTreeMap<String, String>,
     pub created: SystemTime,
     pub updated: SystemTime,
+    /// A committed snapshot whose tree is the store's layer of this diff
+    /// id (`share`), not a directory of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
 }
 
 /// Every snapshot by key (active, view) or name (committed).
@@ -78,16 +82,28 @@ impl Db {
             .ok_or_else(|| Error::NotFound(key.to_string()))
     }
 
-    /// The ids of `parent` and its ancestors, nearest first.
-    pub fn chain(&self, parent: &str) -> Result<Vec<u64>> {
-        let mut ids = Vec::new();
+    /// `parent` and its ancestors, nearest first.
+    pub fn chain(&self, parent: &str) -> Result<Vec<&Record>> {
+        let mut recs = Vec::new();
         let mut at = parent;
         while !at.is_empty() {
             let r = self.get(at)?;
-            ids.push(r.id);
+            recs.push(r);
             at = &r.parent;
         }
-        Ok(ids)
+        Ok(recs)
+    }
+
+    /// The store layers shared snapshots stand on.
+    pub fn shared_layers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .snapshots
+            .values()
+            .filter_map(|r| r.layer.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     pub fn has_children(&self, key: &str) -> bool {

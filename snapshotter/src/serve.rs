@@ -16,7 +16,8 @@ use crate::snapshots::Snapshots;
 
 /// Serve the snapshots under `root` on `socket` until SIGTERM or SIGINT.
 pub async fn serve(root: &Path, socket: &Path) -> Result<()> {
-    let snaps = Arc::new(Snapshots::open(root)?);
+    // The store is the snapshot area's parent (STORE/snapshots).
+    let snaps = Arc::new(Snapshots::open(root, root.parent())?);
     let removed = snaps.cleanup()?;
     if removed > 0 {
         log::info!("removed {removed} entries a crash left behind");

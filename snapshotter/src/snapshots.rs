@@ -18,20 +18,32 @@ use crate::meta::{Db, Kind, Record};
 
 pub struct Snapshots {
     root: PathBuf,
+    /// The store whose layer trees snapshots may stand on (`share`).
+    store: Option<PathBuf>,
     db: Mutex<Db>,
 }
 
 type Labels = BTreeMap<String, String>;
 
 impl Snapshots {
-    /// Open the snapshot area `root` (made if missing).
-    pub fn open(root: &Path) -> Result<Snapshots> {
+    /// Open the snapshot area `root` (made if missing), beside the store
+    /// at `store` if there is one.
+    pub fn open(root: &Path, store: Option<&Path>) -> Result<Snapshots> {
         fs::create_dir_all(root).at(root.display())?;
         let db = Db::load(&root.join("metadata.json"))?;
         Ok(Snapshots {
             root: root.to_path_buf(),
+            store: store.map(Path::to_path_buf),
             db: Mutex::new(db),
         })
+    }
+
+    /// The tree of a snapshot: its own directory, or the store's layer.
+    fn tree(&self, r: &Record) -> PathBuf {
+        match (&r.layer, &self.store) {
+            (Some(hex), Some(store)) => crate::share::tree(store, hex),
+            _ => self.fs_dir(r.id),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Db> {
@@ -71,6 +83,9 @@ impl Snapshots {
                 "parent {parent:?} of {key:?} is not committed"
             )));
         }
+        if kind == Kind::Active && self.try_share(&mut db, parent, &labels)? {
+            return Err(Error::AlreadyExists(key.to_string()));
+        }
         let id = db.next_id.max(1);
         db.next_id = id + 1;
         self.make_dirs(id, kind)?;
@@ -82,6 +97,7 @@ impl Snapshots {
             labels,
             created: now,
             updated: now,
+            layer: None,
         };
         db.snapshots.insert(key.to_string(), rec);
         if let Err(e) = self.save(&db) {
@@ -90,6 +106,50 @@ impl Snapshots {
             return Err(e);
         }
         self.mounts_of(&db, key)
+    }
+
+    /// A Prepare labelled with its target (`share::TARGET_LABEL`) whose
+    /// layer the store has: record the target, committed on the store's
+    /// tree, and hold that tree. True when done (the caller answers
+    /// AlreadyExists, as remote snapshotters do); an existing target
+    /// answers the same.
+    fn try_share(&self, db: &mut Db, parent: &str, labels: &Labels) -> Result<bool> {
+        let Some(target) = labels.get(crate::share::TARGET_LABEL) else {
+            return Ok(false);
+        };
+        if db.snapshots.contains_key(target) {
+            return Ok(true);
+        }
+        let Some(store_root) = &self.store else {
+            return Ok(false);
+        };
+        let store = crate::share::open(store_root)?;
+        let Some(hex) = crate::share::layer_for(&store, labels, parent)? else {
+            return Ok(false);
+        };
+        let id = db.next_id.max(1);
+        db.next_id = id + 1;
+        let now = SystemTime::now();
+        let rec = Record {
+            id,
+            kind: Kind::Committed,
+            parent: parent.to_string(),
+            labels: labels.clone(),
+            created: now,
+            updated: now,
+            layer: Some(hex),
+        };
+        db.snapshots.insert(target.clone(), rec);
+        // Held before it is recorded: a crash between leaves a hold too
+        // many (the next change rewrites it), never a record on a tree a
+        // prune may take.
+        crate::share::hold(&store, &db.shared_layers())?;
+        if let Err(e) = self.save(db) {
+            db.snapshots.remove(target);
+            return Err(e);
+        }
+        log::info!("{target}: the store's layer, shared");
+        Ok(true)
     }
 
     /// `<id>/fs` and, for an active snapshot, `<id>/work`. A directory of
@@ -120,7 +180,7 @@ impl Snapshots {
         let lowers: Vec<PathBuf> = db
             .chain(&rec.parent)?
             .into_iter()
-            .map(|id| self.fs_dir(id))
+            .map(|r| self.tree(r))
             .collect();
         let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
         Ok(crate::mounts::mounts(
@@ -182,6 +242,14 @@ impl Snapshots {
             db.snapshots.insert(key.to_string(), rec);
             return Err(e);
         }
+        if rec.layer.is_some() {
+            // The tree is the store's: only the hold goes.
+            if let Some(root) = &self.store {
+                let store = crate::share::open(root)?;
+                crate::share::hold(&store, &db.shared_layers())?;
+            }
+            return Ok(());
+        }
         drop(db);
         let dir = self.root.join(rec.id.to_string());
         fs::remove_dir_all(&dir).at(dir.display())
@@ -227,8 +295,8 @@ impl Snapshots {
     /// Bytes and inodes of the snapshot's own tree (its parents not
     /// counted).
     pub fn usage(&self, key: &str) -> Result<(i64, i64)> {
-        let id = self.lock().get(key)?.id;
-        crate::usage::disk_usage(&self.fs_dir(id))
+        let tree = self.tree(self.lock().get(key)?);
+        crate::usage::disk_usage(&tree)
     }
 
     /// Every snapshot `filters` select, by name.

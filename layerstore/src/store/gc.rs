@@ -41,6 +41,7 @@ impl Store {
                 image::parse_json(&self.blobs.read_verified(&m.config.digest)?, "config")?;
             layers.extend(cfg.rootfs.diff_ids);
         }
+        layers.extend(self.held_layers()?);
         Ok((blobs, layers))
     }
 

@@ -25,7 +25,10 @@ use crate::{Context, Error, Result};
 
 pub mod containers;
 mod gc;
+mod holds;
 mod txn;
+
+pub use holds::ChainLayer;
 
 pub use gc::PruneReport;
 pub use txn::Txn;
@@ -116,6 +119,7 @@ impl Store {
             "containers",
             "locks",
             "partial",
+            "holds",
         ] {
             let p = root.join(d);
             fs::create_dir_all(&p).ctx(|| format!("store {}: {d}", root.display()))?;
