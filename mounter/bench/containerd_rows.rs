@@ -4,7 +4,8 @@
 //! containerd's proxy plugin, against containerd's built-in overlayfs
 //! snapshotter, on one private containerd. Each run removes the image
 //! (synchronously: its snapshots go too) before importing it again, and
-//! the two snapshotters take turns going first. The container runs the
+//! the two snapshotters take turns going first, each after a sync (so
+//! neither pays for the writeback of the other's files). The container runs the
 //! host's static busybox as `/true`, bound in.
 
 use std::path::{Path, PathBuf};
@@ -179,6 +180,9 @@ pub fn one_run(
     let a = archive.display().to_string();
     let (mut b, mut u) = (0.0, 0.0);
     for side in [run % 2, 1 - run % 2] {
+        // Write back what the set-up and the other side left dirty, so that
+        // neither side pays for the other's files.
+        rustix::fs::sync();
         let sn = if side == 0 { "overlayfs" } else { "unionmount" };
         let import = || cd.ctr(&["images", "import", "--snapshotter", sn, &a]);
         let secs = if name == "ctr-import" {
