@@ -93,6 +93,22 @@ impl Setup {
         self.cd.ok(&["images", "import", "--snapshotter", NAME, &a]);
     }
 
+    /// A container of the image lists `/data` as umoci's rootfs has it.
+    fn assert_runs_as_umoci_unpacks(&self) {
+        let run = [
+            "run",
+            "--snapshotter",
+            NAME,
+            "--rm",
+            IMAGE,
+            "c1",
+            "sh",
+            "-c",
+            LIST,
+        ];
+        assert_eq!(self.cd.ok(&run), listing(&self.reference));
+    }
+
     /// The directory of the snapshot whose key ends in `/key` (containerd
     /// prefixes keys with its namespace and a number).
     fn snapshot_dir(&self, key: &str) -> PathBuf {
@@ -338,18 +354,7 @@ fn a_snapshotter_killed_during_an_import_restarts_and_the_next_import_completes(
         out.status.success()
     });
     assert!(done, "the import did not complete after the restart");
-    let out = t.cd.ok(&[
-        "run",
-        "--snapshotter",
-        NAME,
-        "--rm",
-        IMAGE,
-        "c1",
-        "sh",
-        "-c",
-        LIST,
-    ]);
-    assert_eq!(out, listing(&t.reference));
+    t.assert_runs_as_umoci_unpacks();
     // Cleanup (containerd's garbage collector calls it; ctr 1.6 cannot):
     // every directory is named by a record.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -404,16 +409,5 @@ fn the_stores_own_commands_leave_containerds_snapshots_alone() {
     um(&["image", "prune"]);
     um(&["image", "fsck"]);
     assert_eq!(t.layers(), before, "prune and fsck leave the snapshots");
-    let out = t.cd.ok(&[
-        "run",
-        "--snapshotter",
-        NAME,
-        "--rm",
-        IMAGE,
-        "c1",
-        "sh",
-        "-c",
-        LIST,
-    ]);
-    assert_eq!(out, listing(&t.reference));
+    t.assert_runs_as_umoci_unpacks();
 }
