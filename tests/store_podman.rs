@@ -149,51 +149,6 @@ fn check_podman_load(env: &Env, pm: &Podman, image: &str, name: &str, reference:
     }
 }
 
-/// Like `umoci_fixture`, without the directory that v2 replaces by a file:
-/// umoci writes that as the file followed by a whiteout under it
-/// (`replaced`, `replaced/.wh.r`), which podman 4.3 refuses to apply
-/// ("unlinkat /replaced/r: not a directory") even straight from umoci's own
-/// layout. The committed image below replaces a directory in our format.
-fn podman_fixture(t: &Path) -> Fixture {
-    let rootfs = t.join("rootfs");
-    busybox_rootfs(&rootfs);
-    sh(&format!(
-        r#"cd {t}
-        umoci init --layout oci
-        umoci new --image oci:empty
-        umoci unpack --image oci:empty b >/dev/null
-        cp -a rootfs/. b/rootfs/
-        mkdir -p b/rootfs/some/dir b/rootfs/gone/sub b/rootfs/replaced
-        echo hi > b/rootfs/some/file
-        echo x > b/rootfs/some/dir/x
-        echo g > b/rootfs/gone/sub/g
-        echo r > b/rootfs/replaced/r
-        ln b/rootfs/some/file b/rootfs/some/hardlink
-        ln -s ../some/file b/rootfs/etc/symlink
-        mkfifo b/rootfs/tmp/fifo
-        chown 1000:1001 b/rootfs/some/dir/x
-        chmod 4750 b/rootfs/some/dir/x
-        umoci repack --image oci:v1 b
-        rm -rf b
-        umoci unpack --image oci:v1 b >/dev/null
-        rm b/rootfs/some/file
-        rm -rf b/rootfs/gone
-        umoci repack --image oci:v2 b
-        mkdir -p l3/some/dir
-        : > l3/some/dir/.wh..wh..opq
-        echo new > l3/some/dir/y
-        tar -C l3 --numeric-owner -cf l3.tar some
-        umoci raw add-layer --image oci:v2 --tag v3 l3.tar
-        umoci unpack --image oci:v3 ref >/dev/null
-        "#,
-        t = t.display()
-    ));
-    Fixture {
-        oci: t.join("oci"),
-        reference: t.join("ref/rootfs"),
-    }
-}
-
 #[test]
 fn podman_loads_saved_docker_and_oci_archives() {
     let test = "podman_loads_saved_docker_and_oci_archives";

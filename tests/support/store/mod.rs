@@ -263,6 +263,27 @@ pub struct Fixture {
 }
 
 pub fn umoci_fixture(t: &Path) -> Fixture {
+    fixture_with(t, true)
+}
+
+/// `umoci_fixture` without its user xattr and without the directory v2
+/// replaces by a file: umoci writes that as the file followed by a
+/// whiteout under it (`replaced`, `replaced/.wh.r`), which podman 4.3
+/// refuses to apply ("unlinkat /replaced/r: not a directory") even
+/// straight from umoci's own layout.
+pub fn podman_fixture(t: &Path) -> Fixture {
+    fixture_with(t, false)
+}
+
+fn fixture_with(t: &Path, full: bool) -> Fixture {
+    let (xattr, replace) = if full {
+        (
+            "setfattr -n user.note -v hello b/rootfs/some/file 2>/dev/null || true",
+            "rm -rf b/rootfs/replaced && echo now-a-file > b/rootfs/replaced",
+        )
+    } else {
+        (":", ":")
+    };
     let rootfs = t.join("rootfs");
     busybox_rootfs(&rootfs);
     sh(&format!(
@@ -281,13 +302,13 @@ pub fn umoci_fixture(t: &Path) -> Fixture {
         mkfifo b/rootfs/tmp/fifo
         chown 1000:1001 b/rootfs/some/dir/x
         chmod 4750 b/rootfs/some/dir/x
-        setfattr -n user.note -v hello b/rootfs/some/file 2>/dev/null || true
+        {xattr}
         umoci repack --image oci:v1 b
         rm -rf b
         umoci unpack --image oci:v1 b >/dev/null
         rm b/rootfs/some/file
-        rm -rf b/rootfs/gone b/rootfs/replaced
-        echo now-a-file > b/rootfs/replaced
+        rm -rf b/rootfs/gone
+        {replace}
         umoci repack --image oci:v2 b
         mkdir -p l3/some/dir
         : > l3/some/dir/.wh..wh..opq
