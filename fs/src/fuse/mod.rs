@@ -22,11 +22,14 @@ use crate::{Errno, FlagsIoctl, Union};
 mod errors;
 pub mod kernel_mount;
 mod passthrough;
+mod requests;
 mod session;
 
 pub use session::{Session, SessionOptions};
 
 use passthrough::{OpenMode, Passthrough};
+pub use requests::COUNTS_ENV;
+use requests::{Kind, Requests};
 
 /// Layers are immutable and the mount is the only writer of its upper, so the
 /// kernel may keep names and attributes for as long as it likes.
@@ -36,6 +39,7 @@ pub struct UnionFuse {
     union: Arc<Union>,
     passthrough: Passthrough,
     kernel_acls: bool,
+    requests: Requests,
 }
 
 impl UnionFuse {
@@ -44,6 +48,7 @@ impl UnionFuse {
             union,
             passthrough: Passthrough::default(),
             kernel_acls: false,
+            requests: Requests::default(),
         }
     }
 
@@ -179,6 +184,10 @@ impl UnionFuse {
 }
 
 impl Filesystem for UnionFuse {
+    fn destroy(&mut self) {
+        self.requests.write_if_asked();
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Passthrough needs CAP_SYS_ADMIN; backing files may be one level deep
         // (layers on an ordinary filesystem), so the mount itself stays stackable.
@@ -210,6 +219,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.requests.note(Kind::Lookup);
         match self.union.lookup(parent.0, name) {
             Ok((node, st)) => {
                 let st = self.union.present_stat(&node, &node.snapshot(), st);
@@ -220,10 +230,12 @@ impl Filesystem for UnionFuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.requests.note(Kind::Forget);
         self.union.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.requests.note(Kind::Getattr);
         let result = self.node(ino).and_then(|n| {
             let st = self.union.getattr_open(&n, fh.map(|f| f.0)).map_err(err)?;
             Ok((n, st))
@@ -256,6 +268,7 @@ impl Filesystem for UnionFuse {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.requests.note(Kind::Setattr);
         let req = SetAttr {
             mode,
             uid,
@@ -275,6 +288,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.requests.note(Kind::Readlink);
         match self
             .node(ino)
             .and_then(|n| self.union.readlink(&n).map_err(err))
@@ -294,6 +308,7 @@ impl Filesystem for UnionFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.requests.note(Kind::Mknod);
         let obj = NewObject::Node {
             mode,
             rdev: u64::from(rdev),
@@ -310,10 +325,12 @@ impl Filesystem for UnionFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
+        self.requests.note(Kind::Mkdir);
         self.make(req, parent, name, NewObject::Dir { mode }, umask, reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.requests.note(Kind::Unlink);
         match self.union.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errors::noted("unlink", parent.0, err(e))),
@@ -321,6 +338,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.requests.note(Kind::Rmdir);
         match self.union.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errors::noted("rmdir", parent.0, err(e))),
@@ -335,6 +353,7 @@ impl Filesystem for UnionFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.requests.note(Kind::Symlink);
         self.make(
             req,
             parent,
@@ -355,6 +374,7 @@ impl Filesystem for UnionFuse {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.requests.note(Kind::Rename);
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(errors::noted("rename", parent.0, FuseErrno::EINVAL));
         }
@@ -376,6 +396,7 @@ impl Filesystem for UnionFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.requests.note(Kind::Link);
         match self.union.link(ino.0, newparent.0, newname) {
             Ok((node, st)) => self.reply_entry(&node, &st, reply),
             Err(e) => reply.error(errors::noted("link", ino.0, err(e))),
@@ -383,6 +404,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.requests.note(Kind::Open);
         let flags = OFlags::from_bits_retain(flags.0 as u32);
         let opened = match self
             .node(ino)
@@ -424,6 +446,7 @@ impl Filesystem for UnionFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.requests.note(Kind::Read);
         match self.union.read(fh.0, offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errors::noted("read", ino.0, err(e))),
@@ -442,6 +465,7 @@ impl Filesystem for UnionFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.requests.note(Kind::Write);
         match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errors::noted("write", ino.0, err(e))),
@@ -456,6 +480,7 @@ impl Filesystem for UnionFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.requests.note(Kind::Flush);
         // Nothing to do at close: writes are not cached here and locks are the
         // kernel's (no getlk/setlk). ENOSYS makes the kernel stop sending
         // FLUSH, a round trip every close(2) waits for.
@@ -472,6 +497,7 @@ impl Filesystem for UnionFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.requests.note(Kind::Release);
         self.passthrough.released(fh.0);
         self.union.release(fh.0);
         reply.ok();
@@ -485,6 +511,7 @@ impl Filesystem for UnionFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.requests.note(Kind::Fsync);
         match self.union.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errors::noted("fsync", ino.0, err(e))),
@@ -492,6 +519,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.requests.note(Kind::Opendir);
         // ENOSYS: the kernel sends no more OPENDIR or RELEASEDIR (two round
         // trips a directory saved) and keeps each directory's listing in its
         // cache (as if FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE). That is safe: a
@@ -523,6 +551,7 @@ impl Filesystem for UnionFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.requests.note(Kind::Readdir);
         let page = match self.union.listing_page(ino.0, offset) {
             Ok(p) => p,
             Err(e) => return reply.error(errors::noted("readdir", ino.0, err(e))),
@@ -544,6 +573,7 @@ impl Filesystem for UnionFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.requests.note(Kind::Readdirplus);
         let page = match self.union.listing_page(ino.0, offset) {
             Ok(p) => p,
             Err(e) => return reply.error(errors::noted("readdirplus", ino.0, err(e))),
@@ -592,6 +622,7 @@ impl Filesystem for UnionFuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.requests.note(Kind::Fsyncdir);
         match self
             .node(ino)
             .and_then(|n| self.union.fsync_dir(&n, datasync).map_err(err))
@@ -602,6 +633,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.requests.note(Kind::Statfs);
         match self.union.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -627,6 +659,7 @@ impl Filesystem for UnionFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.requests.note(Kind::Setxattr);
         let Some(name) = name.to_str() else {
             return reply.error(errors::noted("setxattr", ino.0, FuseErrno::EINVAL));
         };
@@ -640,6 +673,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.requests.note(Kind::Getxattr);
         let Some(name) = name.to_str() else {
             return reply.error(errors::noted("getxattr", ino.0, FuseErrno::NO_XATTR));
         };
@@ -653,6 +687,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.requests.note(Kind::Listxattr);
         match self
             .node(ino)
             .and_then(|n| self.union.listxattr(&n).map_err(err))
@@ -663,6 +698,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.requests.note(Kind::Removexattr);
         let Some(name) = name.to_str() else {
             return reply.error(errors::noted("removexattr", ino.0, FuseErrno::NO_XATTR));
         };
@@ -676,6 +712,7 @@ impl Filesystem for UnionFuse {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.requests.note(Kind::Access);
         // Permissions are checked by the kernel (default_permissions).
         reply.ok();
     }
@@ -690,6 +727,7 @@ impl Filesystem for UnionFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.requests.note(Kind::Create);
         let flags = OFlags::from_bits_retain(flags as u32);
         let obj = NewObject::File { mode, flags };
         let made = self.union.create(parent.0, name, obj, caller(req, umask));
@@ -739,6 +777,7 @@ impl Filesystem for UnionFuse {
         out_size: u32,
         reply: ReplyIoctl,
     ) {
+        self.requests.note(Kind::Ioctl);
         // Only the inode-flag requests (chattr, lsattr): the kernel sends
         // them with a handle of its own, so the node says which object.
         let Some(op) = FlagsIoctl::from_cmd(cmd) else {
@@ -763,6 +802,7 @@ impl Filesystem for UnionFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.requests.note(Kind::Fallocate);
         match self.union.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errors::noted("fallocate", ino.0, err(e))),
@@ -778,6 +818,7 @@ impl Filesystem for UnionFuse {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        self.requests.note(Kind::Lseek);
         match self.union.lseek(fh.0, offset, whence) {
             Ok(pos) => reply.offset(pos),
             Err(e) => reply.error(errors::noted("lseek", ino.0, err(e))),
@@ -797,6 +838,7 @@ impl Filesystem for UnionFuse {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.requests.note(Kind::CopyFileRange);
         let len = len.min(u64::from(u32::MAX) & !0xfff) as usize;
         match self
             .union
