@@ -12,6 +12,7 @@ mod containerd_rows;
 mod layers;
 mod registry_rows;
 mod report;
+mod requests;
 mod store;
 mod target;
 mod tmp;
@@ -293,10 +294,15 @@ fn measure(
     } else {
         rustix::fs::sync();
     }
+    let requests0 = inst.request_counts();
     let cpu0 = inst.daemon_cpu();
     let t0 = Instant::now();
     (w.run)(&ctx)?;
     let secs = t0.elapsed().as_secs_f64();
+    let requests = match (requests0, inst.request_counts()) {
+        (Some(a), Some(b)) => Some(requests::between(&a, &b)),
+        _ => None,
+    };
     let cpu = match (cpu0, inst.daemon_cpu()) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
@@ -309,6 +315,7 @@ fn measure(
         cpu,
         rss_kib,
         upper_kib,
+        requests,
     })
 }
 

@@ -14,7 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use unionfs::fuse::{Session, SessionOptions};
+use unionfs::fuse::{RequestCounts, Session, SessionOptions};
 use unionfs::{Atime, BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
 
 use crate::options::{IdMapping, MountRequest, parse_mount_args, validate};
@@ -94,7 +94,7 @@ fn spawn_daemon(args: &[OsString]) -> anyhow::Result<ExitCode> {
 /// Mount and serve until unmounted or told to stop.
 fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()> {
     let result = start_session(req);
-    let (session, union) = match result {
+    let (session, union, counts) = match result {
         Ok(s) => s,
         Err(e) => {
             if let Some(fd) = ready {
@@ -108,10 +108,15 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ])
     .context("installing signal handlers")?;
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        for sig in signals.forever() {
+            if sig == signal_hook::consts::SIGUSR1 {
+                counts.write_if_asked();
+                continue;
+            }
             // Unmounting ends the session: every worker then sees ENODEV and returns.
             match unmounter.unmount() {
                 Ok(true) => {}
@@ -120,6 +125,7 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
                 Ok(false) => std::process::exit(0),
                 Err(e) => log::warn!("unmounting: {e}"),
             }
+            return;
         }
     });
     if let Some(fd) = ready {
@@ -132,7 +138,7 @@ fn serve(req: &MountRequest, ready: Option<std::fs::File>) -> anyhow::Result<()>
         .context("making the volatile mount's upper durable")
 }
 
-fn start_session(req: &MountRequest) -> anyhow::Result<(Session, Arc<Union>)> {
+fn start_session(req: &MountRequest) -> anyhow::Result<(Session, Arc<Union>, RequestCounts)> {
     // Created objects get exactly the mode the kernel passes (it applied the umask).
     rustix::process::umask(rustix::fs::Mode::empty());
     raise_fd_limit();
@@ -145,13 +151,14 @@ fn start_session(req: &MountRequest) -> anyhow::Result<(Session, Arc<Union>)> {
     let kernel_checks = rustix::process::geteuid().is_root() || req.default_permissions;
     let fs = unionfs::fuse::UnionFuse::new(union.clone())
         .with_kernel_acls(kernel_checks && ids_as_stored);
+    let counts = fs.request_counts();
     let session = Session::mount(fs, &req.mountpoint, &session_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;
     // Only for messages: a failure here costs the name in a later refusal.
     if let Err(e) = union.record_mountpoint(&req.mountpoint) {
         log::warn!("recording the mountpoint in the workdir: {e}");
     }
-    Ok((session, union))
+    Ok((session, union, counts))
 }
 
 /// Open handles are descriptors: allow as many as the hard limit.

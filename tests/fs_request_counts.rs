@@ -1,60 +1,75 @@
 //! The daemon counts the requests it answers by kind and, with
-//! `UNIONMOUNT_REQUEST_COUNTS=FILE`, writes them when its mount ends: the
-//! bench's round-trip counts come from there.
+//! `UNIONMOUNT_REQUEST_COUNTS=FILE`, writes the counts so far on SIGUSR1
+//! and when its mount ends: the bench's round-trip counts come from there.
 
 mod support;
 
 use std::fs;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Scratch, bin, is_mounted, require_mounts, wait_until};
+use support::{Mount, Scratch, bin, is_mounted, require_mounts, wait_until};
+
+fn counts_on_signal(pid: u32, file: &Path) -> serde_json::Value {
+    let _ = fs::remove_file(file);
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGUSR1) }, 0);
+    assert!(
+        wait_until(Duration::from_secs(10), || file.exists()),
+        "no counts after SIGUSR1"
+    );
+    serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap()
+}
+
+fn count(v: &serde_json::Value, kind: &str) -> u64 {
+    v[kind].as_u64().unwrap_or(0)
+}
 
 #[test]
-fn the_daemon_writes_its_request_counts_at_unmount() {
+fn the_daemon_writes_its_request_counts_when_asked_and_at_unmount() {
     if !require_mounts() {
         return;
     }
     let s = Scratch::new();
-    let (lower, upper, work, mnt) = (
-        s.path().join("lower"),
-        s.path().join("upper"),
-        s.path().join("work"),
-        s.path().join("mnt"),
-    );
-    for d in [&lower, &upper, &work, &mnt] {
-        fs::create_dir_all(d).unwrap();
-    }
+    let [lower, upper, work, mnt] = s.dirs(["lower", "upper", "work", "mnt"]);
     fs::write(lower.join("f"), "lower\n").unwrap();
-    let counts = s.path().join("counts.json");
+    let file = s.path().join("counts.json");
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
         upper.display(),
         work.display()
     );
-    let mut daemon = Command::new(bin())
+    let child = Command::new(bin())
         .args(["-f", "-o", &opts])
         .arg(&mnt)
-        .env("UNIONMOUNT_REQUEST_COUNTS", &counts)
+        .env("UNIONMOUNT_REQUEST_COUNTS", &file)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    let pid = child.id();
+    let mut guard = Mount::union_guard(&mnt, Some(child), None);
     assert!(wait_until(Duration::from_secs(20), || is_mounted(&mnt)));
+
     assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "lower\n");
     fs::write(mnt.join("new"), "x").unwrap();
     fs::remove_file(mnt.join("new")).unwrap();
-    let ok = Command::new(bin())
-        .arg("umount")
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    assert!(daemon.wait().unwrap().success());
-    let text = fs::read_to_string(&counts).expect("the counts file");
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let first = counts_on_signal(pid, &file);
     for kind in ["lookup", "open", "read", "create", "unlink"] {
-        assert!(v[kind].as_u64().unwrap_or(0) >= 1, "{kind} in {text}");
+        assert!(count(&first, kind) >= 1, "{kind} in {first}");
     }
-    assert!(v.get("rename").is_none(), "never asked: {text}");
+    assert_eq!(count(&first, "rename"), 0, "never asked: {first}");
+
+    // The daemon goes on serving, and the counts go on from where they were.
+    fs::write(mnt.join("a"), "a").unwrap();
+    fs::rename(mnt.join("a"), mnt.join("b")).unwrap();
+    let second = counts_on_signal(pid, &file);
+    assert_eq!(count(&second, "rename"), 1, "{second}");
+    assert_eq!(count(&second, "create"), count(&first, "create") + 1);
+
+    let _ = fs::remove_file(&file);
+    guard.unmount().unwrap();
+    let last: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&file).expect("counts at unmount")).unwrap();
+    assert_eq!(count(&last, "rename"), 1, "{last}");
 }

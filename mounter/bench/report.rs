@@ -1,9 +1,11 @@
 //! Results: per workload and target, the median and range of wall times, the
 //! ratio to kernel overlayfs computed run by run, the daemon's CPU and peak
-//! RSS, and how much the upper grew; written as Markdown, JSON and CSV.
+//! RSS, its round trips, and how much the upper grew; written as Markdown,
+//! JSON and CSV.
 
 use std::fmt::Write;
 
+use super::requests::{self, Counts};
 use super::workload::Workload;
 
 pub struct Sample {
@@ -12,6 +14,8 @@ pub struct Sample {
     pub rss_kib: Option<u64>,
     /// Disk space the upper took after the workload (targets with an upper).
     pub upper_kib: Option<u64>,
+    /// The requests the daemon answered in the timed part (ours only).
+    pub requests: Option<Counts>,
 }
 
 /// The runs of one workload on one target (None: not run).
@@ -60,6 +64,8 @@ pub struct Row {
     pub cpu: Option<f64>,
     pub rss_kib: Option<u64>,
     pub upper_kib: Option<u64>,
+    /// Median requests by kind over the runs.
+    pub requests: Option<Counts>,
     pub error: Option<String>,
 }
 
@@ -95,6 +101,7 @@ pub fn summarize(cells: &[Cell], _targets: &[String]) -> Vec<Row> {
                 None => Vec::new(),
             };
             let cpus: Vec<f64> = ok.iter().filter_map(|s| s.cpu).collect();
+            let counts: Vec<&Counts> = ok.iter().filter_map(|s| s.requests.as_ref()).collect();
             let error = c
                 .runs
                 .iter()
@@ -110,6 +117,7 @@ pub fn summarize(cells: &[Cell], _targets: &[String]) -> Vec<Row> {
                 cpu: median(&cpus),
                 rss_kib: ok.iter().filter_map(|s| s.rss_kib).max(),
                 upper_kib: ok.iter().filter_map(|s| s.upper_kib).max(),
+                requests: requests::medians(&counts),
                 error,
                 times,
             }
@@ -202,7 +210,7 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
     }
     let _ = writeln!(
         s,
-        "\n| workload | target | median s | min–max s | × overlay | daemon CPU s | peak RSS MiB | upper MiB |\n|---|---|---:|---:|---:|---:|---:|---:|"
+        "\n| workload | target | median s | min–max s | × overlay | daemon CPU s | peak RSS MiB | upper MiB | requests |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let range = match (r.min, r.max) {
@@ -217,7 +225,7 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
             .map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {range} | {} | {} | {rss} | {upper} |",
+            "| {} | {} | {} | {range} | {} | {} | {rss} | {upper} | {} |",
             about(workloads, r.workload),
             r.target,
             if r.times.is_empty() {
@@ -227,8 +235,12 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
             },
             r.ratio.map_or("–".into(), |x| format!("{x:.2}")),
             f2(r.cpu),
+            r.requests
+                .as_ref()
+                .map_or("–".into(), |c| requests::short(requests::total(c))),
         );
     }
+    s.push_str(&requests_by_kind(workloads, rows));
     let errors: Vec<&Row> = rows.iter().filter(|r| r.error.is_some()).collect();
     if !errors.is_empty() {
         let _ = writeln!(s, "\nFailures:\n");
@@ -241,6 +253,27 @@ pub fn markdown(meta: &Meta, workloads: &[&Workload], rows: &[Row]) -> String {
                 r.error.as_deref().unwrap_or("").replace('|', "/")
             );
         }
+    }
+    s
+}
+
+/// Each counted row's requests by kind: where the round trips go.
+fn requests_by_kind(workloads: &[&Workload], rows: &[Row]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        let Some(c) = r.requests.as_ref().filter(|c| !c.is_empty()) else {
+            continue;
+        };
+        if s.is_empty() {
+            s.push_str("\nRequests the daemon answered in the timed part, by kind (medians):\n\n");
+        }
+        let _ = writeln!(
+            s,
+            "- {} on {}: {}",
+            about(workloads, r.workload),
+            r.target,
+            requests::by_kind(c)
+        );
     }
     s
 }
@@ -300,7 +333,7 @@ pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row], store: Option<&s
         let times: Vec<String> = r.times.iter().map(|x| format!("{x}")).collect();
         let _ = writeln!(
             s,
-            "    {{\"workload\": {}, \"about\": {}, \"target\": {}, \"ok\": {}, \"times_s\": [{}], \"median_s\": {}, \"min_s\": {}, \"max_s\": {}, \"ratio\": {}, \"cpu_s\": {}, \"peak_rss_kib\": {}, \"upper_kib\": {}, \"error\": {}}}{}",
+            "    {{\"workload\": {}, \"about\": {}, \"target\": {}, \"ok\": {}, \"times_s\": [{}], \"median_s\": {}, \"min_s\": {}, \"max_s\": {}, \"ratio\": {}, \"cpu_s\": {}, \"peak_rss_kib\": {}, \"upper_kib\": {}, \"requests\": {}, \"error\": {}}}{}",
             jstr(r.workload),
             jstr(about(workloads, r.workload)),
             jstr(&r.target),
@@ -313,6 +346,7 @@ pub fn json(meta: &Meta, workloads: &[&Workload], rows: &[Row], store: Option<&s
             jnum(r.cpu),
             r.rss_kib.map_or("null".into(), |k| k.to_string()),
             r.upper_kib.map_or("null".into(), |k| k.to_string()),
+            r.requests.as_ref().map_or("null".into(), requests::json),
             r.error.as_deref().map_or("null".into(), jstr),
             if i + 1 < rows.len() { "," } else { "" }
         );
@@ -331,13 +365,13 @@ fn cnum(v: Option<f64>) -> String {
 
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "workload,target,runs_ok,median_s,min_s,max_s,ratio_to_overlay,daemon_cpu_s,peak_rss_kib,upper_kib,error\n",
+        "workload,target,runs_ok,median_s,min_s,max_s,ratio_to_overlay,daemon_cpu_s,peak_rss_kib,upper_kib,requests,error\n",
     );
     for r in rows {
         let err = r.error.as_deref().unwrap_or("").replace('"', "\"\"");
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},\"{err}\"",
+            "{},{},{},{},{},{},{},{},{},{},{},\"{err}\"",
             r.workload,
             r.target,
             r.times.len(),
@@ -348,6 +382,9 @@ pub fn csv(rows: &[Row]) -> String {
             cnum(r.cpu),
             r.rss_kib.map_or(String::new(), |k| k.to_string()),
             r.upper_kib.map_or(String::new(), |k| k.to_string()),
+            r.requests
+                .as_ref()
+                .map_or(String::new(), |c| requests::total(c).to_string()),
         );
     }
     s
@@ -400,6 +437,7 @@ mod tests {
                         cpu: None,
                         rss_kib: None,
                         upper_kib: None,
+                        requests: None,
                     }))
                 })
                 .collect(),

@@ -127,7 +127,13 @@ pub struct Instance {
     root: PathBuf,
     mounted: bool,
     daemon: Option<u32>,
+    /// Where the daemon writes its request counts on SIGUSR1 (our own
+    /// daemon only: the signal would end another program).
+    counts: Option<PathBuf>,
 }
+
+/// Request counts by kind, as the daemon writes them.
+pub type Counts = std::collections::BTreeMap<String, u64>;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -149,6 +155,7 @@ impl Instance {
             dir,
             mounted: false,
             daemon: None,
+            counts: None,
         };
         let overlay = OverlayOptions {
             lowers: layers.lowers.clone(),
@@ -186,8 +193,12 @@ impl Instance {
                     metacopy: true,
                     ..overlay
                 };
+                let counts = inst.dir.join("requests.json");
                 let mut c = Command::new(p);
-                c.arg("-o").arg(metacopy.encode()?);
+                c.arg("-o")
+                    .arg(metacopy.encode()?)
+                    .env(unionfs::fuse::COUNTS_ENV, &counts);
+                inst.counts = Some(counts);
                 c
             }
             Kind::FuseOverlayfs(p) => {
@@ -239,6 +250,23 @@ impl Instance {
         // after the comm: state is field 3, utime 14, stime 15
         let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
         Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+    }
+
+    /// The requests our daemon has answered so far, by kind: it writes them
+    /// when signalled (None for other targets).
+    pub fn request_counts(&self) -> Option<Counts> {
+        let (file, pid) = (self.counts.as_ref()?, self.daemon?);
+        let _ = std::fs::remove_file(file);
+        let pid = rustix::process::Pid::from_raw(pid as i32)?;
+        rustix::process::kill_process(pid, rustix::process::Signal::USR1).ok()?;
+        let t0 = Instant::now();
+        while !file.exists() {
+            if t0.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
     }
 
     /// The daemon's peak resident set (VmHWM), KiB.

@@ -28,7 +28,7 @@ mod session;
 pub use session::{Session, SessionOptions};
 
 use passthrough::{OpenMode, Passthrough};
-pub use requests::COUNTS_ENV;
+pub use requests::{COUNTS_ENV, RequestCounts};
 use requests::{Kind, Requests};
 
 /// Layers are immutable and the mount is the only writer of its upper, so the
@@ -39,7 +39,7 @@ pub struct UnionFuse {
     union: Arc<Union>,
     passthrough: Passthrough,
     kernel_acls: bool,
-    requests: Requests,
+    requests: Arc<Requests>,
 }
 
 impl UnionFuse {
@@ -48,8 +48,14 @@ impl UnionFuse {
             union,
             passthrough: Passthrough::default(),
             kernel_acls: false,
-            requests: Requests::default(),
+            requests: Arc::default(),
         }
+    }
+
+    /// A handle on this mount's request counts, kept after the session
+    /// takes the filesystem.
+    pub fn request_counts(&self) -> RequestCounts {
+        RequestCounts(Arc::clone(&self.requests))
     }
 
     /// Let the kernel check and cache POSIX ACLs (FUSE_POSIX_ACL), as kernel

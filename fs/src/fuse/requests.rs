@@ -1,8 +1,10 @@
 //! Requests by kind, counted: the bench reports them beside each time (a
 //! round trip costs what it costs; fewer is the lever). With
 //! `UNIONMOUNT_REQUEST_COUNTS=FILE` in its environment, the daemon writes
-//! them as one JSON object when its mount ends.
+//! the counts so far as one JSON object when its mount ends and whenever it
+//! gets SIGUSR1 (the bench asks before and after the timed part).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! kinds {
@@ -28,6 +30,18 @@ kinds!(
 
 /// The environment variable naming the file the counts go to.
 pub const COUNTS_ENV: &str = "UNIONMOUNT_REQUEST_COUNTS";
+
+/// The mount's counts, for whoever writes them out when asked (the
+/// daemon's signal thread).
+#[derive(Clone)]
+pub struct RequestCounts(pub(crate) Arc<Requests>);
+
+impl RequestCounts {
+    /// Write the counts so far to `$UNIONMOUNT_REQUEST_COUNTS`, if set.
+    pub fn write_if_asked(&self) {
+        self.0.write_if_asked();
+    }
+}
 
 pub(crate) struct Requests {
     counts: Vec<AtomicU64>,
