@@ -30,17 +30,11 @@ pub fn medians(runs: &[&Counts]) -> Option<Counts> {
     let kinds: std::collections::BTreeSet<&String> = runs.iter().flat_map(|c| c.keys()).collect();
     let mut out = BTreeMap::new();
     for k in kinds {
-        let mut v: Vec<u64> = runs
+        let v: Vec<f64> = runs
             .iter()
-            .map(|c| c.get(k).copied().unwrap_or(0))
+            .map(|c| c.get(k).copied().unwrap_or(0) as f64)
             .collect();
-        v.sort_unstable();
-        let n = v.len();
-        let m = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2
-        };
+        let m = super::report::median(&v).unwrap_or(0.0) as u64;
         if m > 0 {
             out.insert(k.clone(), m);
         }
