@@ -457,6 +457,8 @@ FUSE and mount flags:
                                like a misspelt option or has a path value)
   allow_other                  other users may use the mount
   allow_root                   root may use the mount too
+  io_uring, noio_uring         FUSE over io_uring: required, or never (by
+                               default it is used when the kernel offers it)
   default_permissions          the kernel checks permissions
   auto_unmount                 unmount when the daemon dies
   debug                        debug output (implies -f)

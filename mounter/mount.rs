@@ -14,7 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use unionfs::fuse::{RequestCounts, Session, SessionOptions};
+use unionfs::fuse::{RequestCounts, Session, SessionOptions, Transport};
 use unionfs::{Atime, BranchConfig, Config, IdMap, IdRange, Union, XattrNs};
 
 use crate::options::{IdMapping, MountRequest, parse_mount_args, validate};
@@ -240,6 +240,11 @@ fn session_options(req: &MountRequest) -> SessionOptions {
         dirsync: req.dirsync,
         nosymfollow: req.nosymfollow,
         devices_and_setid: root,
+        transport: match req.io_uring {
+            None => Transport::Auto,
+            Some(true) => Transport::IoUring,
+            Some(false) => Transport::Device,
+        },
     }
 }
 

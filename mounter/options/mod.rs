@@ -88,6 +88,9 @@ pub struct MountRequest {
     pub sync: bool,
     pub dirsync: bool,
     pub nosymfollow: bool,
+    /// FUSE over io_uring: `io_uring` requires it, `noio_uring` refuses
+    /// it; by default it is used when the kernel offers it.
+    pub io_uring: Option<bool>,
     /// Unknown options ignored, as fuse-overlayfs ignores them (one warning).
     pub ignored_options: Vec<String>,
     pub nodev: bool,

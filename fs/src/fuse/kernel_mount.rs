@@ -101,6 +101,25 @@ impl KernelMount {
         .map_err(io::Error::from)
     }
 
+    /// End the connection at once, as `/sys/fs/fuse/connections/N/abort`
+    /// does: every waiting request fails with ENOTCONN. For a connection
+    /// that cannot be served (its io_uring queues failed to start).
+    pub fn abort_connection(&self) {
+        let minor = self
+            .dev
+            .as_deref()
+            .and_then(|d| d.split_once(':'))
+            .map(|d| d.1);
+        let Some(minor) = minor else {
+            log::warn!("aborting the connection: its number is not known");
+            return;
+        };
+        let path = format!("/sys/fs/fuse/connections/{minor}/abort");
+        if let Err(e) = std::fs::write(&path, "1") {
+            log::warn!("aborting the connection: {path}: {e}");
+        }
+    }
+
     /// After the session ended on its own (not by an unmount): unmount our
     /// mount if its connection still lives, as libfuse does.
     pub fn unmount_if_connected(&self) {

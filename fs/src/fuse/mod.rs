@@ -24,8 +24,9 @@ pub mod kernel_mount;
 mod passthrough;
 mod requests;
 mod session;
+pub mod uring;
 
-pub use session::{Session, SessionOptions};
+pub use session::{Session, SessionOptions, Transport};
 
 use passthrough::{OpenMode, Passthrough};
 pub use requests::{COUNTS_ENV, RequestCounts};
@@ -35,11 +36,15 @@ use requests::{Kind, Requests};
 /// kernel may keep names and attributes for as long as it likes.
 const TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The largest write (and read-ahead) the kernel sends in one request.
+const MAX_WRITE: u32 = 1 << 20;
+
 pub struct UnionFuse {
     union: Arc<Union>,
     passthrough: Passthrough,
     kernel_acls: bool,
     requests: Arc<Requests>,
+    io_uring: uring::Choice,
 }
 
 impl UnionFuse {
@@ -49,6 +54,7 @@ impl UnionFuse {
             passthrough: Passthrough::default(),
             kernel_acls: false,
             requests: Arc::default(),
+            io_uring: uring::Choice::default(),
         }
     }
 
@@ -219,8 +225,9 @@ impl Filesystem for UnionFuse {
                 InitFlags::empty()
             };
         let _ = config.add_capabilities(wanted & config.capabilities());
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        self.io_uring.ask(config);
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
         Ok(())
     }
 

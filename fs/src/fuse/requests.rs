@@ -43,14 +43,19 @@ impl RequestCounts {
     }
 }
 
+/// The key of the requests that came through io_uring (counted by kind too).
+pub const VIA_IO_URING: &str = "via_io_uring";
+
 pub(crate) struct Requests {
     counts: Vec<AtomicU64>,
+    via_io_uring: AtomicU64,
 }
 
 impl Default for Requests {
     fn default() -> Self {
         Requests {
             counts: NAMES.iter().map(|_| AtomicU64::new(0)).collect(),
+            via_io_uring: AtomicU64::new(0),
         }
     }
 }
@@ -60,11 +65,19 @@ impl Requests {
         self.counts[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `{"lookup": 12, ...}`, kinds never asked left out.
+    /// A request that came through an io_uring queue, not /dev/fuse.
+    pub(crate) fn note_io_uring(&self) {
+        self.via_io_uring.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `{"lookup": 12, ..., "via_io_uring": 9}`, kinds never asked left out.
     pub(crate) fn json(&self) -> String {
+        let via_io_uring = [(VIA_IO_URING, &self.via_io_uring)];
         let fields: Vec<String> = NAMES
             .iter()
+            .copied()
             .zip(&self.counts)
+            .chain(via_io_uring)
             .map(|(n, c)| (n, c.load(Ordering::Relaxed)))
             .filter(|(_, c)| *c > 0)
             .map(|(n, c)| format!("\"{n}\": {c}"))
@@ -97,6 +110,10 @@ mod tests {
         r.note(Kind::Lookup);
         r.note(Kind::Lookup);
         r.note(Kind::CopyFileRange);
-        assert_eq!(r.json(), "{\"lookup\": 2, \"copy_file_range\": 1}\n");
+        r.note_io_uring();
+        assert_eq!(
+            r.json(),
+            "{\"lookup\": 2, \"copy_file_range\": 1, \"via_io_uring\": 1}\n"
+        );
     }
 }

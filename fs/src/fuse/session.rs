@@ -5,11 +5,25 @@
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fuser::{MountOption, SessionACL};
 
-use super::UnionFuse;
 use super::kernel_mount::{self, KernelMount};
+use super::requests::Requests;
+use super::{MAX_WRITE, UnionFuse, uring};
+
+/// How requests travel between the kernel and the daemon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// io_uring queues when the kernel offers them, else /dev/fuse.
+    #[default]
+    Auto,
+    /// io_uring queues, or no mount.
+    IoUring,
+    /// A read and a write of /dev/fuse per request.
+    Device,
+}
 
 /// How the mount is made, as the command line asked.
 #[derive(Debug, Clone, Default)]
@@ -34,25 +48,52 @@ pub struct SessionOptions {
     /// Device files and set-id bits work unless `nodev`/`nosuid` (root only:
     /// the kernel refuses them to a mount without privilege).
     pub devices_and_setid: bool,
+    pub transport: Transport,
 }
 
 /// A mounted session, served by `run`.
 pub struct Session {
     fuse: fuser::Session<UnionFuse>,
     mount: Arc<KernelMount>,
+    /// The kernel agreed to FUSE over io_uring: requests wait for the queues.
+    io_uring: Arc<AtomicBool>,
+    requests: Arc<Requests>,
 }
 
 impl Session {
     /// Mount `fs` at `mountpoint` and do the FUSE handshake.
-    pub fn mount(fs: UnionFuse, mountpoint: &Path, opts: &SessionOptions) -> io::Result<Session> {
+    pub fn mount(
+        mut fs: UnionFuse,
+        mountpoint: &Path,
+        opts: &SessionOptions,
+    ) -> io::Result<Session> {
+        if opts.transport == Transport::IoUring && !uring::enabled_in_kernel() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring: the kernel does not offer FUSE over io_uring \
+                 (the fuse module's enable_uring is not on)",
+            ));
+        }
+        fs.io_uring.wanted = opts.transport != Transport::Device;
+        let io_uring = fs.io_uring.granted.clone();
+        let requests = fs.requests.clone();
         let config = fuser_config(opts);
         let allow_other = !matches!(config.acl, SessionACL::Owner);
         let (device, mount) = kernel_mount::mount(mountpoint, &config.mount_options, allow_other)?;
         let acl = config.acl;
         match fuser::Session::from_fd(fs, device, acl, config) {
+            Ok(_) if opts.transport == Transport::IoUring && !io_uring.load(Ordering::Acquire) => {
+                let _ = mount.unmount();
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "io_uring: the kernel did not offer FUSE over io_uring at INIT",
+                ))
+            }
             Ok(fuse) => Ok(Session {
                 fuse,
                 mount: Arc::new(mount),
+                io_uring,
+                requests,
             }),
             Err(e) => {
                 let _ = mount.unmount();
@@ -69,7 +110,17 @@ impl Session {
     /// Serve until the mount goes. A session that ends on an error while
     /// still mounted takes its mount with it, if the mount is still its own.
     pub fn run(self) -> io::Result<()> {
-        let served = self.fuse.run();
+        let served = if self.io_uring.load(Ordering::Acquire) {
+            // One /dev/fuse loop is left with forgets and interrupts.
+            let (mount, requests) = (self.mount.clone(), self.requests);
+            self.fuse.run_with(1, move |dispatcher| {
+                uring::start(dispatcher, requests, MAX_WRITE as usize, move || {
+                    mount.abort_connection()
+                })
+            })
+        } else {
+            self.fuse.run()
+        };
         self.mount.unmount_if_connected();
         served
     }

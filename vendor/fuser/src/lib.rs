@@ -76,6 +76,8 @@ pub use crate::reply::ReplyXattr;
 pub use crate::request_param::Request;
 pub use crate::session::BackgroundSession;
 use crate::session::MAX_WRITE_SIZE;
+pub use crate::external::Dispatcher;
+pub use crate::external::ReplyTarget;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
 pub use crate::session::SessionUnmounter;
@@ -84,6 +86,7 @@ mod access_flags;
 mod bsd_file_flags;
 mod channel;
 mod dev_fuse;
+mod external;
 /// Experimental APIs
 #[cfg(feature = "experimental")]
 pub mod experimental;

@@ -244,6 +244,20 @@ impl<FS: Filesystem> Session<FS> {
     /// # Errors
     /// Returns any final error when the session comes to an end.
     pub fn run(self) -> io::Result<()> {
+        let n_threads = self.config.n_threads.unwrap_or(1);
+        self.run_with(n_threads, |_| Ok(Vec::new()))
+    }
+
+    /// Run the session with `n_threads` /dev/fuse loops, and the threads
+    /// `extra` starts for requests that come another way (unionmount patch:
+    /// FUSE over io_uring). `extra` gets a dispatcher onto the filesystem;
+    /// should it fail, it must end the connection (so the loops return)
+    /// before returning its error. The filesystem is destroyed once every
+    /// thread has returned.
+    pub fn run_with<F>(self, n_threads: usize, extra: F) -> io::Result<()>
+    where
+        F: FnOnce(crate::Dispatcher<FS>) -> io::Result<Vec<JoinHandle<io::Result<()>>>>,
+    {
         let Session {
             filesystem,
             ch,
@@ -253,8 +267,6 @@ impl<FS: Filesystem> Session<FS> {
             proto_version: _,
             config,
         } = self;
-
-        let n_threads = config.n_threads.unwrap_or(1);
 
         if !cfg!(target_os = "linux") && n_threads != 1 {
             // TODO: check whether it works on macOS/FreeBSD and enable if it works.
@@ -286,6 +298,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let external_ch = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -307,6 +320,17 @@ impl<FS: Filesystem> Session<FS> {
         }
 
         let mut reply: io::Result<()> = Ok(());
+        let dispatcher = crate::Dispatcher::new(SessionEventLoop {
+            thread_name: "external".to_string(),
+            filesystem: filesystem.clone(),
+            ch: external_ch,
+            allowed,
+            session_owner,
+        });
+        match extra(dispatcher) {
+            Ok(more) => threads.extend(more),
+            Err(e) => reply = Err(e),
+        }
         for thread in threads {
             let res = match thread.join() {
                 Ok(res) => res,

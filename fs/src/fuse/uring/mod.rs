@@ -1,0 +1,264 @@
+//! FUSE over io_uring (Linux 6.14 and later, with the fuse module's
+//! `enable_uring` switch on): requests come in and replies go out through
+//! one io_uring queue per CPU instead of a read and a write of /dev/fuse
+//! each. A queue's thread is pinned to its CPU, where the kernel puts the
+//! requests of the processes running there, so a round trip stays on one
+//! CPU. Forgets and interrupts still come on /dev/fuse (one classic loop
+//! serves them). The union's handlers are the same either way: fuser's
+//! dispatcher hands them reply objects that write into the ring entry.
+//! The measurement behind it is in docs/performance.md.
+
+pub mod abi;
+mod entry;
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use fuser::Dispatcher;
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::UnionFuse;
+use super::requests::Requests;
+use entry::Entry;
+
+/// Requests a queue holds at once. Its thread answers one at a time; the
+/// others wait filled, so the kernel need not wait for a commit to hand the
+/// next one over.
+const DEPTH: usize = 4;
+
+/// Whether the mount asks for io_uring in its INIT reply, and whether the
+/// kernel offered it (the session reads that once INIT is done).
+#[derive(Default)]
+pub(super) struct Choice {
+    pub(super) wanted: bool,
+    pub(super) granted: Arc<AtomicBool>,
+}
+
+impl Choice {
+    /// Ask for io_uring if wanted and offered (the kernel offers it only
+    /// with `enable_uring` on).
+    pub(super) fn ask(&self, config: &mut fuser::KernelConfig) {
+        let granted = self.wanted
+            && config
+                .add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+        self.granted.store(granted, Ordering::Release);
+    }
+}
+
+/// What `enable_uring` says, if the running kernel has the switch.
+pub fn enabled_in_kernel() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y")
+}
+
+/// Start one queue per possible CPU, each registered before the next starts
+/// (the kernel holds every request until all are). On failure, `abort` ends
+/// the connection, the queues already started are joined, and the error
+/// names the queue.
+pub(super) fn start(
+    dispatcher: Dispatcher<UnionFuse>,
+    requests: Arc<Requests>,
+    payload_len: usize,
+    abort: impl FnOnce(),
+) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
+    let mut threads = Vec::new();
+    let started = possible_cpus().and_then(|queues| {
+        for qid in 0..queues {
+            let (ready, registered) = mpsc::channel();
+            let queue = Queue {
+                dispatcher: dispatcher.clone(),
+                requests: requests.clone(),
+                qid: qid as u16,
+                payload_len,
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("uring-{qid}"))
+                    .spawn(move || queue.serve(ready))?,
+            );
+            registered
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("the thread died")))
+                .map_err(|e| io::Error::new(e.kind(), format!("io_uring queue {qid}: {e}")))?;
+        }
+        Ok(())
+    });
+    match started {
+        Ok(()) => Ok(threads),
+        Err(e) => {
+            abort();
+            for t in threads {
+                let _ = t.join();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The CPUs the kernel makes queues for: every possible one.
+pub fn possible_cpus() -> io::Result<usize> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let last = s.trim().rsplit(['-', ',']).next().unwrap_or("0");
+    Ok(last.parse::<usize>().map_err(io::Error::other)? + 1)
+}
+
+/// One queue: its CPU's requests, answered on that CPU.
+struct Queue {
+    dispatcher: Dispatcher<UnionFuse>,
+    requests: Arc<Requests>,
+    qid: u16,
+    payload_len: usize,
+}
+
+impl Queue {
+    /// Register the entries, say so on `ready`, then answer each request
+    /// with a commit that fetches the next, until the connection ends.
+    fn serve(self, ready: mpsc::Sender<io::Result<()>>) -> io::Result<()> {
+        pin_to_cpu(self.qid as usize);
+        let dev = self.dispatcher.device().as_raw_fd();
+        let entries: Vec<Entry> = (0..DEPTH).map(|_| Entry::new(self.payload_len)).collect();
+        let mut ring = match self.register(dev, &entries) {
+            Ok(ring) => ring,
+            Err(e) => {
+                let _ = ready.send(Err(io::Error::new(e.kind(), e.to_string())));
+                // The kernel may hold some entries: never free their memory.
+                std::mem::forget(entries);
+                return Err(e);
+            }
+        };
+        let _ = ready.send(Ok(()));
+        let served = self.answer_until_closed(&mut ring, dev, &entries);
+        if served.is_err() {
+            std::mem::forget(entries);
+        }
+        served
+    }
+
+    fn register(&self, dev: RawFd, entries: &[Entry]) -> io::Result<Ring> {
+        let mut ring = IoUring::builder().build((DEPTH * 2) as u32)?;
+        for (i, e) in entries.iter().enumerate() {
+            let sqe = register_sqe(dev, self.qid, e, i as u64);
+            // SAFETY: the entry's buffers stay put while the kernel has them.
+            unsafe { ring.submission().push(&sqe) }
+                .map_err(|_| io::Error::other("submission queue full"))?;
+        }
+        ring.submit()?;
+        Ok(ring)
+    }
+
+    /// The loop. Every entry ends with an error completion once the
+    /// connection goes (unmount or abort): then all are back, and the
+    /// entries may be freed.
+    fn answer_until_closed(
+        &self,
+        ring: &mut Ring,
+        dev: RawFd,
+        entries: &[Entry],
+    ) -> io::Result<()> {
+        // Requests are copied out of their entry into here (aligned).
+        let mut scratch = vec![0u64; (self.payload_len + 512) / 8];
+        let mut done = Vec::with_capacity(DEPTH);
+        let mut live = entries.len();
+        while live > 0 {
+            match ring.submit_and_wait(1) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
+            done.extend(
+                ring.completion()
+                    .map(|c| (c.user_data() as usize, c.result())),
+            );
+            for (i, res) in done.drain(..) {
+                if res < 0 {
+                    live -= 1;
+                    let errno = -res;
+                    if ![libc::ENOTCONN, libc::ECANCELED, libc::ENODEV].contains(&errno) {
+                        let e = io::Error::from_raw_os_error(errno);
+                        log::warn!("io_uring queue {}: entry {i}: {e}", self.qid);
+                    }
+                    continue;
+                }
+                let commit_id = self.answer(&entries[i], &mut scratch);
+                let sqe = commit_sqe(dev, self.qid, commit_id, i as u64);
+                // SAFETY: as in `register`.
+                unsafe { ring.submission().push(&sqe) }
+                    .map_err(|_| io::Error::other("submission queue full"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dispatch the entry's request; returns the commit id of its reply.
+    fn answer(&self, entry: &Entry, scratch: &mut [u64]) -> u64 {
+        let reply = entry.open_reply();
+        self.requests.note_io_uring();
+        let (h, request) = entry.request(scratch);
+        match request {
+            Some(request) => {
+                if let Err(e) = self.dispatcher.dispatch(request, reply) {
+                    log::warn!("io_uring: opcode {}: {e}", h.opcode);
+                }
+            }
+            None => log::warn!(
+                "io_uring queue {}: opcode {}: lengths that do not add up",
+                self.qid,
+                h.opcode
+            ),
+        }
+        entry.close_reply(h.unique)
+    }
+}
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+fn uring_cmd(dev: RawFd, op: u32, cmd: abi::CmdReq, user_data: u64) -> squeue::Entry128 {
+    let mut area = [0u8; 80];
+    area[..size_of::<abi::CmdReq>()].copy_from_slice(abi::bytes(&cmd));
+    opcode::UringCmd80::new(types::Fd(dev), op)
+        .cmd(area)
+        .build()
+        .user_data(user_data)
+}
+
+fn commit_sqe(dev: RawFd, qid: u16, commit_id: u64, user_data: u64) -> squeue::Entry128 {
+    let cmd = abi::CmdReq {
+        commit_id,
+        qid,
+        ..Default::default()
+    };
+    uring_cmd(dev, abi::CMD_COMMIT_AND_FETCH, cmd, user_data)
+}
+
+/// A REGISTER names the entry's two iovecs: `addr`, and `len` 2 as the
+/// kernel checks (the crate's builder has no setter for it).
+fn register_sqe(dev: RawFd, qid: u16, e: &Entry, user_data: u64) -> squeue::Entry128 {
+    let cmd = abi::CmdReq {
+        qid,
+        ..Default::default()
+    };
+    let sqe = uring_cmd(dev, abi::CMD_REGISTER, cmd, user_data);
+    // SAFETY: Entry128 is the 128-byte struct io_uring_sqe, where `addr` is
+    // at byte 16 and `len` at byte 24.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[16..24].copy_from_slice(&(e.iovecs() as u64).to_ne_bytes());
+    raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+/// Serve a queue from its own CPU, as the kernel fills it from there. A
+/// CPU that is possible but offline refuses; the queue then runs anywhere.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu < libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
