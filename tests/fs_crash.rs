@@ -760,3 +760,26 @@ fn kill_9_during_whiteout_creation() {
         wh_check,
     );
 }
+
+/// The same, with the requests coming through io_uring queues: a daemon
+/// killed with commands in flight on its rings lets go of the connection,
+/// and the next mount finds what the last one left.
+#[test]
+fn kill_9_during_whiteout_creation_over_io_uring() {
+    if !can_run() {
+        return;
+    }
+    let Some(_on) = support::io_uring_on() else {
+        return;
+    };
+    let mut rig = Rig::new(&wh_layers(rounds()), ",index=on");
+    rig.union_extra = ",io_uring";
+    crash_loop(
+        "whiteouts over io_uring",
+        &rig,
+        usize::MAX,
+        &["renameat2", "unlinkat", "mknodat"],
+        wh_plan,
+        wh_check,
+    );
+}

@@ -185,9 +185,32 @@ fn run_checked(setup: support::Setup, ops: &[Op], kernel_remount: bool) {
 
 #[test]
 fn scripted_sequence() {
+    run(&scripted_ops());
+}
+
+/// The same sequence with requests and replies going through io_uring
+/// queues instead of /dev/fuse.
+#[test]
+fn scripted_sequence_over_io_uring() {
+    if !support::require_mounts() {
+        return;
+    }
+    let Some(_on) = support::io_uring_on() else {
+        return;
+    };
+    run_on(over_io_uring(lowers()), &scripted_ops());
+}
+
+fn over_io_uring(lowers: Vec<Layer>) -> support::Setup {
+    let mut setup = support::Setup::new(lowers);
+    setup.union_extra = ",io_uring".into();
+    setup
+}
+
+fn scripted_ops() -> Vec<Op> {
     use Op::*;
     let s = |x: &str| x.to_string();
-    let ops = vec![
+    vec![
         List(s("")),
         List(s("merged")),
         Write(s("a"), 2, 5, 1),
@@ -224,8 +247,7 @@ fn scripted_sequence() {
         Unlink(s("new/merged/sub/f")),
         Rename(s("new"), s("x"), 0),
         List(s("")),
-    ];
-    run(&ops);
+    ]
 }
 
 fn any_path() -> impl Strategy<Value = String> {
@@ -362,5 +384,24 @@ fn randomized_sequences() {
     };
     proptest!(config, |(ops in proptest::collection::vec(any_op(), 1..40))| {
         run(&ops);
+    });
+}
+
+#[test]
+fn randomized_sequences_over_io_uring() {
+    if !support::require_mounts() {
+        return;
+    }
+    let Some(_on) = support::io_uring_on() else {
+        return;
+    };
+    let config = ProptestConfig {
+        cases: 16,
+        max_shrink_iters: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(ops in proptest::collection::vec(any_op(), 1..40))| {
+        run_on(over_io_uring(lowers()), &ops);
     });
 }

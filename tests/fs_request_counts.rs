@@ -73,3 +73,66 @@ fn the_daemon_writes_its_request_counts_when_asked_and_at_unmount() {
         serde_json::from_str(&fs::read_to_string(&file).expect("counts at unmount")).unwrap();
     assert_eq!(count(&last, "rename"), 1, "{last}");
 }
+
+/// Over io_uring every request but forgets (which the kernel still sends on
+/// /dev/fuse) comes through a queue; with `noio_uring` none does.
+#[test]
+fn requests_come_through_io_uring_queues_unless_told_not_to() {
+    if !require_mounts() {
+        return;
+    }
+    let Some(_on) = support::io_uring_on() else {
+        return;
+    };
+    for (option, via_rings) in [("io_uring", true), ("noio_uring", false)] {
+        let s = Scratch::new();
+        let [lower, upper, work, mnt] = s.dirs(["lower", "upper", "work", "mnt"]);
+        // Bigger than one request's payload: reads of it take several.
+        let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+        fs::write(lower.join("big"), &big).unwrap();
+        let file = s.path().join("counts.json");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},{option}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let child = Command::new(bin())
+            .args(["-f", "-o", &opts])
+            .arg(&mnt)
+            .env("UNIONMOUNT_REQUEST_COUNTS", &file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut guard = Mount::union_guard(&mnt, Some(child), None);
+        assert!(wait_until(Duration::from_secs(20), || is_mounted(&mnt)));
+
+        assert!(
+            fs::read(mnt.join("big")).unwrap() == big,
+            "{option}: big read back"
+        );
+        fs::write(mnt.join("new"), "x").unwrap();
+        fs::rename(mnt.join("new"), mnt.join("renamed")).unwrap();
+        assert_eq!(fs::read_to_string(mnt.join("renamed")).unwrap(), "x");
+        guard.unmount().unwrap();
+
+        let last: serde_json::Value =
+            serde_json::from_str(&fs::read_to_string(&file).expect("counts at unmount")).unwrap();
+        let all: u64 = last
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "via_io_uring" && *k != "forget")
+            .map(|(_, v)| v.as_u64().unwrap())
+            .sum();
+        assert!(count(&last, "read") >= 3, "{option}: {last}");
+        // The ring's count also has the requests fuser answers itself
+        // (STATX, left at ENOSYS), which no kind counts.
+        let via = count(&last, "via_io_uring");
+        if via_rings {
+            assert!(via >= all, "{option}: {last}");
+        } else {
+            assert_eq!(via, 0, "{option}: {last}");
+        }
+    }
+}

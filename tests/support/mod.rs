@@ -37,6 +37,7 @@ pub mod snapshotter;
 pub mod store;
 pub mod sys;
 pub mod tools;
+pub mod uring;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -51,6 +52,7 @@ pub use mount::{
 };
 pub use snapshot::{Tree, assert_trees_eq, raw_checksum, snapshot};
 pub use sys::{Errno, errno_name, outcome};
+pub use uring::{IoUringOn, io_uring_on};
 
 /// Which implementation mounts a side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

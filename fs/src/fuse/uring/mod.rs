@@ -198,6 +198,7 @@ impl Queue {
         let reply = entry.open_reply();
         self.requests.note_io_uring();
         let (h, request) = entry.request(scratch);
+        log::debug!("io_uring queue {}: opcode {}", self.qid, h.opcode);
         match request {
             Some(request) => {
                 if let Err(e) = self.dispatcher.dispatch(request, reply) {
