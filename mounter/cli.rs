@@ -911,7 +911,7 @@ pub struct ContainerLoadArgs {
 #[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target]
+    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target; also unionmount-devfuse: unionmount without io_uring]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     targets: Vec<String>,
     /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: the lowerdir value, top first, ':' ',' '\' escaped)

@@ -1,5 +1,7 @@
-//! The few FUSE kernel structures the probe speaks (include/uapi/linux/fuse.h),
-//! and the io_uring ones added in protocol 7.42.
+//! The FUSE structures the probe's filesystem speaks beyond the ring's own
+//! (those are the union's: `unionfs::fuse::uring::abi`).
+
+pub use unionfs::fuse::uring::abi::{InHeader, OutHeader, ReqHeader, bytes, read};
 
 pub const LOOKUP: u32 = 1;
 pub const FORGET: u32 = 2;
@@ -12,31 +14,6 @@ pub const BATCH_FORGET: u32 = 42;
 pub const INIT_EXT: u64 = 1 << 30;
 /// `FUSE_OVER_IO_URING` (a `flags2` bit once shifted).
 pub const OVER_IO_URING: u64 = 1 << 41;
-
-pub const URING_CMD_REGISTER: u32 = 1;
-pub const URING_CMD_COMMIT_AND_FETCH: u32 = 2;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
-pub struct InHeader {
-    pub len: u32,
-    pub opcode: u32,
-    pub unique: u64,
-    pub nodeid: u64,
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: u32,
-    pub total_extlen: u16,
-    pub padding: u16,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct OutHeader {
-    pub len: u32,
-    pub error: i32,
-    pub unique: u64,
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -107,49 +84,4 @@ pub struct AttrOut {
     pub attr_valid_nsec: u32,
     pub dummy: u32,
     pub attr: Attr,
-}
-
-/// `struct fuse_uring_ent_in_out`, inside the header buffer.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct RingEntInOut {
-    pub flags: u64,
-    pub commit_id: u64,
-    pub payload_sz: u32,
-    pub padding: u32,
-    pub reserved: u64,
-}
-
-/// `struct fuse_uring_req_header`: the in/out header, the opcode's own
-/// header, then the entry's bookkeeping.
-#[repr(C)]
-pub struct RingHeader {
-    pub in_out: [u8; 128],
-    pub op_in: [u8; 128],
-    pub ent: RingEntInOut,
-}
-
-/// `struct fuse_uring_cmd_req`, in the SQE's 80-byte command area.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct RingCmd {
-    pub flags: u64,
-    pub commit_id: u64,
-    pub qid: u16,
-    pub padding: [u8; 6],
-}
-
-/// The bytes of a plain-data structure.
-pub fn bytes<T: Copy>(v: &T) -> &[u8] {
-    // SAFETY: T is a repr(C) structure of integers, read as bytes.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
-}
-
-/// A plain-data structure read from the start of `b` (zeros past its end).
-pub fn read<T: Copy + Default>(b: &[u8]) -> T {
-    let mut v = T::default();
-    let n = b.len().min(size_of::<T>());
-    // SAFETY: T is a repr(C) structure of integers; any bytes make one.
-    unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), (&mut v as *mut T).cast::<u8>(), n) };
-    v
 }

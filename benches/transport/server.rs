@@ -12,7 +12,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, squeue};
+use unionfs::fuse::uring;
 
 use crate::abi::{self, InHeader};
 
@@ -162,7 +163,7 @@ impl Mount {
             init_rx
                 .recv_timeout(std::time::Duration::from_secs(10))
                 .map_err(|_| std::io::Error::other("no FUSE_INIT"))?;
-            let queues = possible_cpus()?;
+            let queues = uring::possible_cpus()?;
             for qid in 0..queues {
                 let (fd, served) = (m.dev.as_raw_fd(), m.served.clone());
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -214,12 +215,6 @@ fn connection_of(dir: &Path) -> std::io::Result<u32> {
         .ok_or_else(|| std::io::Error::other("the probe mount is not in the mount table"))
 }
 
-pub fn possible_cpus() -> std::io::Result<usize> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    let last = s.trim().rsplit(['-', ',']).next().unwrap_or("0");
-    Ok(last.parse::<usize>().map_err(std::io::Error::other)? + 1)
-}
-
 /// The classic transport: read a request from /dev/fuse, write the reply.
 fn dev_loop(
     dev: &File,
@@ -259,47 +254,11 @@ fn dev_loop(
     }
 }
 
-/// Requests come to the queue of the CPU their caller runs on: serve each
-/// queue from that CPU (as libfuse does), so a round trip need not cross.
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// One ring entry: its header and payload buffers, and the iovecs naming them.
 struct Entry {
-    header: Box<abi::RingHeader>,
+    header: Box<abi::ReqHeader>,
     payload: Vec<u8>,
     iov: Box<[libc::iovec; 2]>,
-}
-
-fn uring_cmd(fd: RawFd, op: u32, cmd: abi::RingCmd, user_data: u64) -> squeue::Entry128 {
-    let mut area = [0u8; 80];
-    area[..size_of::<abi::RingCmd>()].copy_from_slice(abi::bytes(&cmd));
-    opcode::UringCmd80::new(types::Fd(fd), op)
-        .cmd(area)
-        .build()
-        .user_data(user_data)
-}
-
-/// A REGISTER names the entry's two iovecs: `addr` and, as the kernel
-/// checks, `len` 2 (which the crate's builder has no setter for).
-fn register_cmd(fd: RawFd, qid: u16, e: &Entry, user_data: u64) -> squeue::Entry128 {
-    let cmd = abi::RingCmd {
-        qid,
-        ..Default::default()
-    };
-    let sqe = uring_cmd(fd, abi::URING_CMD_REGISTER, cmd, user_data);
-    // SAFETY: Entry128 is the repr(C) 128-byte SQE; `addr` is at byte 16
-    // and `len` at byte 24 of struct io_uring_sqe.
-    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
-    raw[16..24].copy_from_slice(&(e.iov.as_ptr() as u64).to_ne_bytes());
-    raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
-    unsafe { std::mem::transmute(raw) }
 }
 
 /// The io_uring transport for one queue: register DEPTH entries, then
@@ -310,7 +269,7 @@ fn ring_loop(
     served: &Served,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
 ) {
-    pin_to_cpu(qid as usize);
+    uring::pin_to_cpu(qid as usize);
     let mut ring: IoUring<squeue::Entry128, cqueue::Entry> =
         match IoUring::builder().build((DEPTH * 2) as u32) {
             Ok(r) => r,
@@ -321,16 +280,12 @@ fn ring_loop(
         };
     let mut entries: Vec<Entry> = (0..DEPTH)
         .map(|_| {
-            let mut header = Box::new(abi::RingHeader {
-                in_out: [0; 128],
-                op_in: [0; 128],
-                ent: Default::default(),
-            });
+            let mut header = Box::<abi::ReqHeader>::default();
             let mut payload = vec![0u8; PAYLOAD];
             let iov = Box::new([
                 libc::iovec {
-                    iov_base: (&mut *header as *mut abi::RingHeader).cast(),
-                    iov_len: size_of::<abi::RingHeader>(),
+                    iov_base: (&mut *header as *mut abi::ReqHeader).cast(),
+                    iov_len: size_of::<abi::ReqHeader>(),
                 },
                 libc::iovec {
                     iov_base: payload.as_mut_ptr().cast(),
@@ -345,7 +300,7 @@ fn ring_loop(
         })
         .collect();
     for (i, e) in entries.iter().enumerate() {
-        let sqe = register_cmd(fd, qid, e, i as u64);
+        let sqe = uring::register_sqe(fd, qid, e.iov.as_ptr(), i as u64);
         // SAFETY: the entry's buffers live as long as the ring.
         unsafe { ring.submission().push(&sqe).expect("room for every entry") };
     }
@@ -381,12 +336,7 @@ fn ring_loop(
             e.header.in_out[..size_of::<abi::OutHeader>()].copy_from_slice(abi::bytes(&head));
             e.payload[..out.len()].copy_from_slice(&out);
             e.header.ent.payload_sz = out.len() as u32;
-            let cmd = abi::RingCmd {
-                commit_id: e.header.ent.commit_id,
-                qid,
-                ..Default::default()
-            };
-            let sqe = uring_cmd(fd, abi::URING_CMD_COMMIT_AND_FETCH, cmd, i);
+            let sqe = uring::commit_sqe(fd, qid, e.header.ent.commit_id, i);
             // SAFETY: as above.
             unsafe { ring.submission().push(&sqe).expect("one slot per entry") };
         }

@@ -14,7 +14,8 @@ use super::workload::run_cmd;
 use crate::options::{OverlayOptions, UpperDirs};
 
 pub enum Kind {
-    Unionmount(PathBuf),
+    /// The binary, and options added to its mount (the transport).
+    Unionmount(PathBuf, &'static str),
     Overlay,
     FuseOverlayfs(PathBuf),
     UnionfsFuse(PathBuf),
@@ -59,6 +60,9 @@ pub fn install_peers() {
     }
 }
 
+/// unionmount on the /dev/fuse loop, beside one that may take io_uring.
+pub const UNIONMOUNT_DEVFUSE: &str = "unionmount-devfuse";
+
 /// A target not run: its name and why.
 pub type Skipped = (String, String);
 
@@ -73,7 +77,11 @@ pub fn resolve(
         let Some((name, cmd)) = c.split_once('=') else {
             bail!("--target {c:?}: expected NAME='mount command'");
         };
-        if name.is_empty() || builtin.contains(&name) || name.contains(',') {
+        if name.is_empty()
+            || builtin.contains(&name)
+            || name == UNIONMOUNT_DEVFUSE
+            || name.contains(',')
+        {
             bail!("--target {c:?}: the name must be new, non-empty and without commas");
         }
         customs.push((name.to_string(), cmd.to_string()));
@@ -88,8 +96,16 @@ pub fn resolve(
     let (mut targets, mut skipped) = (Vec::new(), Vec::new());
     for name in wanted {
         let kind = match name.as_str() {
-            "unionmount" => {
-                Kind::Unionmount(std::env::current_exe().context("finding the unionmount binary")?)
+            // `unionmount` takes FUSE over io_uring when the kernel offers it;
+            // `unionmount-devfuse` (not run by default) never does.
+            "unionmount" | UNIONMOUNT_DEVFUSE => {
+                let exe = std::env::current_exe().context("finding the unionmount binary")?;
+                let extra = if name == "unionmount" {
+                    ""
+                } else {
+                    ",noio_uring"
+                };
+                Kind::Unionmount(exe, extra)
             }
             "overlay" => Kind::Overlay,
             "dir" => Kind::Dir,
@@ -188,15 +204,17 @@ impl Instance {
             // Metadata-only copy-up: what makes chown -R cheap. The kernel
             // target keeps its default (metacopy off: data copied), the one
             // a container engine gets.
-            Kind::Unionmount(p) => {
+            Kind::Unionmount(p, extra) => {
                 let metacopy = OverlayOptions {
                     metacopy: true,
                     ..overlay
                 };
                 let counts = inst.dir.join("requests.json");
+                let mut opts = metacopy.encode()?;
+                opts.push(extra);
                 let mut c = Command::new(p);
                 c.arg("-o")
-                    .arg(metacopy.encode()?)
+                    .arg(opts)
                     .env(unionfs::fuse::COUNTS_ENV, &counts);
                 inst.counts = Some(counts);
                 c
@@ -266,7 +284,10 @@ impl Instance {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()
+        let mut counts: Counts = serde_json::from_str(&std::fs::read_to_string(file).ok()?).ok()?;
+        // Which transport carried them, not another kind of request.
+        counts.remove("via_io_uring");
+        Some(counts)
     }
 
     /// The daemon's peak resident set (VmHWM), KiB.

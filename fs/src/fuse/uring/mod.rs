@@ -142,7 +142,7 @@ impl Queue {
     fn register(&self, dev: RawFd, entries: &[Entry]) -> io::Result<Ring> {
         let mut ring = IoUring::builder().build((DEPTH * 2) as u32)?;
         for (i, e) in entries.iter().enumerate() {
-            let sqe = register_sqe(dev, self.qid, e, i as u64);
+            let sqe = register_sqe(dev, self.qid, e.iovecs(), i as u64);
             // SAFETY: the entry's buffers stay put while the kernel has them.
             unsafe { ring.submission().push(&sqe) }
                 .map_err(|_| io::Error::other("submission queue full"))?;
@@ -226,7 +226,9 @@ fn uring_cmd(dev: RawFd, op: u32, cmd: abi::CmdReq, user_data: u64) -> squeue::E
         .user_data(user_data)
 }
 
-fn commit_sqe(dev: RawFd, qid: u16, commit_id: u64, user_data: u64) -> squeue::Entry128 {
+/// COMMIT_AND_FETCH: the reply in the entry is for `commit_id`; fill the
+/// entry with the next request.
+pub fn commit_sqe(dev: RawFd, qid: u16, commit_id: u64, user_data: u64) -> squeue::Entry128 {
     let cmd = abi::CmdReq {
         commit_id,
         qid,
@@ -235,9 +237,14 @@ fn commit_sqe(dev: RawFd, qid: u16, commit_id: u64, user_data: u64) -> squeue::E
     uring_cmd(dev, abi::CMD_COMMIT_AND_FETCH, cmd, user_data)
 }
 
-/// A REGISTER names the entry's two iovecs: `addr`, and `len` 2 as the
-/// kernel checks (the crate's builder has no setter for it).
-fn register_sqe(dev: RawFd, qid: u16, e: &Entry, user_data: u64) -> squeue::Entry128 {
+/// REGISTER an entry, named by its two iovecs (header, payload): `addr`,
+/// and `len` 2 as the kernel checks (the crate's builder has no setter).
+pub fn register_sqe(
+    dev: RawFd,
+    qid: u16,
+    iovecs: *const libc::iovec,
+    user_data: u64,
+) -> squeue::Entry128 {
     let cmd = abi::CmdReq {
         qid,
         ..Default::default()
@@ -246,14 +253,15 @@ fn register_sqe(dev: RawFd, qid: u16, e: &Entry, user_data: u64) -> squeue::Entr
     // SAFETY: Entry128 is the 128-byte struct io_uring_sqe, where `addr` is
     // at byte 16 and `len` at byte 24.
     let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
-    raw[16..24].copy_from_slice(&(e.iovecs() as u64).to_ne_bytes());
+    raw[16..24].copy_from_slice(&(iovecs as u64).to_ne_bytes());
     raw[24..28].copy_from_slice(&2u32.to_ne_bytes());
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
-/// Serve a queue from its own CPU, as the kernel fills it from there. A
-/// CPU that is possible but offline refuses; the queue then runs anywhere.
-fn pin_to_cpu(cpu: usize) {
+/// Serve a queue from its own CPU, as the kernel fills it from there (an
+/// unpinned queue measured slower than /dev/fuse). A CPU that is possible
+/// but offline refuses; the queue then runs anywhere.
+pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
