@@ -811,3 +811,21 @@ fn mount_8_with_vfs_and_unknown_options() {
     assert_eq!(fs::read(d.mnt.join("b")).unwrap(), b"l1 b");
     drop(g);
 }
+
+/// `-o io_uring` where the kernel does not offer FUSE over io_uring: one
+/// line saying so, nothing mounted (the default would use /dev/fuse).
+#[test]
+fn io_uring_required_but_not_offered_is_refused() {
+    let Some(d) = dirs() else { return };
+    let Some(_off) = support::io_uring_off() else {
+        return;
+    };
+    let args = os(&["-o", &format!("{},io_uring", d.overlay_opts())]);
+    let mut args = args;
+    args.push(d.mnt.clone().into());
+    let err = expect_failure("io_uring without the kernel's switch", &args, &d.mnt);
+    assert!(
+        err.contains("io_uring") && err.contains("enable_uring"),
+        "{err}"
+    );
+}

@@ -52,7 +52,7 @@ pub use mount::{
 };
 pub use snapshot::{Tree, assert_trees_eq, raw_checksum, snapshot};
 pub use sys::{Errno, errno_name, outcome};
-pub use uring::{IoUringOn, io_uring_on};
+pub use uring::{IoUringOff, IoUringOn, io_uring_off, io_uring_on};
 
 /// Which implementation mounts a side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,32 @@ static HOLDERS: Mutex<(usize, Option<String>)> = Mutex::new((0, None));
 /// Held while a test needs FUSE over io_uring.
 pub struct IoUringOn(());
 
+/// Held while a test needs the kernel not to offer it.
+pub struct IoUringOff(String);
+
+/// Turn the switch off until the guard goes (None, after saying why, when
+/// the kernel has no switch). Not for a binary whose other tests turn it on.
+#[must_use]
+pub fn io_uring_off() -> Option<IoUringOff> {
+    let holders = HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(holders.0, 0, "a test of this binary holds io_uring on");
+    let before = match fs::read_to_string(SWITCH) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = super::can_run("FUSE over io_uring", &[format!("{SWITCH}: {e}")]);
+            return None;
+        }
+    };
+    fs::write(SWITCH, "N").expect("turning enable_uring off");
+    Some(IoUringOff(before))
+}
+
+impl Drop for IoUringOff {
+    fn drop(&mut self) {
+        let _ = fs::write(SWITCH, self.0.trim());
+    }
+}
+
 /// Turn the switch on, or say why not (a loud failure under CI=true: the
 /// machines run kernels that have it).
 #[must_use]

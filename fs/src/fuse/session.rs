@@ -67,14 +67,19 @@ impl Session {
         mountpoint: &Path,
         opts: &SessionOptions,
     ) -> io::Result<Session> {
-        if opts.transport == Transport::IoUring && !uring::enabled_in_kernel() {
+        let usable = opts.transport != Transport::Device && uring::usable();
+        if opts.transport == Transport::IoUring && !usable {
+            let why = if uring::enabled_in_kernel() {
+                "this process may not use io_uring"
+            } else {
+                "the fuse module's enable_uring is not on"
+            };
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "io_uring: the kernel does not offer FUSE over io_uring \
-                 (the fuse module's enable_uring is not on)",
+                format!("io_uring: no FUSE over io_uring here ({why})"),
             ));
         }
-        fs.io_uring.wanted = opts.transport != Transport::Device;
+        fs.io_uring.wanted = usable;
         let io_uring = fs.io_uring.granted.clone();
         let requests = fs.requests.clone();
         let config = fuser_config(opts);
@@ -114,9 +119,8 @@ impl Session {
             // One /dev/fuse loop is left with forgets and interrupts.
             let (mount, requests) = (self.mount.clone(), self.requests);
             self.fuse.run_with(1, move |dispatcher| {
-                uring::start(dispatcher, requests, MAX_WRITE as usize, move || {
-                    mount.abort_connection()
-                })
+                let abort: uring::Abort = Arc::new(move || mount.abort_connection());
+                uring::start(dispatcher, requests, MAX_WRITE as usize, abort)
             })
         } else {
             self.fuse.run()

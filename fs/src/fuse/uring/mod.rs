@@ -56,15 +56,28 @@ pub fn enabled_in_kernel() -> bool {
         .is_ok_and(|v| v.trim() == "Y")
 }
 
-/// Start one queue per possible CPU, each registered before the next starts
-/// (the kernel holds every request until all are). On failure, `abort` ends
-/// the connection, the queues already started are joined, and the error
-/// names the queue.
+/// Can this process use io_uring at all? A kernel built without it, its
+/// `io_uring_disabled` sysctl or a seccomp filter say no; asked before the
+/// INIT reply commits the mount to the transport.
+pub fn usable() -> bool {
+    enabled_in_kernel() && Ring::builder().build(2).is_ok()
+}
+
+/// Ends the connection: for a transport that cannot serve it. Once INIT
+/// has chosen io_uring the kernel holds every request until all queues are
+/// registered and sends none elsewhere, so a queue that is missing or gone
+/// would leave its CPU's callers waiting for ever.
+pub(super) type Abort = Arc<dyn Fn() + Send + Sync>;
+
+/// Start one queue per possible CPU, each registered before the next starts.
+/// On failure, `abort` ends the connection, the queues already started are
+/// joined, and the error names the queue. A queue that fails later aborts
+/// too.
 pub(super) fn start(
     dispatcher: Dispatcher<UnionFuse>,
     requests: Arc<Requests>,
     payload_len: usize,
-    abort: impl FnOnce(),
+    abort: Abort,
 ) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
     let mut threads = Vec::new();
     let started = possible_cpus().and_then(|queues| {
@@ -75,6 +88,7 @@ pub(super) fn start(
                 requests: requests.clone(),
                 qid: qid as u16,
                 payload_len,
+                abort: abort.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -113,6 +127,7 @@ struct Queue {
     requests: Arc<Requests>,
     qid: u16,
     payload_len: usize,
+    abort: Abort,
 }
 
 impl Queue {
@@ -133,7 +148,9 @@ impl Queue {
         };
         let _ = ready.send(Ok(()));
         let served = self.answer_until_closed(&mut ring, dev, &entries);
-        if served.is_err() {
+        if let Err(e) = &served {
+            log::error!("io_uring queue {}: {e}; ending the connection", self.qid);
+            (self.abort)();
             std::mem::forget(entries);
         }
         served
@@ -175,11 +192,14 @@ impl Queue {
             );
             for (i, res) in done.drain(..) {
                 if res < 0 {
+                    // The connection ending, or an entry lost: then the
+                    // others must end too (see `Abort`).
                     live -= 1;
                     let errno = -res;
                     if ![libc::ENOTCONN, libc::ECANCELED, libc::ENODEV].contains(&errno) {
                         let e = io::Error::from_raw_os_error(errno);
-                        log::warn!("io_uring queue {}: entry {i}: {e}", self.qid);
+                        log::error!("io_uring queue {}: entry {i}: {e}", self.qid);
+                        (self.abort)();
                     }
                     continue;
                 }
