@@ -8,6 +8,7 @@
 //! layer-store rows, `report` and `chart` write the results.
 
 mod chart;
+mod clone_rows;
 mod containerd_rows;
 mod layers;
 mod registry_rows;
@@ -49,7 +50,7 @@ pub struct BenchOptions {
     pub targets: Vec<String>,
     /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: the lowerdir value, top first, ':' ',' '\' escaped)
     pub custom: Vec<String>,
-    /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them
+    /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them, and xfsprogs for the FICLONE row
     pub compare: bool,
     /// Use this directory (a root filesystem, say) as the only lower layer instead of a generated tree
     pub lower: Option<PathBuf>,
@@ -164,6 +165,7 @@ pub fn run(args: BenchOptions) -> anyhow::Result<ExitCode> {
         bar.set_message("preparing the layer store rows");
         let bottom = layers.lowers.last().context("no lower layer")?;
         let mut inputs = store::Inputs::prepare(bottom, base.path())?;
+        inputs.clone_size = sizes.append;
         if let (Some(name), Some(store)) = (&args.image, &image_store) {
             inputs.registry_image = (store.clone(), name.clone());
             inputs.describe += &format!("; the registry rows on image {name}");
@@ -273,7 +275,7 @@ fn measure(
     base: &tmp::TempDir,
     sizes: &layers::Sizes,
 ) -> anyhow::Result<Sample> {
-    let inst = target::Instance::start(t, layers, merged, base.path(), w.writes)?;
+    let inst = target::Instance::start(t, &layers.lowers, merged, base.path(), w.writes)?;
     let ctx = Ctx {
         root: inst.root(),
         tree: &layers.tree,

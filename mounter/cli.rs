@@ -917,7 +917,7 @@ pub struct BenchArgs {
     /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: the lowerdir value, top first, ':' ',' '\' escaped)
     #[arg(long = "target", value_name = "NAME=COMMAND")]
     custom: Vec<String>,
-    /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them
+    /// Install fuse-overlayfs and unionfs-fuse (apt-get) when missing, to compare with them, and xfsprogs for the FICLONE row
     #[arg(long)]
     compare: bool,
     /// Use this directory (a root filesystem, say) as the only lower layer instead of a generated tree

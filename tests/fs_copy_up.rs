@@ -512,3 +512,64 @@ fn copy_up_keeps_content_readable_through_an_fd_opened_before() {
     }
     b.check_trees("fd opened before copy-up");
 }
+
+/// On an upper that can share extents (XFS, lower on the same filesystem),
+/// a data copy-up is a clone: the copied-up file's extents are the lower's,
+/// shared, and the lower is unchanged. `filefrag -v` (e2fsprogs) shows the
+/// sharing (FIEMAP_EXTENT_SHARED). FICLONE does it, or copy_file_range,
+/// which XFS answers with a clone too; a copy by read and write would not.
+#[test]
+fn data_copy_up_clones_the_extents_where_the_upper_can_share_them() {
+    if !support::require_mounts() {
+        return;
+    }
+    let s = support::Scratch::new();
+    let [fsdir, mnt] = s.dirs(["xfs", "mnt"]);
+    let xfs = match support::Mount::loop_fs(
+        &s.path().join("xfs.img"),
+        &["mkfs.xfs", "-q", "-m", "reflink=1"],
+        512 << 20,
+        &fsdir,
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = support::can_run("an XFS upper", &[format!("{e} (./test installs xfsprogs)")]);
+            return;
+        }
+    };
+    let [lower, upper, work] = ["lower", "upper", "work"].map(|d| fsdir.join(d));
+    for d in [&lower, &upper, &work] {
+        fs::create_dir(d).unwrap();
+    }
+    let data = support::pattern(8 << 20, 7);
+    fs::write(lower.join("f"), &data).unwrap();
+    let opts = support::union_opts(std::slice::from_ref(&lower), Some((&upper, &work)));
+    let mut um = support::Mount::union_foreground(&mnt, &["-o".into(), opts.into()]).unwrap();
+
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("f"))
+        .unwrap();
+    f.write_all(b"!").unwrap();
+    drop(f);
+    um.unmount().unwrap();
+
+    let copied = fs::read(upper.join("f")).unwrap();
+    assert_eq!(copied.len(), data.len() + 1);
+    assert!(copied[..data.len()] == data[..] && copied[data.len()] == b'!');
+    assert!(
+        fs::read(lower.join("f")).unwrap() == data,
+        "the lower changed"
+    );
+    let out = std::process::Command::new("filefrag")
+        .arg("-v")
+        .arg(upper.join("f"))
+        .output()
+        .expect("filefrag (e2fsprogs)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("shared"),
+        "no shared extent in the copy-up:\n{report}"
+    );
+    drop(xfs);
+}

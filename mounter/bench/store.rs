@@ -4,6 +4,7 @@
 //! on disk: the store syncs what it imports, so the baseline is `tar -x`
 //! followed by a syncfs of the same filesystem.
 
+use std::cell::OnceCell;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,6 +67,12 @@ pub static STORE_WORKLOADS: &[StoreWorkload] = &[
         goal: "≤ 1.5×",
     },
     StoreWorkload {
+        name: "clone-copyup",
+        about: "append 1 byte to a big lower file, lower and upper on XFS (FICLONE)",
+        baseline: Some("kernel overlayfs, here"),
+        goal: "≤ 0.05×",
+    },
+    StoreWorkload {
         name: "push",
         about: "push of the registry image to a loopback registry (gzip)",
         baseline: Some("skopeo copy"),
@@ -86,6 +93,20 @@ pub struct Inputs {
     /// The image the registry rows push and pull: (store, name). The
     /// layer's image (`commit_store`, `base`) unless `--image` names one.
     pub registry_image: (PathBuf, String),
+    /// The size of the file the FICLONE row copies up.
+    pub clone_size: u64,
+    /// That row's filesystems, made at its first run.
+    clone_rig: OnceCell<Result<super::clone_rows::Rig, String>>,
+}
+
+impl Inputs {
+    fn clone_rig(&self) -> anyhow::Result<&super::clone_rows::Rig> {
+        let rig = self.clone_rig.get_or_init(|| {
+            super::clone_rows::Rig::prepare(&self.work, self.clone_size)
+                .map_err(|e| format!("{e:#}"))
+        });
+        rig.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
 }
 
 impl Inputs {
@@ -133,6 +154,8 @@ impl Inputs {
             commit_store,
             upper,
             work: dir,
+            clone_size: 1 << 30,
+            clone_rig: OnceCell::new(),
             describe: format!("a layer tar of {entries} entries, {mib:.0} MiB"),
         })
     }
@@ -225,6 +248,7 @@ fn one_run(w: &StoreWorkload, inputs: &Inputs, run: usize) -> anyhow::Result<(Op
             super::registry_rows::one_run(w.name, inputs, &scratch, run)
         }
         "ctr-import" | "ctr-run" => super::containerd_rows::one_run(w.name, inputs, &scratch, run),
+        "clone-copyup" => inputs.clone_rig().and_then(|rig| rig.one_run(run)),
         _ => {
             let tag = format!("commit{run}");
             let u = timed(|| {
@@ -266,7 +290,7 @@ pub fn markdown(rows: &[StoreRow], describe: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\nLayer store, on {describe} (median of run-by-run ratios to the baseline):\n"
+        "\nLayer store, containerd and copy-up by FICLONE, on {describe} (median of run-by-run ratios to the baseline):\n"
     );
     let _ = writeln!(
         s,

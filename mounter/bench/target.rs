@@ -28,12 +28,13 @@ pub struct Target {
     pub kind: Kind,
 }
 
-/// What `--compare` installs when missing: the FUSE peers, and git for the
-/// git workload (program, Debian package).
+/// What `--compare` installs when missing: the FUSE peers, git for the git
+/// workload and XFS's tools for the FICLONE row (program, Debian package).
 const PEERS: &[(&str, &str)] = &[
     ("fuse-overlayfs", "fuse-overlayfs"),
     ("unionfs-fuse", "unionfs-fuse"),
     ("git", "git"),
+    ("mkfs.xfs", "xfsprogs"),
 ];
 
 /// Install the FUSE peers (and git) from the distribution when missing.
@@ -154,9 +155,10 @@ pub type Counts = std::collections::BTreeMap<String, u64>;
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 impl Instance {
+    /// Mount `t` over `lowers` (top first) with a fresh upper under `base`.
     pub fn start(
         t: &Target,
-        layers: &super::layers::Layers,
+        lowers: &[PathBuf],
         merged: Option<&Path>,
         base: &Path,
         writes: bool,
@@ -174,7 +176,7 @@ impl Instance {
             counts: None,
         };
         let overlay = OverlayOptions {
-            lowers: layers.lowers.clone(),
+            lowers: lowers.to_vec(),
             upper: Some(UpperDirs {
                 upper: upper.clone(),
                 work: work.clone(),
@@ -226,7 +228,7 @@ impl Instance {
             }
             Kind::UnionfsFuse(p) => {
                 let mut branches = format!("{}=RW", upper.display());
-                for l in &layers.lowers {
+                for l in lowers {
                     branches.push_str(&format!(":{}=RO", l.display()));
                 }
                 let mut c = Command::new(p);

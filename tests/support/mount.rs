@@ -466,6 +466,36 @@ impl Mount {
         })
     }
 
+    /// A filesystem made by `mkfs` (program and options) in a sparse image
+    /// of `size` bytes at `image`, loop-mounted at `mnt` by mount(8) (its
+    /// loop device goes with the mount), unmounted on Drop. Err says which
+    /// step failed (a missing mkfs, a kernel without the filesystem).
+    pub fn loop_fs(image: &Path, mkfs: &[&str], size: u64, mnt: &Path) -> Result<Mount, String> {
+        let f = fs::File::create(image).map_err(|e| format!("{}: {e}", image.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("{}: {e}", image.display()))?;
+        let run = |cmd: &mut Command| -> Result<(), String> {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{cmd:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(())
+        };
+        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(image))?;
+        run(Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(image)
+            .arg(mnt))?;
+        Ok(Mount {
+            mnt: mnt.to_path_buf(),
+            kind: Kind::Kernel,
+            unmounted: false,
+        })
+    }
+
     /// `unionmount ARGS… MNT` (daemonizing); fails unless it exits 0 with the mount live.
     pub fn union_daemon(mnt: &Path, args: &[OsString]) -> Result<Mount, String> {
         let mut cmd = Command::new(bin());
