@@ -46,7 +46,7 @@ const BUILTIN: &[&str] = &[
 /// What `unionmount bench` is asked to do (see the command line for each field).
 #[derive(Debug)]
 pub struct BenchOptions {
-    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target; also unionmount-devfuse: unionmount without io_uring]
+    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target; also unionmount-devfuse (without io_uring) and unionmount-lower-passthrough]
     pub targets: Vec<String>,
     /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: the lowerdir value, top first, ':' ',' '\' escaped)
     pub custom: Vec<String>,

@@ -459,6 +459,9 @@ FUSE and mount flags:
   allow_root                   root may use the mount too
   io_uring, noio_uring         FUSE over io_uring: required, or never (by
                                default it is used when the kernel offers it)
+  lower_passthrough            read-only opens of lower files pass through
+                               to them: faster reads, but such a descriptor
+                               keeps reading the lower file after a copy-up
   default_permissions          the kernel checks permissions
   auto_unmount                 unmount when the daemon dies
   debug                        debug output (implies -f)
@@ -911,7 +914,7 @@ pub struct ContainerLoadArgs {
 #[cfg(feature = "bench")]
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target; also unionmount-devfuse: unionmount without io_uring]
+    /// Targets to run, comma-separated [default: overlay,unionmount,fuse-overlayfs,unionfs-fuse,dir and every --target; also unionmount-devfuse (without io_uring) and unionmount-lower-passthrough]
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     targets: Vec<String>,
     /// An extra target: NAME='mount command using {lower} {upper} {work} {mnt}' ({lower}: the lowerdir value, top first, ':' ',' '\' escaped)

@@ -150,7 +150,8 @@ fn start_session(req: &MountRequest) -> anyhow::Result<(Session, Arc<Union>, Req
         && req.squash_to_gid.is_none();
     let kernel_checks = rustix::process::geteuid().is_root() || req.default_permissions;
     let fs = unionfs::fuse::UnionFuse::new(union.clone())
-        .with_kernel_acls(kernel_checks && ids_as_stored);
+        .with_kernel_acls(kernel_checks && ids_as_stored)
+        .with_lower_passthrough(req.lower_passthrough);
     let counts = fs.request_counts();
     let session = Session::mount(fs, &req.mountpoint, &session_options(req))
         .with_context(|| format!("mounting {}", req.mountpoint.display()))?;

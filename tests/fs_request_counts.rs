@@ -136,3 +136,71 @@ fn requests_come_through_io_uring_queues_unless_told_not_to() {
         }
     }
 }
+
+/// `lower_passthrough`: read-only opens of lower files pass through to the
+/// lower file, so reading one costs the daemon no READ; the price,
+/// documented, is that while one is open the file cannot be opened for
+/// writing (the kernel will not mix backing files: EIO), so no descriptor
+/// ever reads stale data, and once it is closed the write goes ahead at
+/// once. Without the option, reads go through the daemon and an open
+/// descriptor follows the copy-up, as kernel overlayfs's.
+#[test]
+fn lower_passthrough_reads_skip_the_daemon_and_hold_off_writers() {
+    use std::os::unix::fs::FileExt;
+    if !require_mounts() {
+        return;
+    }
+    for (option, passes_through) in [("lower_passthrough", true), ("nolower_passthrough", false)] {
+        let s = Scratch::new();
+        let [lower, upper, work, mnt] = s.dirs(["lower", "upper", "work", "mnt"]);
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
+        fs::write(lower.join("f"), &data).unwrap();
+        let file = s.path().join("counts.json");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={},{option}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let child = Command::new(bin())
+            .args(["-f", "-o", &opts])
+            .arg(&mnt)
+            .env("UNIONMOUNT_REQUEST_COUNTS", &file)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let mut guard = Mount::union_guard(&mnt, Some(child), None);
+        assert!(wait_until(Duration::from_secs(20), || is_mounted(&mnt)));
+        let f = mnt.join("f");
+        let write = || fs::OpenOptions::new().write(true).open(&f);
+
+        let reader = fs::File::open(&f).unwrap();
+        assert!(fs::read(&f).unwrap() == data, "{option}");
+        let reads = count(&counts_on_signal(pid, &file), "read");
+        assert_eq!(reads == 0, passes_through, "{option}: {reads} reads");
+        if passes_through {
+            let e = write().expect_err("a write open beside a lower passthrough reader");
+            assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+            let mut head = [0u8; 4];
+            reader.read_exact_at(&mut head, 0).unwrap();
+            assert_eq!(&head, &data[..4]);
+            drop(reader);
+            // Closed: the next write open goes ahead, RELEASE in flight or not.
+            write().unwrap().write_all_at(b"NEW!", 0).unwrap();
+        } else {
+            write().unwrap().write_all_at(b"NEW!", 0).unwrap();
+            let mut head = [0u8; 4];
+            reader.read_exact_at(&mut head, 0).unwrap();
+            assert_eq!(&head, b"NEW!", "{option}: the descriptor opened before");
+            drop(reader);
+        }
+        assert_eq!(&fs::read(&f).unwrap()[..4], b"NEW!", "{option}: a new open");
+        guard.unmount().unwrap();
+        assert_eq!(&fs::read(upper.join("f")).unwrap()[..4], b"NEW!");
+        assert!(
+            fs::read(lower.join("f")).unwrap() == data,
+            "{option}: the lower changed"
+        );
+    }
+}

@@ -61,8 +61,13 @@ pub fn install_peers() {
     }
 }
 
-/// unionmount on the /dev/fuse loop, beside one that may take io_uring.
-pub const UNIONMOUNT_DEVFUSE: &str = "unionmount-devfuse";
+/// unionmount with an option added (not run unless named): on the
+/// /dev/fuse loop beside one that takes io_uring when offered, and with
+/// read-only lower files passed through.
+pub const UNIONMOUNT_VARIANTS: &[(&str, &str)] = &[
+    ("unionmount-devfuse", ",noio_uring"),
+    ("unionmount-lower-passthrough", ",lower_passthrough"),
+];
 
 /// A target not run: its name and why.
 pub type Skipped = (String, String);
@@ -80,7 +85,7 @@ pub fn resolve(
         };
         if name.is_empty()
             || builtin.contains(&name)
-            || name == UNIONMOUNT_DEVFUSE
+            || UNIONMOUNT_VARIANTS.iter().any(|(v, _)| *v == name)
             || name.contains(',')
         {
             bail!("--target {c:?}: the name must be new, non-empty and without commas");
@@ -97,16 +102,11 @@ pub fn resolve(
     let (mut targets, mut skipped) = (Vec::new(), Vec::new());
     for name in wanted {
         let kind = match name.as_str() {
-            // `unionmount` takes FUSE over io_uring when the kernel offers it;
-            // `unionmount-devfuse` (not run by default) never does.
-            "unionmount" | UNIONMOUNT_DEVFUSE => {
+            // unionmount as mounted by default, or with one option more.
+            n if n == "unionmount" || UNIONMOUNT_VARIANTS.iter().any(|(v, _)| *v == n) => {
                 let exe = std::env::current_exe().context("finding the unionmount binary")?;
-                let extra = if name == "unionmount" {
-                    ""
-                } else {
-                    ",noio_uring"
-                };
-                Kind::Unionmount(exe, extra)
+                let extra = UNIONMOUNT_VARIANTS.iter().find(|(v, _)| *v == n);
+                Kind::Unionmount(exe, extra.map_or("", |(_, o)| o))
             }
             "overlay" => Kind::Overlay,
             "dir" => Kind::Dir,

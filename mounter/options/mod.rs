@@ -91,6 +91,9 @@ pub struct MountRequest {
     /// FUSE over io_uring: `io_uring` requires it, `noio_uring` refuses
     /// it; by default it is used when the kernel offers it.
     pub io_uring: Option<bool>,
+    /// Read-only opens of lower files pass through to them (kernel speed);
+    /// such a descriptor keeps reading the lower file after a copy-up.
+    pub lower_passthrough: bool,
     /// Unknown options ignored, as fuse-overlayfs ignores them (one warning).
     pub ignored_options: Vec<String>,
     pub nodev: bool,

@@ -97,6 +97,8 @@ fn apply_flag(name: &str, opts: &mut Options) -> Result<(), String> {
         "symfollow" => req.nosymfollow = false,
         "io_uring" => req.io_uring = Some(true),
         "noio_uring" => req.io_uring = Some(false),
+        "lower_passthrough" => req.lower_passthrough = true,
+        "nolower_passthrough" => req.lower_passthrough = false,
         // The kernel's defaults, or no meaning for this mount: relatime is
         // what a mount gets without noatime or strictatime; Linux has no
         // mandatory locks; i_version and message levels are the kernel's.
@@ -343,7 +345,7 @@ mod tests {
             lazytime,async,sync,dirsync,symfollow,nosymfollow,mand,nomand,silent,loud,iversion,noiversion,defaults,\
             allow_other,allow_root,default_permissions,fsname=myfs,subtype=um,\
             max_write=131072,auto_unmount,cow,statfs_omit_ro,hide_meta_files,\
-            max_files=4096,direct_io,kernel_cache,use_ino,nonempty,big_writes,noio_uring";
+            max_files=4096,direct_io,kernel_cache,use_ino,nonempty,big_writes,noio_uring,lower_passthrough";
         let opts = format!("{},{extra}", t.overlay_opts());
         let req = parse(&["-o", &opts, &t.s("mnt")]).unwrap();
         assert_eq!(

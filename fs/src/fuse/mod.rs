@@ -73,6 +73,14 @@ impl UnionFuse {
         self.kernel_acls = on;
         self
     }
+
+    /// Read-only opens of lower files pass through to the lower file: kernel
+    /// speed, but such a descriptor keeps reading the lower file after a
+    /// copy-up (`-o lower_passthrough`, docs/design.md).
+    pub fn with_lower_passthrough(mut self, on: bool) -> UnionFuse {
+        self.passthrough.lower_files = on;
+        self
+    }
 }
 
 /// The union's errno as FUSE's; the reply that sends it logs it.
@@ -160,11 +168,11 @@ impl UnionFuse {
         flags: OFlags,
     ) -> Result<(Arc<Node>, Stat, u64, bool), FuseErrno> {
         let (node, _) = self.union.lookup(parent.0, name).map_err(err)?;
-        let opened = match self.union.open(&node, flags) {
+        let opened = match self.union.open(&node, flags).map_err(err) {
             Ok(o) => o,
             Err(e) => {
                 self.union.inodes.forget(node.id, 1);
-                return Err(err(e));
+                return Err(e);
             }
         };
         let raw = self
@@ -428,10 +436,9 @@ impl Filesystem for UnionFuse {
         };
         let fh = opened.fh;
         let mode = self.union.handle_fd(fh).map_err(err).and_then(|fd| {
+            let may = self.passthrough.may(&opened, flags);
             self.passthrough
-                .mode(ino.0, fh, &fd, opened.stays_put, |fd| {
-                    reply.open_backing(fd)
-                })
+                .mode(ino.0, fh, &fd, may, |fd| reply.open_backing(fd))
         });
         match mode {
             Ok(OpenMode::Passthrough(id)) => {
