@@ -773,7 +773,7 @@ fn kill_9_during_whiteout_creation_over_io_uring() {
         return;
     };
     let mut rig = Rig::new(&wh_layers(rounds()), ",index=on");
-    rig.union_extra = ",io_uring";
+    rig.io_uring = true;
     crash_loop(
         "whiteouts over io_uring",
         &rig,

@@ -139,10 +139,15 @@ impl Side {
                 )
             }),
             Impl::Union => {
-                let args: Vec<OsString> = vec![
-                    "-o".into(),
-                    (union_opts(&self.lowers, self.upper_pair()) + &self.union_extra).into(),
-                ];
+                // The transport is the fixture's choice, never the kernel
+                // switch's, which an io_uring test of the binary may turn on.
+                let transport = if self.union_extra.contains("io_uring") {
+                    ""
+                } else {
+                    ",noio_uring"
+                };
+                let opts = union_opts(&self.lowers, self.upper_pair()) + &self.union_extra;
+                let args: Vec<OsString> = vec!["-o".into(), (opts + transport).into()];
                 Mount::union_foreground(&self.mnt, &args)
                     .unwrap_or_else(|e| panic!("{}: {e}", self.name))
             }
