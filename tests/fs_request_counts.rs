@@ -5,7 +5,7 @@
 mod support;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -21,21 +21,14 @@ fn counts_on_signal(pid: u32, file: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(file).unwrap()).unwrap()
 }
 
-fn count(v: &serde_json::Value, kind: &str) -> u64 {
-    v[kind].as_u64().unwrap_or(0)
-}
-
-#[test]
-fn the_daemon_writes_its_request_counts_when_asked_and_at_unmount() {
-    if !require_mounts() {
-        return;
-    }
-    let s = Scratch::new();
-    let [lower, upper, work, mnt] = s.dirs(["lower", "upper", "work", "mnt"]);
-    fs::write(lower.join("f"), "lower\n").unwrap();
+/// A union over `lower` (with a fresh upper and workdir in `s`) mounted at
+/// `s/mnt` by a daemon writing its counts to `s/counts.json`; `extra` is
+/// added to the options. (guard, daemon pid, counts file, mountpoint)
+fn mount_counting(s: &Scratch, lower: &Path, extra: &str) -> (Mount, u32, PathBuf, PathBuf) {
+    let [upper, work, mnt] = s.dirs(["upper", "work", "mnt"]);
     let file = s.path().join("counts.json");
     let opts = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{extra}",
         lower.display(),
         upper.display(),
         work.display()
@@ -48,8 +41,24 @@ fn the_daemon_writes_its_request_counts_when_asked_and_at_unmount() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut guard = Mount::union_guard(&mnt, Some(child), None);
+    let guard = Mount::union_guard(&mnt, Some(child), None);
     assert!(wait_until(Duration::from_secs(20), || is_mounted(&mnt)));
+    (guard, pid, file, mnt)
+}
+
+fn count(v: &serde_json::Value, kind: &str) -> u64 {
+    v[kind].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn the_daemon_writes_its_request_counts_when_asked_and_at_unmount() {
+    if !require_mounts() {
+        return;
+    }
+    let s = Scratch::new();
+    let lower = s.dir("lower");
+    fs::write(lower.join("f"), "lower\n").unwrap();
+    let (mut guard, pid, file, mnt) = mount_counting(&s, &lower, "");
 
     assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "lower\n");
     fs::write(mnt.join("new"), "x").unwrap();
@@ -86,26 +95,11 @@ fn requests_come_through_io_uring_queues_unless_told_not_to() {
     };
     for (option, via_rings) in [("io_uring", true), ("noio_uring", false)] {
         let s = Scratch::new();
-        let [lower, upper, work, mnt] = s.dirs(["lower", "upper", "work", "mnt"]);
+        let lower = s.dir("lower");
         // Bigger than one request's payload: reads of it take several.
         let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
         fs::write(lower.join("big"), &big).unwrap();
-        let file = s.path().join("counts.json");
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},{option}",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
-        let child = Command::new(bin())
-            .args(["-f", "-o", &opts])
-            .arg(&mnt)
-            .env("UNIONMOUNT_REQUEST_COUNTS", &file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut guard = Mount::union_guard(&mnt, Some(child), None);
-        assert!(wait_until(Duration::from_secs(20), || is_mounted(&mnt)));
+        let (mut guard, _, file, mnt) = mount_counting(&s, &lower, &format!(",{option}"));
 
         assert!(
             fs::read(mnt.join("big")).unwrap() == big,
@@ -152,26 +146,10 @@ fn lower_passthrough_reads_skip_the_daemon_and_hold_off_writers() {
     }
     for (option, passes_through) in [("lower_passthrough", true), ("nolower_passthrough", false)] {
         let s = Scratch::new();
-        let [lower, upper, work, mnt] = s.dirs(["lower", "upper", "work", "mnt"]);
+        let lower = s.dir("lower");
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
         fs::write(lower.join("f"), &data).unwrap();
-        let file = s.path().join("counts.json");
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={},{option}",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
-        let child = Command::new(bin())
-            .args(["-f", "-o", &opts])
-            .arg(&mnt)
-            .env("UNIONMOUNT_REQUEST_COUNTS", &file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let mut guard = Mount::union_guard(&mnt, Some(child), None);
-        assert!(wait_until(Duration::from_secs(20), || is_mounted(&mnt)));
+        let (mut guard, pid, file, mnt) = mount_counting(&s, &lower, &format!(",{option}"));
         let f = mnt.join("f");
         let write = || fs::OpenOptions::new().write(true).open(&f);
 
@@ -197,7 +175,7 @@ fn lower_passthrough_reads_skip_the_daemon_and_hold_off_writers() {
         }
         assert_eq!(&fs::read(&f).unwrap()[..4], b"NEW!", "{option}: a new open");
         guard.unmount().unwrap();
-        assert_eq!(&fs::read(upper.join("f")).unwrap()[..4], b"NEW!");
+        assert_eq!(&fs::read(s.dir("upper").join("f")).unwrap()[..4], b"NEW!");
         assert!(
             fs::read(lower.join("f")).unwrap() == data,
             "{option}: the lower changed"

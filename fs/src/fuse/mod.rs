@@ -168,11 +168,11 @@ impl UnionFuse {
         flags: OFlags,
     ) -> Result<(Arc<Node>, Stat, u64, bool), FuseErrno> {
         let (node, _) = self.union.lookup(parent.0, name).map_err(err)?;
-        let opened = match self.union.open(&node, flags).map_err(err) {
+        let opened = match self.union.open(&node, flags) {
             Ok(o) => o,
             Err(e) => {
                 self.union.inodes.forget(node.id, 1);
-                return Err(e);
+                return Err(err(e));
             }
         };
         let raw = self
