@@ -182,3 +182,56 @@ fn lower_passthrough_reads_skip_the_daemon_and_hold_off_writers() {
         );
     }
 }
+
+/// READDIRPLUS gives a listing's files no attributes while the walk stats
+/// none of them (find, ls): reading them would read every inode. The first
+/// file the walk looks up in such a directory turns attributes back on, so
+/// a stat walk (ls -l, du) gets them without a LOOKUP each. Either way a
+/// file shows the inode number it is listed with and its own attributes.
+#[test]
+fn listings_carry_attributes_only_while_the_walk_stats_what_it_lists() {
+    use std::os::unix::fs::{DirEntryExt, MetadataExt};
+    if !require_mounts() {
+        return;
+    }
+    let s = Scratch::new();
+    let lower = s.dir("lower");
+    for d in 0..12 {
+        let dir = lower.join(format!("d{d:02}"));
+        fs::create_dir(&dir).unwrap();
+        for f in 0..10 {
+            fs::write(dir.join(format!("f{f}")), vec![b'x'; d * 10 + f]).unwrap();
+        }
+    }
+    let (_guard, pid, file, mnt) = mount_counting(&s, &lower, "");
+    let list = |d: usize| -> Vec<(PathBuf, u64)> {
+        let mut v: Vec<_> = fs::read_dir(mnt.join(format!("d{d:02}")))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.path(), e.ino()))
+            .collect();
+        v.sort();
+        v
+    };
+    let lookups = || count(&counts_on_signal(pid, &file), "lookup");
+
+    // A walk that only lists: by its tenth directory it has been noticed.
+    for d in 0..10 {
+        assert_eq!(list(d).len(), 10);
+    }
+    let listed = list(10);
+    let before = lookups();
+    let (path, ino) = &listed[3];
+    let meta = fs::symlink_metadata(path).unwrap();
+    assert_eq!(lookups(), before + 1, "a file listed without attributes");
+    assert_eq!((meta.ino(), meta.len()), (*ino, 103), "{}", path.display());
+
+    // That lookup showed a walk that stats: the next listing carries them.
+    let listed = list(11);
+    let before = lookups();
+    for (i, (path, ino)) in listed.iter().enumerate() {
+        let meta = fs::symlink_metadata(path).unwrap();
+        assert_eq!((meta.ino(), meta.len()), (*ino, 110 + i as u64));
+    }
+    assert_eq!(lookups(), before, "files listed with their attributes");
+}

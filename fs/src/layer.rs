@@ -30,6 +30,8 @@ pub struct Layer {
     /// layers live on different filesystems (zero for the upper's filesystem).
     pub ino_prefix: u64,
     pub uuid: [u8; 16],
+    /// Its filesystem lists each entry with the inode number stat gives it.
+    pub dino_is_ino: bool,
     /// Directories of a read-only layer opened before, by path: such a layer
     /// never changes, so a path names the same directory for the mount's
     /// life, and resolving a name costs no path walk from the root.
@@ -82,6 +84,19 @@ pub fn rel_arg(rel: &Path) -> &Path {
     }
 }
 
+/// Filesystems whose directory entries carry the inode number stat gives
+/// (for non-directories: a mount point's lists the covered directory's).
+/// Others, FUSE and overlayfs among them, may list another number.
+fn lists_stat_inos(root: BorrowedFd<'_>) -> bool {
+    const EXT4: i64 = 0xEF53;
+    const XFS: i64 = 0x5846_5342;
+    const BTRFS: i64 = 0x9123_683E;
+    const TMPFS: i64 = 0x0102_1994;
+    const F2FS: i64 = 0xF2F5_2010;
+    rustix::fs::fstatfs(root)
+        .is_ok_and(|s| [EXT4, XFS, BTRFS, TMPFS, F2FS].contains(&s.f_type))
+}
+
 impl Layer {
     pub fn open(path: &Path, writable: bool) -> std::io::Result<Layer> {
         let root = rustix::fs::open(
@@ -97,6 +112,7 @@ impl Layer {
             Mode::empty(),
         )?;
         let uuid = sys::fs_uuid(root.as_fd());
+        let dino_is_ino = lists_stat_inos(root.as_fd());
         Ok(Layer {
             path: path.to_path_buf(),
             root,
@@ -105,6 +121,7 @@ impl Layer {
             dev: st.st_dev,
             ino_prefix: 0,
             uuid,
+            dino_is_ino,
             dirs: (!writable).then(|| Mutex::new(LruCache::new(dirs_kept()))),
             io_root: None,
         })

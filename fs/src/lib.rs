@@ -20,6 +20,7 @@ pub mod mountinfo;
 mod names;
 mod readdir;
 mod rename;
+mod stat_walk;
 mod sync;
 mod sys;
 
@@ -130,6 +131,8 @@ pub struct Union {
     pub(crate) changes: AtomicU64,
     /// Directory listings being read.
     listings: readdir::Listings,
+    /// Whether listings should carry their files' attributes.
+    pub(crate) stat_walk: stat_walk::StatWalk,
     /// The whiteout inode every new whiteout is a link of.
     shared_whiteout: std::sync::Mutex<dir::SharedWhiteout>,
     /// Every name of each lower hard-link group, found when first needed.
@@ -173,6 +176,7 @@ impl Union {
             inodes: InodeTable::default(),
             handles: file::Handles::default(),
             listings: readdir::Listings::default(),
+            stat_walk: Default::default(),
             shared_whiteout: Default::default(),
             namespace: RwLock::new(()),
             rootless: !rustix::process::geteuid().is_root(),

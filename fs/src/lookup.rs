@@ -136,6 +136,9 @@ impl Union {
         let found = self
             .resolve_child(&dir_state, &dir_path, name)?
             .ok_or(Errno::NOENT)?;
+        if !found.state.is_dir {
+            self.stat_walk.looked_up_file(parent);
+        }
         let node = self
             .inodes
             .remember(found.st_ino, false, parent, name, found.state, true);

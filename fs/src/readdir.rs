@@ -39,11 +39,28 @@ pub struct DirEntry {
     pub name: OsString,
     pub kind: FileType,
     pub ino: u64,
-    /// What the name resolved to when the listing was read, and the union's
-    /// change count then (None for "." and ".."), so readdirplus needs no second
-    /// lookup while nothing changed (attributes are read again: they change
-    /// without a name changing).
-    pub found: Option<(NodeState, u64)>,
+    /// What the name resolved to when the listing was read (None for "."
+    /// and ".."), so readdirplus needs no second lookup while nothing changed.
+    pub found: Option<Listed>,
+}
+
+/// A name a merged directory shows, as its topmost branch lists it.
+pub(crate) struct Merged {
+    pub name: OsString,
+    pub kind: FileType,
+    pub layer: usize,
+    pub d_ino: u64,
+}
+
+/// A listed name as it resolved when the listing was read.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub state: NodeState,
+    /// The union's change count then: names moved since if it differs.
+    pub seen: u64,
+    /// lstat of the topmost entry then. Attributes change without a name
+    /// changing, so only a page read from a listing made for it uses this.
+    pub stat: rustix::fs::Stat,
 }
 
 /// Listings in the middle of a pass, by directory node: dropped when a
@@ -79,6 +96,8 @@ impl Listings {
 pub struct Page {
     pub entries: Arc<Vec<DirEntry>>,
     pub start: usize,
+    /// The listing was read for this page: its attributes are current.
+    pub fresh: bool,
 }
 
 /// Positions of "." and ".."; names hash above them.
@@ -120,18 +139,20 @@ impl Union {
     }
 
     /// The listing of directory `node_id` after position `offset` (0 for the
-    /// start).
-    pub fn listing_page(&self, node_id: u64, offset: u64) -> Result<Page> {
+    /// start), for READDIRPLUS if `plus`.
+    pub fn listing_page(&self, node_id: u64, offset: u64, plus: bool) -> Result<Page> {
         let held = if offset == 0 {
             None
         } else {
             self.listings.lock().get(&node_id).cloned()
         };
+        let fresh = held.is_none();
         let entries = match held {
             Some(entries) => entries,
             None => {
                 let epoch = self.listings.epoch.load(Ordering::Acquire);
-                let entries = Arc::new(self.listing_of(&*self.node(node_id)?)?);
+                let attrs = plus && self.stat_walk.listing_wants_attrs();
+                let entries = Arc::new(self.listing_of(&*self.node(node_id)?, attrs)?);
                 if self.listings.epoch.load(Ordering::Acquire) == epoch {
                     self.listings.lock().put(node_id, entries.clone());
                 }
@@ -142,7 +163,11 @@ impl Union {
         if start >= entries.len() {
             self.listings.lock().pop(&node_id);
         }
-        Ok(Page { entries, start })
+        Ok(Page {
+            entries,
+            start,
+            fresh,
+        })
     }
 
     /// A name in directory `node_id` was made, removed or renamed (as the
@@ -155,15 +180,17 @@ impl Union {
 
     /// `list_dir`, or nothing for a removed directory still open somewhere
     /// (the kernel's listing of a removed directory is empty too).
-    fn listing_of(&self, node: &Node) -> Result<Vec<DirEntry>> {
+    fn listing_of(&self, node: &Node, attrs: bool) -> Result<Vec<DirEntry>> {
         if node.state().names.is_empty() && self.inodes.removed_dir(node.id).is_some() {
             return Ok(Vec::new());
         }
-        self.list_dir(node)
+        self.list_dir(node, attrs)
     }
 
-    /// The merged listing of a directory node, with "." and "..".
-    pub fn list_dir(&self, node: &Node) -> Result<Vec<DirEntry>> {
+    /// The merged listing of a directory node, with "." and "..". Without
+    /// `attrs`, the files lower branches hold are listed as their branch
+    /// lists them, unresolved (`found` None): no inode of theirs is read.
+    pub fn list_dir(&self, node: &Node, attrs: bool) -> Result<Vec<DirEntry>> {
         let _ns = sync::read(&self.namespace);
         let st = node.snapshot();
         if !st.is_dir {
@@ -192,7 +219,18 @@ impl Union {
             },
         ];
         let cache = crate::lookup::DirCache::default();
-        for (name, _) in self.merged_names(&st, &path)? {
+        for m in self.merged_names(&st, &path)? {
+            if !attrs && self.listed_as_is(&m)? {
+                out.push(DirEntry {
+                    pos: position(&m.name),
+                    ino: self.branch(Branch::Layer(m.layer))?.ino_prefix | m.d_ino,
+                    name: m.name,
+                    kind: m.kind,
+                    found: None,
+                });
+                continue;
+            }
+            let name = m.name;
             // Resolving each entry gives the same st_ino stat would (d_ino == st_ino).
             if let Some(found) = self.resolve_child_in(&st, &path, &name, &cache)? {
                 let kind = FileType::from_raw_mode(found.stat.st_mode);
@@ -201,7 +239,11 @@ impl Union {
                     name,
                     kind,
                     ino: found.st_ino,
-                    found: Some((found.state, seen_changes)),
+                    found: Some(Listed {
+                        state: found.state,
+                        seen: seen_changes,
+                        stat: found.stat,
+                    }),
                 });
             }
         }
@@ -214,27 +256,46 @@ impl Union {
         Ok(out)
     }
 
+    /// Does a lower branch's listing say what the merged one shows for this
+    /// name? For a non-directory there, it does: its type, and its inode
+    /// number where the branch's filesystem lists the number stat gives
+    /// (the merged st_ino is that one). A directory's merged inode number
+    /// and an upper file's (its origin's) need more than the listing.
+    fn listed_as_is(&self, m: &Merged) -> Result<bool> {
+        if (m.layer == 0 && self.has_upper())
+            || matches!(m.kind, FileType::Directory | FileType::Unknown)
+        {
+            return Ok(false);
+        }
+        Ok(self.branch(Branch::Layer(m.layer))?.dino_is_ino)
+    }
+
     /// A listed entry handed to the kernel with its attributes (readdirplus):
     /// counts as a lookup of it.
     pub fn remember_listed(
         &self,
         parent: u64,
         e: &DirEntry,
+        fresh: bool,
     ) -> Result<(std::sync::Arc<Node>, rustix::fs::Stat)> {
         // Held from the check to the remember, so no rename slips in between.
         let ns = sync::read(&self.namespace);
         match &e.found {
             // Names may have moved since the listing was read: then look again,
             // or a stale name would be given back to a node.
-            Some((state, seen)) if *seen == self.change_count() => {
-                let node = self
-                    .inodes
-                    .remember(e.ino, false, parent, &e.name, state.clone(), true);
+            Some(l) if l.seen == self.change_count() => {
+                let node =
+                    self.inodes
+                        .remember(e.ino, false, parent, &e.name, l.state.clone(), true);
                 drop(ns);
-                // Attributes as they are now, not as when the listing was read:
-                // a write or a truncate since changes no name, and the kernel
-                // would take the old size from this reply (attributes it asked
-                // for after the change).
+                // A listing read for this very page saw the attributes as a
+                // stat now would (for what raw_stat shows as lstat'ed)...
+                if fresh && shown_as_listed(&l.state, &l.stat) {
+                    return Ok((node, l.stat));
+                }
+                // ...an older one may not: a write or a truncate since changes
+                // no name, and the kernel would take the old size from this
+                // reply (attributes it asked for after the change).
                 match self.raw_stat(&node, &node.snapshot()) {
                     Ok(stat) => Ok((node, stat)),
                     Err(err) => {
@@ -251,11 +312,7 @@ impl Union {
     }
 
     /// The names a merged directory shows (no markers, no whiteouts, no duplicates).
-    pub(crate) fn merged_names(
-        &self,
-        st: &NodeState,
-        path: &Path,
-    ) -> Result<Vec<(OsString, FileType)>> {
+    pub(crate) fn merged_names(&self, st: &NodeState, path: &Path) -> Result<Vec<Merged>> {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut hidden: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
@@ -311,7 +368,12 @@ impl Union {
                     }
                 }
                 seen.insert(name.clone());
-                out.push((name, kind));
+                out.push(Merged {
+                    name,
+                    kind,
+                    layer: li,
+                    d_ino: entry.ino(),
+                });
             }
             hidden.extend(layer_whiteouts);
         }
@@ -332,4 +394,10 @@ fn has_xattr_whiteouts(dir: std::os::fd::BorrowedFd<'_>) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// Does `raw_stat` show this entry as its lstat? Not a metacopy file (blocks
+/// from the lower), nor a hard-linked upper file (the group's link count).
+fn shown_as_listed(state: &NodeState, stat: &rustix::fs::Stat) -> bool {
+    !state.metacopy && state.index.is_none() && (state.is_dir || !state.upper || stat.st_nlink <= 1)
 }

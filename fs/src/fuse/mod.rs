@@ -21,6 +21,7 @@ use crate::{Errno, FlagsIoctl, Union};
 
 mod errors;
 pub mod kernel_mount;
+mod listing;
 mod passthrough;
 mod requests;
 mod session;
@@ -569,20 +570,9 @@ impl Filesystem for UnionFuse {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        self.requests.note(Kind::Readdir);
-        let page = match self.union.listing_page(ino.0, offset) {
-            Ok(p) => p,
-            Err(e) => return reply.error(errors::noted("readdir", ino.0, err(e))),
-        };
-        for e in &page.entries[page.start..] {
-            let id = crate::inode::node_id_for(e.ino, false);
-            if reply.add(INodeNo(id), e.pos, kind(e.kind.as_raw_mode()), &e.name) {
-                break;
-            }
-        }
-        reply.ok();
+        self.reply_listing(ino, offset, reply)
     }
 
     fn readdirplus(
@@ -591,47 +581,9 @@ impl Filesystem for UnionFuse {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectoryPlus,
+        reply: ReplyDirectoryPlus,
     ) {
-        self.requests.note(Kind::Readdirplus);
-        let page = match self.union.listing_page(ino.0, offset) {
-            Ok(p) => p,
-            Err(e) => return reply.error(errors::noted("readdirplus", ino.0, err(e))),
-        };
-        for e in &page.entries[page.start..] {
-            if e.name == "." || e.name == ".." {
-                // The kernel does not take a lookup reference for these.
-                let a = dot_attr(e.ino, kind(e.kind.as_raw_mode()));
-                if reply.add(
-                    INodeNo(0),
-                    e.pos,
-                    &e.name,
-                    &Duration::ZERO,
-                    &a,
-                    Generation(0),
-                ) {
-                    break;
-                }
-                continue;
-            }
-            let Ok((node, st)) = self.union.remember_listed(ino.0, e) else {
-                continue;
-            };
-            let st = self.union.present_stat(&node, &node.snapshot(), st);
-            if reply.add(
-                INodeNo(node.id),
-                e.pos,
-                &e.name,
-                &TTL,
-                &attr(node.id, &st),
-                Generation(node.generation()),
-            ) {
-                // Not sent: give back the lookup just counted.
-                self.union.inodes.forget(node.id, 1);
-                break;
-            }
-        }
-        reply.ok();
+        self.reply_listing_plus(ino, offset, reply)
     }
 
     fn fsyncdir(
@@ -877,26 +829,5 @@ fn reply_xattr(op: &'static str, ino: INodeNo, v: Vec<u8>, size: u32, reply: Rep
         reply.error(errors::noted(op, ino.0, FuseErrno::ERANGE));
     } else {
         reply.data(&v);
-    }
-}
-
-/// Attributes for "." and "..": the kernel only reads their inode number.
-fn dot_attr(ino: u64, kind: FileType) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ino),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind,
-        perm: 0o755,
-        nlink: 1,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
     }
 }

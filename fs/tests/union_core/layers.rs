@@ -141,10 +141,10 @@ fn a_listing_resumes_after_an_offset_without_repeats() {
     let u = b.union(XattrNs::User);
     let d = lookup_path(&u, "d").unwrap();
 
-    let first = u.listing_page(d, 0).unwrap();
+    let first = u.listing_page(d, 0, false).unwrap();
     let entries = &first.entries[first.start..];
     let cut = entries.len() / 2;
-    let rest = u.listing_page(d, entries[cut - 1].pos).unwrap();
+    let rest = u.listing_page(d, entries[cut - 1].pos, false).unwrap();
     let mut names: Vec<_> = entries[..cut]
         .iter()
         .chain(&rest.entries[rest.start..])

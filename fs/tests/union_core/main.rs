@@ -133,7 +133,7 @@ fn lookup_path_or_root(u: &Union, dir: &str) -> u64 {
 
 /// The names a full listing of directory `id` shows, without "." and "..".
 fn listing(u: &Union, id: u64) -> Vec<String> {
-    let page = u.listing_page(id, 0).unwrap();
+    let page = u.listing_page(id, 0, false).unwrap();
     let mut names: Vec<String> = page.entries[page.start..]
         .iter()
         .map(|e| e.name.to_string_lossy().into_owned())
