@@ -93,8 +93,7 @@ fn lists_stat_inos(root: BorrowedFd<'_>) -> bool {
     const BTRFS: i64 = 0x9123_683E;
     const TMPFS: i64 = 0x0102_1994;
     const F2FS: i64 = 0xF2F5_2010;
-    rustix::fs::fstatfs(root)
-        .is_ok_and(|s| [EXT4, XFS, BTRFS, TMPFS, F2FS].contains(&s.f_type))
+    rustix::fs::fstatfs(root).is_ok_and(|s| [EXT4, XFS, BTRFS, TMPFS, F2FS].contains(&s.f_type))
 }
 
 impl Layer {
