@@ -997,3 +997,45 @@ fn an_open_directory_outlives_its_name_as_the_kernels_does() {
     assert_eq!(replaced.nlink, 0, "{replaced:?}");
     b.check_trees("open directories removed");
 }
+
+/// The daemon keeps the upper's directories open by path; a rename or a
+/// rmdir makes a path name another directory, and what is made there
+/// afterwards must land in the new one, as on the kernel's side.
+#[test]
+fn names_made_after_a_directory_moves_land_in_the_new_one() {
+    let Some(b) = fixture() else { return };
+    b.ok("fill an upper directory", |m| {
+        fs::create_dir_all(m.join("moving/sub"))?;
+        fs::write(m.join("moving/sub/a"), "a")
+    });
+    b.ok("move it and make one in its place", |m| {
+        fs::rename(m.join("moving"), m.join("moved"))?;
+        fs::create_dir_all(m.join("moving/sub"))?;
+        fs::write(m.join("moving/sub/b"), "b")?;
+        fs::write(m.join("moved/sub/c"), "c")
+    });
+    b.ok("remove one and make it again", |m| {
+        fs::remove_file(m.join("moving/sub/b"))?;
+        fs::remove_dir(m.join("moving/sub"))?;
+        fs::create_dir(m.join("moving/sub"))?;
+        fs::write(m.join("moving/sub/d"), "d")
+    });
+    b.ok("exchange two", |m| {
+        sys::renameat2(&m.join("moving"), &m.join("moved"), RENAME_EXCHANGE)?;
+        fs::write(m.join("moving/sub/e"), "e")?;
+        fs::write(m.join("moved/sub/f"), "f")
+    });
+    b.ok("listings", |m| {
+        let mut names = Vec::new();
+        for d in ["moving/sub", "moved/sub"] {
+            let mut l: Vec<_> = fs::read_dir(m.join(d))?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<io::Result<_>>()?;
+            l.sort();
+            names.push(l);
+        }
+        Ok(names)
+    });
+    b.check_trees("after the moves");
+    b.check_uppers("after the moves");
+}

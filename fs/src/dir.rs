@@ -391,6 +391,7 @@ impl Union {
         }
         let victim = want_dir.then(|| self.last_sight(parent_id, name)).flatten();
         let _ns = sync::write(&self.namespace);
+        let _moved = want_dir.then(|| DirsMoved(self));
         let (li, ppath) = self.write_location(&parent)?;
         // Looked at again only if names changed since (a copy-up, another
         // request): what was checked then still holds otherwise.
@@ -572,11 +573,19 @@ impl Union {
             _ => None,
         };
         let _ns = sync::write(&self.namespace);
+        let _moved = DirsMoved(self);
         crate::rename::rename_locked(self, &parent, name, &new_parent, new_name, flags)?;
         if let Some((node, last)) = replaced_dir {
             self.keep_removed_dir(&node, last);
         }
         Ok(())
+    }
+
+    /// Paths in the writable branches may name other directories now.
+    fn dirs_moved(&self) {
+        for layer in self.layers.iter().chain(&self.index) {
+            layer.dirs_moved();
+        }
     }
 
     /// Find (and remember, without counting a kernel lookup) the node of a name.
@@ -842,4 +851,15 @@ fn make_object(
         )?;
     }
     Ok(fd)
+}
+
+/// Held, after the namespace lock, over a rename or a rmdir: when it is
+/// dropped (first, still under the lock) the writable branches forget the
+/// directories they opened by path.
+struct DirsMoved<'a>(&'a Union);
+
+impl Drop for DirsMoved<'_> {
+    fn drop(&mut self) {
+        self.0.dirs_moved();
+    }
 }

@@ -32,10 +32,12 @@ pub struct Layer {
     pub uuid: [u8; 16],
     /// Its filesystem lists each entry with the inode number stat gives it.
     pub dino_is_ino: bool,
-    /// Directories of a read-only layer opened before, by path: such a layer
-    /// never changes, so a path names the same directory for the mount's
-    /// life, and resolving a name costs no path walk from the root.
-    dirs: Option<Mutex<LruCache<PathBuf, Arc<OwnedFd>>>>,
+    /// Directories opened before, by path, so resolving a name costs no
+    /// path walk from the root. A read-only layer never changes, so a path
+    /// names the same directory for the mount's life; in a writable one only
+    /// a rename or a rmdir makes it name another, and those drop them all
+    /// (`dirs_moved`).
+    dirs: Mutex<DirFds>,
     /// The root in a private clone of the layer's mount that carries the
     /// union mount's atime options, to open files to read and write through:
     /// their atime then moves as it would under kernel overlayfs.
@@ -63,6 +65,12 @@ const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 
 /// Directory descriptors a read-only layer keeps: a share of the descriptor
 /// limit, so open files never run short for them.
+/// A layer's open directories, and how many times they were dropped.
+struct DirFds {
+    fds: LruCache<PathBuf, Arc<OwnedFd>>,
+    moves: u64,
+}
+
 fn dirs_kept() -> std::num::NonZeroUsize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
@@ -121,7 +129,10 @@ impl Layer {
             ino_prefix: 0,
             uuid,
             dino_is_ino,
-            dirs: (!writable).then(|| Mutex::new(LruCache::new(dirs_kept()))),
+            dirs: Mutex::new(DirFds {
+                fds: LruCache::new(dirs_kept()),
+                moves: 0,
+            }),
             io_root: None,
         })
     }
@@ -194,18 +205,30 @@ impl Layer {
 
     /// An O_PATH descriptor of the directory `rel`, usable as a dirfd.
     pub fn dir(&self, rel: &Path) -> Result<Arc<OwnedFd>> {
-        let Some(dirs) = &self.dirs else {
-            return Ok(Arc::new(
-                self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?,
-            ));
+        let moves = {
+            let mut dirs = sync::lock(&self.dirs);
+            if let Some(fd) = dirs.fds.get(rel) {
+                return Ok(fd.clone());
+            }
+            dirs.moves
         };
-        let lock = || sync::lock(dirs);
-        if let Some(fd) = lock().get(rel) {
-            return Ok(fd.clone());
-        }
         let fd = Arc::new(self.open_beneath(rel, OFlags::PATH | OFlags::DIRECTORY)?);
-        lock().put(rel.to_path_buf(), fd.clone());
+        let mut dirs = sync::lock(&self.dirs);
+        // Opened before a move finished: the path may name another now.
+        if dirs.moves == moves {
+            dirs.fds.put(rel.to_path_buf(), fd.clone());
+        }
         Ok(fd)
+    }
+
+    /// Directories of this writable layer were renamed or removed: paths
+    /// may name other directories now.
+    pub fn dirs_moved(&self) {
+        if self.writable {
+            let mut dirs = sync::lock(&self.dirs);
+            dirs.fds.clear();
+            dirs.moves += 1;
+        }
     }
 
     /// lstat of `rel`.
