@@ -14,6 +14,7 @@ mod layers;
 mod registry_rows;
 mod report;
 mod requests;
+mod scratch_fs;
 mod store;
 mod target;
 mod tmp;
@@ -76,6 +77,8 @@ pub struct BenchOptions {
     pub svg: Option<PathBuf>,
     /// Where the layers, uppers and mountpoints go [default: $TMPDIR or /var/tmp]
     pub tmpdir: Option<PathBuf>,
+    /// Use the temporary directory's own filesystem, not a fresh ext4 made in it
+    pub no_fresh_fs: bool,
 }
 
 pub fn run(args: BenchOptions) -> anyhow::Result<ExitCode> {
@@ -105,11 +108,19 @@ pub fn run(args: BenchOptions) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, Arc::clone(&stop)).context("signal handler")?;
     }
 
-    let base = tmp::TempDir::new(args.tmpdir.as_deref())?;
+    let mut base = tmp::TempDir::new(args.tmpdir.as_deref())?;
     let sizes = layers::Sizes::new(args.quick, args.scale, args.tree_scale);
+    if !args.no_fresh_fs {
+        base.on_fresh_ext4(&sizes.room(args.lower.is_some() || args.image.is_some()));
+    }
     eprintln!(
-        "unionmount bench: preparing layers in {}",
-        base.path().display()
+        "unionmount bench: preparing layers in {}{}",
+        base.path().display(),
+        if base.fresh_fs() {
+            " (a fresh ext4)"
+        } else {
+            ""
+        }
     );
     let image_store = match (&args.image, &args.store) {
         (None, _) => None,

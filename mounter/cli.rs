@@ -398,6 +398,7 @@ impl From<BenchArgs> for crate::bench::BenchOptions {
             csv: a.csv,
             svg: a.svg,
             tmpdir: a.tmpdir,
+            no_fresh_fs: a.no_fresh_fs,
         }
     }
 }
@@ -959,6 +960,9 @@ pub struct BenchArgs {
     /// Where the layers, uppers and mountpoints go [default: $TMPDIR or /var/tmp]
     #[arg(long, value_name = "DIR")]
     tmpdir: Option<PathBuf>,
+    /// Use the temporary directory's own filesystem, not a fresh ext4 made in it
+    #[arg(long)]
+    no_fresh_fs: bool,
 }
 
 #[cfg(test)]

@@ -84,6 +84,17 @@ fn quick_bench_reports_every_workload_on_every_target() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    // The runs went to a fresh ext4 made inside --tmpdir, gone afterwards
+    // with its loop device.
+    assert!(stderr.contains("(a fresh ext4)"), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(&work).unwrap().count(),
+        0,
+        "left in --tmpdir"
+    );
+    let loops = Command::new("losetup").arg("-a").output().unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(!loops.contains(work.to_str().unwrap()), "{loops}");
 
     assert!(
         stdout.contains(

@@ -766,7 +766,6 @@ pub(crate) fn check_name(name: &OsStr) -> Result<()> {
     }
 }
 
-/// Make the object `name` in `dir` with the caller's owner; files come back open.
 /// The default ACL of a directory, if it has a valid one.
 fn default_acl(dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
     crate::layer::get_xattr(dir, acl::DEFAULT).ok().flatten()
@@ -809,6 +808,7 @@ fn set_inherited_acl(
     Ok(())
 }
 
+/// Make the object `name` in `dir` with the caller's owner; files come back open.
 fn make_object(
     dir: BorrowedFd<'_>,
     name: &OsStr,

@@ -36,6 +36,24 @@ pub const DEFAULT_APPEND: u64 = 1024 * MIB;
 pub const DEFAULT_WRITE: u64 = 1024 * MIB;
 
 impl Sizes {
+    /// What the run's filesystem must hold: the layers, a merged copy, and
+    /// the uppers of a run (untar, copy-ups, the written file). A given
+    /// tree's size is not known: then as much as the disk has.
+    pub fn room(&self, given_tree: bool) -> super::scratch_fs::Room {
+        let files = (self.dirs * self.files_per_dir) as u64;
+        if given_tree {
+            return super::scratch_fs::Room {
+                bytes: None,
+                inodes: 2 << 20,
+            };
+        }
+        let big = self.big + self.append + self.medium + self.write;
+        super::scratch_fs::Room {
+            bytes: Some(4 * big + files * (64 << 10) + (4 << 30)),
+            inodes: (files * 16).max(256 << 10),
+        }
+    }
+
     /// `tree_scale` multiplies the file count only (a big tree without
     /// bigger big files).
     pub fn new(quick: bool, scale: f64, tree_scale: f64) -> Sizes {

@@ -9,6 +9,8 @@ use anyhow::Context;
 
 pub struct TempDir {
     path: PathBuf,
+    /// A fresh filesystem mounted inside, where the run's files go.
+    scratch: Option<PathBuf>,
 }
 
 impl TempDir {
@@ -28,11 +30,32 @@ impl TempDir {
         std::fs::create_dir(&path)
             .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
         let path = path.canonicalize().unwrap_or(path);
-        Ok(TempDir { path })
+        Ok(TempDir {
+            path,
+            scratch: None,
+        })
     }
 
+    /// Put the run's files on a fresh ext4 made inside (see `scratch_fs`);
+    /// where that cannot be done, say why and use the directory as it is.
+    pub fn on_fresh_ext4(&mut self, room: &super::scratch_fs::Room) {
+        match super::scratch_fs::mount_fresh_ext4(&self.path, room) {
+            Ok(mnt) => self.scratch = Some(mnt),
+            Err(e) => eprintln!(
+                "unionmount bench: no fresh ext4 for the run ({e:#}); using {} as it is",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// Where the run's files go.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.scratch.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Whether `path` is a fresh ext4 made for the run.
+    pub fn fresh_fs(&self) -> bool {
+        self.scratch.is_some()
     }
 }
 
