@@ -14,6 +14,7 @@ mod layers;
 mod registry_rows;
 mod report;
 mod requests;
+mod run_rows;
 mod scratch_fs;
 mod store;
 mod target;

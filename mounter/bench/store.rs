@@ -73,6 +73,12 @@ pub static STORE_WORKLOADS: &[StoreWorkload] = &[
         goal: "≤ 0.05×",
     },
     StoreWorkload {
+        name: "run-true",
+        about: "unionmount run --rm of a busybox image (true): start to exit",
+        baseline: Some("runc run of its bundle, made beforehand"),
+        goal: "≈ 0.02 s",
+    },
+    StoreWorkload {
         name: "push",
         about: "push of the registry image to a loopback registry (gzip)",
         baseline: Some("skopeo copy"),
@@ -97,12 +103,22 @@ pub struct Inputs {
     pub clone_size: u64,
     /// That row's filesystems, made at its first run.
     clone_rig: OnceCell<Result<super::clone_rows::Rig, String>>,
+    /// The container row's image and bundle, made at its first run.
+    run_rig: OnceCell<Result<super::run_rows::Rig, String>>,
 }
 
 impl Inputs {
     fn clone_rig(&self) -> anyhow::Result<&super::clone_rows::Rig> {
         let rig = self.clone_rig.get_or_init(|| {
             super::clone_rows::Rig::prepare(&self.work, self.clone_size)
+                .map_err(|e| format!("{e:#}"))
+        });
+        rig.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    fn run_rig(&self) -> anyhow::Result<&super::run_rows::Rig> {
+        let rig = self.run_rig.get_or_init(|| {
+            super::run_rows::Rig::prepare(&self.commit_store, &self.work)
                 .map_err(|e| format!("{e:#}"))
         });
         rig.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
@@ -156,6 +172,7 @@ impl Inputs {
             work: dir,
             clone_size: 1 << 30,
             clone_rig: OnceCell::new(),
+            run_rig: OnceCell::new(),
             describe: format!("a layer tar of {entries} entries, {mib:.0} MiB"),
         })
     }
@@ -249,6 +266,7 @@ fn one_run(w: &StoreWorkload, inputs: &Inputs, run: usize) -> anyhow::Result<(Op
         }
         "ctr-import" | "ctr-run" => super::containerd_rows::one_run(w.name, inputs, &scratch, run),
         "clone-copyup" => inputs.clone_rig().and_then(|rig| rig.one_run(run)),
+        "run-true" => inputs.run_rig().and_then(|rig| rig.one_run(run)),
         _ => {
             let tag = format!("commit{run}");
             let u = timed(|| {
