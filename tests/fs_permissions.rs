@@ -269,3 +269,76 @@ fn setgid_directories_pass_on_their_group() {
     assert_eq!(group, 100);
     b.check_trees("objects made in a setgid directory");
 }
+
+/// An unprivileged write or truncate clears setuid (and setgid where the
+/// group may execute) and file capabilities, as on the kernel's side; a
+/// chown clears them whoever makes it. (FUSE_HANDLE_KILLPRIV_V2 would save
+/// the GETATTR the kernel makes before a chown, but a passthrough write
+/// then clears nothing: the kernel leaves that write's clearing to a
+/// daemon that never sees it. This test is what caught it.)
+#[test]
+fn writes_truncates_and_chowns_clear_setuid_as_the_kernels_do() {
+    let own = || Meta::mode(0o6775).owner(1000, 1000);
+    let setup = Setup::new(vec![
+        Layer::new()
+            .file_with("write", "data", own())
+            .file_with("truncate", "data", own())
+            .file_with("open-trunc", "data", own())
+            .file_with("kept-sgid", "data", Meta::mode(0o2764).owner(1000, 1000))
+            .file_with("chown", "data", own())
+            .file_with("cap", "data", Meta::mode(0o755).owner(1000, 1000)),
+    ]);
+    let Some(b) = Both::setup(setup) else { return };
+    // A file capability (v2, cap_net_raw), which a write drops too.
+    let cap: [u8; 20] = [
+        0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    b.ok("give cap a file capability", |m| {
+        set_xattr_raw(&m.join("cap"), "security.capability", &cap)
+    });
+    let cases: Vec<(&str, i32, &str)> = vec![
+        ("write", 0, "write"),
+        ("truncate", 1, "truncate"),
+        ("open O_TRUNC", 2, "open-trunc"),
+        ("write, setgid without group exec", 0, "kept-sgid"),
+        ("write a file with a capability", 0, "cap"),
+    ];
+    for (what, op, rel) in cases {
+        let mut results = Vec::new();
+        for side in b.sides() {
+            let c = cstr(&side.p(rel));
+            let r = as_user(|| unsafe {
+                let r = match op {
+                    0 => {
+                        let fd = libc::open(c.as_ptr(), libc::O_WRONLY);
+                        if fd < 0 || libc::write(fd, b"x".as_ptr().cast(), 1) != 1 {
+                            -1
+                        } else {
+                            libc::close(fd)
+                        }
+                    }
+                    1 => libc::truncate(c.as_ptr(), 2),
+                    _ => libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_TRUNC),
+                };
+                if r < 0 { errno_now() } else { 0 }
+            });
+            let st = sys::lstat(&side.p(rel)).unwrap();
+            let has_cap = sys::xattrs(&side.p(rel))
+                .unwrap()
+                .iter()
+                .any(|(k, _)| k == "security.capability");
+            results.push((r, st.st_mode & 0o7777, has_cap));
+        }
+        assert_eq!(
+            results[0], results[1],
+            "{what}: kernel (left) and {} (right): (errno, mode, capability)",
+            b.u.name
+        );
+    }
+    b.ok("root chowns a setuid file", |m| {
+        std::os::unix::fs::lchown(m.join("chown"), Some(1000), Some(0))?;
+        Ok(sys::lstat(&m.join("chown"))?.st_mode & 0o7777)
+    });
+    b.check_trees("after the writes");
+    b.check_uppers("after the writes");
+}
