@@ -157,7 +157,8 @@ impl<'a> RequestWithSender<'a> {
                 );
             }
             ll::Operation::SetAttr(x) => {
-                filesystem.setattr(
+                // unionmount patch: the kill flag goes through.
+                filesystem.setattr_killing_suidgid(
                     self.request_header(),
                     self.request.nodeid(),
                     x.mode(),
@@ -172,6 +173,7 @@ impl<'a> RequestWithSender<'a> {
                     x.chgtime(),
                     x.bkuptime(),
                     x.flags(),
+                    x.kill_suidgid(),
                     self.reply(),
                 );
             }
