@@ -272,10 +272,10 @@ fn setgid_directories_pass_on_their_group() {
 
 /// An unprivileged write or truncate clears setuid (and setgid where the
 /// group may execute) and file capabilities, as on the kernel's side; a
-/// chown clears them whoever makes it. With FUSE_HANDLE_KILLPRIV_V2 the
-/// daemon does the clearing, and a passthrough write would clear nothing
-/// (it never reaches the daemon): files with something to clear are not
-/// passed through.
+/// chown clears them whoever makes it. (FUSE_HANDLE_KILLPRIV_V2 would save
+/// the GETATTR the kernel makes before a chown, but a passthrough write
+/// then clears nothing: the kernel leaves that write's clearing to a
+/// daemon that never sees it. This test is what caught it.)
 #[test]
 fn writes_truncates_and_chowns_clear_setuid_as_the_kernels_do() {
     let own = || Meta::mode(0o6775).owner(1000, 1000);

@@ -1,7 +1,7 @@
 //! getattr, setattr, readlink, xattrs, statfs.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -47,9 +47,6 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// An open handle of the file, when the kernel names one.
     pub fh: Option<u64>,
-    /// Clear setuid/setgid as the change would for an unprivileged caller
-    /// (the kernel's FATTR_KILL_SUIDGID).
-    pub kill_suidgid: bool,
 }
 
 impl SetAttr {
@@ -66,12 +63,16 @@ impl SetAttr {
     }
 }
 
-/// What a chown(-1, -1) changes: the ctime, and the set-id bits of a
-/// non-directory.
+/// Move an object's ctime and nothing else: a chmod to the mode it has (a
+/// chown(-1, -1) would also clear set-id bits); a symlink has none to lose.
 fn touch_ctime(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    // With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves that clearing to us,
-    // and the upper's own chown does it as kernel overlayfs's would.
-    rustix::fs::chownat(dir, name, None, None, AtFlags::SYMLINK_NOFOLLOW)
+    let st = stat_at(dir, name)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink {
+        return rustix::fs::chownat(dir, name, None, None, AtFlags::SYMLINK_NOFOLLOW);
+    }
+    let fd = layer::open_path_at(dir, name)?;
+    let path = sys::proc_fd_path(fd.as_fd());
+    rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(st.st_mode & 0o7777))
 }
 
 const UTIME_OMIT: i64 = (1 << 30) - 2;
@@ -180,11 +181,6 @@ impl Union {
             raw.st_nlink = 1;
         }
         raw
-    }
-
-    /// Owners are set on the branches, not recorded in `override_stat`.
-    pub fn sets_owners(&self) -> bool {
-        !self.rootless
     }
 
     /// chown; where the daemon may not (rootless), record the owner in
@@ -328,21 +324,11 @@ impl Union {
         let (li, path) = self.write_location(node)?;
         let layer = self.branch(li)?;
         if let Some(size) = req.size {
-            // The upper's filesystem clears what the caller's truncate
-            // would, once the daemon's own exemption is set aside. (A
-            // chown clears setuid whoever makes it.)
-            let truncate = |fd: BorrowedFd<'_>| {
-                if req.kill_suidgid {
-                    crate::sys::without_fsetid(|| rustix::fs::ftruncate(fd, size))
-                } else {
-                    rustix::fs::ftruncate(fd, size)
-                }
-            };
             match req.fh.and_then(|fh| self.handles.fd(fh)) {
-                Some(fd) => truncate(fd.as_fd())?,
+                Some(fd) => rustix::fs::ftruncate(&*fd, size)?,
                 None => {
                     let fd = layer.open_beneath(&path, OFlags::WRONLY | OFlags::NOFOLLOW)?;
-                    truncate(fd.as_fd())?;
+                    rustix::fs::ftruncate(&fd, size)?;
                 }
             }
         }

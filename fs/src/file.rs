@@ -241,17 +241,7 @@ impl Union {
         Ok(buf)
     }
 
-    /// Write `data` at `offset`; `kill_suidgid` (the kernel's
-    /// FUSE_WRITE_KILL_SUIDGID) clears setuid/setgid and capabilities as an
-    /// unprivileged writer's write does.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_suidgid: bool) -> Result<usize> {
-        if kill_suidgid {
-            return crate::sys::without_fsetid(|| self.write_all_at(fh, offset, data));
-        }
-        self.write_all_at(fh, offset, data)
-    }
-
-    fn write_all_at(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let fd = self.handle_fd(fh)?;
         let mut done = 0;
         while done < data.len() {

@@ -169,20 +169,3 @@ pub fn ioctl_arg(fd: BorrowedFd<'_>, cmd: u32, arg: &mut [u8]) -> Result<(), Err
         Ok(())
     }
 }
-
-/// Run `f` with CAP_FSETID out of this thread's effective set, so that the
-/// filesystem clears setuid/setgid and file capabilities on a write or a
-/// truncate as it does for an unprivileged caller; then put it back.
-pub fn without_fsetid<T>(f: impl FnOnce() -> Result<T, Errno>) -> Result<T, Errno> {
-    use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
-    let caps = capabilities(None)?;
-    if !caps.effective.contains(CapabilitySet::FSETID) {
-        return f();
-    }
-    let mut dropped = caps;
-    dropped.effective.remove(CapabilitySet::FSETID);
-    set_capabilities(None, dropped)?;
-    let out = f();
-    set_capabilities(None, caps)?;
-    out
-}

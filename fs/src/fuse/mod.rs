@@ -232,18 +232,6 @@ impl Filesystem for UnionFuse {
                 InitFlags::FUSE_POSIX_ACL | InitFlags::FUSE_DONT_MASK
             } else {
                 InitFlags::empty()
-            }
-            // We clear setuid/setgid and capabilities where the kernel asks
-            // (a chown, a truncate, a write): it then sends no GETATTR before
-            // a chown, and no GETXATTR of security.capability before every
-            // write (it marks a checked inode clean). A passthrough write
-            // never reaches us, so files holding such privileges are not
-            // passed through (`passthrough`). Not where owners are recorded
-            // rather than set (rootless): a real chown is what clears them.
-            | if self.union.sets_owners() {
-                InitFlags::FUSE_HANDLE_KILLPRIV_V2
-            } else {
-                InitFlags::empty()
             };
         let _ = config.add_capabilities(wanted & config.capabilities());
         self.io_uring.ask(config);
@@ -284,7 +272,7 @@ impl Filesystem for UnionFuse {
         }
     }
 
-    fn setattr_killing_suidgid(
+    fn setattr(
         &self,
         _req: &Request,
         ino: INodeNo,
@@ -300,7 +288,6 @@ impl Filesystem for UnionFuse {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
-        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         self.requests.note(Kind::Setattr);
@@ -312,7 +299,6 @@ impl Filesystem for UnionFuse {
             atime: set_time(atime),
             mtime: set_time(mtime),
             fh: fh.map(|f| f.0),
-            kill_suidgid,
         };
         match self
             .node(ino)
@@ -495,14 +481,13 @@ impl Filesystem for UnionFuse {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         self.requests.note(Kind::Write);
-        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.union.write(fh.0, offset, data, kill) {
+        match self.union.write(fh.0, offset, data) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errors::noted("write", ino.0, err(e))),
         }

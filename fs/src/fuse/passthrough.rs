@@ -67,9 +67,9 @@ impl Passthrough {
         may_passthrough: bool,
         open_backing: impl FnOnce(&OwnedFd) -> std::io::Result<BackingId>,
     ) -> Result<OpenMode, FuseErrno> {
-        let st = rustix::fs::fstat(fd).map_err(err)?;
-        let file = (st.st_dev, st.st_ino);
-        let may_passthrough = may_passthrough && !holds_privileges(fd, st.st_mode);
+        let file = rustix::fs::fstat(fd)
+            .map(|st| (st.st_dev, st.st_ino))
+            .map_err(err)?;
         let mut by_node = sync::lock(&self.by_node);
         let (mode, backed) = match by_node.get_mut(&node) {
             Some(NodeIo::Cached { users }) => {
@@ -139,18 +139,6 @@ impl Passthrough {
             by_node.remove(&node);
         }
     }
-}
-
-/// Does a write have privileges to clear here: setuid, setgid with group
-/// execute, or a file capability? The kernel leaves that clearing to us
-/// (FUSE_HANDLE_KILLPRIV_V2), and a passthrough write never reaches us, so
-/// such a file is not passed through. (One made setuid while a passthrough
-/// descriptor is open keeps it; the mode is checked at open.)
-fn holds_privileges(fd: &OwnedFd, mode: u32) -> bool {
-    let sgid_exec = libc::S_ISGID | libc::S_IXGRP;
-    mode & libc::S_ISUID != 0
-        || mode & sgid_exec == sgid_exec
-        || rustix::fs::fgetxattr(fd, "security.capability", &mut [0u8; 0]).is_ok()
 }
 
 impl Backed {

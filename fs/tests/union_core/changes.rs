@@ -10,7 +10,7 @@ fn writing_a_lower_file_copies_it_up_and_leaves_the_lower_alone() {
 
     let (node, _) = u.lookup(lookup_path(&u, "d").unwrap(), name("f")).unwrap();
     let opened = u.open(&node, OFlags::WRONLY).unwrap();
-    assert_eq!(u.write(opened.fh, 0, b"UPPER", false).unwrap(), 5);
+    assert_eq!(u.write(opened.fh, 0, b"UPPER").unwrap(), 5);
     u.release(opened.fh);
 
     assert_eq!(
@@ -113,7 +113,7 @@ fn creating_a_file_puts_it_in_the_upper_only() {
         )
         .unwrap();
     let fh = u.adopt(&made.node, made.fd.expect("a created file comes open"));
-    u.write(fh, 0, b"fresh", false).unwrap();
+    u.write(fh, 0, b"fresh").unwrap();
     u.release(fh);
 
     assert_eq!(

@@ -13,7 +13,7 @@ fn a_hard_link_to_a_lower_file_shares_its_data() {
     assert_eq!(st.st_nlink, 2);
 
     let opened = u.open(&linked, OFlags::WRONLY).unwrap();
-    u.write(opened.fh, 0, b"LINKED", false).unwrap(); // over "lower "
+    u.write(opened.fh, 0, b"LINKED").unwrap(); // over "lower "
     u.release(opened.fh);
 
     assert_eq!(read_through(&u, "f"), "LINKEDdata");

@@ -467,35 +467,6 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
-    /// unionmount patch: `setattr` with the kernel's request to clear
-    /// setuid/setgid as the change would for an unprivileged caller
-    /// (FATTR_KILL_SUIDGID, sent once FUSE_HANDLE_KILLPRIV_V2 is granted).
-    /// By default, `setattr` without it.
-    fn setattr_killing_suidgid(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        crtime: Option<SystemTime>,
-        chgtime: Option<SystemTime>,
-        bkuptime: Option<SystemTime>,
-        flags: Option<BsdFileFlags>,
-        _kill_suidgid: bool,
-        reply: ReplyAttr,
-    ) {
-        self.setattr(
-            req, ino, mode, uid, gid, size, atime, mtime, ctime, fh, crtime, chgtime, bkuptime,
-            flags, reply,
-        );
-    }
-
     /// Read symbolic link.
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         warn!("[Not Implemented] readlink(ino: {ino:#x?})");

@@ -157,8 +157,7 @@ impl<'a> RequestWithSender<'a> {
                 );
             }
             ll::Operation::SetAttr(x) => {
-                // unionmount patch: the kill flag goes through.
-                filesystem.setattr_killing_suidgid(
+                filesystem.setattr(
                     self.request_header(),
                     self.request.nodeid(),
                     x.mode(),
@@ -173,7 +172,6 @@ impl<'a> RequestWithSender<'a> {
                     x.chgtime(),
                     x.bkuptime(),
                     x.flags(),
-                    x.kill_suidgid(),
                     self.reply(),
                 );
             }

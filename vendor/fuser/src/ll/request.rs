@@ -472,10 +472,6 @@ mod op {
             #[cfg(not(target_os = "macos"))]
             None
         }
-        /// unionmount patch: FATTR_KILL_SUIDGID (FUSE_HANDLE_KILLPRIV_V2).
-        pub(crate) fn kill_suidgid(&self) -> bool {
-            self.valid().contains(FattrFlags::FATTR_KILL_SUIDGID)
-        }
         pub(crate) fn flags(&self) -> Option<BsdFileFlags> {
             #[cfg(target_os = "macos")]
             if self.valid().contains(FattrFlags::FATTR_FLAGS) {
