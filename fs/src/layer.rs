@@ -63,14 +63,14 @@ const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
 const MOUNT_ATTR_ATIME_MASK: u64 = 0x70;
 const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
 
-/// Directory descriptors a read-only layer keeps: a share of the descriptor
-/// limit, so open files never run short for them.
 /// A layer's open directories, and how many times they were dropped.
 struct DirFds {
     fds: LruCache<PathBuf, Arc<OwnedFd>>,
     moves: u64,
 }
 
+/// Directory descriptors a layer keeps: a share of the descriptor limit, so
+/// open files never run short for them.
 fn dirs_kept() -> std::num::NonZeroUsize {
     let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current

@@ -21,7 +21,7 @@ use super::workload::run_cmd;
 const IMAGE: &str = "localhost/bench:1";
 /// Where the container's `true` comes from: busybox runs the applet its
 /// name says.
-const BUSYBOX: &str = "/bin/busybox";
+pub(super) const BUSYBOX: &str = "/bin/busybox";
 const TRUE_MOUNT: &str = "type=bind,src=/bin/busybox,dst=/true,options=rbind:ro";
 
 /// The tools the rows need, or why they cannot run.

@@ -9,11 +9,11 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+use super::containerd_rows::BUSYBOX;
 use super::store::{timed, um};
 use super::workload::run_cmd;
 
 const IMAGE: &str = "bench-true";
-const BUSYBOX: &str = "/bin/busybox";
 
 /// The image in a store, and the bundle runc runs.
 pub struct Rig {
