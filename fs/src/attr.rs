@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ondisk::override_stat::{self, OverrideStat};
@@ -12,7 +12,7 @@ use rustix::io::Errno;
 
 use crate::Branch;
 use crate::inode::{Node, NodeState, XattrNames};
-use crate::layer::{self, split, stat_at};
+use crate::layer::{self, Layer, split, stat_at};
 use crate::lookup;
 use crate::sync;
 use crate::{Result, Union, sys};
@@ -216,15 +216,12 @@ impl Union {
         name: &OsStr,
         mode: u32,
     ) -> Result<()> {
-        // chmod through the O_PATH descriptor: never follows a symlink in the layer.
+        if !self.rootless {
+            return layer::chmod_at(dir, name, mode & 0o7777);
+        }
         let fd = layer::open_path_at(dir, name)?;
         let path = sys::proc_fd_path(fd.as_fd());
-        let recorded = if self.rootless {
-            crate::names::override_of(fd.as_fd())?
-        } else {
-            None
-        };
-        let Some(mut o) = recorded else {
+        let Some(mut o) = crate::names::override_of(fd.as_fd())? else {
             return rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(mode & 0o7777));
         };
         o.mode = mode & 0o7777;
@@ -376,9 +373,12 @@ impl Union {
         {
             return Err(Errno::NODATA);
         }
-        let fd = self.open_top(node)?;
         let stored = xattr::escape(self.cfg.xattr_ns, name);
-        layer::get_xattr(fd.as_fd(), &stored)?.ok_or(Errno::NODATA)
+        let _ns = sync::read(&self.namespace);
+        let (li, path) = self.top_entry(node, &node.snapshot())?;
+        self.branch(li)?
+            .get_xattr(&path, &stored)?
+            .ok_or(Errno::NODATA)
     }
 
     /// The xattr names a user sees, NUL-separated as listxattr returns them.
@@ -386,12 +386,14 @@ impl Union {
         if let Some(names) = self.read_only_xattr_names(node)? {
             return Ok(names.to_vec());
         }
-        self.shown_xattr_names(&self.open_top(node)?)
+        let _ns = sync::read(&self.namespace);
+        let (li, path) = self.top_entry(node, &node.snapshot())?;
+        self.shown_xattr_names(self.branch(li)?, &path)
     }
 
-    fn shown_xattr_names(&self, fd: &OwnedFd) -> Result<Vec<u8>> {
+    fn shown_xattr_names(&self, layer: &Layer, path: &Path) -> Result<Vec<u8>> {
         let mut out = Vec::new();
-        for stored in layer::list_xattrs(fd.as_fd())? {
+        for stored in layer.list_xattrs(path)? {
             let Ok(stored) = std::str::from_utf8(&stored) else {
                 continue;
             };
@@ -420,8 +422,7 @@ impl Union {
         if layer.writable {
             return Ok(None);
         }
-        let fd = layer.open_beneath(&place.1, OFlags::PATH | OFlags::NOFOLLOW)?;
-        let names = shared_if_empty(self.shown_xattr_names(&fd)?);
+        let names = shared_if_empty(self.shown_xattr_names(layer, &place.1)?);
         // Kept only if the node still shows that object.
         let mut now = node.state();
         if !now.upper && now.index.is_none() && now.lowers.first() == st.lowers.first() {

@@ -768,7 +768,9 @@ pub(crate) fn check_name(name: &OsStr) -> Result<()> {
 
 /// The default ACL of a directory, if it has a valid one.
 fn default_acl(dir: BorrowedFd<'_>) -> Option<Vec<u8>> {
-    crate::layer::get_xattr(dir, acl::DEFAULT).ok().flatten()
+    crate::layer::get_xattr_at(dir, OsStr::new("."), acl::DEFAULT)
+        .ok()
+        .flatten()
 }
 
 /// The caller's umask applies unless a default ACL is inherited (POSIX).
@@ -844,11 +846,7 @@ fn make_object(
         && mode & 0o7000 != 0
     {
         // chown cleared setuid/setgid; put back what the caller asked for.
-        let f = layer::open_path_at(dir, name)?;
-        rustix::fs::chmod(
-            crate::sys::proc_fd_path(f.as_fd()).as_c_str(),
-            Mode::from_raw_mode(mode & 0o7777),
-        )?;
+        layer::chmod_at(dir, name, mode & 0o7777)?;
     }
     Ok(fd)
 }

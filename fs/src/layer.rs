@@ -231,6 +231,28 @@ impl Layer {
         }
     }
 
+    /// Xattr `key` of `rel` (None if absent), read by name from its
+    /// directory's kept descriptor.
+    pub fn get_xattr(&self, rel: &Path, key: &str) -> Result<Option<Vec<u8>>> {
+        let (dir, name) = self.dir_and_name(rel)?;
+        get_xattr_at(dir.as_fd(), name, key)
+    }
+
+    /// The xattr names of `rel`.
+    pub fn list_xattrs(&self, rel: &Path) -> Result<Vec<Vec<u8>>> {
+        let (dir, name) = self.dir_and_name(rel)?;
+        list_xattrs_at(dir.as_fd(), name)
+    }
+
+    /// The kept descriptor of the directory holding `rel` and its name there
+    /// (the root is "." in itself).
+    fn dir_and_name<'a>(&self, rel: &'a Path) -> Result<(Arc<OwnedFd>, &'a OsStr)> {
+        match split(rel) {
+            (parent, Some(name)) => Ok((self.dir(parent)?, name)),
+            (_, None) => Ok((self.dir(Path::new(""))?, OsStr::new("."))),
+        }
+    }
+
     /// lstat of `rel`.
     pub fn stat(&self, rel: &Path) -> Result<Stat> {
         let (parent, name) = split(rel);
@@ -271,18 +293,53 @@ pub fn open_path_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd> {
     )
 }
 
+/// chmod of `name` in `dir` that never follows a symlink in the layer
+/// (EOPNOTSUPP on one): by name where the kernel can, else through an O_PATH
+/// descriptor and /proc.
+pub fn chmod_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<()> {
+    match sys::chmod_at_nofollow(dir, name, mode) {
+        Err(Errno::NOSYS) => {
+            let fd = open_path_at(dir, name)?;
+            rustix::fs::chmod(
+                sys::proc_fd_path(fd.as_fd()).as_c_str(),
+                Mode::from_raw_mode(mode),
+            )
+        }
+        done => done,
+    }
+}
+
 /// Does the object behind `fd` carry xattr `name`? Reads its value (None if absent).
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &str) -> Result<Option<Vec<u8>>> {
-    let mut buf = vec![0u8; 256];
     // An ordinary descriptor answers directly; an O_PATH one (EBADF) through /proc.
     let mut via_proc = None;
+    read_xattr(|buf| match &via_proc {
+        None => match rustix::fs::fgetxattr(fd, name, &mut *buf) {
+            Err(Errno::BADF) => {
+                let path = via_proc.insert(sys::proc_fd_path(fd));
+                rustix::fs::getxattr(path.as_c_str(), name, buf)
+            }
+            got => got,
+        },
+        Some(path) => rustix::fs::getxattr(path.as_c_str(), name, buf),
+    })
+}
+
+/// Xattr `key` of `name` in `dir` (not following a symlink), None if absent:
+/// read by name where the kernel can, which spares an open and a walk of /proc.
+pub fn get_xattr_at(dir: BorrowedFd<'_>, name: &OsStr, key: &str) -> Result<Option<Vec<u8>>> {
+    match read_xattr(|buf| sys::get_xattr_at(dir, name, key, buf)) {
+        Err(Errno::NOSYS) => get_xattr(open_path_at(dir, name)?.as_fd(), key),
+        got => got,
+    }
+}
+
+/// Run an xattr read with a buffer grown until the value fits: its value,
+/// or None where the object has none or its filesystem holds no xattrs.
+fn read_xattr(mut read: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; 256];
     loop {
-        let got = match &via_proc {
-            None => rustix::fs::fgetxattr(fd, name, &mut buf[..]),
-            Some(path) => rustix::fs::getxattr(path, name, &mut buf[..]),
-        };
-        match got {
-            Err(Errno::BADF) if via_proc.is_none() => via_proc = Some(sys::proc_fd_path(fd)),
+        match read(&mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));
@@ -310,15 +367,32 @@ pub fn remove_xattr(fd: BorrowedFd<'_>, name: &str) -> Result<()> {
 
 /// The xattr names of the object behind `fd`.
 pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<Vec<u8>>> {
-    let mut buf = vec![0u8; 1024];
     let mut via_proc = None;
+    list_names(|buf| match &via_proc {
+        None => match rustix::fs::flistxattr(fd, &mut *buf) {
+            Err(Errno::BADF) => {
+                let path = via_proc.insert(sys::proc_fd_path(fd));
+                rustix::fs::listxattr(path.as_c_str(), buf)
+            }
+            got => got,
+        },
+        Some(path) => rustix::fs::listxattr(path.as_c_str(), buf),
+    })
+}
+
+/// The xattr names of `name` in `dir` (not following a symlink).
+pub fn list_xattrs_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Vec<Vec<u8>>> {
+    match list_names(|buf| sys::list_xattrs_at(dir, name, buf)) {
+        Err(Errno::NOSYS) => list_xattrs(open_path_at(dir, name)?.as_fd()),
+        got => got,
+    }
+}
+
+/// Run an xattr listing with a buffer grown until the names fit.
+fn list_names(mut list: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Vec<Vec<u8>>> {
+    let mut buf = vec![0u8; 1024];
     let n = loop {
-        let got = match &via_proc {
-            None => rustix::fs::flistxattr(fd, &mut buf[..]),
-            Some(path) => rustix::fs::listxattr(path, &mut buf[..]),
-        };
-        match got {
-            Err(Errno::BADF) if via_proc.is_none() => via_proc = Some(sys::proc_fd_path(fd)),
+        match list(&mut buf[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
             Err(Errno::NOTSUP) => return Ok(Vec::new()),

@@ -4,6 +4,7 @@
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::io::Errno;
 
@@ -167,5 +168,167 @@ pub fn ioctl_arg(fd: BorrowedFd<'_>, cmd: u32, arg: &mut [u8]) -> Result<(), Err
         Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::INVAL))
     } else {
         Ok(())
+    }
+}
+
+/// Numbers of the calls libc does not name yet on every architecture (the
+/// same on all that share the generic table since Linux 5.1).
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+))]
+mod nr {
+    pub const FCHMODAT2: libc::c_long = 452;
+    pub const GETXATTRAT: libc::c_long = 464;
+    pub const LISTXATTRAT: libc::c_long = 465;
+}
+
+/// Whether the kernel answered ENOSYS to a call of that family once: then
+/// the callers' fallbacks are taken at once.
+static NO_XATTRAT: AtomicBool = AtomicBool::new(false);
+static NO_FCHMODAT2: AtomicBool = AtomicBool::new(false);
+
+/// `struct xattr_args` of linux/xattr.h.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// The result of a raw syscall: its value, or the errno it set. ENOSYS is
+/// remembered in `missing`, and answered from there afterwards.
+fn syscall_result(rc: libc::c_long, missing: &AtomicBool) -> Result<usize, Errno> {
+    if rc >= 0 {
+        return Ok(rc as usize);
+    }
+    let errno = Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO);
+    if errno == Errno::NOSYS {
+        missing.store(true, Ordering::Relaxed);
+    }
+    Err(errno)
+}
+
+/// `getxattrat(dir, name, AT_SYMLINK_NOFOLLOW, key)` (Linux 6.13): an xattr
+/// of `name` in `dir` read without opening it, which an O_PATH descriptor of
+/// the object itself cannot do. ENOSYS on older kernels.
+pub fn get_xattr_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    key: &str,
+    buf: &mut [u8],
+) -> Result<usize, Errno> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ))]
+    {
+        if NO_XATTRAT.load(Ordering::Relaxed) {
+            return Err(Errno::NOSYS);
+        }
+        let (name, key) = (cstring(name)?, cstring(OsStr::new(key))?);
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: buf.len().min(u32::MAX as usize) as u32,
+            flags: 0,
+        };
+        // SAFETY: both strings are NUL-terminated; `args` points the kernel at
+        // `buf`, valid for writes of `args.size` bytes, and is passed with its size.
+        let rc = unsafe {
+            libc::syscall(
+                nr::GETXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                key.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        };
+        syscall_result(rc, &NO_XATTRAT)
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = (dir, name, key, buf);
+        Err(Errno::NOSYS)
+    }
+}
+
+/// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)` (Linux 6.13): the xattr names
+/// of `name` in `dir`, NUL-separated, without opening it. ENOSYS on older kernels.
+pub fn list_xattrs_at(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ))]
+    {
+        if NO_XATTRAT.load(Ordering::Relaxed) {
+            return Err(Errno::NOSYS);
+        }
+        let name = cstring(name)?;
+        // SAFETY: `name` is NUL-terminated and `buf` valid for writes of its length.
+        let rc = unsafe {
+            libc::syscall(
+                nr::LISTXATTRAT,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        syscall_result(rc, &NO_XATTRAT)
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = (dir, name, buf);
+        Err(Errno::NOSYS)
+    }
+}
+
+/// `fchmodat2(dir, name, mode, AT_SYMLINK_NOFOLLOW)` (Linux 6.6): a chmod that
+/// never follows a symlink (EOPNOTSUPP on one). ENOSYS on older kernels.
+pub fn chmod_at_nofollow(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), Errno> {
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    ))]
+    {
+        if NO_FCHMODAT2.load(Ordering::Relaxed) {
+            return Err(Errno::NOSYS);
+        }
+        let name = cstring(name)?;
+        // SAFETY: `name` is NUL-terminated; the other arguments are plain integers.
+        let rc = unsafe {
+            libc::syscall(
+                nr::FCHMODAT2,
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                mode as libc::c_uint,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        syscall_result(rc, &NO_FCHMODAT2).map(drop)
+    }
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )))]
+    {
+        let _ = (dir, name, mode);
+        Err(Errno::NOSYS)
     }
 }
