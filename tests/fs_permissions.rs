@@ -14,9 +14,14 @@ use support::{Both, Layer, Meta, Setup};
 /// Run `f` as uid/gid 1000 in a forked child; returns its result as
 /// `Ok(())` or the errno (exit code 0 or the errno).
 fn as_user(f: impl FnOnce() -> i32) -> Result<(), i32> {
+    as_user_in(&[], f)
+}
+
+/// `as_user` with these supplementary groups.
+fn as_user_in(groups: &[libc::gid_t], f: impl FnOnce() -> i32) -> Result<(), i32> {
     let code = sys::in_child(|| {
         unsafe {
-            if libc::setgroups(0, std::ptr::null()) != 0
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                 || libc::setresgid(1000, 1000, 1000) != 0
                 || libc::setresuid(1000, 1000, 1000) != 0
             {
@@ -341,4 +346,59 @@ fn writes_truncates_and_chowns_clear_setuid_as_the_kernels_do() {
     });
     b.check_trees("after the writes");
     b.check_uppers("after the writes");
+}
+
+/// What a user makes is theirs from the first moment, with the mode it asked
+/// for (setuid included), also where only a supplementary group lets them
+/// write: the daemon makes it as them, and keeps its own rights meanwhile.
+#[test]
+fn objects_made_through_a_group_are_their_makers() {
+    let setup = Setup::new(vec![
+        Layer::new().dir_with("team", Meta::mode(0o3770).owner(0, 100)),
+    ]);
+    let Some(mut b) = Both::setup(setup) else {
+        return;
+    };
+    for side in b.sides() {
+        let [f, d, e, l, p, s] = [
+            "team/tool",
+            "team/dir",
+            "team/dir/f",
+            "team/link",
+            "team/pipe",
+            "team/secret",
+        ]
+        .map(|r| cstr(&side.p(r)));
+        let target = cstr(Path::new("tool"));
+        let r = as_user_in(&[100], || unsafe {
+            libc::umask(0o022);
+            let made = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o4755) >= 0
+                && libc::mkdir(d.as_ptr(), 0o777) == 0
+                && libc::open(e.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o666) >= 0
+                && libc::symlink(target.as_ptr(), l.as_ptr()) == 0
+                && libc::mkfifo(p.as_ptr(), 0o640) == 0
+                && libc::open(s.as_ptr(), libc::O_WRONLY | libc::O_CREAT, 0o600) >= 0;
+            if made { 0 } else { errno_now() }
+        });
+        assert_eq!(r, Ok(()), "{}: make things in a group directory", side.name);
+        // Not a member: the directory's group gives nothing.
+        let denied = as_user(|| unsafe {
+            let fd = libc::open(s.as_ptr(), libc::O_RDONLY);
+            if fd >= 0 { 0 } else { errno_now() }
+        });
+        assert_eq!(
+            denied,
+            Err(libc::EACCES),
+            "{}: outside the group",
+            side.name
+        );
+    }
+    let owner = b.ok("the owner of a new file", |m| {
+        let meta = fs::symlink_metadata(m.join("team/tool"))?;
+        use std::os::unix::fs::MetadataExt;
+        Ok((meta.uid(), meta.gid(), meta.mode() & 0o7777))
+    });
+    assert_eq!(owner, (1000, 100, 0o4755));
+    b.check_trees("objects made through a supplementary group");
+    b.check_trees_after_kernel_remount("objects made by a user, on disk");
 }

@@ -1,7 +1,11 @@
 //! create, mkdir, mknod, symlink, link, unlink, rmdir, rename.
 //!
-//! New objects are built under a temporary name in the workdir (owner and mode
-//! set there) and published by one rename, so nothing half-made is ever visible.
+//! A new object is made at its name by one call as its creator (the thread's
+//! filesystem ids switched to theirs, as kernel overlayfs overrides its creds),
+//! so it is born whole. Where one call cannot make it whole (over a whiteout,
+//! an opaque directory, a daemon that cannot act as another user) it is built
+//! under a temporary name in the workdir and published by one rename. Either
+//! way nothing half-made is ever visible.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -21,8 +25,8 @@ use crate::lookup::{Resolved, is_dir};
 use crate::sync;
 use crate::{Result, Union};
 
-/// What kind of object to create.
 /// What to create; modes as the caller asked, before its umask.
+#[derive(Clone, Copy)]
 pub enum NewObject<'a> {
     File { mode: u32, flags: OFlags },
     Dir { mode: u32 },
@@ -108,7 +112,7 @@ impl Union {
         if !parent.snapshot().is_dir {
             return Err(Errno::NOTDIR);
         }
-        {
+        if !parent.snapshot().upper || is_whiteout_node(&obj) {
             // Errors first: a failed create must not copy its parent up.
             let _ns = sync::read(&self.namespace);
             if self.resolve_now(&parent, name)?.is_some() {
@@ -121,6 +125,9 @@ impl Union {
             return Err(Errno::PERM);
         }
         self.prepare_dir(&parent)?;
+        if let Some(created) = self.create_as_caller(&parent, name, obj, who)? {
+            return Ok(created);
+        }
         let who = self.inherit_setgid(&parent, &mut obj, who)?;
         let _ns = sync::read(&self.namespace);
         let (li, ppath) = self.write_location(&parent)?;
@@ -134,34 +141,79 @@ impl Union {
             return self.create_in_place(&parent, li, &ppath, name, obj, who);
         }
         let dir = self.upper().dir(&ppath)?;
-        let inherited = inherit_acl(dir.as_fd(), &mut obj, who.umask);
         let over_whiteout = match stat_at(dir.as_fd(), name) {
             Ok(st) if self.is_upper_whiteout(dir.as_fd(), name, &st)? => true,
             Ok(_) => return Err(Errno::EXIST),
             Err(Errno::NOENT) => false,
             Err(e) => return Err(e),
         };
-        let work = self.work_fd()?;
-        let tmp = self.temp_name();
-        let made = make_object(work, &tmp, &obj, who, self).and_then(|fd| {
-            set_inherited_acl(work, &tmp, inherited.as_ref())?;
-            Ok(fd)
-        });
-        let fd = match made {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.remove_temp(&tmp);
-                return Err(e);
-            }
-        };
         let opaque = matches!(obj, NewObject::Dir { .. })
             && (over_whiteout || self.whited_out_below(&parent.snapshot(), name)?);
-        let published = self.publish(work, &tmp, dir.as_fd(), name, opaque, over_whiteout);
-        if let Err(e) = published {
-            self.remove_temp(&tmp);
-            return Err(e);
+        let fd = self.make_and_publish(dir.as_fd(), name, obj, who, opaque, over_whiteout)?;
+        self.created_in_upper(parent_id, dir.as_fd(), name, opaque, fd)
+    }
+
+    /// Make the object at its name in the upper, in one call as its creator
+    /// (owner, mode and the directory's default ACL as kernel overlayfs gets
+    /// them): nothing to publish. None where one call cannot make it whole,
+    /// to be made in the workdir then: over a whiteout (the name is taken),
+    /// a directory that must be opaque (its marker comes first), a daemon that
+    /// cannot act as another user (rootless), or a branch other than the upper.
+    fn create_as_caller(
+        &self,
+        parent: &Node,
+        name: &OsStr,
+        obj: NewObject<'_>,
+        who: Caller,
+    ) -> Result<Option<Created>> {
+        if self.rootless || !self.has_upper() {
+            return Ok(None);
         }
-        let stat = stat_at(dir.as_fd(), name)?;
+        let _ns = sync::read(&self.namespace);
+        let (li, ppath) = self.write_location(parent)?;
+        if li != Branch::TOP {
+            return Ok(None);
+        }
+        if self.resolve_now(parent, name)?.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if matches!(obj, NewObject::Dir { .. })
+            && self.whited_out_below(&parent.snapshot(), name)?
+        {
+            return Ok(None);
+        }
+        let dir = self.upper().dir(&ppath)?;
+        let uid = self.cfg.uids.to_outside(who.uid);
+        let gid = self.cfg.gids.to_outside(who.gid);
+        let Some(acting) = crate::sys::act_as(uid, gid) else {
+            return Ok(None);
+        };
+        let mut obj = obj;
+        // The upper's filesystem applies the directory's default ACL itself.
+        apply_umask(&mut obj, who.umask, default_acl(dir.as_fd()).is_some());
+        let made = make_bare(dir.as_fd(), name, &obj);
+        drop(acting);
+        match made {
+            Err(Errno::EXIST) => Ok(None),
+            made => self
+                .created_in_upper(parent.id, dir.as_fd(), name, false, made?)
+                .map(Some),
+        }
+    }
+
+    /// The node of an object just made at `name` in the upper directory `dir`.
+    fn created_in_upper(
+        &self,
+        parent_id: u64,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        opaque: bool,
+        fd: Option<OwnedFd>,
+    ) -> Result<Created> {
+        let stat = match &fd {
+            Some(f) => rustix::fs::fstat(f)?,
+            None => stat_at(dir, name)?,
+        };
         let state = NodeState {
             names: Names::new(),
             is_dir: is_dir(&stat),
@@ -182,6 +234,34 @@ impl Union {
             node,
             fd,
         })
+    }
+
+    /// Make the object under a temporary name in the workdir, owner, mode and
+    /// inherited ACL set there, and move it to its name by one rename.
+    fn make_and_publish(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        mut obj: NewObject<'_>,
+        who: Caller,
+        opaque: bool,
+        over_whiteout: bool,
+    ) -> Result<Option<OwnedFd>> {
+        let inherited = inherit_acl(dir, &mut obj, who.umask);
+        let work = self.work_fd()?;
+        let tmp = self.temp_name();
+        let made = make_object(work, &tmp, &obj, who, self).and_then(|fd| {
+            set_inherited_acl(work, &tmp, inherited.as_ref())?;
+            Ok(fd)
+        });
+        let published = made.and_then(|fd| {
+            self.publish(work, &tmp, dir, name, opaque, over_whiteout)?;
+            Ok(fd)
+        });
+        if published.is_err() {
+            self.remove_temp(&tmp);
+        }
+        published
     }
 
     /// Move a finished temporary object to its name. A directory made where a
@@ -818,6 +898,22 @@ fn make_object(
     who: Caller,
     union: &Union,
 ) -> Result<Option<OwnedFd>> {
+    let fd = make_bare(dir, name, obj)?;
+    let uid = rustix::fs::Uid::from_raw(union.cfg.uids.to_outside(who.uid));
+    let gid = rustix::fs::Gid::from_raw(union.cfg.gids.to_outside(who.gid));
+    union.chown_or_record(dir, name, Some(uid), Some(gid))?;
+    if let NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Node { mode, .. } =
+        obj
+        && mode & 0o7000 != 0
+    {
+        // chown cleared setuid/setgid; put back what the caller asked for.
+        layer::chmod_at(dir, name, mode & 0o7777)?;
+    }
+    Ok(fd)
+}
+
+/// Make the object `name` in `dir` as the thread's ids make it; files come back open.
+fn make_bare(dir: BorrowedFd<'_>, name: &OsStr, obj: &NewObject<'_>) -> Result<Option<OwnedFd>> {
     let mut fd = None;
     match obj {
         NewObject::File { mode, flags } => {
@@ -837,16 +933,6 @@ fn make_object(
             rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(mode & 0o7777), *rdev)?;
         }
         NewObject::Symlink { target } => rustix::fs::symlinkat(*target, dir, name)?,
-    }
-    let uid = rustix::fs::Uid::from_raw(union.cfg.uids.to_outside(who.uid));
-    let gid = rustix::fs::Gid::from_raw(union.cfg.gids.to_outside(who.gid));
-    union.chown_or_record(dir, name, Some(uid), Some(gid))?;
-    if let NewObject::File { mode, .. } | NewObject::Dir { mode } | NewObject::Node { mode, .. } =
-        obj
-        && mode & 0o7000 != 0
-    {
-        // chown cleared setuid/setgid; put back what the caller asked for.
-        layer::chmod_at(dir, name, mode & 0o7777)?;
     }
     Ok(fd)
 }

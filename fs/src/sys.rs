@@ -332,3 +332,74 @@ pub fn chmod_at_nofollow(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result
         Err(Errno::NOSYS)
     }
 }
+
+/// While alive, the calling thread makes new objects owned by another user
+/// and group (its filesystem ids), with its capabilities kept; dropped, the
+/// thread is itself again.
+pub struct ActingAs {
+    uid: u32,
+    gid: u32,
+}
+
+impl Drop for ActingAs {
+    fn drop(&mut self) {
+        set_fs_ids(self.uid, self.gid);
+    }
+}
+
+thread_local! {
+    /// Whether this thread keeps its capabilities across a change of its
+    /// filesystem ids (SECBIT_NO_SETUID_FIXUP, set on its first switch).
+    static KEEPS_CAPS: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Make the calling thread create as `uid`/`gid`, the way kernel overlayfs
+/// overrides the creds of its own creates: objects are born with their owner,
+/// no chown follows. None where the thread cannot (no CAP_SETPCAP to keep its
+/// capabilities, or ids its user namespace does not map).
+pub fn act_as(uid: u32, gid: u32) -> Option<ActingAs> {
+    use rustix::thread::{
+        CapabilitiesSecureBits as Bits, capabilities_secure_bits, set_capabilities_secure_bits,
+    };
+    let keeps = KEEPS_CAPS.with(|keeps| {
+        keeps.get().unwrap_or_else(|| {
+            // Without this, a switch from fsuid 0 drops CAP_DAC_OVERRIDE and
+            // friends, and the caller's supplementary groups are not ours.
+            let kept = capabilities_secure_bits()
+                .and_then(|bits| set_capabilities_secure_bits(bits | Bits::NO_SETUID_FIXUP))
+                .is_ok();
+            keeps.set(Some(kept));
+            kept
+        })
+    });
+    if !keeps {
+        return None;
+    }
+    let (old_uid, old_gid) = set_fs_ids(uid, gid);
+    let acting = ActingAs {
+        uid: old_uid,
+        gid: old_gid,
+    };
+    // The calls do not fail; they leave the ids as they were instead.
+    (fs_ids() == (uid, gid)).then_some(acting)
+}
+
+/// Set the thread's fsuid and fsgid; their values before.
+fn set_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
+    // SAFETY: setfsuid/setfsgid take plain integers and change only the calling
+    // thread's credentials (glibc passes them straight to the kernel).
+    unsafe { (libc::setfsuid(uid) as u32, libc::setfsgid(gid) as u32) }
+}
+
+/// The thread's fsuid and fsgid (an invalid id, -1, changes nothing and
+/// returns the current one).
+fn fs_ids() -> (u32, u32) {
+    // SAFETY: as in `set_fs_ids`; -1 is refused by the kernel, which then
+    // only reports the current value.
+    unsafe {
+        (
+            libc::setfsuid(u32::MAX) as u32,
+            libc::setfsgid(u32::MAX) as u32,
+        )
+    }
+}
