@@ -235,3 +235,30 @@ fn listings_carry_attributes_only_while_the_walk_stats_what_it_lists() {
     }
     assert_eq!(lookups(), before, "files listed with their attributes");
 }
+
+/// Every page of a listing is a READDIRPLUS, not only the first: a walk
+/// into the directories of a long listing finds each one already known to
+/// the kernel, with no LOOKUP of its own.
+#[test]
+fn every_page_of_a_listing_carries_its_directories() {
+    if !require_mounts() {
+        return;
+    }
+    let s = Scratch::new();
+    let lower = s.dir("lower");
+    let top = lower.join("top");
+    for d in 0..300 {
+        fs::create_dir_all(top.join(format!("directory-with-a-long-name-{d:03}"))).unwrap();
+    }
+    let (_guard, pid, file, mnt) = mount_counting(&s, &lower, "");
+    let before = count(&counts_on_signal(pid, &file), "lookup");
+    let walked: usize = fs::read_dir(mnt.join("top"))
+        .unwrap()
+        .map(|e| fs::read_dir(e.unwrap().path()).unwrap().count() + 1)
+        .sum();
+    assert_eq!(walked, 300);
+    let counts = counts_on_signal(pid, &file);
+    // The one LOOKUP is `top` itself.
+    assert_eq!(count(&counts, "lookup"), before + 1, "{counts}");
+    assert_eq!(count(&counts, "readdir"), 0, "{counts}");
+}

@@ -222,8 +222,11 @@ impl Filesystem for UnionFuse {
         {
             self.passthrough.enabled = true;
         }
+        // Every listing page a READDIRPLUS (no FUSE_READDIRPLUS_AUTO, which
+        // makes the pages after the first plain READDIRs): a page of files
+        // the walk will not stat costs nothing extra, as it lists them bare
+        // (`stat_walk`), and its directories come known to the kernel.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             // With ACLs the umask is ours to apply: not where a default ACL is
