@@ -18,6 +18,7 @@ mod lookup;
 mod lower_links;
 pub mod mountinfo;
 mod names;
+pub mod probe;
 mod readdir;
 mod rename;
 mod stat_walk;
@@ -25,7 +26,7 @@ mod sync;
 mod sys;
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -164,6 +165,8 @@ impl Union {
         let (work, index, claim) = if cfg.cow && layers[0].writable {
             let (work, index, claim) =
                 prepare_workdir(&layers[0], cfg.workdir.as_deref(), cfg.volatile)?;
+            let abilities = probe_upper(work.as_fd(), cfg.xattr_ns)?;
+            refuse_unfit_upper(&layers[0].path, &abilities)?;
             (Some(work), Some(index), Some(claim))
         } else {
             (None, None, None)
@@ -425,6 +428,42 @@ fn mark_volatile(work: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
     rustix::fs::fsync(&incompat)?;
     rustix::fs::fsync(work)?;
     Ok(())
+}
+
+/// Try what the upper's filesystem can hold, in a directory of `work/`.
+fn probe_upper(work: BorrowedFd<'_>, ns: XattrNs) -> std::io::Result<probe::Abilities> {
+    const DIR: &str = "probe";
+    mkdir_if_missing(work, DIR)?;
+    let dir = rustix::fs::openat(
+        work,
+        DIR,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let found = probe::Abilities::probe(dir.as_fd(), &format!("{}probe", ns.prefix()));
+    remove_tree_at(work, OsStr::new(DIR))?;
+    Ok(found?)
+}
+
+/// Refuse, in one line naming the branch and what it lacks, an upper whose
+/// filesystem cannot hold what copy-up and removal write there: markers in
+/// xattrs (opaque directories, redirects, whiteouts where there are no
+/// device nodes), owners and modes. Better than a mount whose first write
+/// fails.
+fn refuse_unfit_upper(path: &Path, found: &probe::Abilities) -> std::io::Result<()> {
+    let rootless = !rustix::process::geteuid().is_root();
+    let fit = found.xattrs && found.modes && (found.owners || rootless);
+    if fit {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        format!(
+            "{}: cannot be an upper: its filesystem holds no {} (tried in the workdir)",
+            path.display(),
+            found.lacking().join(", ")
+        ),
+    ))
 }
 
 fn mkdir_if_missing(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> std::io::Result<()> {

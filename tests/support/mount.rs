@@ -496,6 +496,58 @@ impl Mount {
         })
     }
 
+    /// A filesystem made by `mkfs` in a sparse image of `size` bytes at
+    /// `image`, mounted at `mnt` by a FUSE driver: `driver` is its program
+    /// and options, given the source then `mnt`. With `block` the source is
+    /// a loop device (detached lazily, so it goes when the driver lets it
+    /// go), else the image itself. Unmounted on Drop.
+    pub fn fuse_fs(
+        image: &Path,
+        mkfs: &[&str],
+        size: u64,
+        driver: &[&str],
+        block: bool,
+        mnt: &Path,
+    ) -> Result<Mount, String> {
+        let run = |cmd: &mut Command| -> Result<String, String> {
+            let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{cmd:?}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let f = fs::File::create(image).map_err(|e| format!("{}: {e}", image.display()))?;
+        f.set_len(size)
+            .map_err(|e| format!("{}: {e}", image.display()))?;
+        run(Command::new(mkfs[0]).args(&mkfs[1..]).arg(image))?;
+        let source = if block {
+            PathBuf::from(run(Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(image))?)
+        } else {
+            image.to_path_buf()
+        };
+        let mounted = run(Command::new(driver[0])
+            .args(&driver[1..])
+            .arg(&source)
+            .arg(mnt));
+        if block {
+            let _ = Command::new("losetup").arg("-d").arg(&source).status();
+        }
+        mounted?;
+        if !super::wait_until(Duration::from_secs(10), || mount_at(mnt).is_some()) {
+            return Err(format!("{} did not mount at {}", driver[0], mnt.display()));
+        }
+        Ok(Mount {
+            mnt: mnt.to_path_buf(),
+            kind: Kind::Kernel,
+            unmounted: false,
+        })
+    }
+
     /// `unionmount ARGS… MNT` (daemonizing); fails unless it exits 0 with the mount live.
     pub fn union_daemon(mnt: &Path, args: &[OsString]) -> Result<Mount, String> {
         let mut cmd = Command::new(bin());
