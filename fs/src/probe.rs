@@ -225,12 +225,57 @@ fn makes_hard_link(dir: BorrowedFd<'_>, file: &OsStr) -> bool {
 }
 
 fn keeps_owner(dir: BorrowedFd<'_>, file: &OsStr) -> bool {
-    let id = (
-        Some(rustix::fs::Uid::from_raw(PROBE_ID)),
-        Some(rustix::fs::Gid::from_raw(PROBE_ID)),
+    let map = |kind: &str| std::fs::read_to_string(format!("/proc/self/{kind}_map"));
+    let uid = other_id(
+        &map("uid").unwrap_or_default(),
+        rustix::process::geteuid().as_raw(),
     );
-    rustix::fs::chownat(dir, file, id.0, id.1, AtFlags::SYMLINK_NOFOLLOW).is_ok()
-        && layer::stat_at(dir, file).is_ok_and(|st| st.st_uid == PROBE_ID && st.st_gid == PROBE_ID)
+    let gid = other_id(
+        &map("gid").unwrap_or_default(),
+        rustix::process::getegid().as_raw(),
+    );
+    let (uid, gid) = (
+        uid.unwrap_or(rustix::process::geteuid().as_raw()),
+        gid.unwrap_or(rustix::process::getegid().as_raw()),
+    );
+    let owner = (
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    );
+    rustix::fs::chownat(dir, file, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        && layer::stat_at(dir, file).is_ok_and(|st| st.st_uid == uid && st.st_gid == gid)
+}
+
+/// An id other than `own` that the user namespace maps (`map` is its
+/// `/proc/self/uid_map` or `gid_map`): `PROBE_ID` where it is mapped, else
+/// the first mapped one; None where only `own` is mapped (a chown then can
+/// only keep the owner, and that is what is tried).
+fn other_id(map: &str, own: u32) -> Option<u32> {
+    let ranges: Vec<(u32, u32)> = map
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace().map(str::parse::<u32>);
+            let inside = words.next()?.ok()?;
+            let count = words.nth(1)?.ok()?;
+            Some((inside, count))
+        })
+        .collect();
+    let mapped = |id: u32| {
+        ranges
+            .iter()
+            .any(|(start, n)| id >= *start && id - start < *n)
+    };
+    if mapped(PROBE_ID) && PROBE_ID != own {
+        return Some(PROBE_ID);
+    }
+    ranges
+        .iter()
+        .flat_map(|(start, n)| {
+            [*start, start.saturating_add(1)]
+                .into_iter()
+                .filter(move |id| id - start < *n)
+        })
+        .find(|id| *id != own)
 }
 
 fn keeps_mode(dir: BorrowedFd<'_>, file: &OsStr) -> bool {
@@ -273,4 +318,22 @@ fn longest_name(dir: BorrowedFd<'_>) -> usize {
         if fits(mid) { ok = mid } else { bad = mid }
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_mapped_id_is_found_for_the_owner_probe() {
+        let init = "         0          0 4294967295\n";
+        assert_eq!(other_id(init, 0), Some(PROBE_ID));
+        // A rootless container's map: root is the user, 1.. come from subuids.
+        let userns = "0 1000 1\n1 100000 65536\n";
+        assert_eq!(other_id(userns, 0), Some(PROBE_ID));
+        assert_eq!(other_id("0 1000 1\n1 100000 100\n", 0), Some(1));
+        assert_eq!(other_id("0 1000 1\n", 0), None);
+        assert_eq!(other_id("0 1000 2\n", 0), Some(1));
+        assert_eq!(other_id("", 0), None);
+    }
 }
