@@ -14,8 +14,13 @@
 //!   index name made from it;
 //! - [`redirect`]: where a renamed directory's (or a metacopy file's) lower
 //!   content is;
-//! - [`nlink`]: the link count the mount shows, as an offset.
+//! - [`nlink`]: the link count the mount shows, as an offset;
+//! - [`escape`]: names as a branch with other rules (exFAT, FAT) stores them;
+//! - [`attr_log`]: what the entries of a directory on such a branch cannot
+//!   hold themselves (owner, mode, type, times, xattrs, overlay markers).
 
+pub mod attr_log;
+pub mod escape;
 pub mod nlink;
 pub mod origin;
 pub mod override_stat;
