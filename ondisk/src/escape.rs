@@ -205,7 +205,7 @@ mod tests {
         assert!(is_hashed(h));
         assert_eq!(from_stored(h), Ok(None));
         // Another name, another hash.
-        assert_ne!(to_stored(&vec![b'?'; 100], &exfat()), stored);
+        assert_ne!(to_stored(&[b'?'; 100], &exfat()), stored);
     }
 
     #[test]
