@@ -29,41 +29,46 @@ fn probe(dir: &Path) -> Abilities {
 
 /// exFAT (exfatprogs, exfat-fuse) on a loop device, at `s/exfat`.
 fn exfat(s: &Scratch) -> Option<Mount> {
-    let mnt = s.dir("exfat");
-    let made = Mount::fuse_fs(
-        &s.path().join("exfat.img"),
+    let driver = ["mount.exfat-fuse", "-o", "noatime"];
+    fuse_branch(
+        s,
+        "exfat",
         &["mkfs.exfat"],
-        64 << 20,
-        &["mount.exfat-fuse", "-o", "noatime"],
+        &driver,
         true,
-        &mnt,
-    );
-    match made {
-        Ok(m) => Some(m),
-        Err(e) => {
-            let why = format!("{e} (./test installs exfatprogs and exfat-fuse)");
-            assert!(!support::can_run("an exFAT branch", &[why]));
-            None
-        }
-    }
+        "exfatprogs and exfat-fuse",
+    )
 }
 
 /// FAT32 (dosfstools, fusefat) on its image, at `s/fat`.
 fn fat32(s: &Scratch) -> Option<Mount> {
-    let mnt = s.dir("fat");
-    let made = Mount::fuse_fs(
-        &s.path().join("fat.img"),
+    let driver = ["fusefat", "-o", "rw+"];
+    fuse_branch(
+        s,
+        "fat",
         &["mkfs.vfat", "-F", "32"],
-        64 << 20,
-        &["fusefat", "-o", "rw+"],
+        &driver,
         false,
-        &mnt,
-    );
-    match made {
+        "dosfstools and fusefat",
+    )
+}
+
+/// A 64 MiB filesystem at `s/<dir>` (see `Mount::fuse_fs`); None, after
+/// saying why (a failure under CI=true), where it cannot be made.
+fn fuse_branch(
+    s: &Scratch,
+    dir: &str,
+    mkfs: &[&str],
+    driver: &[&str],
+    block: bool,
+    packages: &str,
+) -> Option<Mount> {
+    let image = s.path().join(format!("{dir}.img"));
+    match Mount::fuse_fs(&image, mkfs, 64 << 20, driver, block, &s.dir(dir)) {
         Ok(m) => Some(m),
         Err(e) => {
-            let why = format!("{e} (./test installs dosfstools and fusefat)");
-            assert!(!support::can_run("a FAT32 branch", &[why]));
+            let why = format!("{e} (./test installs {packages})");
+            assert!(!support::can_run(&format!("a {dir} branch"), &[why]));
             None
         }
     }

@@ -172,7 +172,8 @@ pub fn ioctl_arg(fd: BorrowedFd<'_>, cmd: u32, arg: &mut [u8]) -> Result<(), Err
 }
 
 /// Numbers of the calls libc does not name yet on every architecture (the
-/// same on all that share the generic table since Linux 5.1).
+/// same on all that share the generic table since Linux 5.1). Elsewhere -1,
+/// which the kernel answers ENOSYS, so callers take their fallbacks.
 #[cfg(any(
     target_arch = "x86_64",
     target_arch = "aarch64",
@@ -182,6 +183,16 @@ mod nr {
     pub const FCHMODAT2: libc::c_long = 452;
     pub const GETXATTRAT: libc::c_long = 464;
     pub const LISTXATTRAT: libc::c_long = 465;
+}
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64"
+)))]
+mod nr {
+    pub const FCHMODAT2: libc::c_long = -1;
+    pub const GETXATTRAT: libc::c_long = -1;
+    pub const LISTXATTRAT: libc::c_long = -1;
 }
 
 /// Whether the kernel answered ENOSYS to a call of that family once: then
@@ -197,9 +208,16 @@ struct XattrArgs {
     flags: u32,
 }
 
-/// The result of a raw syscall: its value, or the errno it set. ENOSYS is
-/// remembered in `missing`, and answered from there afterwards.
-fn syscall_result(rc: libc::c_long, missing: &AtomicBool) -> Result<usize, Errno> {
+/// Make a raw syscall unless its family is known `missing`: its value, or
+/// the errno it set. ENOSYS is remembered in `missing`.
+fn call_unless_missing(
+    missing: &AtomicBool,
+    call: impl FnOnce() -> libc::c_long,
+) -> Result<usize, Errno> {
+    if missing.load(Ordering::Relaxed) {
+        return Err(Errno::NOSYS);
+    }
+    let rc = call();
     if rc >= 0 {
         return Ok(rc as usize);
     }
@@ -219,118 +237,59 @@ pub fn get_xattr_at(
     key: &str,
     buf: &mut [u8],
 ) -> Result<usize, Errno> {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    ))]
-    {
-        if NO_XATTRAT.load(Ordering::Relaxed) {
-            return Err(Errno::NOSYS);
-        }
-        let (name, key) = (cstring(name)?, cstring(OsStr::new(key))?);
-        let mut args = XattrArgs {
-            value: buf.as_mut_ptr() as u64,
-            size: buf.len().min(u32::MAX as usize) as u32,
-            flags: 0,
-        };
-        // SAFETY: both strings are NUL-terminated; `args` points the kernel at
-        // `buf`, valid for writes of `args.size` bytes, and is passed with its size.
-        let rc = unsafe {
-            libc::syscall(
-                nr::GETXATTRAT,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                key.as_ptr(),
-                &mut args as *mut XattrArgs,
-                std::mem::size_of::<XattrArgs>(),
-            )
-        };
-        syscall_result(rc, &NO_XATTRAT)
-    }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    )))]
-    {
-        let _ = (dir, name, key, buf);
-        Err(Errno::NOSYS)
-    }
+    let (name, key) = (cstring(name)?, cstring(OsStr::new(key))?);
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len().min(u32::MAX as usize) as u32,
+        flags: 0,
+    };
+    // SAFETY: both strings are NUL-terminated; `args` points the kernel at
+    // `buf`, valid for writes of `args.size` bytes, and is passed with its size.
+    call_unless_missing(&NO_XATTRAT, || unsafe {
+        libc::syscall(
+            nr::GETXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            key.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    })
 }
 
 /// `listxattrat(dir, name, AT_SYMLINK_NOFOLLOW)` (Linux 6.13): the xattr names
 /// of `name` in `dir`, NUL-separated, without opening it. ENOSYS on older kernels.
 pub fn list_xattrs_at(dir: BorrowedFd<'_>, name: &OsStr, buf: &mut [u8]) -> Result<usize, Errno> {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    ))]
-    {
-        if NO_XATTRAT.load(Ordering::Relaxed) {
-            return Err(Errno::NOSYS);
-        }
-        let name = cstring(name)?;
-        // SAFETY: `name` is NUL-terminated and `buf` valid for writes of its length.
-        let rc = unsafe {
-            libc::syscall(
-                nr::LISTXATTRAT,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        syscall_result(rc, &NO_XATTRAT)
-    }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    )))]
-    {
-        let _ = (dir, name, buf);
-        Err(Errno::NOSYS)
-    }
+    let name = cstring(name)?;
+    // SAFETY: `name` is NUL-terminated and `buf` valid for writes of its length.
+    call_unless_missing(&NO_XATTRAT, || unsafe {
+        libc::syscall(
+            nr::LISTXATTRAT,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    })
 }
 
 /// `fchmodat2(dir, name, mode, AT_SYMLINK_NOFOLLOW)` (Linux 6.6): a chmod that
 /// never follows a symlink (EOPNOTSUPP on one). ENOSYS on older kernels.
 pub fn chmod_at_nofollow(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> Result<(), Errno> {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    ))]
-    {
-        if NO_FCHMODAT2.load(Ordering::Relaxed) {
-            return Err(Errno::NOSYS);
-        }
-        let name = cstring(name)?;
-        // SAFETY: `name` is NUL-terminated; the other arguments are plain integers.
-        let rc = unsafe {
-            libc::syscall(
-                nr::FCHMODAT2,
-                dir.as_raw_fd(),
-                name.as_ptr(),
-                mode as libc::c_uint,
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        syscall_result(rc, &NO_FCHMODAT2).map(drop)
-    }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    )))]
-    {
-        let _ = (dir, name, mode);
-        Err(Errno::NOSYS)
-    }
+    let name = cstring(name)?;
+    // SAFETY: `name` is NUL-terminated; the other arguments are plain integers.
+    call_unless_missing(&NO_FCHMODAT2, || unsafe {
+        libc::syscall(
+            nr::FCHMODAT2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            mode as libc::c_uint,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
 }
 
 /// While alive, the calling thread makes new objects owned by another user
